@@ -1,0 +1,172 @@
+//! The API's one error type: each variant knows its status code, and the
+//! body is always `{"error": {"code", "message", "field"?, ...}}`.
+
+use axum::{
+    Json,
+    extract::rejection::{JsonRejection, PathRejection, QueryRejection},
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use bibliomq_core::error::{CommandError, Invalid};
+use serde_json::{Value, json};
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    field: Option<String>,
+    details: Option<Value>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+            details: None,
+        }
+    }
+
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl From<Invalid> for ApiError {
+    fn from(i: Invalid) -> Self {
+        Self {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: i.code,
+            message: i.message,
+            field: i.field,
+            details: None,
+        }
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> Self {
+        let code = e.code();
+        let message = e.public_message();
+        match e {
+            CommandError::Invalid(i) => i.into(),
+            CommandError::NotFound { .. } => Self::new(StatusCode::NOT_FOUND, code, message),
+            CommandError::Conflict { details, .. } => Self {
+                details,
+                ..Self::new(StatusCode::CONFLICT, code, message)
+            },
+            CommandError::Unavailable(_) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+            }
+            CommandError::Timeout(_) => Self::new(StatusCode::GATEWAY_TIMEOUT, code, message),
+            CommandError::Internal(err) => {
+                tracing::error!(error = ?err, "internal error");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, code, message)
+            }
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        match r {
+            JsonRejection::MissingJsonContentType(_) => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON with `Content-Type: application/json`",
+            ),
+            JsonRejection::JsonSyntaxError(e) => Self::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("the body is not valid JSON: {}", e.body_text()),
+            ),
+            JsonRejection::JsonDataError(e) => {
+                let text = e.body_text();
+                let text = text.strip_prefix(DATA_ERROR_PREFIX).unwrap_or(&text);
+                let err = Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", text);
+                match field_of(text) {
+                    Some(f) => err.with_field(f),
+                    None => err,
+                }
+            }
+            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Self::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the request body is larger than this server accepts",
+                )
+            }
+            other => Self::new(other.status(), "bad_request", other.body_text()),
+        }
+    }
+}
+
+const DATA_ERROR_PREFIX: &str = "Failed to deserialize the JSON body into the target type: ";
+
+/// The field serde names in `path: message`, `missing field `x`` or `unknown field `x``.
+fn field_of(text: &str) -> Option<String> {
+    for marker in ["missing field `", "unknown field `"] {
+        if let Some(rest) = text.split(marker).nth(1) {
+            return rest.split('`').next().map(str::to_owned);
+        }
+    }
+    let (path, _) = text.split_once(": ")?;
+    (!path.is_empty()
+        && path
+            .chars()
+            .all(|c| c.is_alphanumeric() || "_.[]".contains(c)))
+    .then(|| path.to_owned())
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_query", r.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_path", r.body_text())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = json!({ "code": self.code, "message": self.message });
+        if let Some(field) = self.field {
+            error["field"] = Value::String(field);
+        }
+        if let Some(Value::Object(details)) = self.details {
+            for (k, v) in details {
+                error[k] = v;
+            }
+        }
+        if self.status.is_server_error() {
+            tracing::warn!(status = %self.status, code = self.code, "request failed");
+        }
+        let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

@@ -1,0 +1,114 @@
+//! bibliomq-api: the HTTP front of bibliomq.
+//!
+//! Handlers validate nothing themselves: they turn HTTP into calls on the
+//! command layer ([`bibliomq_core::commands`]) and its answers back into HTTP.
+//!
+//! # Layout
+//! - [`error`]: the one error type and its JSON body.
+//! - [`extract`]: the JSON body extractor that reports bad input in that body.
+//! - [`middleware`]: correlation ids, request timeouts.
+//! - [`routes`]: one module per resource.
+
+pub mod error;
+pub mod extract;
+pub mod middleware;
+pub mod routes;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::Context;
+use axum::{Router, extract::DefaultBodyLimit};
+use bibliomq_core::{
+    broker::{Broker, Publisher, Topology},
+    commands::Commands,
+    config::Settings,
+    db,
+    storage::ObjectStore,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub commands: Commands,
+    pub broker: Broker,
+    pub settings: Arc<Settings>,
+}
+
+/// The API server, bound and ready to run.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Binds the listener (port 0 picks a free port) and sets up the
+    /// connections. Starting while RabbitMQ is down is fine: submissions
+    /// answer 503 until it is back.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pool = db::pool(&settings.database)?;
+        if settings.database.migrate_on_start {
+            db::migrate(&pool)
+                .await
+                .context("Failed to apply migrations")?;
+        }
+        let broker = Broker::start(
+            &settings.amqp.url,
+            "bibliomq-api",
+            Topology::new(&settings.tasks),
+        );
+        let publisher = Publisher::new(broker.clone(), settings.amqp.confirm_timeout);
+        let store = ObjectStore::new(&settings.s3);
+        let addr = format!("{}:{}", settings.api.host, settings.api.port);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("Failed to bind the API to {addr}"))?;
+        let commands = Commands::new(pool, publisher, store, settings.clone());
+        Ok(Self {
+            listener,
+            state: AppState {
+                commands,
+                broker,
+                settings: Arc::new(settings),
+            },
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` is cancelled, lets requests in progress finish,
+    /// then closes the broker connection.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let addr = self.local_addr()?;
+        tracing::info!(%addr, "API listening");
+        let broker = self.state.broker.clone();
+        let app = router(self.state);
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .context("the HTTP server failed")?;
+        broker.close().await;
+        tracing::info!("API stopped");
+        Ok(())
+    }
+}
+
+/// The whole HTTP surface, with its middleware.
+pub fn router(state: AppState) -> Router {
+    let timeout = state.settings.api.request_timeout;
+    let body_limit = state.settings.api.body_limit;
+    // The last layer added runs first: the correlation id wraps everything.
+    routes::router(state)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            middleware::with_timeout(timeout, req, next)
+        }))
+        .layer(axum::middleware::from_fn(middleware::correlate))
+}

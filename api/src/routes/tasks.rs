@@ -1,0 +1,208 @@
+//! `/v1/tasks`: submit, follow, list, fetch results.
+
+use axum::{
+    Extension, Json, Router,
+    body::Body,
+    extract::{Path, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Redirect, Response},
+    routing::get,
+};
+use bibliomq_core::{commands::SubmittedTask, tasks::store::TaskRecord};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::{
+    AppState,
+    error::ApiError,
+    extract::{JsonBody, QueryParams},
+    middleware::CorrelationId,
+};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/tasks", get(list).post(submit))
+        .route("/tasks/{id}", get(show))
+        .route("/tasks/{id}/result", get(result))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitTask {
+    action: String,
+    #[serde(default)]
+    payload: Value,
+}
+
+/// `202 Accepted` once RabbitMQ has confirmed the task message.
+async fn submit(
+    State(state): State<AppState>,
+    Extension(CorrelationId(correlation_id)): Extension<CorrelationId>,
+    JsonBody(req): JsonBody<SubmitTask>,
+) -> Result<Response, ApiError> {
+    let submitted = state
+        .commands
+        .submit_task(&req.action, req.payload, &correlation_id)
+        .await?;
+    let location = format!("/v1/tasks/{}", submitted.id);
+    let mut response = (StatusCode::ACCEPTED, Json(accepted_body(&submitted))).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(response)
+}
+
+fn accepted_body(t: &SubmittedTask) -> Value {
+    json!({
+        "id": t.id,
+        "action": t.action,
+        "state": t.state,
+        "links": links(t.id),
+    })
+}
+
+fn links(id: Uuid) -> Value {
+    json!({
+        "self": format!("/v1/tasks/{id}"),
+        "result": format!("/v1/tasks/{id}/result"),
+    })
+}
+
+fn task_json(t: &TaskRecord) -> Value {
+    let mut v = serde_json::to_value(t).unwrap_or_else(|_| json!({}));
+    v["links"] = links(t.id);
+    v
+}
+
+fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_task_id",
+            format!("`{raw}` is not a task id (a UUID)"),
+        )
+        .with_field("id")
+    })
+}
+
+async fn show(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let task = state.commands.task(parse_id(&id)?).await?;
+    Ok(Json(task_json(&task)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    state: Option<String>,
+    action: Option<String>,
+    limit: Option<String>,
+    before: Option<String>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    QueryParams(q): QueryParams<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q
+        .limit
+        .as_deref()
+        .map(|l| {
+            l.parse::<i64>().map_err(|_| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_limit",
+                    format!("limit must be a whole number, got `{l}`"),
+                )
+                .with_field("limit")
+            })
+        })
+        .transpose()?;
+    let before = q.before.as_deref().map(parse_id).transpose()?;
+    let tasks = state
+        .commands
+        .list_tasks(q.state.as_deref(), q.action.as_deref(), limit, before)
+        .await?;
+    let next = (tasks.len() as i64 == limit.unwrap_or(50))
+        .then(|| tasks.last().map(|t| t.id))
+        .flatten();
+    Ok(Json(json!({
+        "tasks": tasks.iter().map(task_json).collect::<Vec<_>>(),
+        "next_before": next,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResultQuery {
+    /// `true`: answer with a redirect to a presigned object-storage link.
+    redirect: Option<bool>,
+}
+
+/// The result itself: inline results from PostgreSQL, large ones streamed
+/// from object storage (or a redirect to a presigned link with `?redirect=true`).
+async fn result(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    QueryParams(q): QueryParams<ResultQuery>,
+) -> Result<Response, ApiError> {
+    let task = state.commands.task(parse_id(&id)?).await?;
+    match task.state.as_str() {
+        "succeeded" => {}
+        "failed" | "dead" => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "task_failed",
+                format!(
+                    "the task {} and has no result: {}",
+                    task.state,
+                    task.error.as_deref().unwrap_or("no reason recorded")
+                ),
+            )
+            .with_details(json!({ "state": task.state })));
+        }
+        other => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "result_not_ready",
+                format!("the task is {other}; its result is not ready yet"),
+            )
+            .with_details(json!({ "state": other })));
+        }
+    }
+    let content_type = task
+        .result_content_type
+        .clone()
+        .unwrap_or_else(|| "application/json".to_owned());
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&content_type) {
+        headers.insert(header::CONTENT_TYPE, v);
+    }
+    if let Some(obj) = &task.result_object {
+        if q.redirect.unwrap_or(false) {
+            let url = state.commands.presign_result(&obj.bucket, &obj.key).await?;
+            return Ok(Redirect::temporary(&url).into_response());
+        }
+        let body = state
+            .commands
+            .open_stored_result(&obj.bucket, &obj.key)
+            .await?;
+        if let Ok(v) = HeaderValue::from_str(&obj.sha256) {
+            headers.insert("x-content-sha256", v);
+        }
+        if let Some(size) = body.size {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+        }
+        let stream = tokio_util::io::ReaderStream::new(body.body.into_async_read());
+        return Ok((headers, Body::from_stream(stream)).into_response());
+    }
+    let body = match task.result {
+        Some(Value::String(text)) if content_type.starts_with("text/") => text,
+        Some(v) => v.to_string(),
+        None => "null".to_owned(),
+    };
+    Ok((headers, body).into_response())
+}

@@ -1,0 +1,154 @@
+//! Group commit for PostgreSQL writes.
+//!
+//! Each caller submits one item and awaits its own answer, so the code that
+//! handles a request or a delivery reads straight through. Underneath, one loop
+//! hands everything that queued up meanwhile to a single handler call: a
+//! multi-row statement instead of one round trip and one commit per item.
+//! There is no linger timer: an item that arrives alone runs alone at once, and
+//! batches only form when the handler is already busy (`max_in_flight` calls).
+
+use std::{future::Future, sync::Arc};
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// Why a submitted item got no answer of its own.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BatchError<E> {
+    /// The handler failed for the whole batch.
+    #[error(transparent)]
+    Failed(E),
+    /// The batcher stopped, or its handler broke its contract.
+    #[error("the batch writer stopped")]
+    Closed,
+}
+
+struct Job<I, O, E> {
+    item: I,
+    reply: oneshot::Sender<Result<O, BatchError<E>>>,
+}
+
+/// A handle to submit items to a running batch loop. Cheap to clone.
+pub struct Batcher<I, O, E> {
+    tx: mpsc::Sender<Job<I, O, E>>,
+}
+
+impl<I, O, E> Clone for Batcher<I, O, E> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<I, O, E> Batcher<I, O, E>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    E: Clone + Send + 'static,
+{
+    /// Starts the loop. `handler` must return exactly one output per input,
+    /// in order. The loop ends once every handle is dropped and the batches
+    /// under way have answered.
+    pub fn spawn<F, Fut>(max_batch: usize, max_in_flight: usize, handler: F) -> Self
+    where
+        F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<O>, E>> + Send + 'static,
+    {
+        let max_batch = max_batch.max(1);
+        let (tx, mut rx) = mpsc::channel::<Job<I, O, E>>(max_batch * max_in_flight.max(1) * 2);
+        let handler = Arc::new(handler);
+        let permits = Arc::new(Semaphore::new(max_in_flight.max(1)));
+        tokio::spawn(async move {
+            loop {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
+                let Some(first) = rx.recv().await else {
+                    return;
+                };
+                let mut jobs = Vec::with_capacity(max_batch.min(64));
+                jobs.push(first);
+                while jobs.len() < max_batch {
+                    match rx.try_recv() {
+                        Ok(job) => jobs.push(job),
+                        Err(_) => break,
+                    }
+                }
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let (items, replies): (Vec<I>, Vec<_>) =
+                        jobs.into_iter().map(|j| (j.item, j.reply)).unzip();
+                    let expected = replies.len();
+                    match handler(items).await {
+                        Ok(outputs) if outputs.len() == expected => {
+                            for (reply, out) in replies.into_iter().zip(outputs) {
+                                let _ = reply.send(Ok(out));
+                            }
+                        }
+                        Ok(outputs) => {
+                            tracing::error!(
+                                expected,
+                                got = outputs.len(),
+                                "batch handler returned the wrong number of outputs"
+                            );
+                        }
+                        Err(e) => {
+                            for reply in replies {
+                                let _ = reply.send(Err(BatchError::Failed(e.clone())));
+                            }
+                        }
+                    }
+                    drop(permit);
+                });
+            }
+        });
+        Self { tx }
+    }
+
+    /// Submits one item and waits for its output.
+    pub async fn submit(&self, item: I) -> Result<O, BatchError<E>> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Job { item, reply })
+            .await
+            .map_err(|_| BatchError::Closed)?;
+        answer.await.unwrap_or(Err(BatchError::Closed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[tokio::test]
+    async fn items_submitted_while_busy_share_one_handler_call() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        let batcher = Batcher::<u32, u32, String>::spawn(100, 1, move |items: Vec<u32>| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(items.len());
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                Ok(items.into_iter().map(|i| i * 2).collect())
+            }
+        });
+        let answers = futures::future::join_all((0..50).map(|i| batcher.submit(i))).await;
+        for (i, a) in answers.into_iter().enumerate() {
+            assert_eq!(a.unwrap(), i as u32 * 2);
+        }
+        let sizes = sizes.lock().unwrap().clone();
+        assert_eq!(sizes.iter().sum::<usize>(), 50);
+        assert!(sizes.len() < 50, "expected batching, got {sizes:?}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_fails_every_item_in_it() {
+        let batcher =
+            Batcher::<u32, u32, String>::spawn(10, 1, |_| async { Err("down".to_owned()) });
+        match batcher.submit(1).await {
+            Err(BatchError::Failed(e)) => assert_eq!(e, "down"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! RabbitMQ: one supervised connection per process, the topology, confirmed
+//! publishing and consumer channels.
+//!
+//! The supervisor keeps trying to connect (with capped exponential backoff),
+//! declares the topology on every new connection and notices when the
+//! connection dies. Publishers fail fast while there is no connection, so the
+//! API can answer 503 instead of hanging; consumers wait for the next one.
+
+pub mod headers;
+mod publisher;
+pub mod topology;
+
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use lapin::{
+    Channel, Connection, ConnectionProperties, Consumer, Event,
+    options::{BasicConsumeOptions, BasicQosOptions},
+    types::FieldTable,
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use publisher::{PublishError, Publisher};
+pub use topology::Topology;
+
+/// A handle to the process's supervised RabbitMQ connection. Cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    current: watch::Sender<Option<Arc<Connection>>>,
+    /// Cancelled by [`Broker::close`]: stops reconnecting and closes the connection.
+    closing: CancellationToken,
+}
+
+impl Broker {
+    /// Starts the connection supervisor and returns at once; the connection
+    /// arrives when the broker can be reached. `name` shows in the management UI.
+    pub fn start(url: &str, name: &str, topology: Topology) -> Self {
+        let (current, _) = watch::channel(None);
+        let inner = Arc::new(Inner {
+            current,
+            closing: CancellationToken::new(),
+        });
+        tokio::spawn(supervise(
+            inner.clone(),
+            url.to_owned(),
+            name.to_owned(),
+            topology,
+        ));
+        Self { inner }
+    }
+
+    /// The live connection, if there is one right now.
+    pub fn current(&self) -> Option<Arc<Connection>> {
+        self.inner
+            .current
+            .borrow()
+            .as_ref()
+            .filter(|c| c.status().connected())
+            .cloned()
+    }
+
+    /// Waits for a live connection. `None` once the broker handle is closing.
+    pub async fn connection(&self) -> Option<Arc<Connection>> {
+        let mut rx = self.inner.current.subscribe();
+        loop {
+            if self.inner.closing.is_cancelled() {
+                return None;
+            }
+            if let Some(conn) = self.current() {
+                return Some(conn);
+            }
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return None },
+                () = self.inner.closing.cancelled() => return None,
+                // The status can flip without a new value being sent.
+                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for a live connection.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, self.connection())
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+    }
+
+    /// Opens a consumer on `queue` with the given prefetch, on its own channel.
+    pub async fn consume(
+        &self,
+        queue: &str,
+        tag: &str,
+        prefetch: u16,
+    ) -> Result<(Channel, Consumer), lapin::Error> {
+        let conn = self.connection().await.ok_or_else(|| {
+            lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
+                lapin::ConnectionState::Closed,
+            ))
+        })?;
+        let channel = conn.create_channel().await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                queue.into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok((channel, consumer))
+    }
+
+    /// Stops reconnecting and closes the connection. Call it last, after the
+    /// consumers have settled their deliveries.
+    pub async fn close(&self) {
+        self.inner.closing.cancel();
+        let conn = self.inner.current.send_replace(None);
+        if let Some(conn) = conn
+            && conn.status().connected()
+        {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                conn.close(200, "shutting down".into()),
+            )
+            .await;
+        }
+    }
+}
+
+async fn supervise(inner: Arc<Inner>, url: String, name: String, topology: Topology) {
+    const MIN_BACKOFF: Duration = Duration::from_millis(100);
+    const MAX_BACKOFF: Duration = Duration::from_secs(5);
+    let mut backoff = MIN_BACKOFF;
+    let mut failures = 0u32;
+    while !inner.closing.is_cancelled() {
+        match connect(&url, &name, &topology).await {
+            Ok(conn) => {
+                let conn = Arc::new(conn);
+                backoff = MIN_BACKOFF;
+                if failures > 0 {
+                    tracing::info!(after_failures = failures, "reconnected to RabbitMQ");
+                } else {
+                    tracing::info!("connected to RabbitMQ");
+                }
+                failures = 0;
+                let events = conn.events_listener();
+                inner.current.send_replace(Some(conn.clone()));
+                tokio::select! {
+                    () = wait_until_broken(&conn, events) => {
+                        tracing::warn!("lost the RabbitMQ connection; reconnecting");
+                        inner.current.send_replace(None);
+                    }
+                    () = inner.closing.cancelled() => return,
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                // Log the first failure loudly, then only now and then.
+                if failures == 1 || failures % 20 == 0 {
+                    tracing::warn!(error = %e, failures, "cannot reach RabbitMQ; retrying");
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = inner.closing.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn connect(url: &str, name: &str, topology: &Topology) -> Result<Connection, lapin::Error> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    let conn = tokio::time::timeout(Duration::from_secs(5), Connection::connect(url, props))
+        .await
+        .map_err(|_| {
+            lapin::Error::from(lapin::ErrorKind::IOError(std::sync::Arc::new(
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+            )))
+        })??;
+    let channel = conn.create_channel().await?;
+    topology.declare(&channel).await?;
+    let _ = channel.close(200, "topology declared".into()).await;
+    Ok(conn)
+}
+
+async fn wait_until_broken(
+    conn: &Connection,
+    mut events: impl futures::Stream<Item = Event> + Unpin,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(Event::Error(e)) => {
+                    tracing::warn!(error = %e, "RabbitMQ connection error");
+                    return;
+                }
+                Some(Event::ConnectionBlocked(reason)) => {
+                    tracing::warn!(%reason, "RabbitMQ blocked publishing (resource alarm)");
+                }
+                Some(Event::ConnectionUnblocked) => tracing::info!("RabbitMQ unblocked publishing"),
+                Some(_) => {}
+                None => return,
+            },
+            _ = tick.tick() => if !conn.status().connected() { return },
+        }
+    }
+}

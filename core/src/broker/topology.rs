@@ -1,0 +1,166 @@
+//! Every exchange, queue and binding bibliomq uses, declared in one place.
+//!
+//! Declaration is idempotent and runs on every (re)connection of every
+//! process, so whichever component starts first sets the broker up. The
+//! README draws this module as a diagram; keep the two in step.
+
+use std::time::Duration;
+
+use lapin::{
+    Channel, ExchangeKind,
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable, LongString},
+};
+
+use crate::config::TaskSettings;
+
+/// Topic exchange for task submissions; routing key `task.<action>`.
+pub const TASKS_EXCHANGE: &str = "bibliomq.tasks";
+/// Quorum queue the task workers compete on.
+pub const TASKS_QUEUE: &str = "bibliomq.tasks";
+/// Direct exchange in front of the retry queues; routing key = retry queue name.
+pub const RETRY_EXCHANGE: &str = "bibliomq.retry";
+/// Topic exchange that catches what queues dead-letter; routing keys are kept.
+pub const DEAD_LETTER_EXCHANGE: &str = "bibliomq.dlx";
+/// Tasks that ran out of retries, were poison, or could not be read.
+pub const TASKS_DEAD_QUEUE: &str = "bibliomq.tasks.dead";
+/// Topic exchange of outcome events: `task.<state>`, and the library's
+/// `loaned.<branch>`, `renewed.<branch>`, `returned.<branch>`, `rejected.<op>.<branch>`.
+pub const EVENTS_EXCHANGE: &str = "bibliomq.events";
+/// Routing key that retried tasks come back to [`TASKS_EXCHANGE`] with.
+pub const RETRIED_TASK_KEY: &str = "task.retried";
+
+/// The parts of the topology that depend on configuration.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    task_retry_delays: Vec<Duration>,
+    delivery_limit: u32,
+}
+
+impl Topology {
+    pub fn new(tasks: &TaskSettings) -> Self {
+        Self {
+            task_retry_delays: (1..=tasks.max_retries)
+                .map(|n| tasks.retry_delay(n))
+                .collect(),
+            // The broker's own backstop sits above the worker's poison check,
+            // so the worker normally records the verdict itself.
+            delivery_limit: tasks.poison_delivery_limit + 5,
+        }
+    }
+
+    /// Name of the retry queue that holds a task before retry number `retry` (1-based).
+    pub fn task_retry_queue(&self, retry: u32) -> Option<String> {
+        let delay = self
+            .task_retry_delays
+            .get(usize::try_from(retry).ok()?.checked_sub(1)?)?;
+        Some(retry_queue_name(*delay))
+    }
+
+    /// All queue names, for tests and tooling.
+    pub fn queues(&self) -> Vec<String> {
+        let mut names = vec![TASKS_QUEUE.to_owned(), TASKS_DEAD_QUEUE.to_owned()];
+        names.extend(self.task_retry_delays.iter().map(|d| retry_queue_name(*d)));
+        names
+    }
+
+    /// Declares everything. Safe to run any number of times.
+    pub async fn declare(&self, ch: &Channel) -> Result<(), lapin::Error> {
+        exchange(ch, TASKS_EXCHANGE, ExchangeKind::Topic).await?;
+        exchange(ch, RETRY_EXCHANGE, ExchangeKind::Direct).await?;
+        exchange(ch, DEAD_LETTER_EXCHANGE, ExchangeKind::Topic).await?;
+        exchange(ch, EVENTS_EXCHANGE, ExchangeKind::Topic).await?;
+
+        let mut args = quorum();
+        args.insert("x-dead-letter-exchange".into(), text(DEAD_LETTER_EXCHANGE));
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(self.delivery_limit.into()),
+        );
+        queue(ch, TASKS_QUEUE, args).await?;
+        bind(ch, TASKS_QUEUE, TASKS_EXCHANGE, "task.#").await?;
+
+        queue(ch, TASKS_DEAD_QUEUE, quorum()).await?;
+        bind(ch, TASKS_DEAD_QUEUE, DEAD_LETTER_EXCHANGE, "task.#").await?;
+
+        for delay in &self.task_retry_delays {
+            let name = retry_queue_name(*delay);
+            let mut args = quorum();
+            let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
+            args.insert("x-dead-letter-exchange".into(), text(TASKS_EXCHANGE));
+            args.insert("x-dead-letter-routing-key".into(), text(RETRIED_TASK_KEY));
+            queue(ch, &name, args).await?;
+            bind(ch, &name, RETRY_EXCHANGE, &name).await?;
+        }
+        Ok(())
+    }
+}
+
+/// `bibliomq.tasks.retry.4s`: the delay is in the name, so changing the
+/// configured delays declares new queues instead of clashing with old ones.
+fn retry_queue_name(delay: Duration) -> String {
+    let ms = delay.as_millis();
+    if ms % 1000 == 0 {
+        format!("{TASKS_QUEUE}.retry.{}s", ms / 1000)
+    } else {
+        format!("{TASKS_QUEUE}.retry.{ms}ms")
+    }
+}
+
+fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+}
+
+fn quorum() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), text("quorum"));
+    args
+}
+
+async fn exchange(ch: &Channel, name: &str, kind: ExchangeKind) -> Result<(), lapin::Error> {
+    ch.exchange_declare(
+        name.into(),
+        kind,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+}
+
+async fn queue(ch: &Channel, name: &str, args: FieldTable) -> Result<(), lapin::Error> {
+    ch.queue_declare(name.into(), QueueDeclareOptions::durable(), args)
+        .await
+        .map(|_| ())
+}
+
+async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) -> Result<(), lapin::Error> {
+    ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        key.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_queues_are_named_after_their_delay() {
+        assert_eq!(
+            retry_queue_name(Duration::from_secs(4)),
+            "bibliomq.tasks.retry.4s"
+        );
+        assert_eq!(
+            retry_queue_name(Duration::from_millis(250)),
+            "bibliomq.tasks.retry.250ms"
+        );
+    }
+}

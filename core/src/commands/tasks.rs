@@ -1,0 +1,184 @@
+//! Task commands: submit, look up, list, fetch results.
+
+use deadpool_postgres::Pool;
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::Commands;
+use crate::{
+    batch::Batcher,
+    broker::{headers, topology},
+    db::DbFailure,
+    error::{CommandError, Invalid},
+    storage::ObjectBody,
+    tasks::{
+        Action, TaskMessage, TaskRequest,
+        store::{self, ListFilter, NewTask, TaskRecord},
+    },
+};
+
+/// Group-commits the `queued` rows of submissions arriving at the same time.
+pub type TaskInserter = Batcher<NewTask, (), DbFailure>;
+
+pub(super) fn inserter(pool: Pool) -> TaskInserter {
+    Batcher::spawn(512, 4, move |tasks: Vec<NewTask>| {
+        let pool = pool.clone();
+        async move {
+            let client = pool.get().await?;
+            store::insert_queued(&**client, &tasks).await?;
+            Ok(vec![(); tasks.len()])
+        }
+    })
+}
+
+/// The answer to a submission.
+#[derive(Debug, Clone, Serialize)]
+pub struct SubmittedTask {
+    pub id: Uuid,
+    pub action: Action,
+    pub state: &'static str,
+}
+
+/// Most tasks one list call returns.
+pub const LIST_MAX: i64 = 500;
+
+impl Commands {
+    /// Validates, records the task as `queued` and publishes it; returns once
+    /// the broker has confirmed the message. On any failure nothing stays queued.
+    #[tracing::instrument(skip_all, fields(action = %action, task_id))]
+    pub async fn submit_task(
+        &self,
+        action: &str,
+        payload: Value,
+        correlation_id: &str,
+    ) -> Result<SubmittedTask, CommandError> {
+        let action: Action = action.parse()?;
+        TaskRequest::parse(action, &payload)?;
+        let id = Uuid::now_v7();
+        tracing::Span::current().record("task_id", tracing::field::display(id));
+        let message = TaskMessage {
+            id,
+            action: action.as_str().to_owned(),
+            payload,
+            submitted_at: chrono::Utc::now(),
+        };
+        let body = serde_json::to_vec(&message).map_err(anyhow::Error::from)?;
+
+        self.inner
+            .task_inserts
+            .submit(NewTask {
+                id,
+                action: message.action.clone(),
+                payload: message.payload,
+                correlation_id: correlation_id.to_owned(),
+            })
+            .await?;
+
+        let props = headers::with_header(
+            headers::persistent_json(&id.to_string(), correlation_id),
+            headers::ATTEMPT,
+            lapin::types::AMQPValue::LongLongInt(1),
+        );
+        let published = self
+            .publisher()
+            .publish(
+                topology::TASKS_EXCHANGE,
+                &format!("task.{}", action.as_str()),
+                &body,
+                props,
+                true,
+            )
+            .await;
+        if let Err(e) = published {
+            tracing::warn!(error = %e, "publish failed; withdrawing the task");
+            if let Ok(client) = self.pool().get().await
+                && let Err(e) = store::delete_queued(&**client, id).await
+            {
+                tracing::error!(error = %e, "could not withdraw the unpublished task");
+            }
+            return Err(e.into());
+        }
+        Ok(SubmittedTask {
+            id,
+            action,
+            state: "queued",
+        })
+    }
+
+    pub async fn task(&self, id: Uuid) -> Result<TaskRecord, CommandError> {
+        let client = self.pool().get().await?;
+        store::get(&**client, id).await?.ok_or_else(|| {
+            CommandError::not_found("task_not_found", format!("no task with id {id}"))
+        })
+    }
+
+    pub async fn list_tasks(
+        &self,
+        state: Option<&str>,
+        action: Option<&str>,
+        limit: Option<i64>,
+        before: Option<Uuid>,
+    ) -> Result<Vec<TaskRecord>, CommandError> {
+        if let Some(s) = state
+            && !store::STATES.contains(&s)
+        {
+            return Err(Invalid::field(
+                "invalid_state",
+                "state",
+                format!(
+                    "unknown state `{s}`; expected one of {}",
+                    store::STATES.join(", ")
+                ),
+            )
+            .into());
+        }
+        let action = action.map(str::parse::<Action>).transpose()?;
+        let limit = limit.unwrap_or(50);
+        if !(1..=LIST_MAX).contains(&limit) {
+            return Err(Invalid::field(
+                "invalid_limit",
+                "limit",
+                format!("limit must be from 1 to {LIST_MAX}"),
+            )
+            .into());
+        }
+        let client = self.pool().get().await?;
+        Ok(store::list(
+            &**client,
+            &ListFilter {
+                state: state.map(str::to_owned),
+                action: action.map(|a| a.as_str().to_owned()),
+                limit,
+                before,
+            },
+        )
+        .await?)
+    }
+
+    /// Opens a stored (large) result for streaming.
+    pub async fn open_stored_result(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<ObjectBody, CommandError> {
+        self.store().get(bucket, key).await.map_err(|e| match e {
+            crate::storage::StorageError::NotFound => CommandError::not_found(
+                "result_missing",
+                "the stored result is missing from object storage",
+            ),
+            crate::storage::StorageError::Unavailable(detail) => {
+                tracing::warn!(%detail, "object storage unavailable");
+                CommandError::Unavailable("object storage unavailable".to_owned())
+            }
+        })
+    }
+
+    /// A presigned link to a stored result.
+    pub async fn presign_result(&self, bucket: &str, key: &str) -> Result<String, CommandError> {
+        self.store()
+            .presigned_get(bucket, key)
+            .await
+            .map_err(|e| CommandError::Unavailable(e.to_string()))
+    }
+}

@@ -1,0 +1,215 @@
+//! Typed configuration read from `BIBLIOMQ_*` environment variables.
+//!
+//! Every setting has a default that works on a developer machine with the
+//! services started by `scripts/up`; the README lists them all in one table.
+
+use std::{fmt::Display, str::FromStr, time::Duration};
+
+use anyhow::{Context, bail};
+
+/// Everything a bibliomq process can be configured with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub amqp: AmqpSettings,
+    pub database: DatabaseSettings,
+    pub s3: S3Settings,
+    pub api: ApiSettings,
+    pub tasks: TaskSettings,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone)]
+pub struct AmqpSettings {
+    /// `amqp://user:pass@host:port/vhost`; the vhost is URL-encoded (`%2f` is `/`).
+    pub url: String,
+    /// How long a publish may wait for the broker's confirm before it counts as failed.
+    pub confirm_timeout: Duration,
+    /// Unacknowledged deliveries a consumer may hold (basic.qos prefetch).
+    pub prefetch: u16,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub pool_size: usize,
+    /// Apply pending migrations when a process starts.
+    pub migrate_on_start: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: String,
+    /// Prepended to every object key; tests use it to keep to their own corner of a bucket.
+    pub key_prefix: String,
+    /// Lifetime of presigned download links.
+    pub presign_ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub host: String,
+    pub port: u16,
+    /// Largest request body accepted, in bytes.
+    pub body_limit: usize,
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TaskSettings {
+    /// Results larger than this many bytes go to object storage instead of PostgreSQL.
+    pub inline_result_limit: usize,
+    /// How many times a task that failed for a passing reason is tried again.
+    pub max_retries: u32,
+    /// Delay before the first retry; each further retry waits `retry_factor` times longer.
+    pub retry_base: Duration,
+    pub retry_factor: u32,
+    /// A message delivered this many times without being settled is treated as poison.
+    pub poison_delivery_limit: u32,
+    /// How long shutdown waits for in-flight tasks before requeueing them.
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "pretty" | "text" => Ok(Self::Pretty),
+            "json" => Ok(Self::Json),
+            other => bail!("expected `pretty` or `json`, got `{other}`"),
+        }
+    }
+}
+
+impl Settings {
+    /// Reads the settings from the process environment.
+    pub fn from_env() -> anyhow::Result<Self> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the settings through `lookup`, so tests can supply their own variables.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let env = Env(&lookup);
+        Ok(Self {
+            amqp: AmqpSettings {
+                url: env.get(
+                    "AMQP_URL",
+                    "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10".to_owned(),
+                )?,
+                confirm_timeout: env.millis("AMQP_CONFIRM_TIMEOUT_MS", 5_000)?,
+                prefetch: env.get("AMQP_PREFETCH", 256)?,
+            },
+            database: DatabaseSettings {
+                url: env.get(
+                    "DATABASE_URL",
+                    "postgres://postgres@127.0.0.1:5432/bibliomq".to_owned(),
+                )?,
+                pool_size: env.get("DATABASE_POOL_SIZE", 16)?,
+                migrate_on_start: env.get("MIGRATE_ON_START", true)?,
+            },
+            s3: S3Settings {
+                endpoint: env.get("S3_ENDPOINT", "http://127.0.0.1:3900".to_owned())?,
+                region: env.get("S3_REGION", "garage".to_owned())?,
+                bucket: env.get("S3_BUCKET", "bibliomq".to_owned())?,
+                access_key: env.get("S3_ACCESS_KEY", DEV_ACCESS_KEY.to_owned())?,
+                secret_key: env.get("S3_SECRET_KEY", DEV_SECRET_KEY.to_owned())?,
+                key_prefix: env.get("S3_KEY_PREFIX", String::new())?,
+                presign_ttl: Duration::from_secs(env.get("S3_PRESIGN_TTL_SECS", 900)?),
+            },
+            api: ApiSettings {
+                host: env.get("API_HOST", "127.0.0.1".to_owned())?,
+                port: env.get("API_PORT", 8080)?,
+                body_limit: env.get("API_BODY_LIMIT", 1024 * 1024)?,
+                request_timeout: env.millis("API_REQUEST_TIMEOUT_MS", 30_000)?,
+            },
+            tasks: TaskSettings {
+                inline_result_limit: env.get("TASK_INLINE_RESULT_LIMIT", 64 * 1024)?,
+                max_retries: env.get("TASK_MAX_RETRIES", 5)?,
+                retry_base: env.millis("TASK_RETRY_BASE_MS", 1_000)?,
+                retry_factor: env.get("TASK_RETRY_FACTOR", 4)?,
+                poison_delivery_limit: env.get("TASK_POISON_DELIVERY_LIMIT", 5)?,
+                drain_timeout: env.millis("DRAIN_TIMEOUT_MS", 30_000)?,
+            },
+            log_format: env.get("LOG_FORMAT", LogFormat::Pretty)?,
+        })
+    }
+}
+
+/// Access key of the development S3 server set up by `scripts/services`
+/// (and of MinIO in `infra/docker-compose.yml`). Never use it outside a dev machine.
+pub const DEV_ACCESS_KEY: &str = "GK6269626c696f6d712d646576";
+/// Secret of [`DEV_ACCESS_KEY`].
+pub const DEV_SECRET_KEY: &str = "6269626c696f6d712d6465762d7365637265742d6b65792d6f6e6c792d646576";
+
+struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+impl Env<'_> {
+    fn get<T>(&self, name: &str, default: T) -> anyhow::Result<T>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        let key = format!("BIBLIOMQ_{name}");
+        match (self.0)(&key) {
+            None => Ok(default),
+            Some(raw) if raw.trim().is_empty() => Ok(default),
+            Some(raw) => raw
+                .trim()
+                .parse()
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .with_context(|| format!("{key}={raw:?} is not valid")),
+        }
+    }
+
+    fn millis(&self, name: &str, default_ms: u64) -> anyhow::Result<Duration> {
+        Ok(Duration::from_millis(self.get(name, default_ms)?))
+    }
+}
+
+impl TaskSettings {
+    /// Delay before retry number `retry` (1-based): `base * factor^(retry-1)`.
+    pub fn retry_delay(&self, retry: u32) -> Duration {
+        let factor = self
+            .retry_factor
+            .max(1)
+            .saturating_pow(retry.saturating_sub(1));
+        self.retry_base.saturating_mul(factor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_work_without_any_variable() {
+        let s = Settings::from_lookup(|_| None).unwrap();
+        assert_eq!(s.api.port, 8080);
+        assert_eq!(s.tasks.inline_result_limit, 65_536);
+        assert_eq!(s.log_format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn a_bad_value_names_the_variable() {
+        let err = Settings::from_lookup(|k| (k == "BIBLIOMQ_API_PORT").then(|| "eighty".into()))
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("BIBLIOMQ_API_PORT"), "{err:#}");
+    }
+
+    #[test]
+    fn retry_delays_grow_geometrically() {
+        let s = Settings::from_lookup(|_| None).unwrap().tasks;
+        assert_eq!(s.retry_delay(1), Duration::from_secs(1));
+        assert_eq!(s.retry_delay(2), Duration::from_secs(4));
+        assert_eq!(s.retry_delay(3), Duration::from_secs(16));
+    }
+}

@@ -1,0 +1,84 @@
+//! Applies the plain SQL files in `migrations/` in order, once each.
+//!
+//! A file that changed after it was applied is an error: landed migrations are
+//! never edited, a new file is added instead.
+
+use anyhow::{Context, bail};
+use deadpool_postgres::Pool;
+use sha2::{Digest, Sha256};
+
+/// Every migration, in order. Add new files at the end.
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "tasks",
+    include_str!("../../../migrations/0001_tasks.sql"),
+)];
+
+/// Arbitrary constant: the advisory lock that serialises concurrent runners
+/// (an API and a worker starting at the same moment).
+const LOCK_KEY: i64 = 0x6269_626c_696f;
+
+/// Applies pending migrations and returns the versions it applied.
+pub async fn migrate(pool: &Pool) -> anyhow::Result<Vec<i32>> {
+    let mut client = pool
+        .get()
+        .await
+        .context("Failed to connect to PostgreSQL to run migrations")?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
+        .await
+        .context("Failed to take the migration lock")?;
+    let result = apply_pending(&mut client).await;
+    // The lock is released even when a migration failed.
+    let unlock = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
+        .await;
+    let applied = result?;
+    unlock.context("Failed to release the migration lock")?;
+    Ok(applied)
+}
+
+async fn apply_pending(client: &mut deadpool_postgres::Object) -> anyhow::Result<Vec<i32>> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                version    integer PRIMARY KEY,
+                name       text NOT NULL,
+                checksum   text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )",
+        )
+        .await
+        .context("Failed to create schema_migrations")?;
+    let rows = client
+        .query("SELECT version, checksum FROM schema_migrations", &[])
+        .await
+        .context("Failed to read schema_migrations")?;
+    let done: std::collections::HashMap<i32, String> =
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+
+    let mut applied = Vec::new();
+    for &(version, name, sql) in MIGRATIONS {
+        let checksum = hex::encode(Sha256::digest(sql.as_bytes()));
+        match done.get(&version) {
+            Some(existing) if *existing == checksum => continue,
+            Some(_) => bail!(
+                "migration {version:04} ({name}) changed after it was applied; add a new migration instead"
+            ),
+            None => {}
+        }
+        let tx = client.transaction().await?;
+        tx.batch_execute(sql)
+            .await
+            .with_context(|| format!("Failed to apply migration {version:04} ({name})"))?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+            &[&version, &name, &checksum],
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(version, name, "applied migration");
+        applied.push(version);
+    }
+    Ok(applied)
+}

@@ -1,0 +1,76 @@
+//! PostgreSQL connection pool and the migration runner.
+
+mod migrations;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+pub use migrations::{MIGRATIONS, migrate};
+
+use crate::config::DatabaseSettings;
+
+/// Builds a pool. Connections are opened lazily, so this succeeds while the
+/// database is down; the first query then fails fast instead of hanging.
+pub fn pool(settings: &DatabaseSettings) -> anyhow::Result<Pool> {
+    let mut pg: tokio_postgres::Config = settings
+        .url
+        .parse()
+        .context("BIBLIOMQ_DATABASE_URL is not a valid PostgreSQL URL")?;
+    pg.connect_timeout(Duration::from_secs(3));
+    if pg.get_application_name().is_none() {
+        pg.application_name("bibliomq");
+    }
+    let manager = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            // A cheap `is_closed` check; a dead connection surfaces as a query
+            // error and the pool replaces it on the next checkout.
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(settings.pool_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .recycle_timeout(Some(Duration::from_secs(5)))
+        .build()
+        .context("Failed to build the PostgreSQL pool")
+}
+
+/// True when the error means PostgreSQL could not be reached or the
+/// connection broke, as opposed to a query PostgreSQL rejected.
+pub fn is_unavailable(err: &deadpool_postgres::PoolError) -> bool {
+    match err {
+        deadpool_postgres::PoolError::Backend(e) => e.as_db_error().is_none(),
+        _ => true,
+    }
+}
+
+/// A database failure that can be shared by every item of a batch.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct DbFailure {
+    /// PostgreSQL could not be reached (as opposed to rejecting a statement).
+    pub unavailable: bool,
+    pub message: String,
+}
+
+impl From<deadpool_postgres::PoolError> for DbFailure {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        Self {
+            unavailable: is_unavailable(&e),
+            message: format!("{e:#}"),
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for DbFailure {
+    fn from(e: tokio_postgres::Error) -> Self {
+        deadpool_postgres::PoolError::Backend(e).into()
+    }
+}

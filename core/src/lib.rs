@@ -1,0 +1,29 @@
+//! bibliomq-core: what every bibliomq process shares.
+//!
+//! The HTTP API, the workers, the ZeroMQ edge and the client are thin shells
+//! around this crate: it owns the message contracts, the RabbitMQ topology,
+//! the connections to RabbitMQ, PostgreSQL and object storage, and the command
+//! layer where every validation and rule lives once.
+//!
+//! # Layout
+//! - [`config`]: typed settings from `BIBLIOMQ_*` environment variables.
+//! - [`telemetry`]: tracing setup and correlation ids.
+//! - [`shutdown`]: the process-wide cancellation token (ctrl-c, SIGTERM).
+//! - [`db`]: the PostgreSQL pool and the migration runner.
+//! - [`batch`]: group commit, so many small writes share one statement.
+//! - [`broker`]: the supervised RabbitMQ connection, topology, confirmed publishing.
+//! - [`storage`]: S3-compatible object storage for large results.
+//! - [`tasks`]: task actions, their payload rules, how they run, their rows.
+//! - [`commands`]: the command layer called by every transport.
+//! - [`error`]: the command layer's errors (caller's mistake vs our failure).
+
+pub mod batch;
+pub mod broker;
+pub mod commands;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod shutdown;
+pub mod storage;
+pub mod tasks;
+pub mod telemetry;

@@ -1,0 +1,240 @@
+//! Object storage for large task results: any S3-compatible server (Garage on
+//! the no-Docker path, MinIO in the compose file).
+
+use std::time::Duration;
+
+use aws_sdk_s3::{
+    Client,
+    config::{
+        BehaviorVersion, Credentials, Region, RequestChecksumCalculation,
+        ResponseChecksumValidation, timeout::TimeoutConfig,
+    },
+    error::{ProvideErrorMetadata, SdkError},
+    presigning::PresigningConfig,
+    primitives::ByteStream,
+};
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use crate::config::S3Settings;
+
+/// Where an object was stored, with what a reader needs to trust it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    pub bucket: String,
+    pub key: String,
+    pub size: i64,
+    pub content_type: String,
+    /// Lower-case hex SHA-256 of the object's bytes.
+    pub sha256: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("object not found")]
+    NotFound,
+    /// The server could not be reached or refused the request; worth retrying.
+    #[error("object storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// An object's body, streamed, with its metadata.
+pub struct ObjectBody {
+    pub body: ByteStream,
+    pub content_type: Option<String>,
+    pub size: Option<i64>,
+}
+
+#[derive(Clone)]
+pub struct ObjectStore {
+    client: Client,
+    bucket: String,
+    prefix: String,
+    presign_ttl: Duration,
+}
+
+impl ObjectStore {
+    pub fn new(settings: &S3Settings) -> Self {
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(settings.region.clone()))
+            .endpoint_url(&settings.endpoint)
+            // Path-style URLs: no wildcard DNS needed for the bucket name.
+            .force_path_style(true)
+            .credentials_provider(Credentials::new(
+                &settings.access_key,
+                &settings.secret_key,
+                None,
+                None,
+                "bibliomq",
+            ))
+            // Checksums only where the protocol demands them: S3-compatible
+            // servers differ in which of the newer checksum headers they know.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(3))
+                    .operation_attempt_timeout(Duration::from_secs(30))
+                    .build(),
+            )
+            .build();
+        Self {
+            client: Client::from_conf(config),
+            bucket: settings.bucket.clone(),
+            prefix: settings.key_prefix.clone(),
+            presign_ttl: settings.presign_ttl,
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// The configured key prefix (empty in production).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Stores `bytes` under `prefix + key` and returns where, with its SHA-256.
+    pub async fn put(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        content_type: &str,
+    ) -> Result<StoredObject, StorageError> {
+        let key = format!("{}{key}", self.prefix);
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let size = i64::try_from(bytes.len()).unwrap_or(i64::MAX);
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .content_type(content_type)
+            .metadata("sha256", &sha256)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(StoredObject {
+            bucket: self.bucket.clone(),
+            key,
+            size,
+            content_type: content_type.to_owned(),
+            sha256,
+        })
+    }
+
+    /// Opens an object for streaming.
+    pub async fn get(&self, bucket: &str, key: &str) -> Result<ObjectBody, StorageError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| match e.code() {
+                Some("NoSuchKey") => StorageError::NotFound,
+                _ => unavailable(e),
+            })?;
+        Ok(ObjectBody {
+            content_type: out.content_type().map(str::to_owned),
+            size: out.content_length(),
+            body: out.body,
+        })
+    }
+
+    /// A time-limited download link that needs no credentials.
+    pub async fn presigned_get(&self, bucket: &str, key: &str) -> Result<String, StorageError> {
+        let config = PresigningConfig::expires_in(self.presign_ttl)
+            .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+        let req = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(unavailable)?;
+        Ok(req.uri().to_owned())
+    }
+
+    /// Succeeds when the bucket can be reached with our credentials.
+    pub async fn check(&self) -> Result<(), StorageError> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    /// Deletes every object under `prefix` (within the configured prefix).
+    /// Returns how many were deleted.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<usize, StorageError> {
+        let full = format!("{}{prefix}", self.prefix);
+        let mut deleted = 0;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&full)
+                .send()
+                .await
+                .map_err(unavailable)?;
+            let keys: Vec<String> = page
+                .contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_owned))
+                .collect();
+            if keys.is_empty() {
+                return Ok(deleted);
+            }
+            for key in keys {
+                self.client
+                    .delete_object()
+                    .bucket(&self.bucket)
+                    .key(&key)
+                    .send()
+                    .await
+                    .map_err(unavailable)?;
+                deleted += 1;
+            }
+        }
+    }
+}
+
+fn unavailable<E, R>(e: SdkError<E, R>) -> StorageError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let detail = match &e {
+        SdkError::ServiceError(s) => {
+            let err = s.err();
+            format!(
+                "{}: {}",
+                err.code().unwrap_or("error"),
+                err.message().unwrap_or("no message")
+            )
+        }
+        other => aws_sdk_s3::error::DisplayErrorContext(other).to_string(),
+    };
+    StorageError::Unavailable(detail)
+}
+
+/// Bytes of a whole object, for tests and small reads.
+pub async fn collect(body: ObjectBody) -> Result<Bytes, StorageError> {
+    body.body
+        .collect()
+        .await
+        .map(|d| d.into_bytes())
+        .map_err(|e| StorageError::Unavailable(e.to_string()))
+}

@@ -1,0 +1,288 @@
+//! Running a task. CPU-heavy actions run on the blocking pool so they never
+//! stall the consumers and confirms sharing the async runtime; a panic inside
+//! an action fails that task and nothing else.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use num_bigint::BigUint;
+use serde_json::{Value, json};
+
+use super::{Language, Number, TaskRequest, report};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentType {
+    Json,
+    Csv,
+}
+
+impl ContentType {
+    pub fn mime(self) -> &'static str {
+        match self {
+            Self::Json => "application/json",
+            Self::Csv => "text/csv; charset=utf-8",
+        }
+    }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            Self::Csv => "csv",
+        }
+    }
+
+    pub fn from_mime(mime: &str) -> Self {
+        if mime.starts_with("text/csv") {
+            Self::Csv
+        } else {
+            Self::Json
+        }
+    }
+}
+
+/// A task's result, serialised: JSON text, or CSV text for reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskOutput {
+    pub bytes: Bytes,
+    pub content_type: ContentType,
+}
+
+impl TaskOutput {
+    fn json(value: &Value) -> Self {
+        Self {
+            bytes: Bytes::from(value.to_string()),
+            content_type: ContentType::Json,
+        }
+    }
+}
+
+/// Why a task failed for good (retrying would not help).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TaskFailure {
+    #[error("{0}")]
+    Rejected(String),
+    #[error("the task panicked: {0}")]
+    Panicked(String),
+}
+
+/// Runs a task to completion.
+pub async fn run(request: TaskRequest) -> Result<TaskOutput, TaskFailure> {
+    match request {
+        TaskRequest::Echo(v) => Ok(TaskOutput::json(&v)),
+        TaskRequest::Upper(s) => Ok(TaskOutput::json(&Value::String(s.to_uppercase()))),
+        TaskRequest::Greet { name, language } => {
+            let text = match language {
+                Language::En => format!("Hello, {name}!"),
+                Language::Es => format!("¡Hola, {name}!"),
+            };
+            Ok(TaskOutput::json(&Value::String(text)))
+        }
+        TaskRequest::Sleep(d) => {
+            tokio::time::sleep(d).await;
+            Ok(TaskOutput::json(
+                &json!({ "slept_ms": u64::try_from(d.as_millis()).unwrap_or(u64::MAX) }),
+            ))
+        }
+        TaskRequest::Sum(numbers) if numbers.len() <= 1_000 => Ok(sum(&numbers)),
+        other => blocking(move || run_heavy(other)).await,
+    }
+}
+
+fn run_heavy(request: TaskRequest) -> Result<TaskOutput, TaskFailure> {
+    match request {
+        TaskRequest::Sum(numbers) => Ok(sum(&numbers)),
+        TaskRequest::Fib(n) => Ok(TaskOutput::json(&Value::String(fib(n).to_string()))),
+        TaskRequest::Primes(limit) => Ok(primes(limit)),
+        TaskRequest::Wordcount(text) => Ok(wordcount(&text)),
+        TaskRequest::Report(spec) => report::run(&spec).map(|csv| TaskOutput {
+            bytes: Bytes::from(csv),
+            content_type: ContentType::Csv,
+        }),
+        // Light actions are answered in `run`; reaching here is still correct.
+        TaskRequest::Echo(v) => Ok(TaskOutput::json(&v)),
+        TaskRequest::Upper(s) => Ok(TaskOutput::json(&Value::String(s.to_uppercase()))),
+        other => Err(TaskFailure::Rejected(format!(
+            "{} cannot run on the blocking pool",
+            other.action()
+        ))),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, TaskFailure> + Send + 'static,
+) -> Result<T, TaskFailure> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => {
+            let panic = e.into_panic();
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            Err(TaskFailure::Panicked(msg))
+        }
+        Err(e) => Err(TaskFailure::Panicked(e.to_string())),
+    }
+}
+
+fn sum(numbers: &[Number]) -> TaskOutput {
+    let all_ints = numbers.iter().all(|n| matches!(n, Number::Int(_)));
+    let value = if all_ints {
+        let total: i128 = numbers
+            .iter()
+            .map(|n| match n {
+                Number::Int(i) => i128::from(*i),
+                Number::Float(_) => 0,
+            })
+            .sum();
+        // Sums beyond i64 stay exact as a decimal string.
+        i64::try_from(total).map_or_else(|_| Value::String(total.to_string()), Value::from)
+    } else {
+        let total: f64 = numbers
+            .iter()
+            .map(|n| match n {
+                #[allow(clippy::cast_precision_loss)]
+                Number::Int(i) => *i as f64,
+                Number::Float(f) => *f,
+            })
+            .sum();
+        Value::from(total)
+    };
+    TaskOutput::json(&value)
+}
+
+/// The n-th Fibonacci number by fast doubling: O(log n) big multiplications.
+pub fn fib(n: u32) -> BigUint {
+    // (F(k), F(k+1)) from the top bit of n down.
+    let mut a = BigUint::from(0u32);
+    let mut b = BigUint::from(1u32);
+    for bit in (0..u32::BITS - n.leading_zeros()).rev() {
+        // F(2k) = F(k) * (2F(k+1) - F(k)); F(2k+1) = F(k)^2 + F(k+1)^2
+        let two_b = &b << 1u32;
+        let c = &a * (&two_b - &a);
+        let d = &a * &a + &b * &b;
+        if (n >> bit) & 1 == 0 {
+            a = c;
+            b = d;
+        } else {
+            b = &c + &d;
+            a = d;
+        }
+    }
+    a
+}
+
+fn primes(limit: u64) -> TaskOutput {
+    let n = usize::try_from(limit).unwrap_or(usize::MAX);
+    let mut composite = vec![false; n + 1];
+    let mut found: Vec<u64> = Vec::new();
+    for i in 2..=n {
+        if !composite[i] {
+            found.push(i as u64);
+            let mut j = i.saturating_mul(i);
+            while j <= n {
+                composite[j] = true;
+                j += i;
+            }
+        }
+    }
+    // Written by hand: a Vec<Value> of millions of numbers costs far more memory.
+    let mut out = String::with_capacity(found.len() * 8 + 64);
+    out.push_str(&format!(
+        "{{\"limit\":{limit},\"count\":{},\"primes\":[",
+        found.len()
+    ));
+    for (i, p) in found.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&p.to_string());
+    }
+    out.push_str("]}");
+    TaskOutput {
+        bytes: Bytes::from(out),
+        content_type: ContentType::Json,
+    }
+}
+
+fn wordcount(text: &str) -> TaskOutput {
+    let mut counts: HashMap<String, u64> = HashMap::new();
+    let mut total = 0u64;
+    for word in text
+        .split(|c: char| !(c.is_alphanumeric() || c == '\'' || c == '-'))
+        .map(|w| w.trim_matches(|c| c == '\'' || c == '-'))
+        .filter(|w| !w.is_empty())
+    {
+        total += 1;
+        *counts.entry(word.to_lowercase()).or_default() += 1;
+    }
+    let mut counts: Vec<(String, u64)> = counts.into_iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let unique = counts.len();
+    let counts: Vec<Value> = counts
+        .into_iter()
+        .map(|(word, count)| json!({ "word": word, "count": count }))
+        .collect();
+    TaskOutput::json(&json!({ "words": total, "unique": unique, "counts": counts }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tasks::{Action, TaskRequest};
+
+    async fn run_json(action: Action, payload: Value) -> Value {
+        let req = TaskRequest::parse(action, &payload).unwrap();
+        let out = run(req).await.unwrap();
+        assert_eq!(out.content_type, ContentType::Json);
+        serde_json::from_slice(&out.bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn small_actions_give_the_expected_results() {
+        assert_eq!(run_json(Action::Sum, json!("1,2,3,4,5")).await, json!(15));
+        assert_eq!(run_json(Action::Sum, json!([1.5, 2])).await, json!(3.5));
+        assert_eq!(
+            run_json(Action::Sum, json!([i64::MAX, i64::MAX])).await,
+            json!("18446744073709551614")
+        );
+        assert_eq!(
+            run_json(Action::Upper, json!("hola ñandú")).await,
+            json!("HOLA ÑANDÚ")
+        );
+        assert_eq!(
+            run_json(Action::Echo, json!({"a": [1]})).await,
+            json!({"a": [1]})
+        );
+        assert_eq!(
+            run_json(Action::Greet, json!({"name": "Ana", "language": "es"})).await,
+            json!("¡Hola, Ana!")
+        );
+    }
+
+    #[test]
+    fn fib_is_exact() {
+        assert_eq!(fib(0).to_string(), "0");
+        assert_eq!(fib(1).to_string(), "1");
+        assert_eq!(fib(2).to_string(), "1");
+        assert_eq!(fib(30).to_string(), "832040");
+        assert_eq!(fib(100).to_string(), "354224848179261915075");
+        let big = fib(100_000).to_string();
+        assert_eq!(big.len(), 20_899);
+        assert!(big.starts_with("259740693472217241661550340212759154148804853865176965847247"));
+    }
+
+    #[tokio::test]
+    async fn primes_and_wordcount_give_full_answers() {
+        let p = run_json(Action::Primes, json!(30)).await;
+        assert_eq!(
+            p,
+            json!({"limit": 30, "count": 10, "primes": [2,3,5,7,11,13,17,19,23,29]})
+        );
+        let w = run_json(Action::Wordcount, json!("El perro y el gato. ¡El perro!")).await;
+        assert_eq!(w["words"], json!(7));
+        assert_eq!(w["unique"], json!(4));
+        assert_eq!(w["counts"][0], json!({"word": "el", "count": 3}));
+    }
+}

@@ -1,0 +1,345 @@
+//! Task rows in PostgreSQL. Writes take slices so the batch writers can
+//! group many tasks into one statement.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use tokio_postgres::{GenericClient, Row};
+use uuid::Uuid;
+
+use crate::storage::StoredObject;
+
+/// States a task goes through: `queued` → `running` → `succeeded` | `failed`,
+/// back to `queued` while it waits for a retry, `dead` when it gives up.
+pub const STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "dead"];
+
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub id: Uuid,
+    pub action: String,
+    pub payload: Value,
+    pub correlation_id: String,
+}
+
+/// Inserts tasks as `queued`.
+pub async fn insert_queued(
+    db: &impl GenericClient,
+    tasks: &[NewTask],
+) -> Result<(), tokio_postgres::Error> {
+    let ids: Vec<Uuid> = tasks.iter().map(|t| t.id).collect();
+    let actions: Vec<&str> = tasks.iter().map(|t| t.action.as_str()).collect();
+    let payloads: Vec<&Value> = tasks.iter().map(|t| &t.payload).collect();
+    let correlations: Vec<&str> = tasks.iter().map(|t| t.correlation_id.as_str()).collect();
+    db.execute(
+        "INSERT INTO tasks (id, action, payload, correlation_id)
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[])",
+        &[&ids, &actions, &payloads, &correlations],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Removes a task that never reached the broker.
+pub async fn delete_queued(db: &impl GenericClient, id: Uuid) -> Result<(), tokio_postgres::Error> {
+    db.execute(
+        "DELETE FROM tasks WHERE id = $1 AND state = 'queued'",
+        &[&id],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Marks tasks `running` and counts the attempt. Returns the ids that may
+/// run, with their attempt number; a task that already finished (a
+/// redelivery) or that does not exist is left out.
+pub async fn claim(
+    db: &impl GenericClient,
+    ids: &[Uuid],
+) -> Result<Vec<(Uuid, i32)>, tokio_postgres::Error> {
+    let rows = db
+        .query(
+            "UPDATE tasks
+                SET state = 'running', attempts = attempts + 1,
+                    started_at = coalesce(started_at, now()), updated_at = now()
+              WHERE id = ANY($1) AND state IN ('queued', 'running')
+          RETURNING id, attempts",
+            &[&ids],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// How a run ended, to be written back.
+#[derive(Debug, Clone)]
+pub enum Finish {
+    Succeeded {
+        id: Uuid,
+        result: FinishedResult,
+    },
+    Failed {
+        id: Uuid,
+        error: String,
+    },
+    /// Waiting in a retry queue.
+    Retrying {
+        id: Uuid,
+        error: String,
+    },
+    Dead {
+        id: Uuid,
+        error: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub enum FinishedResult {
+    /// Serialised JSON (or, for CSV, the text) kept in the row.
+    Inline {
+        text: String,
+        content_type: String,
+    },
+    Stored(StoredObject),
+}
+
+impl Finish {
+    pub fn id(&self) -> Uuid {
+        match self {
+            Self::Succeeded { id, .. }
+            | Self::Failed { id, .. }
+            | Self::Retrying { id, .. }
+            | Self::Dead { id, .. } => *id,
+        }
+    }
+}
+
+/// Writes outcomes. Only rows still `running` change (or, for `dead`, any
+/// unfinished row), so a late duplicate never overwrites a finished task.
+/// Returns, per outcome, whether it was applied.
+pub async fn finish(
+    db: &impl GenericClient,
+    outcomes: &[Finish],
+) -> Result<Vec<bool>, tokio_postgres::Error> {
+    let n = outcomes.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut states = Vec::with_capacity(n);
+    let mut errors: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut texts: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut types: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut buckets: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut keys: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut sizes: Vec<Option<i64>> = Vec::with_capacity(n);
+    let mut shas: Vec<Option<&str>> = Vec::with_capacity(n);
+    for o in outcomes {
+        ids.push(o.id());
+        let (state, error) = match o {
+            Finish::Succeeded { .. } => ("succeeded", None),
+            Finish::Failed { error, .. } => ("failed", Some(error.as_str())),
+            Finish::Retrying { error, .. } => ("queued", Some(error.as_str())),
+            Finish::Dead { error, .. } => ("dead", Some(error.as_str())),
+        };
+        states.push(state);
+        errors.push(error);
+        match o {
+            Finish::Succeeded {
+                result: FinishedResult::Inline { text, content_type },
+                ..
+            } => {
+                texts.push(Some(text.as_str()));
+                types.push(Some(content_type.as_str()));
+                buckets.push(None);
+                keys.push(None);
+                sizes.push(None);
+                shas.push(None);
+            }
+            Finish::Succeeded {
+                result: FinishedResult::Stored(obj),
+                ..
+            } => {
+                texts.push(None);
+                types.push(Some(obj.content_type.as_str()));
+                buckets.push(Some(obj.bucket.as_str()));
+                keys.push(Some(obj.key.as_str()));
+                sizes.push(Some(obj.size));
+                shas.push(Some(obj.sha256.as_str()));
+            }
+            _ => {
+                texts.push(None);
+                types.push(None);
+                buckets.push(None);
+                keys.push(None);
+                sizes.push(None);
+                shas.push(None);
+            }
+        }
+    }
+    let rows = db
+        .query(
+            "WITH u AS (
+                SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                     $6::text[], $7::text[], $8::int8[], $9::text[])
+                    AS u(id, state, error, text, content_type, bucket, key, size, sha256)
+             )
+             UPDATE tasks t SET
+                state = u.state,
+                error = CASE WHEN u.state = 'succeeded' THEN NULL ELSE u.error END,
+                result = CASE
+                    WHEN u.text IS NULL THEN NULL
+                    WHEN u.content_type LIKE 'text/csv%' THEN to_jsonb(u.text)
+                    ELSE u.text::jsonb END,
+                result_content_type = u.content_type,
+                result_bucket = u.bucket, result_key = u.key,
+                result_size = coalesce(u.size, octet_length(u.text)),
+                result_sha256 = u.sha256,
+                finished_at = CASE WHEN u.state = 'queued' THEN NULL ELSE now() END,
+                updated_at = now()
+             FROM u
+             WHERE t.id = u.id
+               AND (t.state = 'running' OR (u.state = 'dead' AND t.state = 'queued'))
+             RETURNING t.id",
+            &[
+                &ids, &states, &errors, &texts, &types, &buckets, &keys, &sizes, &shas,
+            ],
+        )
+        .await?;
+    let applied: std::collections::HashSet<Uuid> = rows.iter().map(|r| r.get(0)).collect();
+    Ok(ids.iter().map(|id| applied.contains(id)).collect())
+}
+
+/// A task as clients see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskRecord {
+    pub id: Uuid,
+    pub action: String,
+    pub state: String,
+    pub attempts: i32,
+    pub correlation_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Value>,
+    /// The result itself when it is small enough to keep in the database.
+    pub result: Option<Value>,
+    /// Where a large result was stored, and how to check it.
+    pub result_object: Option<ResultObject>,
+    pub result_content_type: Option<String>,
+    pub result_size: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ResultObject {
+    pub bucket: String,
+    pub key: String,
+    pub size: i64,
+    pub content_type: String,
+    pub sha256: String,
+}
+
+const COLUMNS: &str = "id, action, state, attempts, correlation_id, created_at, started_at,
+    finished_at, updated_at, error, result, result_bucket, result_key, result_size,
+    result_content_type, result_sha256";
+
+fn record(row: &Row, payload: Option<Value>) -> TaskRecord {
+    let bucket: Option<String> = row.get("result_bucket");
+    let key: Option<String> = row.get("result_key");
+    let size: Option<i64> = row.get("result_size");
+    let content_type: Option<String> = row.get("result_content_type");
+    let sha: Option<String> = row.get("result_sha256");
+    let result_object = match (bucket, key, sha) {
+        (Some(bucket), Some(key), Some(sha256)) => Some(ResultObject {
+            bucket,
+            key,
+            size: size.unwrap_or_default(),
+            content_type: content_type.clone().unwrap_or_default(),
+            sha256,
+        }),
+        _ => None,
+    };
+    TaskRecord {
+        id: row.get("id"),
+        action: row.get("action"),
+        state: row.get("state"),
+        attempts: row.get("attempts"),
+        correlation_id: row.get("correlation_id"),
+        created_at: row.get("created_at"),
+        started_at: row.get("started_at"),
+        finished_at: row.get("finished_at"),
+        updated_at: row.get("updated_at"),
+        error: row.get("error"),
+        payload,
+        result: row.get("result"),
+        result_object,
+        result_content_type: content_type,
+        result_size: size,
+    }
+}
+
+/// One task with its payload.
+pub async fn get(
+    db: &impl GenericClient,
+    id: Uuid,
+) -> Result<Option<TaskRecord>, tokio_postgres::Error> {
+    let row = db
+        .query_opt(
+            &format!("SELECT {COLUMNS}, payload FROM tasks WHERE id = $1"),
+            &[&id],
+        )
+        .await?;
+    Ok(row.map(|r| {
+        let payload = r.get("payload");
+        record(&r, Some(payload))
+    }))
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub state: Option<String>,
+    pub action: Option<String>,
+    pub limit: i64,
+    /// Only tasks created before this one (for paging).
+    pub before: Option<Uuid>,
+}
+
+/// Tasks newest first, without payloads or inline results.
+pub async fn list(
+    db: &impl GenericClient,
+    filter: &ListFilter,
+) -> Result<Vec<TaskRecord>, tokio_postgres::Error> {
+    let rows = db
+        .query(
+            &format!(
+                "SELECT {COLUMNS} FROM tasks
+                  WHERE ($1::text IS NULL OR state = $1)
+                    AND ($2::text IS NULL OR action = $2)
+                    AND ($4::uuid IS NULL OR (created_at, id) <
+                         (SELECT created_at, id FROM tasks WHERE id = $4))
+                  ORDER BY created_at DESC, id DESC
+                  LIMIT $3"
+            ),
+            &[&filter.state, &filter.action, &filter.limit, &filter.before],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let mut rec = record(r, None);
+            rec.result = None;
+            rec
+        })
+        .collect())
+}
+
+/// Count of tasks per state, for dashboards.
+pub async fn count_by_state(
+    db: &impl GenericClient,
+) -> Result<Vec<(String, i64)>, tokio_postgres::Error> {
+    let rows = db
+        .query(
+            "SELECT state, count(*) FROM tasks GROUP BY state ORDER BY state",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}

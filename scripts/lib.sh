@@ -1,0 +1,144 @@
+# Shared helpers for the scripts in this folder. Source it; do not run it.
+# shellcheck shell=bash
+
+BIBLIOMQ_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BIBLIOMQ_STATE_DIR="${BIBLIOMQ_STATE_DIR:-$HOME/.local/share/bibliomq}"
+# Build output lives outside the clone so fresh clones rebuild only what changed.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bibliomq/target}"
+GARAGE_VERSION="2.5.0"
+GARAGE_DIR="$BIBLIOMQ_STATE_DIR/garage"
+GARAGE_CONFIG="$GARAGE_DIR/garage.toml"
+# Development credentials, the same as the defaults in core/src/config.rs.
+DEV_S3_ACCESS_KEY="GK6269626c696f6d712d646576"
+DEV_S3_SECRET_KEY="6269626c696f6d712d6465762d7365637265742d6b65792d6f6e6c792d646576"
+
+log() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
+warn() { printf '\033[1;33mwarning:\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[1;31merror:\033[0m %s\n' "$*" >&2; exit 1; }
+
+# port_open HOST PORT: true when something accepts TCP connections there.
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+# wait_port HOST PORT SECONDS WHAT
+wait_port() {
+  local deadline=$((SECONDS + $3))
+  until port_open "$1" "$2"; do
+    ((SECONDS < deadline)) || die "$4 did not come up on $1:$2 within $3 s"
+    sleep 0.5
+  done
+}
+
+APT_UPDATED=""
+apt_install() {
+  command -v apt-get >/dev/null || die "missing $*; install it with your package manager"
+  if [[ -z "$APT_UPDATED" ]]; then
+    log "apt-get update"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    APT_UPDATED=1
+  fi
+  log "installing $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_rabbitmq() {
+  if ! port_open 127.0.0.1 5672; then
+    command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
+    log "starting RabbitMQ"
+    rabbitmq-server -detached >/dev/null 2>&1 || true
+    wait_port 127.0.0.1 5672 90 RabbitMQ
+  fi
+  if ! port_open 127.0.0.1 15672; then
+    log "enabling the RabbitMQ management UI"
+    rabbitmq-plugins enable --quiet rabbitmq_management >/dev/null
+    wait_port 127.0.0.1 15672 60 "the RabbitMQ management UI"
+  fi
+}
+
+ensure_postgres() {
+  if ! port_open 127.0.0.1 5432; then
+    command -v pg_ctlcluster >/dev/null || apt_install postgresql
+    log "starting PostgreSQL"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -n1)" main start
+    wait_port 127.0.0.1 5432 60 PostgreSQL
+  fi
+  command -v psql >/dev/null || apt_install postgresql-client
+}
+
+# ensure_database NAME
+ensure_database() {
+  local exists
+  exists=$(psql -h 127.0.0.1 -U postgres -d postgres -Atc "SELECT 1 FROM pg_database WHERE datname = '$1'")
+  [[ "$exists" == 1 ]] || { log "creating database $1"; psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE \"$1\"" >/dev/null; }
+}
+
+garage_cmd() { garage -c "$GARAGE_CONFIG" "$@"; }
+
+ensure_garage_installed() {
+  export PATH="$HOME/.cargo/bin:$PATH"
+  if ! command -v garage >/dev/null; then
+    log "installing Garage $GARAGE_VERSION from crates.io (once; about 9 minutes on 2 cores)"
+    cargo install garage --locked --version "$GARAGE_VERSION" >/dev/null
+  fi
+}
+
+# Single-node Garage on 127.0.0.1:3900 with the development key and buckets.
+ensure_garage() {
+  ensure_garage_installed
+  mkdir -p "$GARAGE_DIR/meta" "$GARAGE_DIR/data"
+  if [[ ! -f "$GARAGE_CONFIG" ]]; then
+    cat >"$GARAGE_CONFIG" <<TOML
+metadata_dir = "$GARAGE_DIR/meta"
+data_dir = "$GARAGE_DIR/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:3901"
+rpc_public_addr = "127.0.0.1:3901"
+rpc_secret = "$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"
+
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:3900"
+root_domain = ".s3.garage.localhost"
+
+[admin]
+api_bind_addr = "127.0.0.1:3903"
+admin_token = "$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"
+TOML
+    chmod 600 "$GARAGE_CONFIG"
+  fi
+  if ! port_open 127.0.0.1 3900; then
+    log "starting Garage (S3 on 127.0.0.1:3900)"
+    nohup garage -c "$GARAGE_CONFIG" server >"$GARAGE_DIR/garage.log" 2>&1 &
+    echo $! >"$GARAGE_DIR/garage.pid"
+    wait_port 127.0.0.1 3900 60 Garage
+  fi
+  local deadline=$((SECONDS + 30))
+  until garage_cmd status >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || die "garage status keeps failing; see $GARAGE_DIR/garage.log"
+    sleep 0.5
+  done
+  if garage_cmd status 2>/dev/null | grep -q "NO ROLE ASSIGNED"; then
+    local node
+    node=$(garage_cmd node id -q | cut -d@ -f1)
+    log "assigning the Garage layout"
+    garage_cmd layout assign -z dc1 -c 1G "$node" >/dev/null
+    garage_cmd layout apply --version "$(( $(garage_cmd layout show 2>/dev/null | sed -n 's/.*Current cluster layout version: \([0-9]*\).*/\1/p' | head -n1 || echo 0) + 1 ))" >/dev/null
+  fi
+  if ! garage_cmd key info "$DEV_S3_ACCESS_KEY" >/dev/null 2>&1; then
+    log "importing the development S3 key"
+    garage_cmd key import --yes -n bibliomq-dev "$DEV_S3_ACCESS_KEY" "$DEV_S3_SECRET_KEY" >/dev/null
+    garage_cmd key allow --create-bucket "$DEV_S3_ACCESS_KEY" >/dev/null
+  fi
+  local bucket
+  for bucket in "$@"; do
+    if ! garage_cmd bucket info "$bucket" >/dev/null 2>&1; then
+      log "creating bucket $bucket"
+      garage_cmd bucket create "$bucket" >/dev/null
+      garage_cmd bucket allow --read --write --owner "$bucket" --key "$DEV_S3_ACCESS_KEY" >/dev/null
+    fi
+  done
+}
+
+docker_available() {
+  command -v docker >/dev/null && docker info >/dev/null 2>&1
+}

@@ -1,0 +1,105 @@
+//! The consume loop every worker kind shares: (re)subscribe whenever the
+//! connection comes back, hand each delivery to its own task, and on shutdown
+//! stop taking new deliveries, let the in-flight ones finish, and after the
+//! drain time tell them to give their message back.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use bibliomq_core::broker::Broker;
+use futures::StreamExt;
+use lapin::{message::Delivery, options::BasicCancelOptions};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+/// How a consumer is told to stop.
+#[derive(Clone)]
+pub struct Stop {
+    /// Stop taking deliveries; finish what is in hand.
+    pub graceful: CancellationToken,
+    /// The drain time is over: abandon work in progress and requeue it.
+    pub abandon: CancellationToken,
+}
+
+/// Handles one delivery; must settle it (ack, nack or reject) itself.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(
+        self: Arc<Self>,
+        delivery: Delivery,
+        abandon: CancellationToken,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// Consumes `queue` until `stop.graceful` is cancelled, then drains.
+pub async fn run<H: Handler>(
+    broker: Broker,
+    queue: &str,
+    prefetch: u16,
+    handler: Arc<H>,
+    stop: Stop,
+    drain: Duration,
+) {
+    let tracker = TaskTracker::new();
+    let tag = format!("{queue}@{}-{}", hostname(), std::process::id());
+    'connect: while !stop.graceful.is_cancelled() {
+        let opened = tokio::select! {
+            opened = broker.consume(queue, &tag, prefetch) => opened,
+            () = stop.graceful.cancelled() => break,
+        };
+        let (channel, mut consumer) = match opened {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(queue, error = %e, "cannot consume; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    () = stop.graceful.cancelled() => break,
+                }
+            }
+        };
+        tracing::info!(queue, prefetch, "consuming");
+        loop {
+            tokio::select! {
+                // Prefer shutdown over new deliveries.
+                biased;
+                () = stop.graceful.cancelled() => {
+                    let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
+                    break 'connect;
+                }
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let handler = handler.clone();
+                        tracker.spawn(handler.handle(delivery, stop.abandon.clone()));
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(queue, error = %e, "consumer failed; resubscribing");
+                        continue 'connect;
+                    }
+                    None => {
+                        tracing::warn!(queue, "consumer was cancelled by the broker; resubscribing");
+                        continue 'connect;
+                    }
+                },
+            }
+        }
+    }
+    tracker.close();
+    if !tracker.is_empty() {
+        tracing::info!(
+            queue,
+            in_flight = tracker.len(),
+            "waiting for in-flight deliveries"
+        );
+    }
+    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+        tracing::warn!(queue, "drain time over; requeueing unfinished work");
+        stop.abandon.cancel();
+        tracker.wait().await;
+    }
+    tracing::info!(queue, "consumer stopped");
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".to_owned())
+}

@@ -1,0 +1,41 @@
+use anyhow::Context;
+use bibliomq_core::{config::Settings, db, shutdown, telemetry};
+use clap::{Parser, Subcommand};
+
+/// bibliomq task and library workers.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume and process work until SIGTERM or ctrl-c (the default).
+    Run,
+    /// Apply pending database migrations and exit.
+    Migrate,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::from_env()?;
+    telemetry::init(settings.log_format);
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Migrate => {
+            let pool = db::pool(&settings.database)?;
+            let applied = db::migrate(&pool).await?;
+            tracing::info!(?applied, "migrations up to date");
+            Ok(())
+        }
+        Command::Run => {
+            let token = shutdown::on_signals();
+            let app = bibliomq_workers::WorkerApp::build(settings)
+                .await
+                .context("Failed to start the workers")?;
+            app.run_until_stopped(token).await
+        }
+    }
+}

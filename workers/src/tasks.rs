@@ -1,0 +1,384 @@
+//! The task worker: claims a delivered task in PostgreSQL, runs it, stores a
+//! large result in object storage, commits the outcome, and only then acks.
+//!
+//! - A redelivered task that already finished is acked without running again
+//!   (the claim only takes `queued` or `running` rows).
+//! - Passing failures (object storage or PostgreSQL unavailable) go to a
+//!   retry queue whose TTL sends them back after a growing delay; when the
+//!   retries are spent the task is marked `dead` and dead-lettered.
+//! - A task that keeps killing its worker (delivered again and again without
+//!   being settled) is poison: marked `dead` and dead-lettered.
+//! - Claims and outcomes are written in batches (group commit).
+
+use std::sync::Arc;
+
+use bibliomq_core::{
+    batch::Batcher,
+    broker::{Publisher, headers, topology},
+    config::TaskSettings,
+    db::DbFailure,
+    storage::{ObjectStore, StorageError},
+    tasks::{
+        Action, TaskMessage, TaskOutput, TaskRequest,
+        store::{self, Finish, FinishedResult},
+    },
+};
+use deadpool_postgres::Pool;
+use lapin::{
+    message::Delivery,
+    options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions},
+    types::AMQPValue,
+};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::consumer::Handler;
+
+type Claims = Batcher<Uuid, Option<i32>, DbFailure>;
+type Finishes = Batcher<Finish, bool, DbFailure>;
+
+pub struct TaskWorker {
+    publisher: Publisher,
+    store: ObjectStore,
+    settings: TaskSettings,
+    topology: topology::Topology,
+    claims: Claims,
+    finishes: Finishes,
+}
+
+impl TaskWorker {
+    pub fn new(
+        pool: Pool,
+        publisher: Publisher,
+        store: ObjectStore,
+        settings: TaskSettings,
+    ) -> Self {
+        let claim_pool = pool.clone();
+        let claims = Batcher::spawn(512, 4, move |ids: Vec<Uuid>| {
+            let pool = claim_pool.clone();
+            async move {
+                let client = pool.get().await?;
+                let claimed: std::collections::HashMap<Uuid, i32> =
+                    store::claim(&**client, &ids).await?.into_iter().collect();
+                Ok(ids.iter().map(|id| claimed.get(id).copied()).collect())
+            }
+        });
+        let finishes = Batcher::spawn(512, 4, move |outcomes: Vec<Finish>| {
+            let pool = pool.clone();
+            async move {
+                let client = pool.get().await?;
+                Ok(store::finish(&**client, &outcomes).await?)
+            }
+        });
+        Self {
+            publisher,
+            store,
+            topology: topology::Topology::new(&settings),
+            settings,
+            claims,
+            finishes,
+        }
+    }
+
+    async fn process(&self, delivery: Delivery, abandon: CancellationToken) {
+        let attempt = headers::get_u64(&delivery.properties, headers::ATTEMPT).unwrap_or(1);
+        let redeliveries =
+            headers::get_u64(&delivery.properties, headers::DELIVERY_COUNT).unwrap_or(0);
+        let message: TaskMessage = match serde_json::from_slice(&delivery.data) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "unreadable task message; dead-lettering it");
+                settle(&delivery, Settle::DeadLetter).await;
+                return;
+            }
+        };
+
+        if redeliveries >= u64::from(self.settings.poison_delivery_limit) {
+            let error = format!(
+                "delivered {} times without finishing (did it crash its worker?)",
+                redeliveries + 1
+            );
+            tracing::error!(%error, "poison task");
+            self.give_up(&delivery, &message, error).await;
+            return;
+        }
+
+        let attempts = match self.claims.submit(message.id).await {
+            Ok(Some(attempts)) => attempts,
+            Ok(None) => {
+                tracing::info!("task already finished (or withdrawn); acking the duplicate");
+                settle(&delivery, Settle::Ack).await;
+                return;
+            }
+            Err(e) => {
+                self.retry_or_give_up(&delivery, &message, attempt, format!("database: {e}"))
+                    .await;
+                return;
+            }
+        };
+        tracing::debug!(attempts, "running");
+
+        let outcome = match message
+            .action
+            .parse::<Action>()
+            .and_then(|a| TaskRequest::parse(a, &message.payload))
+        {
+            Err(invalid) => Err(invalid.to_string()),
+            Ok(request) => tokio::select! {
+                out = bibliomq_core::tasks::run(request) => out.map_err(|f| f.to_string()),
+                () = abandon.cancelled() => {
+                    tracing::warn!("shutting down mid-task; requeueing it");
+                    settle(&delivery, Settle::Requeue).await;
+                    return;
+                }
+            },
+        };
+        let finish = match outcome {
+            Ok(output) => match self.keep_result(&message, output).await {
+                Ok(result) => Finish::Succeeded {
+                    id: message.id,
+                    result,
+                },
+                Err(e) => {
+                    self.retry_or_give_up(&delivery, &message, attempt, e.to_string())
+                        .await;
+                    return;
+                }
+            },
+            Err(error) => Finish::Failed {
+                id: message.id,
+                error,
+            },
+        };
+        let state = match &finish {
+            Finish::Succeeded { .. } => "succeeded",
+            _ => "failed",
+        };
+        let error = match &finish {
+            Finish::Failed { error, .. } => Some(error.clone()),
+            _ => None,
+        };
+        match self.finishes.submit(finish).await {
+            Ok(applied) => {
+                settle(&delivery, Settle::Ack).await;
+                if applied {
+                    self.announce(&message, state, attempts, error.as_deref())
+                        .await;
+                }
+            }
+            Err(e) => {
+                self.retry_or_give_up(&delivery, &message, attempt, format!("database: {e}"))
+                    .await;
+            }
+        }
+    }
+
+    /// Small results stay inline; large ones go to object storage.
+    async fn keep_result(
+        &self,
+        message: &TaskMessage,
+        output: TaskOutput,
+    ) -> Result<FinishedResult, StorageError> {
+        if output.bytes.len() <= self.settings.inline_result_limit {
+            return Ok(FinishedResult::Inline {
+                text: String::from_utf8_lossy(&output.bytes).into_owned(),
+                content_type: output.content_type.mime().to_owned(),
+            });
+        }
+        let key = format!(
+            "results/{}/{}.{}",
+            message.submitted_at.format("%Y/%m/%d"),
+            message.id,
+            output.content_type.extension()
+        );
+        let stored = self
+            .store
+            .put(&key, output.bytes, output.content_type.mime())
+            .await?;
+        tracing::info!(key = %stored.key, size = stored.size, "stored a large result");
+        Ok(FinishedResult::Stored(stored))
+    }
+
+    /// A passing failure: park the task in the retry queue for this attempt,
+    /// or give up when the retries are spent.
+    async fn retry_or_give_up(
+        &self,
+        delivery: &Delivery,
+        message: &TaskMessage,
+        attempt: u64,
+        error: String,
+    ) {
+        let retry = u32::try_from(attempt).unwrap_or(u32::MAX);
+        let Some(queue) = self.topology.task_retry_queue(retry) else {
+            self.give_up(
+                delivery,
+                message,
+                format!("gave up after {attempt} attempts: {error}"),
+            )
+            .await;
+            return;
+        };
+        let delay = self.settings.retry_delay(retry);
+        tracing::warn!(%error, attempt, retry_in = ?delay, "passing failure; will retry");
+        // Best effort: with the database down this cannot be recorded, and
+        // the claim on the next attempt sets things straight.
+        let _ = self
+            .finishes
+            .submit(Finish::Retrying {
+                id: message.id,
+                error: format!("attempt {attempt} failed, retrying in {delay:?}: {error}"),
+            })
+            .await;
+        let props = headers::with_header(
+            headers::with_header(
+                delivery.properties.clone(),
+                headers::ATTEMPT,
+                AMQPValue::LongLongInt(i64::try_from(attempt + 1).unwrap_or(i64::MAX)),
+            ),
+            headers::LAST_ERROR,
+            headers::long_string(&error),
+        );
+        match self
+            .publisher
+            .publish(
+                topology::RETRY_EXCHANGE,
+                &queue,
+                &delivery.data,
+                props,
+                true,
+            )
+            .await
+        {
+            Ok(()) => settle(delivery, Settle::Ack).await,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot park the task for retry; requeueing");
+                // Not straight away, or a broken dependency turns into a hot loop.
+                tokio::time::sleep(self.settings.retry_base).await;
+                settle(delivery, Settle::Requeue).await;
+            }
+        }
+    }
+
+    /// Marks the task dead and moves its message to the dead-letter queue
+    /// with the reason attached.
+    async fn give_up(&self, delivery: &Delivery, message: &TaskMessage, error: String) {
+        tracing::error!(%error, "task is dead");
+        let recorded = self
+            .finishes
+            .submit(Finish::Dead {
+                id: message.id,
+                error: error.clone(),
+            })
+            .await;
+        let props = headers::with_header(
+            delivery.properties.clone(),
+            headers::LAST_ERROR,
+            headers::long_string(&error),
+        );
+        let routing_key = message.routing_key();
+        match self
+            .publisher
+            .publish(
+                topology::DEAD_LETTER_EXCHANGE,
+                &routing_key,
+                &delivery.data,
+                props,
+                true,
+            )
+            .await
+        {
+            Ok(()) => settle(delivery, Settle::Ack).await,
+            // The queue's own dead-letter exchange still catches it.
+            Err(_) => settle(delivery, Settle::DeadLetter).await,
+        }
+        if matches!(recorded, Ok(true)) {
+            self.announce(message, "dead", 0, Some(&error)).await;
+        }
+    }
+
+    /// Publishes the outcome event (`task.succeeded`, `task.failed`, `task.dead`).
+    async fn announce(
+        &self,
+        message: &TaskMessage,
+        state: &str,
+        attempts: i32,
+        error: Option<&str>,
+    ) {
+        let event = json!({
+            "type": format!("task.{state}"),
+            "task_id": message.id,
+            "action": message.action,
+            "state": state,
+            "attempts": attempts,
+            "error": error,
+            "at": chrono::Utc::now(),
+        });
+        let props = headers::persistent_json(&Uuid::now_v7().to_string(), "");
+        let publisher = self.publisher.clone();
+        let key = format!("task.{state}");
+        // Events are notifications; the outcome is already committed, so the
+        // ack does not wait for this confirm.
+        tokio::spawn(async move {
+            if let Err(e) = publisher
+                .publish(
+                    topology::EVENTS_EXCHANGE,
+                    &key,
+                    event.to_string().as_bytes(),
+                    props,
+                    false,
+                )
+                .await
+            {
+                tracing::debug!(error = %e, "could not publish the task event");
+            }
+        });
+    }
+}
+
+impl Handler for TaskWorker {
+    async fn handle(self: Arc<Self>, delivery: Delivery, abandon: CancellationToken) {
+        let correlation_id = headers::correlation_id(&delivery.properties);
+        let task_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.as_str().to_owned())
+            .unwrap_or_default();
+        let span = tracing::info_span!("task", %task_id, %correlation_id);
+        self.process(delivery, abandon).instrument(span).await;
+    }
+}
+
+enum Settle {
+    Ack,
+    Requeue,
+    DeadLetter,
+}
+
+async fn settle(delivery: &Delivery, how: Settle) {
+    let result = match how {
+        Settle::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
+        Settle::Requeue => {
+            delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
+                .await
+        }
+        Settle::DeadLetter => {
+            delivery
+                .acker
+                .reject(BasicRejectOptions { requeue: false })
+                .await
+        }
+    };
+    if let Err(e) = result {
+        // The channel is gone; the broker redelivers the message, and the
+        // claim makes the redelivery harmless.
+        tracing::warn!(error = %e, "could not settle the delivery");
+    }
+}
