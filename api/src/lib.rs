@@ -14,7 +14,7 @@ pub mod extract;
 pub mod middleware;
 pub mod routes;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::{Router, extract::DefaultBodyLimit};
@@ -23,6 +23,7 @@ use bibliomq_core::{
     commands::Commands,
     config::Settings,
     db,
+    metrics::Metrics,
     storage::ObjectStore,
 };
 use tokio::net::TcpListener;
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone)]
 pub struct AppState {
     pub commands: Commands,
+    pub metrics: Metrics,
     pub broker: Broker,
     pub settings: Arc<Settings>,
 }
@@ -58,17 +60,29 @@ impl Application {
             "bibliomq-api",
             Topology::new(&settings.tasks),
         );
-        let publisher = Publisher::new(broker.clone(), settings.amqp.confirm_timeout);
+        // Give the first connection a moment, so a normal start serves its
+        // first request with the broker in place; a broker that is down does
+        // not stop the API from starting.
+        if !broker.wait_connected(Duration::from_secs(5)).await {
+            tracing::warn!("RabbitMQ is not reachable yet; submissions answer 503 until it is");
+        }
+        let metrics = Metrics::new();
+        let publisher = Publisher::new(
+            broker.clone(),
+            settings.amqp.confirm_timeout,
+            metrics.clone(),
+        );
         let store = ObjectStore::new(&settings.s3);
         let addr = format!("{}:{}", settings.api.host, settings.api.port);
         let listener = TcpListener::bind(&addr)
             .await
             .with_context(|| format!("Failed to bind the API to {addr}"))?;
-        let commands = Commands::new(pool, publisher, store, settings.clone());
+        let commands = Commands::new(pool, publisher, store, settings.clone(), metrics.clone());
         Ok(Self {
             listener,
             state: AppState {
                 commands,
+                metrics,
                 broker,
                 settings: Arc::new(settings),
             },
@@ -105,7 +119,11 @@ pub fn router(state: AppState) -> Router {
     let timeout = state.settings.api.request_timeout;
     let body_limit = state.settings.api.body_limit;
     // The last layer added runs first: the correlation id wraps everything.
-    routes::router(state)
+    routes::router(state.clone())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state,
+            middleware::record_metrics,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn(move |req, next| {
             middleware::with_timeout(timeout, req, next)

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use axum::{
-    extract::Request,
+    extract::{MatchedPath, Request, State},
     http::{HeaderName, HeaderValue, StatusCode},
     middleware::Next,
     response::{IntoResponse, Response},
@@ -13,7 +13,7 @@ use axum::{
 use bibliomq_core::telemetry::{self, CORRELATION_HEADER};
 use tracing::Instrument;
 
-use crate::error::ApiError;
+use crate::{AppState, error::ApiError};
 
 /// The correlation id of the current request, as a request extension.
 #[derive(Debug, Clone)]
@@ -68,4 +68,35 @@ pub async fn with_timeout(limit: Duration, req: Request, next: Next) -> Response
         )
         .into_response(),
     }
+}
+
+/// Counts requests by route template (not raw path, to keep label sets
+/// small) and method and status, and times them.
+pub async fn record_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().to_string();
+    let started = std::time::Instant::now();
+    let response = next.run(req).await;
+    let labels = bibliomq_core::metrics::RouteLabels {
+        method: method.clone(),
+        route: route.clone(),
+    };
+    state
+        .metrics
+        .http_duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .http_requests
+        .get_or_create(&bibliomq_core::metrics::HttpLabels {
+            method,
+            route,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
 }

@@ -15,6 +15,7 @@
 //! - [`storage`]: S3-compatible object storage for large results.
 //! - [`tasks`]: task actions, their payload rules, how they run, their rows.
 //! - [`commands`]: the command layer called by every transport.
+//! - [`metrics`]: Prometheus counters and histograms, one set per process.
 //! - [`error`]: the command layer's errors (caller's mistake vs our failure).
 
 pub mod batch;
@@ -23,6 +24,7 @@ pub mod commands;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod metrics;
 pub mod shutdown;
 pub mod storage;
 pub mod tasks;

@@ -15,6 +15,7 @@ use bibliomq_core::{
     broker::{Broker, Publisher, Topology, topology},
     config::Settings,
     db,
+    metrics::Metrics,
     storage::ObjectStore,
 };
 use tokio_util::sync::CancellationToken;
@@ -24,6 +25,7 @@ pub struct WorkerApp {
     settings: Settings,
     pool: deadpool_postgres::Pool,
     broker: Broker,
+    metrics: Metrics,
 }
 
 impl WorkerApp {
@@ -45,6 +47,7 @@ impl WorkerApp {
             settings,
             pool,
             broker,
+            metrics: Metrics::new(),
         })
     }
 
@@ -52,10 +55,19 @@ impl WorkerApp {
         &self.broker
     }
 
+    /// This worker process's metrics (tests read the counters directly).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Runs every consumer until `shutdown` is cancelled, then drains them
     /// and closes the connection.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let publisher = Publisher::new(self.broker.clone(), self.settings.amqp.confirm_timeout);
+        let publisher = Publisher::new(
+            self.broker.clone(),
+            self.settings.amqp.confirm_timeout,
+            self.metrics.clone(),
+        );
         let store = ObjectStore::new(&self.settings.s3);
         let stop = consumer::Stop {
             graceful: shutdown,
@@ -66,6 +78,7 @@ impl WorkerApp {
             publisher,
             store,
             self.settings.tasks.clone(),
+            self.metrics.clone(),
         ));
         consumer::run(
             self.broker.clone(),

@@ -17,6 +17,7 @@ use bibliomq_core::{
     broker::{Publisher, headers, topology},
     config::TaskSettings,
     db::DbFailure,
+    metrics::{ActionLabels, MessageOutcome, Metrics, TaskLabels},
     storage::{ObjectStore, StorageError},
     tasks::{
         Action, TaskMessage, TaskOutput, TaskRequest,
@@ -46,6 +47,7 @@ pub struct TaskWorker {
     topology: topology::Topology,
     claims: Claims,
     finishes: Finishes,
+    metrics: Metrics,
 }
 
 impl TaskWorker {
@@ -54,6 +56,7 @@ impl TaskWorker {
         publisher: Publisher,
         store: ObjectStore,
         settings: TaskSettings,
+        metrics: Metrics,
     ) -> Self {
         let claim_pool = pool.clone();
         let claims = Batcher::spawn(512, 4, move |ids: Vec<Uuid>| {
@@ -79,10 +82,13 @@ impl TaskWorker {
             settings,
             claims,
             finishes,
+            metrics,
         }
     }
 
     async fn process(&self, delivery: Delivery, abandon: CancellationToken) {
+        self.metrics
+            .message(topology::TASKS_QUEUE, MessageOutcome::Consumed);
         let attempt = headers::get_u64(&delivery.properties, headers::ATTEMPT).unwrap_or(1);
         let redeliveries =
             headers::get_u64(&delivery.properties, headers::DELIVERY_COUNT).unwrap_or(0);
@@ -90,7 +96,7 @@ impl TaskWorker {
             Ok(m) => m,
             Err(e) => {
                 tracing::error!(error = %e, "unreadable task message; dead-lettering it");
-                settle(&delivery, Settle::DeadLetter).await;
+                self.settle(&delivery, Settle::DeadLetter).await;
                 return;
             }
         };
@@ -109,7 +115,9 @@ impl TaskWorker {
             Ok(Some(attempts)) => attempts,
             Ok(None) => {
                 tracing::info!("task already finished (or withdrawn); acking the duplicate");
-                settle(&delivery, Settle::Ack).await;
+                self.metrics
+                    .message(topology::TASKS_QUEUE, MessageOutcome::Duplicate);
+                self.settle(&delivery, Settle::Ack).await;
                 return;
             }
             Err(e) => {
@@ -127,10 +135,10 @@ impl TaskWorker {
         {
             Err(invalid) => Err(invalid.to_string()),
             Ok(request) => tokio::select! {
-                out = bibliomq_core::tasks::run(request) => out.map_err(|f| f.to_string()),
+                out = self.timed_run(request) => out.map_err(|f| f.to_string()),
                 () = abandon.cancelled() => {
                     tracing::warn!("shutting down mid-task; requeueing it");
-                    settle(&delivery, Settle::Requeue).await;
+                    self.settle(&delivery, Settle::Requeue).await;
                     return;
                 }
             },
@@ -162,7 +170,7 @@ impl TaskWorker {
         };
         match self.finishes.submit(finish).await {
             Ok(applied) => {
-                settle(&delivery, Settle::Ack).await;
+                self.settle(&delivery, Settle::Ack).await;
                 if applied {
                     self.announce(&message, state, attempts, error.as_deref())
                         .await;
@@ -251,12 +259,16 @@ impl TaskWorker {
             )
             .await
         {
-            Ok(()) => settle(delivery, Settle::Ack).await,
+            Ok(()) => {
+                self.metrics
+                    .message(topology::TASKS_QUEUE, MessageOutcome::Retried);
+                self.settle(delivery, Settle::Ack).await;
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot park the task for retry; requeueing");
                 // Not straight away, or a broken dependency turns into a hot loop.
                 tokio::time::sleep(self.settings.retry_base).await;
-                settle(delivery, Settle::Requeue).await;
+                self.settle(delivery, Settle::Requeue).await;
             }
         }
     }
@@ -289,13 +301,43 @@ impl TaskWorker {
             )
             .await
         {
-            Ok(()) => settle(delivery, Settle::Ack).await,
+            Ok(()) => {
+                self.metrics
+                    .message(topology::TASKS_QUEUE, MessageOutcome::DeadLettered);
+                self.settle(delivery, Settle::Ack).await;
+            }
             // The queue's own dead-letter exchange still catches it.
-            Err(_) => settle(delivery, Settle::DeadLetter).await,
+            Err(_) => self.settle(delivery, Settle::DeadLetter).await,
         }
         if matches!(recorded, Ok(true)) {
             self.announce(message, "dead", 0, Some(&error)).await;
         }
+    }
+
+    async fn timed_run(
+        &self,
+        request: TaskRequest,
+    ) -> Result<TaskOutput, bibliomq_core::tasks::TaskFailure> {
+        let action = request.action();
+        let started = std::time::Instant::now();
+        let out = bibliomq_core::tasks::run(request).await;
+        self.metrics
+            .task_duration
+            .get_or_create(&ActionLabels {
+                action: action.as_str().to_owned(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+        out
+    }
+
+    async fn settle(&self, delivery: &Delivery, how: Settle) {
+        let outcome = match how {
+            Settle::Ack => MessageOutcome::Acked,
+            Settle::Requeue => MessageOutcome::Requeued,
+            Settle::DeadLetter => MessageOutcome::DeadLettered,
+        };
+        settle(delivery, how).await;
+        self.metrics.message(topology::TASKS_QUEUE, outcome);
     }
 
     /// Publishes the outcome event (`task.succeeded`, `task.failed`, `task.dead`).
@@ -306,6 +348,13 @@ impl TaskWorker {
         attempts: i32,
         error: Option<&str>,
     ) {
+        self.metrics
+            .tasks_finished
+            .get_or_create(&TaskLabels {
+                action: message.action.clone(),
+                state: state.to_owned(),
+            })
+            .inc();
         let event = json!({
             "type": format!("task.{state}"),
             "task_id": message.id,

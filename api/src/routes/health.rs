@@ -11,6 +11,18 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+/// Prometheus metrics of this API process.
+async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            bibliomq_core::metrics::CONTENT_TYPE,
+        )],
+        state.metrics.encode(),
+    )
 }
 
 /// The process is up and serving HTTP.

@@ -165,7 +165,7 @@ async fn supervise(inner: Arc<Inner>, url: String, name: String, topology: Topol
             Err(e) => {
                 failures += 1;
                 // Log the first failure loudly, then only now and then.
-                if failures == 1 || failures % 20 == 0 {
+                if failures == 1 || failures.is_multiple_of(20) {
                     tracing::warn!(error = %e, failures, "cannot reach RabbitMQ; retrying");
                 }
             }

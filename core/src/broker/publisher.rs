@@ -11,6 +11,7 @@ use lapin::{
 use tokio::sync::Mutex;
 
 use super::Broker;
+use crate::metrics::{Metrics, PublishOutcome};
 
 /// Why a publish was not confirmed.
 #[derive(Debug, thiserror::Error)]
@@ -34,14 +35,16 @@ pub struct Publisher {
     broker: Broker,
     channel: Arc<Mutex<Option<Channel>>>,
     confirm_timeout: Duration,
+    metrics: Metrics,
 }
 
 impl Publisher {
-    pub fn new(broker: Broker, confirm_timeout: Duration) -> Self {
+    pub fn new(broker: Broker, confirm_timeout: Duration, metrics: Metrics) -> Self {
         Self {
             broker,
             channel: Arc::new(Mutex::new(None)),
             confirm_timeout,
+            metrics,
         }
     }
 
@@ -52,6 +55,26 @@ impl Publisher {
     /// Publishes and waits for the broker's confirm. With `mandatory`, a
     /// message that no queue would receive is an error rather than lost.
     pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<(), PublishError> {
+        let result = self
+            .publish_confirmed(exchange, routing_key, body, properties, mandatory)
+            .await;
+        let outcome = if result.is_ok() {
+            PublishOutcome::Confirmed
+        } else {
+            PublishOutcome::Failed
+        };
+        self.metrics.publish(exchange, outcome);
+        result
+    }
+
+    async fn publish_confirmed(
         &self,
         exchange: &str,
         routing_key: &str,

@@ -101,7 +101,7 @@ impl Topology {
 /// configured delays declares new queues instead of clashing with old ones.
 fn retry_queue_name(delay: Duration) -> String {
     let ms = delay.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{TASKS_QUEUE}.retry.{}s", ms / 1000)
     } else {
         format!("{TASKS_QUEUE}.retry.{ms}ms")

@@ -9,7 +9,7 @@ use deadpool_postgres::Pool;
 
 pub use tasks::{SubmittedTask, TaskInserter};
 
-use crate::{broker::Publisher, config::Settings, storage::ObjectStore};
+use crate::{broker::Publisher, config::Settings, metrics::Metrics, storage::ObjectStore};
 
 /// What the commands need, shared by every request. Cheap to clone.
 #[derive(Clone)]
@@ -22,11 +22,18 @@ struct Inner {
     publisher: Publisher,
     store: ObjectStore,
     settings: Settings,
+    metrics: Metrics,
     task_inserts: TaskInserter,
 }
 
 impl Commands {
-    pub fn new(pool: Pool, publisher: Publisher, store: ObjectStore, settings: Settings) -> Self {
+    pub fn new(
+        pool: Pool,
+        publisher: Publisher,
+        store: ObjectStore,
+        settings: Settings,
+        metrics: Metrics,
+    ) -> Self {
         let task_inserts = tasks::inserter(pool.clone());
         Self {
             inner: Arc::new(Inner {
@@ -34,6 +41,7 @@ impl Commands {
                 publisher,
                 store,
                 settings,
+                metrics,
                 task_inserts,
             }),
         }
@@ -53,5 +61,9 @@ impl Commands {
 
     pub fn settings(&self) -> &Settings {
         &self.inner.settings
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 }

@@ -1,0 +1,269 @@
+//! Prometheus metrics. One [`Metrics`] per process (per app in tests, so
+//! parallel tests never see each other's counts), served at `/metrics`.
+
+use std::{
+    fmt::Write as _,
+    sync::{Arc, Mutex},
+};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, text::encode},
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub method: String,
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MessageLabels {
+    pub queue: String,
+    pub outcome: MessageOutcome,
+}
+
+/// What happened to a consumed message.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum MessageOutcome {
+    Consumed,
+    Acked,
+    /// A redelivery of work already done, acked without doing it again.
+    Duplicate,
+    Requeued,
+    Retried,
+    DeadLettered,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PublishLabels {
+    pub exchange: String,
+    pub outcome: PublishOutcome,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum PublishOutcome {
+    Confirmed,
+    Failed,
+}
+
+impl MessageOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Consumed => "consumed",
+            Self::Acked => "acked",
+            Self::Duplicate => "duplicate",
+            Self::Requeued => "requeued",
+            Self::Retried => "retried",
+            Self::DeadLettered => "dead_lettered",
+        }
+    }
+}
+
+impl PublishOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Confirmed => "confirmed",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl EncodeLabelValue for MessageOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+impl EncodeLabelValue for PublishOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabels {
+    pub action: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub operation: String,
+    pub branch: String,
+    pub outcome: String,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Mutex<Registry>>,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_duration: Family<RouteLabels, Histogram>,
+    pub messages: Family<MessageLabels, Counter>,
+    pub published: Family<PublishLabels, Counter>,
+    pub task_duration: Family<ActionLabels, Histogram>,
+    pub tasks_finished: Family<TaskLabels, Counter>,
+    pub operations: Family<OperationLabels, Counter>,
+    pub operation_duration: Family<ActionLabels, Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ]
+    .into_iter()
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("bibliomq");
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        let http_duration = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(latency_buckets())
+        });
+        let messages = Family::<MessageLabels, Counter>::default();
+        let published = Family::<PublishLabels, Counter>::default();
+        let task_duration = Family::<ActionLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(latency_buckets())
+        });
+        let tasks_finished = Family::<TaskLabels, Counter>::default();
+        let operations = Family::<OperationLabels, Counter>::default();
+        let operation_duration = Family::<ActionLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(latency_buckets())
+        });
+        registry.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            http_requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route and method",
+            http_duration.clone(),
+        );
+        registry.register(
+            "messages",
+            "Consumed messages by queue and what became of them",
+            messages.clone(),
+        );
+        registry.register(
+            "published",
+            "Published messages by exchange and whether the broker confirmed them",
+            published.clone(),
+        );
+        registry.register(
+            "task_duration_seconds",
+            "Time to run a task, by action",
+            task_duration.clone(),
+        );
+        registry.register(
+            "tasks_finished",
+            "Tasks that reached a final state, by action and state",
+            tasks_finished.clone(),
+        );
+        registry.register(
+            "library_operations",
+            "Library operations (loan, renewal, return) by branch and outcome",
+            operations.clone(),
+        );
+        registry.register(
+            "library_operation_duration_seconds",
+            "Time to apply a library operation, by operation",
+            operation_duration.clone(),
+        );
+        Self {
+            registry: Arc::new(Mutex::new(registry)),
+            http_requests,
+            http_duration,
+            messages,
+            published,
+            task_duration,
+            tasks_finished,
+            operations,
+            operation_duration,
+        }
+    }
+
+    /// Counts a consumed message's fate.
+    pub fn message(&self, queue: &str, outcome: MessageOutcome) {
+        self.messages
+            .get_or_create(&MessageLabels {
+                queue: queue.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// How many messages of `queue` met `outcome` so far.
+    pub fn message_count(&self, queue: &str, outcome: MessageOutcome) -> u64 {
+        self.messages
+            .get_or_create(&MessageLabels {
+                queue: queue.to_owned(),
+                outcome,
+            })
+            .get()
+    }
+
+    pub fn publish(&self, exchange: &str, outcome: PublishOutcome) {
+        self.published
+            .get_or_create(&PublishLabels {
+                exchange: exchange.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// The registry in the Prometheus/OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let registry = match self.registry.lock() {
+            Ok(r) => r,
+            // A panic while encoding leaves the registry itself intact.
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if encode(&mut out, &registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Content type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_show_in_the_text_format() {
+        let m = Metrics::new();
+        m.message("bibliomq.tasks", MessageOutcome::Acked);
+        m.message("bibliomq.tasks", MessageOutcome::Acked);
+        assert_eq!(m.message_count("bibliomq.tasks", MessageOutcome::Acked), 2);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"bibliomq_messages_total{queue="bibliomq.tasks",outcome="acked"} 2"#),
+            "{text}"
+        );
+    }
+}

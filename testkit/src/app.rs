@@ -1,0 +1,243 @@
+//! The API and workers, spawned in-process against a test's own resources.
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use bibliomq_core::{config::Settings, metrics::Metrics};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{TcpProxy, env::TestEnv, proxy::with_port};
+
+/// How long a test waits for something that should happen promptly.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A running API and its workers.
+pub struct TestApp {
+    pub env: TestEnv,
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+    pub api_metrics: Metrics,
+    pub workers: Vec<Worker>,
+    api_stop: CancellationToken,
+    api: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// The API and one worker, with the test's own vhost, database and prefix.
+pub async fn spawn_app() -> TestApp {
+    TestApp::spawn(TestEnv::new().await, |_| {}, 1).await
+}
+
+impl TestApp {
+    /// Starts the API and `workers` workers with settings adjusted by `tweak`.
+    pub async fn spawn(env: TestEnv, tweak: impl Fn(&mut Settings), workers: usize) -> Self {
+        let mut settings = env.settings();
+        tweak(&mut settings);
+        let mut app = Self::start_api(env, settings.clone()).await;
+        for _ in 0..workers {
+            app.workers.push(Worker::start(settings.clone()).await);
+        }
+        app
+    }
+
+    /// Starts only the API, with the given settings.
+    pub async fn start_api(env: TestEnv, settings: Settings) -> Self {
+        let app = bibliomq_api::Application::build(settings).await.unwrap();
+        let addr = app.local_addr().unwrap();
+        let api_metrics = app.state().metrics.clone();
+        let api_stop = CancellationToken::new();
+        let api = tokio::spawn(app.run_until_stopped(api_stop.clone()));
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        Self {
+            env,
+            addr,
+            http,
+            api_metrics,
+            workers: Vec::new(),
+            api_stop,
+            api: Some(api),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Submits a task and returns its id; fails the test unless it was accepted.
+    pub async fn submit(&self, action: &str, payload: Value) -> Uuid {
+        let resp = self
+            .post_json(
+                "/v1/tasks",
+                &serde_json::json!({ "action": action, "payload": payload }),
+            )
+            .await;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(status, 202, "submitting {action}: {body}");
+        body["id"].as_str().unwrap().parse().unwrap()
+    }
+
+    pub async fn task(&self, id: Uuid) -> Value {
+        let resp = self.get(&format!("/v1/tasks/{id}")).await;
+        assert_eq!(resp.status(), 200);
+        resp.json().await.unwrap()
+    }
+
+    /// Polls until the task reaches a final state (succeeded, failed, dead).
+    pub async fn wait_for_task(&self, id: Uuid) -> Value {
+        self.wait_for_task_state(id, &["succeeded", "failed", "dead"])
+            .await
+    }
+
+    /// Polls until the task is in one of `states`.
+    pub async fn wait_for_task_state(&self, id: Uuid, states: &[&str]) -> Value {
+        let end = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let task = self.task(id).await;
+            if states.contains(&task["state"].as_str().unwrap_or_default()) {
+                return task;
+            }
+            assert!(
+                tokio::time::Instant::now() < end,
+                "task {id} never reached {states:?}; last seen: {task}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops the API and the workers gracefully.
+    pub async fn stop(&mut self) {
+        self.api_stop.cancel();
+        if let Some(api) = self.api.take() {
+            api.await.unwrap().unwrap();
+        }
+        for worker in self.workers.drain(..) {
+            worker.stop().await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.api_stop.cancel();
+        for worker in &self.workers {
+            worker.stop.cancel();
+        }
+    }
+}
+
+/// A worker running on the test's runtime.
+pub struct Worker {
+    pub metrics: Metrics,
+    stop: CancellationToken,
+    join: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Worker {
+    pub async fn start(settings: Settings) -> Self {
+        let app = bibliomq_workers::WorkerApp::build(settings).await.unwrap();
+        let metrics = app.metrics().clone();
+        let stop = CancellationToken::new();
+        let join = tokio::spawn(app.run_until_stopped(stop.clone()));
+        Self {
+            metrics,
+            stop,
+            join,
+        }
+    }
+
+    /// Graceful stop: finishes in-flight work first.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.join.await.unwrap().unwrap();
+    }
+}
+
+/// A worker on a runtime of its own, reaching RabbitMQ through a proxy, so a
+/// test can kill it as abruptly as `kill -9` would: its connection drops and
+/// none of its code runs again.
+pub struct KillableWorker {
+    pub metrics: Metrics,
+    proxy: TcpProxy,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl KillableWorker {
+    pub async fn start(settings: Settings) -> Self {
+        let proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+        let mut settings = settings;
+        settings.amqp.url = with_port(&settings.amqp.url, proxy.port());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        runtime.spawn(async move {
+            let app = bibliomq_workers::WorkerApp::build(settings).await.unwrap();
+            let _ = tx.send(app.metrics().clone());
+            let _ = app.run_until_stopped(CancellationToken::new()).await;
+        });
+        let metrics = rx.await.unwrap();
+        Self {
+            metrics,
+            proxy,
+            runtime: Some(runtime),
+        }
+    }
+
+    /// Kills the worker mid-whatever-it-was-doing.
+    pub fn kill(mut self) {
+        self.proxy.cut();
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for KillableWorker {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Calls `probe` until it returns `Some` or `deadline` passes. Polls quickly
+/// at first, then backs off a little; never a fixed sleep-and-hope.
+pub async fn wait_until<T, F, Fut>(deadline: Duration, mut probe: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(v) = probe().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= end {
+            return None;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,24 @@
+//! bibliomq-testkit: what the end-to-end tests stand on.
+//!
+//! Every test gets its own RabbitMQ vhost, its own PostgreSQL database and its
+//! own key prefix in the test bucket, so tests run in parallel against the
+//! real services and leave nothing behind (the [`TestEnv`] drop removes all
+//! three, even when the test panicked).
+//!
+//! # Layout
+//! - [`env`]: the per-test vhost, database and bucket prefix.
+//! - [`app`]: the API and workers spawned in-process on port 0.
+//! - [`proxy`]: a TCP proxy whose connections a test can cut, to play a
+//!   broker or database going away without disturbing other tests.
+//! - [`rabbit`]: looking into queues (message counts, dead letters).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod app;
+pub mod env;
+pub mod proxy;
+pub mod rabbit;
+
+pub use app::{TestApp, spawn_app};
+pub use env::TestEnv;
+pub use proxy::TcpProxy;

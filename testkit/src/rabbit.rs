@@ -1,0 +1,71 @@
+//! Looking into the test vhost's queues over AMQP.
+
+use lapin::{
+    Connection, ConnectionProperties,
+    options::{BasicGetOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+
+/// Ready messages in `queue` (not counting those delivered and unacked).
+pub async fn ready_count(amqp_url: &str, queue: &str) -> u32 {
+    let conn = Connection::connect(amqp_url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let q = ch
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let _ = conn.close(200, "bye".into()).await;
+    q.message_count()
+}
+
+/// Takes one message from `queue` (acked), or `None` when it is empty.
+pub async fn take_one(amqp_url: &str, queue: &str) -> Option<lapin::message::BasicGetMessage> {
+    let conn = Connection::connect(amqp_url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let msg = ch
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap();
+    let _ = conn.close(200, "bye".into()).await;
+    msg
+}
+
+/// Publishes raw bytes (persistent, confirmed) as a test's own client would.
+pub async fn publish_raw(
+    amqp_url: &str,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: lapin::BasicProperties,
+) {
+    let conn = Connection::connect(amqp_url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    let confirm = ch
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            lapin::options::BasicPublishOptions::default(),
+            body,
+            properties,
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(confirm.is_ack(), "the broker refused the test's message");
+    let _ = conn.close(200, "bye".into()).await;
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests against the real RabbitMQ, PostgreSQL and S3 server.
+//! Each test has its own vhost, database and bucket prefix (see bibliomq-testkit).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod resilience;
+mod tasks;
