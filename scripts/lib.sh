@@ -2,6 +2,7 @@
 # shellcheck shell=bash
 
 BIBLIOMQ_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export PATH="$HOME/.cargo/bin:$PATH"
 BIBLIOMQ_STATE_DIR="${BIBLIOMQ_STATE_DIR:-$HOME/.local/share/bibliomq}"
 # Build output lives outside the clone so fresh clones rebuild only what changed.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bibliomq/target}"
@@ -74,7 +75,6 @@ ensure_database() {
 garage_cmd() { garage -c "$GARAGE_CONFIG" "$@"; }
 
 ensure_garage_installed() {
-  export PATH="$HOME/.cargo/bin:$PATH"
   if ! command -v garage >/dev/null; then
     log "installing Garage $GARAGE_VERSION from crates.io (once; about 9 minutes on 2 cores)"
     cargo install garage --locked --version "$GARAGE_VERSION" >/dev/null
@@ -141,4 +141,70 @@ TOML
 
 docker_available() {
   command -v docker >/dev/null && docker info >/dev/null 2>&1
+}
+
+RUN_DIR="$BIBLIOMQ_STATE_DIR/run"
+
+# load_env: exports the variables of .env (repository root) when it exists.
+load_env() {
+  if [[ -f "$BIBLIOMQ_ROOT/.env" ]]; then
+    set -a
+    # shellcheck disable=SC1091
+    source "$BIBLIOMQ_ROOT/.env"
+    set +a
+  fi
+}
+
+# running NAME: true when the process started under NAME is alive.
+running() {
+  local pid
+  [[ -f "$RUN_DIR/$1.pid" ]] && pid=$(cat "$RUN_DIR/$1.pid") && kill -0 "$pid" 2>/dev/null
+}
+
+# start_app NAME BINARY [ARGS...]: starts it in the background (log and pid
+# file in $RUN_DIR) unless the same build is already running.
+start_app() {
+  local name=$1 bin=$2
+  shift 2
+  mkdir -p "$RUN_DIR"
+  if running "$name"; then
+    if [[ "$bin" -nt "$RUN_DIR/$name.pid" ]]; then
+      log "restarting $name (new build)"
+      stop_app "$name"
+    else
+      log "$name already running (pid $(cat "$RUN_DIR/$name.pid"))"
+      return 0
+    fi
+  fi
+  nohup "$bin" "$@" >>"$RUN_DIR/$name.log" 2>&1 &
+  echo $! >"$RUN_DIR/$name.pid"
+  log "started $name (pid $!, log $RUN_DIR/$name.log)"
+}
+
+# stop_app NAME: SIGTERM, then waits for the graceful shutdown (up to 60 s).
+stop_app() {
+  local name=$1 pid
+  running "$name" || { rm -f "$RUN_DIR/$name.pid"; return 0; }
+  pid=$(cat "$RUN_DIR/$name.pid")
+  kill -TERM "$pid" 2>/dev/null || true
+  local deadline=$((SECONDS + 60))
+  while kill -0 "$pid" 2>/dev/null; do
+    if ((SECONDS >= deadline)); then
+      warn "$name did not stop within 60 s; killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+      break
+    fi
+    sleep 0.2
+  done
+  rm -f "$RUN_DIR/$name.pid"
+  log "stopped $name"
+}
+
+# wait_http URL SECONDS WHAT
+wait_http() {
+  local deadline=$((SECONDS + $2))
+  until curl -fsS -o /dev/null "$1" 2>/dev/null; do
+    ((SECONDS < deadline)) || die "$3 did not answer at $1 within $2 s"
+    sleep 0.3
+  done
 }

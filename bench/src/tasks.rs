@@ -1,0 +1,247 @@
+//! `bibliomq-bench tasks`: N tasks from C concurrent HTTP clients.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::stats::{ms, percentile, rss_mib};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Base URL of the API.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// PostgreSQL database the workers write to (completion times are read there).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/bibliomq")]
+    database_url: String,
+    /// Tasks to submit.
+    #[arg(long, default_value_t = 20_000)]
+    count: usize,
+    /// Concurrent HTTP clients.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Task action.
+    #[arg(long, default_value = "sum")]
+    action: String,
+    /// Task payload, as JSON.
+    #[arg(long, default_value = "\"1,2,3,4,5\"")]
+    payload: String,
+    /// Tasks run first and left out of the numbers.
+    #[arg(long, default_value_t = 1_000)]
+    warmup: usize,
+    /// Process ids whose peak memory to report, as name=pid.
+    #[arg(long = "process", value_parser = parse_process)]
+    processes: Vec<(String, u32)>,
+    /// Print the results as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_process(s: &str) -> Result<(String, u32), String> {
+    let (name, pid) = s.split_once('=').ok_or("expected name=pid")?;
+    Ok((
+        name.to_owned(),
+        pid.parse().map_err(|_| "pid must be a number")?,
+    ))
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let payload: Value = serde_json::from_str(&args.payload).context("--payload is not JSON")?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let (db, conn) = tokio_postgres::connect(&args.database_url, tokio_postgres::NoTls)
+        .await
+        .context("cannot reach the database")?;
+    tokio::spawn(conn);
+
+    if args.warmup > 0 {
+        eprintln!("warming up with {} tasks", args.warmup);
+        let (ids, _, _) = submit_all(&http, &args, &payload, args.warmup).await?;
+        wait_done(&db, &ids).await?;
+    }
+
+    eprintln!(
+        "submitting {} `{}` tasks from {} concurrent clients",
+        args.count, args.action, args.concurrency
+    );
+    let started = Instant::now();
+    let (ids, mut submit_latencies, failures) =
+        submit_all(&http, &args, &payload, args.count).await?;
+    let submit_elapsed = started.elapsed();
+    wait_done(&db, &ids).await?;
+    let done_elapsed = started.elapsed();
+
+    let rows = db
+        .query(
+            "SELECT state, extract(epoch FROM created_at)::float8, extract(epoch FROM finished_at)::float8
+               FROM tasks WHERE id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
+    let mut e2e: Vec<Duration> = Vec::with_capacity(rows.len());
+    let (mut first_created, mut last_finished) = (f64::MAX, f64::MIN);
+    let mut not_succeeded = 0;
+    for r in &rows {
+        let state: String = r.get(0);
+        let created: f64 = r.get(1);
+        let finished: Option<f64> = r.get(2);
+        if state != "succeeded" {
+            not_succeeded += 1;
+        }
+        if let Some(f) = finished {
+            first_created = first_created.min(created);
+            last_finished = last_finished.max(f);
+            e2e.push(Duration::from_secs_f64((f - created).max(0.0)));
+        }
+    }
+    e2e.sort();
+    submit_latencies.sort();
+    let window = (last_finished - first_created).max(f64::EPSILON);
+    #[allow(clippy::cast_precision_loss)]
+    let throughput = e2e.len() as f64 / window;
+    #[allow(clippy::cast_precision_loss)]
+    let submit_rate = ids.len() as f64 / submit_elapsed.as_secs_f64();
+
+    let memory: Vec<Value> = args
+        .processes
+        .iter()
+        .filter_map(|(name, pid)| {
+            rss_mib(*pid)
+                .map(|(peak, now)| json!({"process": name, "peak_rss_mib": peak, "rss_mib": now}))
+        })
+        .collect();
+    let report = json!({
+        "action": args.action,
+        "tasks": ids.len(),
+        "concurrency": args.concurrency,
+        "submit_failures": failures,
+        "not_succeeded": not_succeeded,
+        "submit_per_sec": submit_rate,
+        "end_to_end_tasks_per_sec": throughput,
+        "wall_seconds": done_elapsed.as_secs_f64(),
+        "submit_ms": {"p50": ms(percentile(&submit_latencies, 50.0)), "p99": ms(percentile(&submit_latencies, 99.0))},
+        "submit_to_done_ms": {"p50": ms(percentile(&e2e, 50.0)), "p99": ms(percentile(&e2e, 99.0)), "max": ms(percentile(&e2e, 100.0))},
+        "memory": memory,
+    });
+    if args.json {
+        println!("{report:#}");
+    } else {
+        println!(
+            "tasks                 {} `{}` ({} clients)",
+            ids.len(),
+            args.action,
+            args.concurrency
+        );
+        println!(
+            "end to end            {throughput:.0} tasks/s (first submit → last result committed)"
+        );
+        println!(
+            "submissions           {submit_rate:.0} /s, 202 latency p50 {:.1} ms, p99 {:.1} ms",
+            ms(percentile(&submit_latencies, 50.0)),
+            ms(percentile(&submit_latencies, 99.0))
+        );
+        println!(
+            "submit → done         p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            ms(percentile(&e2e, 50.0)),
+            ms(percentile(&e2e, 99.0)),
+            ms(percentile(&e2e, 100.0))
+        );
+        println!(
+            "failures              {failures} submissions refused, {not_succeeded} tasks not succeeded"
+        );
+        for m in &memory {
+            println!(
+                "peak RSS {:<12}  {:.1} MiB",
+                m["process"].as_str().unwrap_or("?"),
+                m["peak_rss_mib"].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
+    if failures > 0 || not_succeeded > 0 {
+        bail!("{failures} submissions failed and {not_succeeded} tasks did not succeed");
+    }
+    Ok(())
+}
+
+async fn submit_all(
+    http: &reqwest::Client,
+    args: &Args,
+    payload: &Value,
+    count: usize,
+) -> anyhow::Result<(Vec<Uuid>, Vec<Duration>, usize)> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let body = Arc::new(json!({"action": args.action, "payload": payload}).to_string());
+    let url = Arc::new(format!("{}/v1/tasks", args.url.trim_end_matches('/')));
+    let mut clients = Vec::new();
+    for _ in 0..args.concurrency.max(1) {
+        let (http, next, body, url) = (http.clone(), next.clone(), body.clone(), url.clone());
+        clients.push(tokio::spawn(async move {
+            let mut ids: Vec<Uuid> = Vec::new();
+            let mut latencies = Vec::new();
+            let mut failures = 0usize;
+            while next.fetch_add(1, Ordering::Relaxed) < count {
+                let t = Instant::now();
+                let resp = http
+                    .post(url.as_str())
+                    .header("content-type", "application/json")
+                    .body(body.as_str().to_owned())
+                    .send()
+                    .await;
+                latencies.push(t.elapsed());
+                match resp {
+                    Ok(r) if r.status() == 202 => {
+                        let v: Value = r.json().await.unwrap_or_default();
+                        match v["id"].as_str().and_then(|s| s.parse().ok()) {
+                            Some(id) => ids.push(id),
+                            None => failures += 1,
+                        }
+                    }
+                    _ => failures += 1,
+                }
+            }
+            (ids, latencies, failures)
+        }));
+    }
+    let mut ids = Vec::with_capacity(count);
+    let mut latencies = Vec::with_capacity(count);
+    let mut failures = 0;
+    for c in clients {
+        let (i, l, f) = c.await?;
+        ids.extend(i);
+        latencies.extend(l);
+        failures += f;
+    }
+    Ok((ids, latencies, failures))
+}
+
+/// Waits until every task is final, reading PostgreSQL (not the API, so the
+/// measurement does not load the API).
+async fn wait_done(db: &tokio_postgres::Client, ids: &[Uuid]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let pending: i64 = db
+            .query_one(
+                "SELECT count(*) FROM tasks WHERE id = ANY($1) AND state NOT IN ('succeeded', 'failed', 'dead')",
+                &[&ids],
+            )
+            .await?
+            .get(0);
+        if pending == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{pending} tasks still unfinished after 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
