@@ -206,6 +206,36 @@ mod tests {
     }
 
     #[test]
+    fn env_example_documents_exactly_the_defaults() {
+        let example: Vec<(String, String)> = include_str!("../../.env.example")
+            .lines()
+            .filter(|l| l.starts_with("BIBLIOMQ_"))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        assert!(example.len() >= 20, "{example:?}");
+        let from_example = Settings::from_lookup(|k| {
+            example
+                .iter()
+                .find(|(name, _)| name == k)
+                .map(|(_, v)| v.clone())
+        })
+        .unwrap();
+        let read = std::cell::RefCell::new(Vec::new());
+        let defaults = Settings::from_lookup(|k| {
+            read.borrow_mut().push(k.to_owned());
+            None
+        })
+        .unwrap();
+        assert_eq!(format!("{from_example:?}"), format!("{defaults:?}"));
+        let mut documented: Vec<String> = example.into_iter().map(|(k, _)| k).collect();
+        let mut read = read.into_inner();
+        documented.sort();
+        read.sort();
+        assert_eq!(documented, read, ".env.example and the settings disagree");
+    }
+
+    #[test]
     fn retry_delays_grow_geometrically() {
         let s = Settings::from_lookup(|_| None).unwrap().tasks;
         assert_eq!(s.retry_delay(1), Duration::from_secs(1));
