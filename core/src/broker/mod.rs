@@ -6,6 +6,7 @@
 //! connection dies. Publishers fail fast while there is no connection, so the
 //! API can answer 503 instead of hanging; consumers wait for the next one.
 
+pub mod events;
 pub mod headers;
 mod publisher;
 pub mod topology;

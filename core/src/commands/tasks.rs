@@ -113,6 +113,25 @@ impl Commands {
         })
     }
 
+    /// Waits until the task reaches a final state or `timeout` passes, and
+    /// returns the latest record either way (check `state`).
+    pub async fn wait_for_task(
+        &self,
+        id: Uuid,
+        timeout: std::time::Duration,
+    ) -> Result<TaskRecord, CommandError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pause = std::time::Duration::from_millis(2);
+        loop {
+            let task = self.task(id).await?;
+            if store::is_final(&task.state) || tokio::time::Instant::now() >= deadline {
+                return Ok(task);
+            }
+            tokio::time::sleep(pause.min(deadline - tokio::time::Instant::now())).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(50));
+        }
+    }
+
     pub async fn list_tasks(
         &self,
         state: Option<&str>,

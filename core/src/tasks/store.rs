@@ -13,6 +13,11 @@ use crate::storage::StoredObject;
 /// back to `queued` while it waits for a retry, `dead` when it gives up.
 pub const STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "dead"];
 
+/// True for the states a task never leaves.
+pub fn is_final(state: &str) -> bool {
+    matches!(state, "succeeded" | "failed" | "dead")
+}
+
 #[derive(Debug, Clone)]
 pub struct NewTask {
     pub id: Uuid,

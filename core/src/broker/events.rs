@@ -1,0 +1,121 @@
+//! Following an exchange: a private, server-named queue bound to some
+//! routing keys, re-created after every reconnection. For live feeds (the
+//! ZeroMQ PUB socket, the dashboard); events published while the connection
+//! is down are missed, which is why outcomes live in PostgreSQL.
+
+use futures::StreamExt;
+use lapin::{
+    options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+use tokio::sync::mpsc;
+
+use super::Broker;
+
+/// One message seen on the followed exchange.
+#[derive(Debug, Clone)]
+pub struct EventMessage {
+    pub routing_key: String,
+    pub body: Vec<u8>,
+}
+
+impl Broker {
+    /// Follows `exchange` for `keys` (topic patterns such as `#` or
+    /// `loaned.*`). The feed ends when the receiver is dropped or the broker
+    /// handle closes. A receiver that falls more than `capacity` events
+    /// behind loses the excess rather than slowing the broker down.
+    pub fn subscribe(
+        &self,
+        exchange: &str,
+        keys: &[&str],
+        capacity: usize,
+    ) -> mpsc::Receiver<EventMessage> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let broker = self.clone();
+        let exchange = exchange.to_owned();
+        let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+        tokio::spawn(async move {
+            while !tx.is_closed() {
+                let Some(conn) = (tokio::select! {
+                    c = broker.connection() => c,
+                    () = tx.closed() => return,
+                }) else {
+                    return;
+                };
+                match follow(&conn, &exchange, &keys, &tx).await {
+                    Ok(()) => return, // the receiver went away
+                    Err(e) => {
+                        tracing::debug!(error = %e, %exchange, "event feed interrupted; resubscribing");
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        });
+        rx
+    }
+}
+
+async fn follow(
+    conn: &lapin::Connection,
+    exchange: &str,
+    keys: &[String],
+    tx: &mpsc::Sender<EventMessage>,
+) -> Result<(), lapin::Error> {
+    let ch = conn.create_channel().await?;
+    let queue = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    for key in keys {
+        ch.queue_bind(
+            queue.name().clone(),
+            exchange.into(),
+            key.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    }
+    let mut consumer = ch
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    loop {
+        tokio::select! {
+            () = tx.closed() => {
+                let _ = ch.close(200, "feed closed".into()).await;
+                return Ok(());
+            }
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    let event = EventMessage {
+                        routing_key: delivery.routing_key.as_str().to_owned(),
+                        body: delivery.data,
+                    };
+                    if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(event) {
+                        return Ok(());
+                    }
+                }
+                Some(Err(e)) => return Err(e),
+                None => return Err(lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
+                    lapin::ChannelState::Closed,
+                    "consumer cancelled",
+                ))),
+            },
+        }
+    }
+}
