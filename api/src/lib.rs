@@ -20,6 +20,7 @@ use anyhow::Context;
 use axum::{Router, extract::DefaultBodyLimit};
 use bibliomq_core::{
     broker::{Broker, Publisher, Topology},
+    clock::Clock,
     commands::Commands,
     config::Settings,
     db,
@@ -49,11 +50,20 @@ impl Application {
     /// connections. Starting while RabbitMQ is down is fine: submissions
     /// answer 503 until it is back.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with_clock(settings, Clock::system()).await
+    }
+
+    /// As [`Application::build`], with the clock the library rules read.
+    pub async fn build_with_clock(settings: Settings, clock: Clock) -> anyhow::Result<Self> {
         let pool = db::pool(&settings.database)?;
         if settings.database.migrate_on_start {
             db::migrate(&pool)
                 .await
                 .context("Failed to apply migrations")?;
+            let client = pool.get().await?;
+            bibliomq_core::library::store::ensure_branches(&**client, &settings.library.branches)
+                .await
+                .context("Failed to record the branches")?;
         }
         let broker = Broker::start(
             &settings.amqp.url,
@@ -77,7 +87,14 @@ impl Application {
         let listener = TcpListener::bind(&addr)
             .await
             .with_context(|| format!("Failed to bind the API to {addr}"))?;
-        let commands = Commands::new(pool, publisher, store, settings.clone(), metrics.clone());
+        let commands = Commands::new(
+            pool,
+            publisher,
+            store,
+            settings.clone(),
+            metrics.clone(),
+            clock,
+        );
         Ok(Self {
             listener,
             state: AppState {

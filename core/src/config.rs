@@ -15,6 +15,7 @@ pub struct Settings {
     pub s3: S3Settings,
     pub api: ApiSettings,
     pub tasks: TaskSettings,
+    pub library: LibrarySettings,
     pub log_format: LogFormat,
 }
 
@@ -71,6 +72,59 @@ pub struct TaskSettings {
     pub poison_delivery_limit: u32,
     /// How long shutdown waits for in-flight tasks before requeueing them.
     pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LibrarySettings {
+    /// The library's branches, in display order.
+    pub branches: Vec<Branch>,
+    pub loan_days: u32,
+    pub renewal_days: u32,
+    pub max_renewals: u32,
+    /// Loans one patron may hold at once.
+    pub max_loans: u32,
+    /// How long a loan request waits for the loan worker's answer.
+    pub loan_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Branch {
+    pub code: String,
+    pub name: String,
+}
+
+/// `code=Name,code=Name`, as in `BIBLIOMQ_BRANCHES`.
+#[derive(Debug, Clone)]
+pub struct Branches(pub Vec<Branch>);
+
+impl FromStr for Branches {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        let mut branches = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (code, name) = part.split_once('=').unwrap_or((part, part));
+            let code = code.trim().to_lowercase();
+            let valid = code.len() <= 32
+                && code.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+                && code.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                });
+            if !valid {
+                bail!("branch code `{code}` must be lower-case letters, digits, `-` or `_`");
+            }
+            if branches.iter().any(|b: &Branch| b.code == code) {
+                bail!("branch `{code}` is listed twice");
+            }
+            branches.push(Branch {
+                code,
+                name: name.trim().to_owned(),
+            });
+        }
+        if branches.is_empty() {
+            bail!("at least one branch is needed");
+        }
+        Ok(Self(branches))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +192,28 @@ impl Settings {
                 retry_factor: env.get("TASK_RETRY_FACTOR", 4)?,
                 poison_delivery_limit: env.get("TASK_POISON_DELIVERY_LIMIT", 5)?,
                 drain_timeout: env.millis("DRAIN_TIMEOUT_MS", 30_000)?,
+            },
+            library: LibrarySettings {
+                branches: env
+                    .get(
+                        "BRANCHES",
+                        Branches(vec![
+                            Branch {
+                                code: "central".to_owned(),
+                                name: "Biblioteca Central".to_owned(),
+                            },
+                            Branch {
+                                code: "norte".to_owned(),
+                                name: "Biblioteca Norte".to_owned(),
+                            },
+                        ]),
+                    )?
+                    .0,
+                loan_days: env.get("LOAN_DAYS", 14)?,
+                renewal_days: env.get("RENEWAL_DAYS", 7)?,
+                max_renewals: env.get("MAX_RENEWALS", 2)?,
+                max_loans: env.get("MAX_LOANS", 5)?,
+                loan_timeout: env.millis("LOAN_TIMEOUT_MS", 5_000)?,
             },
             log_format: env.get("LOG_FORMAT", LogFormat::Pretty)?,
         })
@@ -211,7 +287,7 @@ mod tests {
             .lines()
             .filter(|l| l.starts_with("BIBLIOMQ_"))
             .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
             .collect();
         assert!(example.len() >= 20, "{example:?}");
         let from_example = Settings::from_lookup(|k| {

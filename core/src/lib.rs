@@ -14,16 +14,20 @@
 //! - [`broker`]: the supervised RabbitMQ connection, topology, confirmed publishing.
 //! - [`storage`]: S3-compatible object storage for large results.
 //! - [`tasks`]: task actions, their payload rules, how they run, their rows.
+//! - [`library`]: circulation domain types (ISBN, patron, branch), rules, rows, seed data.
+//! - [`clock`]: the time the rules see (a manual clock in tests).
 //! - [`commands`]: the command layer called by every transport.
 //! - [`metrics`]: Prometheus counters and histograms, one set per process.
 //! - [`error`]: the command layer's errors (caller's mistake vs our failure).
 
 pub mod batch;
 pub mod broker;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod library;
 pub mod metrics;
 pub mod shutdown;
 pub mod storage;

@@ -225,7 +225,17 @@ where
                 err.message().unwrap_or("no message")
             )
         }
-        other => aws_sdk_s3::error::DisplayErrorContext(other).to_string(),
+        other => {
+            // The error and its causes, without the debug dump.
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            text
+        }
     };
     StorageError::Unavailable(detail)
 }

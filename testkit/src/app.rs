@@ -2,7 +2,7 @@
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
-use bibliomq_core::{config::Settings, metrics::Metrics};
+use bibliomq_core::{clock::Clock, config::Settings, metrics::Metrics};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -32,18 +32,35 @@ pub async fn spawn_app() -> TestApp {
 impl TestApp {
     /// Starts the API and `workers` workers with settings adjusted by `tweak`.
     pub async fn spawn(env: TestEnv, tweak: impl Fn(&mut Settings), workers: usize) -> Self {
+        Self::spawn_with_clock(env, tweak, workers, Clock::system()).await
+    }
+
+    /// As [`TestApp::spawn`], with every app reading `clock`.
+    pub async fn spawn_with_clock(
+        env: TestEnv,
+        tweak: impl Fn(&mut Settings),
+        workers: usize,
+        clock: Clock,
+    ) -> Self {
         let mut settings = env.settings();
         tweak(&mut settings);
-        let mut app = Self::start_api(env, settings.clone()).await;
+        let mut app = Self::start_api_with_clock(env, settings.clone(), clock.clone()).await;
         for _ in 0..workers {
-            app.workers.push(Worker::start(settings.clone()).await);
+            app.workers
+                .push(Worker::start_with_clock(settings.clone(), clock.clone()).await);
         }
         app
     }
 
     /// Starts only the API, with the given settings.
     pub async fn start_api(env: TestEnv, settings: Settings) -> Self {
-        let app = bibliomq_api::Application::build(settings).await.unwrap();
+        Self::start_api_with_clock(env, settings, Clock::system()).await
+    }
+
+    pub async fn start_api_with_clock(env: TestEnv, settings: Settings, clock: Clock) -> Self {
+        let app = bibliomq_api::Application::build_with_clock(settings, clock)
+            .await
+            .unwrap();
         let addr = app.local_addr().unwrap();
         let api_metrics = app.state().metrics.clone();
         let api_stop = CancellationToken::new();
@@ -72,6 +89,70 @@ impl TestApp {
         self.http.get(self.url(path)).send().await.unwrap()
     }
 
+    /// Loads a small catalogue: the well-known titles, `titles` generated
+    /// ones with one or two copies per branch, and `patrons` patrons (the
+    /// named ones first, then p0001, p0002, ...). Nothing starts on loan.
+    pub async fn seed(&self, titles: usize, patrons: usize) {
+        let mut db = self.env.db().await;
+        let tx = db.transaction().await.unwrap();
+        let settings = self.env.settings();
+        let options = bibliomq_core::library::seed::SeedOptions {
+            titles,
+            min_copies: 1,
+            max_copies: 2,
+            patrons,
+            on_loan: 0.0,
+        };
+        let rules = bibliomq_core::library::Rules::from_settings(&settings.library);
+        bibliomq_core::library::seed::seed(
+            &tx,
+            &settings.library.branches,
+            &options,
+            &rules,
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap()
+        .expect("the test database already had a catalogue");
+        tx.commit().await.unwrap();
+    }
+
+    /// Adds a title with `copies` copies per branch (in branch order).
+    pub async fn add_title(&self, isbn: &str, title: &str, copies: &[u32]) {
+        let db = self.env.db().await;
+        db.execute(
+            "INSERT INTO titles (isbn, title, authors) VALUES ($1, $2, '{}')",
+            &[&isbn, &title],
+        )
+        .await
+        .unwrap();
+        let branches = self.env.settings().library.branches;
+        for (branch, n) in branches.iter().zip(copies) {
+            for k in 0..*n {
+                let barcode = format!("{isbn}-{}-{k}", branch.code);
+                db.execute(
+                    "INSERT INTO copies (isbn, branch, barcode) VALUES ($1, $2, $3)",
+                    &[&isbn, &branch.code, &barcode],
+                )
+                .await
+                .unwrap();
+            }
+        }
+    }
+
+    /// Adds patrons `prefix1` .. `prefixN`.
+    pub async fn add_patrons(&self, prefix: &str, n: usize) -> Vec<String> {
+        let db = self.env.db().await;
+        let ids: Vec<String> = (1..=n).map(|i| format!("{prefix}{i}")).collect();
+        db.execute(
+            "INSERT INTO patrons (id, name) SELECT id, 'Patron ' || id FROM unnest($1::text[]) id",
+            &[&ids],
+        )
+        .await
+        .unwrap();
+        ids
+    }
+
     pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
         self.http
             .post(self.url(path))
@@ -95,10 +176,17 @@ impl TestApp {
         body["id"].as_str().unwrap().parse().unwrap()
     }
 
+    /// The task as the API shows it; a large payload is summarised so that
+    /// failure messages stay readable.
     pub async fn task(&self, id: Uuid) -> Value {
         let resp = self.get(&format!("/v1/tasks/{id}")).await;
         assert_eq!(resp.status(), 200);
-        resp.json().await.unwrap()
+        let mut task: Value = resp.json().await.unwrap();
+        let size = task["payload"].to_string().len();
+        if size > 2_000 {
+            task["payload"] = Value::String(format!("<{size} bytes>"));
+        }
+        task
     }
 
     /// Polls until the task reaches a final state (succeeded, failed, dead).
@@ -153,7 +241,13 @@ pub struct Worker {
 
 impl Worker {
     pub async fn start(settings: Settings) -> Self {
-        let app = bibliomq_workers::WorkerApp::build(settings).await.unwrap();
+        Self::start_with_clock(settings, Clock::system()).await
+    }
+
+    pub async fn start_with_clock(settings: Settings, clock: Clock) -> Self {
+        let app = bibliomq_workers::WorkerApp::build_with_clock(settings, clock)
+            .await
+            .unwrap();
         let metrics = app.metrics().clone();
         let stop = CancellationToken::new();
         let join = tokio::spawn(app.run_until_stopped(stop.clone()));

@@ -7,7 +7,10 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use bibliomq_core::broker::Broker;
 use futures::StreamExt;
-use lapin::{message::Delivery, options::BasicCancelOptions};
+use lapin::{
+    message::Delivery,
+    options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicRejectOptions},
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// How a consumer is told to stop.
@@ -102,4 +105,39 @@ fn hostname() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "worker".to_owned())
+}
+
+/// How a handler settles a delivery.
+pub enum Settle {
+    Ack,
+    Requeue,
+    DeadLetter,
+}
+
+/// Acks, requeues or dead-letters a delivery; a failure (the channel is
+/// gone) only means the broker will redeliver it.
+pub async fn settle(delivery: &Delivery, how: Settle) {
+    let result = match how {
+        Settle::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
+        Settle::Requeue => {
+            delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
+                .await
+        }
+        Settle::DeadLetter => {
+            delivery
+                .acker
+                .reject(BasicRejectOptions { requeue: false })
+                .await
+        }
+    };
+    if let Err(e) = result {
+        // The channel is gone; the broker redelivers the message, and the
+        // claim makes the redelivery harmless.
+        tracing::warn!(error = %e, "could not settle the delivery");
+    }
 }

@@ -2,10 +2,14 @@
 //!
 //! # Layout
 //! - [`consumer`]: the consume loop shared by every worker kind (resubscribe
-//!   after broker restarts, drain on shutdown).
+//!   after broker restarts, drain on shutdown) and how deliveries are settled.
 //! - [`tasks`]: the task worker (claim, run, store, commit, ack, retry, dead-letter).
+//! - [`library`]: the loan RPC server and the renewal and return workers.
+//! - [`events`]: outcome events published after commits.
 
 pub mod consumer;
+pub mod events;
+pub mod library;
 pub mod tasks;
 
 use std::sync::Arc;
@@ -13,8 +17,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use bibliomq_core::{
     broker::{Broker, Publisher, Topology, topology},
+    clock::Clock,
     config::Settings,
     db,
+    library::Rules,
     metrics::Metrics,
     storage::ObjectStore,
 };
@@ -26,17 +32,27 @@ pub struct WorkerApp {
     pool: deadpool_postgres::Pool,
     broker: Broker,
     metrics: Metrics,
+    clock: Clock,
 }
 
 impl WorkerApp {
     /// Connects (lazily: starting while a dependency is down is fine) and
     /// applies migrations when configured to.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with_clock(settings, Clock::system()).await
+    }
+
+    /// As [`WorkerApp::build`], with the clock the library rules read.
+    pub async fn build_with_clock(settings: Settings, clock: Clock) -> anyhow::Result<Self> {
         let pool = db::pool(&settings.database)?;
         if settings.database.migrate_on_start {
             db::migrate(&pool)
                 .await
                 .context("Failed to apply migrations")?;
+            let client = pool.get().await?;
+            bibliomq_core::library::store::ensure_branches(&**client, &settings.library.branches)
+                .await
+                .context("Failed to record the branches")?;
         }
         let broker = Broker::start(
             &settings.amqp.url,
@@ -48,6 +64,7 @@ impl WorkerApp {
             pool,
             broker,
             metrics: Metrics::new(),
+            clock,
         })
     }
 
@@ -73,22 +90,67 @@ impl WorkerApp {
             graceful: shutdown,
             abandon: CancellationToken::new(),
         };
+        let prefetch = self.settings.amqp.prefetch;
+        let drain = self.settings.tasks.drain_timeout;
         let task_worker = Arc::new(tasks::TaskWorker::new(
             self.pool.clone(),
-            publisher,
+            publisher.clone(),
             store,
             self.settings.tasks.clone(),
             self.metrics.clone(),
         ));
-        consumer::run(
-            self.broker.clone(),
-            topology::TASKS_QUEUE,
-            self.settings.amqp.prefetch,
-            task_worker,
-            stop,
-            self.settings.tasks.drain_timeout,
-        )
-        .await;
+        let deps = Arc::new(library::LibraryDeps {
+            pool: self.pool.clone(),
+            publisher,
+            rules: Rules::from_settings(&self.settings.library),
+            clock: self.clock.clone(),
+            metrics: self.metrics.clone(),
+            poison_delivery_limit: self.settings.tasks.poison_delivery_limit,
+        });
+        let loans = Arc::new(library::LoanServer::new(deps.clone()));
+        let renewals = Arc::new(library::CirculationWorker::new(
+            deps.clone(),
+            topology::RENEWALS_QUEUE,
+        ));
+        let returns = Arc::new(library::CirculationWorker::new(
+            deps,
+            topology::RETURNS_QUEUE,
+        ));
+        let b = &self.broker;
+        tokio::join!(
+            consumer::run(
+                b.clone(),
+                topology::TASKS_QUEUE,
+                prefetch,
+                task_worker,
+                stop.clone(),
+                drain
+            ),
+            consumer::run(
+                b.clone(),
+                topology::LOANS_QUEUE,
+                prefetch,
+                loans,
+                stop.clone(),
+                drain
+            ),
+            consumer::run(
+                b.clone(),
+                topology::RENEWALS_QUEUE,
+                prefetch,
+                renewals,
+                stop.clone(),
+                drain
+            ),
+            consumer::run(
+                b.clone(),
+                topology::RETURNS_QUEUE,
+                prefetch,
+                returns,
+                stop,
+                drain
+            ),
+        );
         self.broker.close().await;
         Ok(())
     }

@@ -25,17 +25,13 @@ use bibliomq_core::{
     },
 };
 use deadpool_postgres::Pool;
-use lapin::{
-    message::Delivery,
-    options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions},
-    types::AMQPValue,
-};
+use lapin::{message::Delivery, types::AMQPValue};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::consumer::Handler;
+use crate::consumer::{Handler, Settle, settle};
 
 type Claims = Batcher<Uuid, Option<i32>, DbFailure>;
 type Finishes = Batcher<Finish, bool, DbFailure>;
@@ -364,25 +360,7 @@ impl TaskWorker {
             "error": error,
             "at": chrono::Utc::now(),
         });
-        let props = headers::persistent_json(&Uuid::now_v7().to_string(), "");
-        let publisher = self.publisher.clone();
-        let key = format!("task.{state}");
-        // Events are notifications; the outcome is already committed, so the
-        // ack does not wait for this confirm.
-        tokio::spawn(async move {
-            if let Err(e) = publisher
-                .publish(
-                    topology::EVENTS_EXCHANGE,
-                    &key,
-                    event.to_string().as_bytes(),
-                    props,
-                    false,
-                )
-                .await
-            {
-                tracing::debug!(error = %e, "could not publish the task event");
-            }
-        });
+        crate::events::announce(&self.publisher, format!("task.{state}"), event);
     }
 }
 
@@ -397,37 +375,5 @@ impl Handler for TaskWorker {
             .unwrap_or_default();
         let span = tracing::info_span!("task", %task_id, %correlation_id);
         self.process(delivery, abandon).instrument(span).await;
-    }
-}
-
-enum Settle {
-    Ack,
-    Requeue,
-    DeadLetter,
-}
-
-async fn settle(delivery: &Delivery, how: Settle) {
-    let result = match how {
-        Settle::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
-        Settle::Requeue => {
-            delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    multiple: false,
-                })
-                .await
-        }
-        Settle::DeadLetter => {
-            delivery
-                .acker
-                .reject(BasicRejectOptions { requeue: false })
-                .await
-        }
-    };
-    if let Err(e) = result {
-        // The channel is gone; the broker redelivers the message, and the
-        // claim makes the redelivery harmless.
-        tracing::warn!(error = %e, "could not settle the delivery");
     }
 }

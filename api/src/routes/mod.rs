@@ -1,6 +1,7 @@
 //! Routes, one module per resource.
 
 mod health;
+mod library;
 mod tasks;
 
 use axum::{Router, http::StatusCode, response::IntoResponse};
@@ -10,7 +11,7 @@ use crate::{AppState, error::ApiError};
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::routes())
-        .nest("/v1", tasks::routes())
+        .nest("/v1", tasks::routes().merge(library::routes()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

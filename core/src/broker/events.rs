@@ -30,6 +30,34 @@ impl Broker {
         keys: &[&str],
         capacity: usize,
     ) -> mpsc::Receiver<EventMessage> {
+        self.spawn_follower(exchange, keys, capacity, None)
+    }
+
+    /// As [`Broker::subscribe`], returning once the queue is bound, so that
+    /// nothing published afterwards is missed. `None` if that does not
+    /// happen within `timeout`.
+    pub async fn subscribe_bound(
+        &self,
+        exchange: &str,
+        keys: &[&str],
+        capacity: usize,
+        timeout: std::time::Duration,
+    ) -> Option<mpsc::Receiver<EventMessage>> {
+        let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+        let rx = self.spawn_follower(exchange, keys, capacity, Some(bound_tx));
+        match tokio::time::timeout(timeout, bound_rx).await {
+            Ok(Ok(())) => Some(rx),
+            _ => None,
+        }
+    }
+
+    fn spawn_follower(
+        &self,
+        exchange: &str,
+        keys: &[&str],
+        capacity: usize,
+        mut bound: Option<tokio::sync::oneshot::Sender<()>>,
+    ) -> mpsc::Receiver<EventMessage> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let broker = self.clone();
         let exchange = exchange.to_owned();
@@ -42,7 +70,7 @@ impl Broker {
                 }) else {
                     return;
                 };
-                match follow(&conn, &exchange, &keys, &tx).await {
+                match follow(&conn, &exchange, &keys, &tx, &mut bound).await {
                     Ok(()) => return, // the receiver went away
                     Err(e) => {
                         tracing::debug!(error = %e, %exchange, "event feed interrupted; resubscribing");
@@ -60,6 +88,7 @@ async fn follow(
     exchange: &str,
     keys: &[String],
     tx: &mpsc::Sender<EventMessage>,
+    bound: &mut Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<(), lapin::Error> {
     let ch = conn.create_channel().await?;
     let queue = ch
@@ -94,6 +123,9 @@ async fn follow(
             FieldTable::default(),
         )
         .await?;
+    if let Some(signal) = bound.take() {
+        let _ = signal.send(());
+    }
     loop {
         tokio::select! {
             () = tx.closed() => {

@@ -9,6 +9,7 @@
 pub mod events;
 pub mod headers;
 mod publisher;
+pub mod rpc;
 pub mod topology;
 
 use std::{sync::Arc, time::Duration};

@@ -27,6 +27,21 @@ pub const TASKS_DEAD_QUEUE: &str = "bibliomq.tasks.dead";
 /// Topic exchange of outcome events: `task.<state>`, and the library's
 /// `loaned.<branch>`, `renewed.<branch>`, `returned.<branch>`, `rejected.<op>.<branch>`.
 pub const EVENTS_EXCHANGE: &str = "bibliomq.events";
+/// Direct exchange for requests that expect a reply (direct reply-to).
+pub const RPC_EXCHANGE: &str = "bibliomq.rpc";
+/// Quorum queue of loan requests; the loan workers answer them.
+pub const LOANS_QUEUE: &str = "bibliomq.loans";
+/// Routing key of loan requests on [`RPC_EXCHANGE`].
+pub const LOAN_REQUEST_KEY: &str = "loan";
+/// Topic exchange of asynchronous circulation: `renewal.<branch>`, `return.<branch>`.
+pub const CIRCULATION_EXCHANGE: &str = "bibliomq.circulation";
+/// Quorum queue bound to `renewal.*`.
+pub const RENEWALS_QUEUE: &str = "bibliomq.renewals";
+/// Quorum queue bound to `return.*`.
+pub const RETURNS_QUEUE: &str = "bibliomq.returns";
+/// Library messages that could not be read or were poison, and loan
+/// requests that expired before a worker took them.
+pub const LIBRARY_DEAD_QUEUE: &str = "bibliomq.library.dead";
 /// Routing key that retried tasks come back to [`TASKS_EXCHANGE`] with.
 pub const RETRIED_TASK_KEY: &str = "task.retried";
 
@@ -59,7 +74,14 @@ impl Topology {
 
     /// All queue names, for tests and tooling.
     pub fn queues(&self) -> Vec<String> {
-        let mut names = vec![TASKS_QUEUE.to_owned(), TASKS_DEAD_QUEUE.to_owned()];
+        let mut names = vec![
+            TASKS_QUEUE.to_owned(),
+            TASKS_DEAD_QUEUE.to_owned(),
+            LOANS_QUEUE.to_owned(),
+            RENEWALS_QUEUE.to_owned(),
+            RETURNS_QUEUE.to_owned(),
+            LIBRARY_DEAD_QUEUE.to_owned(),
+        ];
         names.extend(self.task_retry_delays.iter().map(|d| retry_queue_name(*d)));
         names
     }
@@ -92,6 +114,27 @@ impl Topology {
             args.insert("x-dead-letter-routing-key".into(), text(RETRIED_TASK_KEY));
             queue(ch, &name, args).await?;
             bind(ch, &name, RETRY_EXCHANGE, &name).await?;
+        }
+
+        exchange(ch, RPC_EXCHANGE, ExchangeKind::Direct).await?;
+        exchange(ch, CIRCULATION_EXCHANGE, ExchangeKind::Topic).await?;
+        for (name, source, key) in [
+            (LOANS_QUEUE, RPC_EXCHANGE, LOAN_REQUEST_KEY),
+            (RENEWALS_QUEUE, CIRCULATION_EXCHANGE, "renewal.*"),
+            (RETURNS_QUEUE, CIRCULATION_EXCHANGE, "return.*"),
+        ] {
+            let mut args = quorum();
+            args.insert("x-dead-letter-exchange".into(), text(DEAD_LETTER_EXCHANGE));
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(self.delivery_limit.into()),
+            );
+            queue(ch, name, args).await?;
+            bind(ch, name, source, key).await?;
+        }
+        queue(ch, LIBRARY_DEAD_QUEUE, quorum()).await?;
+        for key in [LOAN_REQUEST_KEY, "renewal.#", "return.#"] {
+            bind(ch, LIBRARY_DEAD_QUEUE, DEAD_LETTER_EXCHANGE, key).await?;
         }
         Ok(())
     }

@@ -1,15 +1,27 @@
 //! The command layer: every transport (HTTP, ZeroMQ, TCP) calls these and
 //! nothing else, so each rule and each validation exists exactly once.
 
+mod library;
 mod tasks;
 
 use std::sync::Arc;
 
 use deadpool_postgres::Pool;
 
+pub use library::{
+    CirculationRequest, LoanReceipt, LoanRequest, OperationAccepted, SEARCH_MAX_LIMIT,
+    SEARCH_MAX_WORDS,
+};
 pub use tasks::{SubmittedTask, TaskInserter};
 
-use crate::{broker::Publisher, config::Settings, metrics::Metrics, storage::ObjectStore};
+use crate::{
+    broker::{Publisher, rpc::RpcClient},
+    clock::Clock,
+    config::Settings,
+    library::Rules,
+    metrics::Metrics,
+    storage::ObjectStore,
+};
 
 /// What the commands need, shared by every request. Cheap to clone.
 #[derive(Clone)]
@@ -20,9 +32,12 @@ pub struct Commands {
 struct Inner {
     pool: Pool,
     publisher: Publisher,
+    rpc: RpcClient,
     store: ObjectStore,
     settings: Settings,
+    rules: Rules,
     metrics: Metrics,
+    clock: Clock,
     task_inserts: TaskInserter,
 }
 
@@ -33,15 +48,20 @@ impl Commands {
         store: ObjectStore,
         settings: Settings,
         metrics: Metrics,
+        clock: Clock,
     ) -> Self {
         let task_inserts = tasks::inserter(pool.clone());
+        let rpc = RpcClient::new(publisher.broker().clone(), settings.amqp.confirm_timeout);
         Self {
             inner: Arc::new(Inner {
                 pool,
                 publisher,
+                rpc,
                 store,
+                rules: Rules::from_settings(&settings.library),
                 settings,
                 metrics,
+                clock,
                 task_inserts,
             }),
         }
@@ -55,6 +75,10 @@ impl Commands {
         &self.inner.publisher
     }
 
+    pub fn rpc(&self) -> &RpcClient {
+        &self.inner.rpc
+    }
+
     pub fn store(&self) -> &ObjectStore {
         &self.inner.store
     }
@@ -63,7 +87,15 @@ impl Commands {
         &self.inner.settings
     }
 
+    pub fn rules(&self) -> Rules {
+        self.inner.rules
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
     }
 }

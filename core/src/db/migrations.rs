@@ -8,11 +8,18 @@ use deadpool_postgres::Pool;
 use sha2::{Digest, Sha256};
 
 /// Every migration, in order. Add new files at the end.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "tasks",
-    include_str!("../../../migrations/0001_tasks.sql"),
-)];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "tasks",
+        include_str!("../../../migrations/0001_tasks.sql"),
+    ),
+    (
+        2,
+        "library",
+        include_str!("../../../migrations/0002_library.sql"),
+    ),
+];
 
 /// Arbitrary constant: the advisory lock that serialises concurrent runners
 /// (an API and a worker starting at the same moment).

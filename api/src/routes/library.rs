@@ -1,0 +1,255 @@
+//! Library circulation: loans (answered at once), renewals and returns
+//! (accepted, then applied), operations, books, patrons, branches.
+
+use axum::{
+    Extension, Json, Router,
+    extract::{Path, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use bibliomq_core::commands::{CirculationRequest, LoanRequest, OperationAccepted};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::{
+    AppState,
+    error::ApiError,
+    extract::{JsonBody, QueryParams},
+    middleware::CorrelationId,
+};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/loans", post(loan))
+        .route("/loans/{id}", get(show_loan))
+        .route("/renewals", post(renew))
+        .route("/returns", post(return_loan))
+        .route("/operations/{id}", get(operation))
+        .route("/books", get(search))
+        .route("/books/{isbn}", get(book))
+        .route("/patrons/{id}/loans", get(patron_loans))
+        .route("/branches", get(branches))
+}
+
+fn parse_uuid(raw: &str, what: &'static str, code: &'static str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            code,
+            format!("`{raw}` is not {what} (a UUID)"),
+        )
+        .with_field("id")
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoanBody {
+    isbn: Option<String>,
+    title: Option<String>,
+    patron: String,
+    branch: String,
+}
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// `201 Created` with the loan; `409` when no copy is available or the
+/// patron is at the limit; `404` for unknown titles or patrons; `504` when
+/// the loan service does not answer in time (retry with the same
+/// `Idempotency-Key` to learn the outcome).
+async fn loan(
+    State(state): State<AppState>,
+    Extension(CorrelationId(correlation_id)): Extension<CorrelationId>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<LoanBody>,
+) -> Result<Response, ApiError> {
+    let key = headers
+        .get(IDEMPOTENCY_KEY)
+        .map(|v| {
+            v.to_str().map(str::to_owned).map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_idempotency_key",
+                    "the Idempotency-Key header must be visible ASCII",
+                )
+            })
+        })
+        .transpose()?;
+    let receipt = state
+        .commands
+        .loan(
+            LoanRequest {
+                isbn: body.isbn,
+                title: body.title,
+                patron: body.patron,
+                branch: body.branch,
+                idempotency_key: key,
+            },
+            &correlation_id,
+        )
+        .await?;
+    let mut response = (
+        StatusCode::CREATED,
+        Json(json!({
+            "loan": receipt.loan,
+            "replayed": receipt.replayed,
+            "idempotency_key": receipt.idempotency_key,
+        })),
+    )
+        .into_response();
+    let h = response.headers_mut();
+    if let Some(id) = receipt.loan["id"].as_str()
+        && let Ok(v) = HeaderValue::from_str(&format!("/v1/loans/{id}"))
+    {
+        h.insert(header::LOCATION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&receipt.idempotency_key) {
+        h.insert(IDEMPOTENCY_KEY, v);
+    }
+    if receipt.replayed {
+        h.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+async fn show_loan(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_uuid(&id, "a loan id", "invalid_loan_id")?;
+    Ok(Json(json!(state.commands.loan_view(id).await?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CirculationBody {
+    loan_id: Option<String>,
+    isbn: Option<String>,
+    patron: Option<String>,
+    branch: String,
+}
+
+impl From<CirculationBody> for CirculationRequest {
+    fn from(b: CirculationBody) -> Self {
+        Self {
+            loan_id: b.loan_id,
+            isbn: b.isbn,
+            patron: b.patron,
+            branch: b.branch,
+        }
+    }
+}
+
+fn accepted(op: &OperationAccepted) -> Response {
+    let location = format!("/v1/operations/{}", op.operation_id);
+    let mut body = json!(op);
+    body["links"] = json!({ "self": location });
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    response
+}
+
+/// `202 Accepted`: the renewal is queued (`renewal.<branch>`); follow it at
+/// `/v1/operations/{id}`. The tentative due date is what it becomes if applied.
+async fn renew(
+    State(state): State<AppState>,
+    Extension(CorrelationId(correlation_id)): Extension<CorrelationId>,
+    JsonBody(body): JsonBody<CirculationBody>,
+) -> Result<Response, ApiError> {
+    let op = state.commands.renew(body.into(), &correlation_id).await?;
+    Ok(accepted(&op))
+}
+
+/// `202 Accepted`: the return is queued (`return.<branch>`).
+async fn return_loan(
+    State(state): State<AppState>,
+    Extension(CorrelationId(correlation_id)): Extension<CorrelationId>,
+    JsonBody(body): JsonBody<CirculationBody>,
+) -> Result<Response, ApiError> {
+    let op = state
+        .commands
+        .return_loan(body.into(), &correlation_id)
+        .await?;
+    Ok(accepted(&op))
+}
+
+async fn operation(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_uuid(&id, "an operation id", "invalid_operation_id")?;
+    Ok(Json(json!(state.commands.operation(id).await?)))
+}
+
+async fn book(
+    State(state): State<AppState>,
+    Path(isbn): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(state.commands.book(&isbn).await?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchQuery {
+    title: Option<String>,
+    q: Option<String>,
+    limit: Option<String>,
+}
+
+/// `?title=quijote`: case- and accent-insensitive, every word must appear.
+async fn search(
+    State(state): State<AppState>,
+    QueryParams(q): QueryParams<SearchQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let query = q.title.or(q.q).unwrap_or_default();
+    let limit = q
+        .limit
+        .as_deref()
+        .map(|l| {
+            l.parse::<i64>().map_err(|_| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_limit",
+                    format!("limit must be a whole number, got `{l}`"),
+                )
+                .with_field("limit")
+            })
+        })
+        .transpose()?;
+    let books = state.commands.search_books(&query, limit).await?;
+    Ok(Json(json!({ "query": query, "books": books })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatronLoansQuery {
+    /// `true`: returned loans too.
+    all: Option<bool>,
+}
+
+async fn patron_loans(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    QueryParams(q): QueryParams<PatronLoansQuery>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(
+        state
+            .commands
+            .patron_loans(&id, q.all.unwrap_or(false))
+            .await?
+    )))
+}
+
+async fn branches(State(state): State<AppState>) -> Json<Value> {
+    let list: Vec<Value> = state
+        .commands
+        .branches()
+        .iter()
+        .map(|b| json!({"code": b.code, "name": b.name}))
+        .collect();
+    Json(json!({ "branches": list }))
+}

@@ -1,0 +1,467 @@
+//! Library commands: loans (synchronous, over RPC), renewals and returns
+//! (asynchronous, over the circulation exchange), and catalogue look-ups.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::Commands;
+use crate::{
+    broker::{headers, rpc::RpcError, topology},
+    config::Branch,
+    error::{CommandError, Invalid},
+    library::{
+        BranchCode, Isbn, PatronId,
+        message::{CirculationMessage, LoanRequestMessage, OperationKind},
+        store::{self, BookSummary, BookView, LoanLookup, LoanView, OperationView, PatronLoans},
+    },
+};
+
+/// Most words a title search takes.
+pub const SEARCH_MAX_WORDS: usize = 8;
+/// Most results a title search returns.
+pub const SEARCH_MAX_LIMIT: i64 = 100;
+
+/// A loan as asked for: a title by ISBN or by title words, for a patron, at a branch.
+#[derive(Debug, Clone, Default)]
+pub struct LoanRequest {
+    pub isbn: Option<String>,
+    pub title: Option<String>,
+    pub patron: String,
+    pub branch: String,
+    /// The client's key for safe retries; one is made when absent.
+    pub idempotency_key: Option<String>,
+}
+
+/// A loan that was made (or, with `replayed`, made earlier for the same key).
+#[derive(Debug, Clone, Serialize)]
+pub struct LoanReceipt {
+    pub loan: Value,
+    pub replayed: bool,
+    pub idempotency_key: String,
+}
+
+/// A renewal or return: the loan by id, or by ISBN and patron; at a branch.
+#[derive(Debug, Clone, Default)]
+pub struct CirculationRequest {
+    pub loan_id: Option<String>,
+    pub isbn: Option<String>,
+    pub patron: Option<String>,
+    pub branch: String,
+}
+
+/// A renewal or return accepted for processing.
+#[derive(Debug, Clone, Serialize)]
+pub struct OperationAccepted {
+    pub operation_id: Uuid,
+    pub kind: OperationKind,
+    pub state: &'static str,
+    pub loan_id: Uuid,
+    pub branch: String,
+    /// Renewals: the due date the loan will have if the renewal is applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tentative_due_at: Option<DateTime<Utc>>,
+}
+
+fn check_idempotency_key(key: Option<&str>) -> Result<String, Invalid> {
+    match key {
+        None => Ok(Uuid::new_v4().to_string()),
+        Some(k) if !k.is_empty() && k.len() <= 200 && k.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(k.to_owned())
+        }
+        Some(_) => Err(Invalid::field(
+            "invalid_idempotency_key",
+            "Idempotency-Key",
+            "an idempotency key has 1 to 200 visible ASCII characters",
+        )),
+    }
+}
+
+impl Commands {
+    pub fn branches(&self) -> &[Branch] {
+        &self.settings().library.branches
+    }
+
+    fn branch(&self, raw: &str) -> Result<BranchCode, Invalid> {
+        BranchCode::parse(raw, &self.settings().library)
+    }
+
+    /// Lends a copy, or says why not. Waits for the loan worker's answer.
+    #[tracing::instrument(skip_all, fields(patron = %req.patron, branch = %req.branch))]
+    pub async fn loan(
+        &self,
+        req: LoanRequest,
+        correlation_id: &str,
+    ) -> Result<LoanReceipt, CommandError> {
+        let patron = PatronId::parse(&req.patron)?;
+        let branch = self.branch(&req.branch)?;
+        let key = check_idempotency_key(req.idempotency_key.as_deref())?;
+        let isbn = match (req.isbn.as_deref(), req.title.as_deref()) {
+            (Some(_), Some(_)) => {
+                return Err(Invalid::new(
+                    "isbn_or_title",
+                    "give either an isbn or a title, not both",
+                )
+                .into());
+            }
+            (None, None) => {
+                return Err(Invalid::field(
+                    "missing_field",
+                    "isbn",
+                    "give the isbn (or the title) of the book",
+                )
+                .into());
+            }
+            (Some(isbn), None) => Isbn::parse(isbn)?,
+            (None, Some(title)) => self.resolve_title(title).await?,
+        };
+
+        let now = self.clock().now();
+        let fingerprint = hex::encode(Sha256::digest(format!("{isbn}|{patron}|{branch}")));
+        let message = LoanRequestMessage {
+            operation_id: Uuid::now_v7(),
+            idempotency_key: key.clone(),
+            fingerprint,
+            isbn: isbn.to_string(),
+            patron: patron.to_string(),
+            branch: branch.to_string(),
+            requested_at: now,
+        };
+        let body = serde_json::to_vec(&message).map_err(anyhow::Error::from)?;
+        let timeout = self.settings().library.loan_timeout;
+        // A request nobody waits for any more expires in the queue instead
+        // of making a loan behind the caller's back.
+        let properties =
+            headers::persistent_json(&message.operation_id.to_string(), correlation_id)
+                .with_expiration(timeout.as_millis().to_string().into());
+        let reply = self
+            .rpc()
+            .call(topology::RPC_EXCHANGE, topology::LOAN_REQUEST_KEY, &body, properties, timeout)
+            .await
+            .map_err(|e| match e {
+                RpcError::NotSent(e) => CommandError::from(e),
+                RpcError::Timeout(t) => CommandError::Timeout(format!(
+                    "no answer from the loan service within {} ms; retry with the same Idempotency-Key ({key}) to learn whether the loan was made",
+                    t.as_millis()
+                )),
+                RpcError::Interrupted => CommandError::Unavailable(format!(
+                    "the connection to the message broker broke while waiting; retry with the same Idempotency-Key ({key})"
+                )),
+            })?;
+        let mut reply: Value = serde_json::from_slice(&reply)
+            .map_err(|e| anyhow::anyhow!("unreadable loan reply: {e}"))?;
+        crate::library::normalize_times(&mut reply);
+        loan_outcome(reply, key)
+    }
+
+    async fn resolve_title(&self, title: &str) -> Result<Isbn, CommandError> {
+        let title = title.trim();
+        if title.is_empty() || title.chars().count() > 300 {
+            return Err(Invalid::field(
+                "invalid_title",
+                "title",
+                "give 1 to 300 characters of the title",
+            )
+            .into());
+        }
+        let client = self.pool().get().await?;
+        let found = store::resolve_title(&**client, title).await?;
+        match found.as_slice() {
+            [] => Err(CommandError::not_found(
+                "title_not_found",
+                format!("no title matching `{title}` in the catalogue"),
+            )),
+            [(isbn, _)] => Ok(Isbn::parse(isbn)?),
+            many => Err(CommandError::Conflict {
+                code: "ambiguous_title",
+                message: format!(
+                    "`{title}` matches {} titles; give the ISBN or more words",
+                    many.len()
+                ),
+                details: Some(json!({
+                    "candidates": many.iter().map(|(isbn, t)| json!({"isbn": isbn, "title": t})).collect::<Vec<_>>()
+                })),
+            }),
+        }
+    }
+
+    /// Accepts a renewal: answered at once, applied by a worker.
+    pub async fn renew(
+        &self,
+        req: CirculationRequest,
+        correlation_id: &str,
+    ) -> Result<OperationAccepted, CommandError> {
+        self.circulate(OperationKind::Renewal, req, correlation_id)
+            .await
+    }
+
+    /// Accepts a return: answered at once, applied by a worker.
+    pub async fn return_loan(
+        &self,
+        req: CirculationRequest,
+        correlation_id: &str,
+    ) -> Result<OperationAccepted, CommandError> {
+        self.circulate(OperationKind::Return, req, correlation_id)
+            .await
+    }
+
+    #[tracing::instrument(skip_all, fields(kind = kind.as_str(), branch = %req.branch))]
+    async fn circulate(
+        &self,
+        kind: OperationKind,
+        req: CirculationRequest,
+        correlation_id: &str,
+    ) -> Result<OperationAccepted, CommandError> {
+        let branch = self.branch(&req.branch)?;
+        let lookup = match (
+            req.loan_id.as_deref(),
+            req.isbn.as_deref(),
+            req.patron.as_deref(),
+        ) {
+            (Some(id), _, _) => {
+                let id = Uuid::parse_str(id.trim()).map_err(|_| {
+                    Invalid::field(
+                        "invalid_loan_id",
+                        "loan_id",
+                        format!("`{id}` is not a loan id"),
+                    )
+                })?;
+                let client = self.pool().get().await?;
+                store::find_loan_by_id(&**client, id).await?
+            }
+            (None, Some(isbn), Some(patron)) => {
+                let isbn = Isbn::parse(isbn)?;
+                let patron = PatronId::parse(patron)?;
+                let client = self.pool().get().await?;
+                store::find_open_loan(&**client, isbn.as_str(), patron.as_str()).await?
+            }
+            (None, None, _) => {
+                return Err(Invalid::field(
+                    "missing_field",
+                    "isbn",
+                    "give the loan_id, or the isbn and the patron",
+                )
+                .into());
+            }
+            (None, Some(_), None) => {
+                return Err(Invalid::field(
+                    "missing_field",
+                    "patron",
+                    "give the patron whose loan it is",
+                )
+                .into());
+            }
+        };
+        let loan = match lookup {
+            LoanLookup::Found(loan) => loan,
+            LoanLookup::NoSuchPatron => {
+                return Err(CommandError::not_found(
+                    "patron_not_found",
+                    "no such patron",
+                ));
+            }
+            LoanLookup::NoSuchTitle => {
+                return Err(CommandError::not_found(
+                    "title_not_found",
+                    "no title with that ISBN in the catalogue",
+                ));
+            }
+            LoanLookup::NoSuchLoan => {
+                return Err(CommandError::not_found(
+                    "loan_not_found",
+                    "no open loan of that book for that patron",
+                ));
+            }
+            LoanLookup::Closed => {
+                return Err(CommandError::conflict(
+                    "not_on_loan",
+                    "that loan is already closed",
+                ));
+            }
+        };
+
+        let id = Uuid::now_v7();
+        let now = self.clock().now();
+        {
+            let client = self.pool().get().await?;
+            store::insert_pending(
+                &**client,
+                id,
+                kind,
+                &loan,
+                branch.as_str(),
+                now,
+                correlation_id,
+            )
+            .await?;
+        }
+        let message = CirculationMessage {
+            operation_id: id,
+            kind,
+            loan_id: loan.loan_id,
+            isbn: loan.isbn.clone(),
+            patron: loan.patron.clone(),
+            branch: branch.to_string(),
+            requested_at: now,
+        };
+        let body = serde_json::to_vec(&message).map_err(anyhow::Error::from)?;
+        let published = self
+            .publisher()
+            .publish(
+                topology::CIRCULATION_EXCHANGE,
+                &format!("{}.{branch}", kind.routing_prefix()),
+                &body,
+                headers::persistent_json(&id.to_string(), correlation_id),
+                true,
+            )
+            .await;
+        if let Err(e) = published {
+            if let Ok(client) = self.pool().get().await
+                && let Err(e) = store::delete_pending(&**client, id).await
+            {
+                tracing::error!(error = %e, "could not withdraw the unpublished operation");
+            }
+            return Err(e.into());
+        }
+        Ok(OperationAccepted {
+            operation_id: id,
+            kind,
+            state: "pending",
+            loan_id: loan.loan_id,
+            branch: branch.to_string(),
+            tentative_due_at: (kind == OperationKind::Renewal)
+                .then(|| self.rules().due_after_renewal(loan.due_at)),
+        })
+    }
+
+    pub async fn operation(&self, id: Uuid) -> Result<OperationView, CommandError> {
+        let client = self.pool().get().await?;
+        let mut op = store::operation(&**client, id).await?.ok_or_else(|| {
+            CommandError::not_found("operation_not_found", format!("no operation with id {id}"))
+        })?;
+        if let Some(outcome) = op.outcome.as_mut() {
+            crate::library::normalize_times(outcome);
+        }
+        Ok(op)
+    }
+
+    pub async fn book(&self, isbn: &str) -> Result<BookView, CommandError> {
+        let isbn = Isbn::parse(isbn)?;
+        let client = self.pool().get().await?;
+        store::book(&**client, isbn.as_str()).await?.ok_or_else(|| {
+            CommandError::not_found(
+                "title_not_found",
+                format!("no title with ISBN {isbn} in the catalogue"),
+            )
+        })
+    }
+
+    /// Titles containing every word of `query`, ignoring case and accents.
+    pub async fn search_books(
+        &self,
+        query: &str,
+        limit: Option<i64>,
+    ) -> Result<Vec<BookSummary>, CommandError> {
+        let words: Vec<String> = query.split_whitespace().map(str::to_owned).collect();
+        if words.is_empty()
+            || words.len() > SEARCH_MAX_WORDS
+            || words.iter().any(|w| w.chars().count() > 100)
+        {
+            return Err(Invalid::field(
+                "invalid_query",
+                "title",
+                format!("give 1 to {SEARCH_MAX_WORDS} words of the title"),
+            )
+            .into());
+        }
+        let limit = limit.unwrap_or(20);
+        if !(1..=SEARCH_MAX_LIMIT).contains(&limit) {
+            return Err(Invalid::field(
+                "invalid_limit",
+                "limit",
+                format!("limit must be from 1 to {SEARCH_MAX_LIMIT}"),
+            )
+            .into());
+        }
+        let client = self.pool().get().await?;
+        Ok(store::search(&**client, &words, limit).await?)
+    }
+
+    pub async fn patron_loans(
+        &self,
+        patron: &str,
+        include_returned: bool,
+    ) -> Result<PatronLoans, CommandError> {
+        let patron = PatronId::parse(patron)?;
+        let client = self.pool().get().await?;
+        let now = self.clock().now();
+        store::patron_loans(
+            &**client,
+            patron.as_str(),
+            include_returned,
+            now,
+            &self.rules(),
+        )
+        .await?
+        .ok_or_else(|| {
+            CommandError::not_found("patron_not_found", format!("no patron with id {patron}"))
+        })
+    }
+
+    pub async fn loan_view(&self, id: Uuid) -> Result<LoanView, CommandError> {
+        let client = self.pool().get().await?;
+        store::loan(&**client, id, self.clock().now())
+            .await?
+            .ok_or_else(|| {
+                CommandError::not_found("loan_not_found", format!("no loan with id {id}"))
+            })
+    }
+}
+
+/// Turns the loan worker's reply into the command's answer.
+fn loan_outcome(reply: Value, key: String) -> Result<LoanReceipt, CommandError> {
+    let text = |field: &str| reply[field].as_str().unwrap_or_default().to_owned();
+    match reply["outcome"].as_str() {
+        Some("loaned") => Ok(LoanReceipt {
+            loan: reply["loan"].clone(),
+            replayed: reply["replayed"].as_bool().unwrap_or(false),
+            idempotency_key: key,
+        }),
+        Some("rejected") => {
+            let code = match reply["code"].as_str() {
+                Some("not_available") => "not_available",
+                Some("loan_limit_reached") => "loan_limit_reached",
+                Some("idempotency_key_reused") => "idempotency_key_reused",
+                _ => "loan_rejected",
+            };
+            let mut details = reply.clone();
+            if let Value::Object(m) = &mut details {
+                for field in ["outcome", "code", "message"] {
+                    m.remove(field);
+                }
+                m.insert("idempotency_key".to_owned(), Value::String(key));
+            }
+            Err(CommandError::Conflict {
+                code,
+                message: text("message"),
+                details: Some(details),
+            })
+        }
+        Some("not_found") => Err(CommandError::NotFound {
+            code: if reply["code"] == "patron_not_found" {
+                "patron_not_found"
+            } else {
+                "title_not_found"
+            },
+            message: text("message"),
+        }),
+        Some("error") => Err(CommandError::Unavailable(format!(
+            "the loan service could not reach its database; nothing was lent. Retry with the same Idempotency-Key ({key})"
+        ))),
+        _ => Err(CommandError::Internal(anyhow::anyhow!(
+            "unexpected loan reply: {reply}"
+        ))),
+    }
+}

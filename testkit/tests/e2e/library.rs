@@ -1,0 +1,1019 @@
+//! Library circulation: loans by RPC, renewals and returns as events, the
+//! rules, the races, idempotency and the catalogue queries.
+
+use std::time::{Duration, Instant};
+
+use bibliomq_core::{
+    broker::{Broker, Topology, headers, topology},
+    clock::ManualClock,
+    library::message::LoanRequestMessage,
+    metrics::MessageOutcome,
+};
+use bibliomq_testkit::{
+    TestApp, TestEnv,
+    app::{DEADLINE, Worker, wait_until},
+    rabbit, spawn_app,
+};
+use futures::future::join_all;
+use serde_json::{Value, json};
+
+const QUIJOTE: &str = "9788437604947";
+const SOMBRA: &str = "9788497592208";
+const CRIMEN: &str = "9780140449266";
+
+async fn body(resp: reqwest::Response) -> (u16, Value) {
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn loan(app: &TestApp, book: Value) -> (u16, Value) {
+    body(app.post_json("/v1/loans", &book).await).await
+}
+
+async fn wait_settled(app: &TestApp, operation: &str) -> Value {
+    let path = format!("/v1/operations/{operation}");
+    wait_until(DEADLINE, || async {
+        let op: Value = app.get(&path).await.json().await.unwrap();
+        (op["state"] != "pending").then_some(op)
+    })
+    .await
+    .unwrap_or_else(|| panic!("operation {operation} stayed pending"))
+}
+
+async fn count(app: &TestApp, sql: &str) -> i64 {
+    app.env.db().await.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+fn ts(v: &Value) -> chrono::DateTime<chrono::Utc> {
+    v.as_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loan_is_answered_at_once_with_the_copy_branch_and_due_date() {
+    let app = spawn_app().await;
+    app.seed(20, 20).await;
+    let resp = app
+        .post_json(
+            "/v1/loans",
+            &json!({"isbn": QUIJOTE, "patron": "ana", "branch": "norte"}),
+        )
+        .await;
+    assert!(
+        resp.headers()["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("/v1/loans/")
+    );
+    assert!(resp.headers().contains_key("idempotency-key"));
+    let (status, body) = body(resp).await;
+    assert_eq!(status, 201, "{body}");
+    let loan = &body["loan"];
+    assert_eq!(loan["title"], "Don Quijote de la Mancha");
+    assert_eq!(loan["branch"], "norte");
+    assert_eq!(loan["patron"], "ana");
+    assert_eq!(
+        ts(&loan["due_at"]) - ts(&loan["loaned_at"]),
+        chrono::Duration::days(14)
+    );
+
+    let book: Value = app
+        .get(&format!("/v1/books/{QUIJOTE}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let lent: Vec<&Value> = book["copies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] == "on_loan")
+        .collect();
+    assert_eq!(lent.len(), 1, "{book}");
+    assert_eq!(lent[0]["barcode"], loan["copy"]);
+    assert_eq!(lent[0]["due_at"], loan["due_at"]);
+    let norte = book["branches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["branch"] == "norte")
+        .unwrap();
+    assert_eq!(
+        norte["available"].as_i64().unwrap(),
+        norte["total"].as_i64().unwrap() - 1
+    );
+
+    let mine: Value = app.get("/v1/patrons/ana/loans").await.json().await.unwrap();
+    assert_eq!(mine["loans"][0]["id"], loan["id"]);
+    assert_eq!(mine["loans"][0]["overdue"], false);
+    let shown: Value = app
+        .get(&format!("/v1/loans/{}", loan["id"].as_str().unwrap()))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["copy"], loan["copy"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loan_prefers_the_requested_branch_and_falls_back_to_another() {
+    let app = spawn_app().await;
+    app.add_patrons("p", 2).await;
+    app.add_title("9788450000016", "Un solo ejemplar en la central", &[1, 0])
+        .await;
+    app.add_title("9788450000023", "Uno en cada sucursal", &[1, 1])
+        .await;
+    let (_, first) = loan(
+        &app,
+        json!({"isbn": "9788450000023", "patron": "p1", "branch": "norte"}),
+    )
+    .await;
+    assert_eq!(first["loan"]["branch"], "norte");
+    let (status, elsewhere) = loan(
+        &app,
+        json!({"isbn": "9788450000016", "patron": "p2", "branch": "norte"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{elsewhere}");
+    assert_eq!(elsewhere["loan"]["branch"], "central");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loan_by_title_ignores_case_and_accents() {
+    let app = spawn_app().await;
+    app.seed(0, 20).await;
+    let (status, by_title) = loan(
+        &app,
+        json!({"title": "QUIJOTE", "patron": "luis", "branch": "central"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{by_title}");
+    assert_eq!(by_title["loan"]["isbn"], QUIJOTE);
+    let (status, accented) = loan(
+        &app,
+        json!({"title": "sómbra del VIENTO", "patron": "luis", "branch": "central"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{accented}");
+    assert_eq!(accented["loan"]["isbn"], SOMBRA);
+
+    app.add_title("9788450000030", "El camino del norte", &[1, 1])
+        .await;
+    app.add_title("9788450000047", "El camino del sur", &[1, 1])
+        .await;
+    let (status, ambiguous) = loan(
+        &app,
+        json!({"title": "camino", "patron": "luis", "branch": "central"}),
+    )
+    .await;
+    assert_eq!(
+        (status, ambiguous["error"]["code"].as_str()),
+        (409, Some("ambiguous_title")),
+        "{ambiguous}"
+    );
+    assert_eq!(
+        ambiguous["error"]["candidates"].as_array().unwrap().len(),
+        2
+    );
+    let (status, missing) = loan(
+        &app,
+        json!({"title": "libro que no existe", "patron": "luis", "branch": "central"}),
+    )
+    .await;
+    assert_eq!(
+        (status, missing["error"]["code"].as_str()),
+        (404, Some("title_not_found"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loaning_a_title_with_no_copy_left_says_when_the_earliest_is_due() {
+    let app = spawn_app().await;
+    app.add_patrons("p", 2).await;
+    app.add_title("9788450000016", "El último ejemplar", &[1, 0])
+        .await;
+    let (_, first) = loan(
+        &app,
+        json!({"isbn": "9788450000016", "patron": "p1", "branch": "central"}),
+    )
+    .await;
+    let (status, refused) = loan(
+        &app,
+        json!({"isbn": "9788450000016", "patron": "p2", "branch": "central"}),
+    )
+    .await;
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["error"]["code"], "not_available");
+    assert_eq!(
+        ts(&refused["error"]["earliest_due_at"]),
+        ts(&first["loan"]["due_at"])
+    );
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("due back")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patron_cannot_hold_more_than_five_loans() {
+    let app = spawn_app().await;
+    app.add_patrons("p", 1).await;
+    for i in 0..6u64 {
+        let isbn = bibliomq_core::library::Isbn::from_prefix12(&format!("97884500001{i}")).unwrap();
+        app.add_title(isbn.as_str(), &format!("Tomo {i}"), &[1, 1])
+            .await;
+        let (status, answer) = loan(
+            &app,
+            json!({"isbn": isbn.as_str(), "patron": "p1", "branch": "central"}),
+        )
+        .await;
+        if i < 5 {
+            assert_eq!(status, 201, "{answer}");
+        } else {
+            assert_eq!(status, 409, "{answer}");
+            assert_eq!(answer["error"]["code"], "loan_limit_reached");
+            assert_eq!(answer["error"]["max_loans"], 5);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_loans_of_three_copies_make_exactly_three_loans() {
+    let app = spawn_app().await;
+    let patrons = app.add_patrons("r", 50).await;
+    app.add_title("9788450000016", "Tres ejemplares", &[2, 1])
+        .await;
+    let answers = join_all(patrons.iter().map(|p| {
+        loan(
+            &app,
+            json!({"isbn": "9788450000016", "patron": p, "branch": "central"}),
+        )
+    }))
+    .await;
+    let won = answers.iter().filter(|(s, _)| *s == 201).count();
+    let refused = answers
+        .iter()
+        .filter(|(s, b)| *s == 409 && b["error"]["code"] == "not_available")
+        .count();
+    assert_eq!((won, refused), (3, 47), "{answers:?}");
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM loans WHERE returned_at IS NULL").await,
+        3
+    );
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM copies WHERE status = 'available'"
+        )
+        .await,
+        0
+    );
+    let copies: std::collections::HashSet<&str> = answers
+        .iter()
+        .filter_map(|(_, b)| b["loan"]["copy"].as_str())
+        .collect();
+    assert_eq!(copies.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loan_retried_with_the_same_idempotency_key_makes_one_loan() {
+    let app = spawn_app().await;
+    app.add_patrons("p", 2).await;
+    app.add_title("9788450000016", "Reintentos", &[2, 2]).await;
+    let send = |key: &'static str, patron: &'static str| {
+        app.http
+            .post(app.url("/v1/loans"))
+            .header("idempotency-key", key)
+            .json(&json!({"isbn": "9788450000016", "patron": patron, "branch": "central"}))
+            .send()
+    };
+    let (s1, first) = body(send("key-1", "p1").await.unwrap()).await;
+    let resp = send("key-1", "p1").await.unwrap();
+    assert_eq!(resp.headers()["idempotent-replayed"], "true");
+    let (s2, again) = body(resp).await;
+    assert_eq!((s1, s2), (201, 201));
+    assert_eq!(first["loan"]["id"], again["loan"]["id"]);
+    assert_eq!(again["replayed"], true);
+
+    // Many at the same instant with one key: still one loan.
+    let answers = join_all((0..10).map(|_| send("key-2", "p2"))).await;
+    let mut ids = std::collections::HashSet::new();
+    for a in answers {
+        let (s, b) = body(a.unwrap()).await;
+        assert_eq!(s, 201, "{b}");
+        ids.insert(b["loan"]["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 1);
+    assert_eq!(count(&app, "SELECT count(*) FROM loans").await, 2);
+
+    let (status, reused) = body(
+        app.http
+            .post(app.url("/v1/loans"))
+            .header("idempotency-key", "key-1")
+            .json(&json!({"isbn": "9788450000016", "patron": "p2", "branch": "central"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, reused["error"]["code"].as_str()),
+        (409, Some("idempotency_key_reused"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loan_request_delivered_twice_makes_one_loan() {
+    let app = spawn_app().await;
+    app.add_patrons("p", 1).await;
+    app.add_title("9788450000016", "Duplicados", &[2, 2]).await;
+    let (_, first) = body(
+        app.http
+            .post(app.url("/v1/loans"))
+            .header("idempotency-key", "dup-1")
+            .json(&json!({"isbn": "9788450000016", "patron": "p1", "branch": "central"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    // The same request again, as a redelivery after a lost ack would be.
+    let fingerprint = app
+        .env
+        .db()
+        .await
+        .query_one(
+            "SELECT fingerprint FROM operations WHERE idempotency_key = 'dup-1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, String>(0);
+    let again = LoanRequestMessage {
+        operation_id: uuid::Uuid::now_v7(),
+        idempotency_key: "dup-1".into(),
+        fingerprint,
+        isbn: "9788450000016".into(),
+        patron: "p1".into(),
+        branch: "central".into(),
+        requested_at: chrono::Utc::now(),
+    };
+    rabbit::publish_raw(
+        &app.env.amqp_url(),
+        topology::RPC_EXCHANGE,
+        topology::LOAN_REQUEST_KEY,
+        &serde_json::to_vec(&again).unwrap(),
+        headers::persistent_json("again", "again"),
+    )
+    .await;
+    let metrics = &app.workers[0].metrics;
+    wait_until(DEADLINE, || async {
+        (metrics.message_count(topology::LOANS_QUEUE, MessageOutcome::Acked) >= 2).then_some(())
+    })
+    .await
+    .expect("the second delivery was never settled");
+    assert_eq!(count(&app, "SELECT count(*) FROM loans").await, 1);
+    assert!(first["loan"]["id"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_loan_requests_get_clear_errors_and_change_nothing() {
+    let app = spawn_app().await;
+    app.seed(0, 20).await;
+    let cases = [
+        (
+            json!({"isbn": "9788437604948", "patron": "ana", "branch": "central"}),
+            422,
+            "invalid_isbn",
+            "isbn",
+        ),
+        (
+            json!({"isbn": QUIJOTE, "patron": "nadie", "branch": "central"}),
+            404,
+            "patron_not_found",
+            "",
+        ),
+        (
+            json!({"isbn": "9788450099997", "patron": "ana", "branch": "central"}),
+            404,
+            "title_not_found",
+            "",
+        ),
+        (
+            json!({"isbn": QUIJOTE, "patron": "ana", "branch": "sur"}),
+            422,
+            "unknown_branch",
+            "branch",
+        ),
+        (
+            json!({"isbn": QUIJOTE, "patron": "Ana María", "branch": "central"}),
+            422,
+            "invalid_patron",
+            "patron",
+        ),
+        (
+            json!({"patron": "ana", "branch": "central"}),
+            422,
+            "missing_field",
+            "isbn",
+        ),
+        (
+            json!({"isbn": QUIJOTE, "branch": "central"}),
+            422,
+            "invalid_field",
+            "patron",
+        ),
+        (
+            json!({"isbn": QUIJOTE, "title": "x", "patron": "ana", "branch": "central"}),
+            422,
+            "isbn_or_title",
+            "",
+        ),
+    ];
+    for (request, status, code, field) in cases {
+        let (got, answer) = loan(&app, request.clone()).await;
+        assert_eq!(
+            (got, answer["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{request} → {answer}"
+        );
+        if !field.is_empty() {
+            assert_eq!(answer["error"]["field"], field, "{request} → {answer}");
+        }
+    }
+    let (status, answer) = body(
+        app.http
+            .post(app.url("/v1/loans"))
+            .header("content-type", "application/json")
+            .body("{\"isbn\": ")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (400, Some("malformed_json"))
+    );
+    let (status, answer) = body(
+        app.post_json(
+            "/v1/renewals",
+            &json!({"isbn": "123", "patron": "ana", "branch": "central"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (422, Some("invalid_isbn"))
+    );
+    let (status, answer) = body(
+        app.post_json(
+            "/v1/returns",
+            &json!({"isbn": QUIJOTE, "patron": "ana", "branch": "central"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (404, Some("loan_not_found"))
+    );
+    let (status, answer) = body(
+        app.post_json(
+            "/v1/returns",
+            &json!({"isbn": QUIJOTE, "patron": "nadie", "branch": "central"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (404, Some("patron_not_found"))
+    );
+
+    assert_eq!(count(&app, "SELECT count(*) FROM loans").await, 0);
+    assert_eq!(count(&app, "SELECT count(*) FROM operations").await, 0);
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM copies WHERE status = 'on_loan'").await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_is_accepted_at_once_and_applied_by_a_worker() {
+    let app = spawn_app().await;
+    app.seed(0, 20).await;
+    let (_, lent) = loan(
+        &app,
+        json!({"isbn": CRIMEN, "patron": "marta", "branch": "central"}),
+    )
+    .await;
+    let resp = app
+        .post_json(
+            "/v1/renewals",
+            &json!({"isbn": CRIMEN, "patron": "marta", "branch": "central"}),
+        )
+        .await;
+    assert!(
+        resp.headers()["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("/v1/operations/")
+    );
+    let (status, accepted) = body(resp).await;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(accepted["state"], "pending");
+    assert_eq!(accepted["loan_id"], lent["loan"]["id"]);
+    let tentative = ts(&accepted["tentative_due_at"]);
+    assert_eq!(
+        tentative - ts(&lent["loan"]["due_at"]),
+        chrono::Duration::days(7)
+    );
+
+    let op = wait_settled(&app, accepted["operation_id"].as_str().unwrap()).await;
+    assert_eq!(op["state"], "applied", "{op}");
+    assert_eq!(op["kind"], "renewal");
+    assert_eq!(ts(&op["outcome"]["due_at"]), tentative);
+    let mine: Value = app
+        .get("/v1/patrons/marta/loans")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(mine["loans"][0]["renewals"], 1);
+    assert_eq!(ts(&mine["loans"][0]["due_at"]), tentative);
+
+    // By loan id works the same.
+    let (status, by_id) = body(
+        app.post_json(
+            "/v1/renewals",
+            &json!({"loan_id": lent["loan"]["id"], "branch": "norte"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 202, "{by_id}");
+    let op = wait_settled(&app, by_id["operation_id"].as_str().unwrap()).await;
+    assert_eq!(op["state"], "applied");
+    assert_eq!(op["branch"], "norte");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_third_renewal_is_rejected_with_its_reason() {
+    let app = spawn_app().await;
+    app.seed(0, 20).await;
+    loan(
+        &app,
+        json!({"isbn": QUIJOTE, "patron": "jorge", "branch": "central"}),
+    )
+    .await;
+    let renewal = json!({"isbn": QUIJOTE, "patron": "jorge", "branch": "central"});
+    for expected in ["applied", "applied", "rejected"] {
+        let (_, accepted) = body(app.post_json("/v1/renewals", &renewal).await).await;
+        let op = wait_settled(&app, accepted["operation_id"].as_str().unwrap()).await;
+        assert_eq!(op["state"], expected, "{op}");
+        if expected == "rejected" {
+            assert_eq!(op["reason"], "renewal_limit_reached");
+            assert!(
+                op["outcome"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("renewed 2 times")
+            );
+        }
+    }
+    let history = count(
+        &app,
+        "SELECT count(*) FROM circulation_history WHERE kind = 'renewal'",
+    )
+    .await;
+    assert_eq!(history, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overdue_loan_cannot_be_renewed() {
+    let clock = ManualClock::starting_at(chrono::Utc::now());
+    let app = TestApp::spawn_with_clock(TestEnv::new().await, |_| {}, 1, clock.clock()).await;
+    app.seed(0, 20).await;
+    loan(
+        &app,
+        json!({"isbn": SOMBRA, "patron": "lucia", "branch": "norte"}),
+    )
+    .await;
+    clock.advance(chrono::Duration::days(15));
+    let mine: Value = app
+        .get("/v1/patrons/lucia/loans")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(mine["loans"][0]["overdue"], true);
+    let (_, accepted) = body(
+        app.post_json(
+            "/v1/renewals",
+            &json!({"isbn": SOMBRA, "patron": "lucia", "branch": "norte"}),
+        )
+        .await,
+    )
+    .await;
+    let op = wait_settled(&app, accepted["operation_id"].as_str().unwrap()).await;
+    assert_eq!(op["state"], "rejected", "{op}");
+    assert_eq!(op["reason"], "overdue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_return_closes_the_loan_and_frees_the_copy() {
+    let app = spawn_app().await;
+    app.seed(0, 20).await;
+    let (_, lent) = loan(
+        &app,
+        json!({"isbn": CRIMEN, "patron": "pablo", "branch": "central"}),
+    )
+    .await;
+    let (status, accepted) = body(
+        app.post_json(
+            "/v1/returns",
+            &json!({"isbn": CRIMEN, "patron": "pablo", "branch": "norte"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 202, "{accepted}");
+    assert!(accepted.get("tentative_due_at").is_none());
+    let op = wait_settled(&app, accepted["operation_id"].as_str().unwrap()).await;
+    assert_eq!(op["state"], "applied", "{op}");
+    assert_eq!(op["outcome"]["overdue"], false);
+
+    let book: Value = app
+        .get(&format!("/v1/books/{CRIMEN}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let copy = book["copies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["barcode"] == lent["loan"]["copy"])
+        .unwrap();
+    assert_eq!(copy["status"], "available");
+    let mine: Value = app
+        .get("/v1/patrons/pablo/loans")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(mine["loans"].as_array().unwrap().is_empty());
+    let all: Value = app
+        .get("/v1/patrons/pablo/loans?all=true")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(all["loans"][0]["returned_at"].is_string());
+
+    // Returning it again: nothing open to return.
+    let (status, again) = body(
+        app.post_json(
+            "/v1/returns",
+            &json!({"loan_id": lent["loan"]["id"], "branch": "central"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (status, again["error"]["code"].as_str()),
+        (409, Some("not_on_loan"))
+    );
+}
+
+/// A private queue on an exchange, to watch what flows through it.
+async fn watch(
+    env: &TestEnv,
+    exchange: &str,
+    keys: &[&str],
+) -> tokio::sync::mpsc::Receiver<bibliomq_core::broker::events::EventMessage> {
+    let broker = Broker::start(
+        &env.amqp_url(),
+        "test-watcher",
+        Topology::new(&env.settings().tasks),
+    );
+    broker
+        .subscribe_bound(exchange, keys, 1000, DEADLINE)
+        .await
+        .expect("the watch queue never got bound")
+}
+
+async fn next_event(
+    rx: &mut tokio::sync::mpsc::Receiver<bibliomq_core::broker::events::EventMessage>,
+    key: &str,
+) -> Value {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = tokio::time::timeout(left, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no `{key}` event"))
+            .unwrap();
+        if event.routing_key == key {
+            return serde_json::from_slice(&event.body).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_and_returns_travel_by_operation_and_branch_and_outcomes_are_announced() {
+    let app = spawn_app().await;
+    app.seed(0, 20).await;
+    let mut circulation = watch(
+        &app.env,
+        topology::CIRCULATION_EXCHANGE,
+        &["renewal.norte", "return.central"],
+    )
+    .await;
+    let mut events = watch(&app.env, topology::EVENTS_EXCHANGE, &["#"]).await;
+
+    let (_, lent) = loan(
+        &app,
+        json!({"isbn": QUIJOTE, "patron": "sofia", "branch": "central"}),
+    )
+    .await;
+    let loaned = next_event(&mut events, "loaned.central").await;
+    assert_eq!(loaned["loan"]["id"], lent["loan"]["id"]);
+
+    let (_, renewal) = body(
+        app.post_json(
+            "/v1/renewals",
+            &json!({"isbn": QUIJOTE, "patron": "sofia", "branch": "norte"}),
+        )
+        .await,
+    )
+    .await;
+    let sent = next_event(&mut circulation, "renewal.norte").await;
+    assert_eq!(sent["operation_id"], renewal["operation_id"]);
+    let renewed = next_event(&mut events, "renewed.norte").await;
+    assert_eq!(renewed["operation_id"], renewal["operation_id"]);
+
+    let (_, returned) = body(
+        app.post_json(
+            "/v1/returns",
+            &json!({"isbn": QUIJOTE, "patron": "sofia", "branch": "central"}),
+        )
+        .await,
+    )
+    .await;
+    let sent = next_event(&mut circulation, "return.central").await;
+    assert_eq!(sent["kind"], "return");
+    let done = next_event(&mut events, "returned.central").await;
+    assert_eq!(done["operation_id"], returned["operation_id"]);
+
+    // A rejection is announced too, with its reason.
+    let (_, lent) = loan(
+        &app,
+        json!({"isbn": QUIJOTE, "patron": "sofia", "branch": "central"}),
+    )
+    .await;
+    for _ in 0..3 {
+        app.post_json(
+            "/v1/renewals",
+            &json!({"loan_id": lent["loan"]["id"], "branch": "central"}),
+        )
+        .await;
+    }
+    let rejected = next_event(&mut events, "rejected.renewal.central").await;
+    assert_eq!(rejected["reason"], "renewal_limit_reached");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicated_renewal_message_applies_once() {
+    let app = spawn_app().await;
+    app.seed(0, 20).await;
+    let mut circulation = watch(&app.env, topology::CIRCULATION_EXCHANGE, &["renewal.*"]).await;
+    loan(
+        &app,
+        json!({"isbn": QUIJOTE, "patron": "diego", "branch": "central"}),
+    )
+    .await;
+    let (_, accepted) = body(
+        app.post_json(
+            "/v1/renewals",
+            &json!({"isbn": QUIJOTE, "patron": "diego", "branch": "central"}),
+        )
+        .await,
+    )
+    .await;
+    let copy = next_event(&mut circulation, "renewal.central").await;
+    wait_settled(&app, accepted["operation_id"].as_str().unwrap()).await;
+
+    // The same message again, as after a consumer died between its commit
+    // and its ack.
+    rabbit::publish_raw(
+        &app.env.amqp_url(),
+        topology::CIRCULATION_EXCHANGE,
+        "renewal.central",
+        copy.to_string().as_bytes(),
+        headers::persistent_json("dup", "dup"),
+    )
+    .await;
+    let metrics = &app.workers[0].metrics;
+    wait_until(DEADLINE, || async {
+        (metrics.message_count(topology::RENEWALS_QUEUE, MessageOutcome::Duplicate) == 1)
+            .then_some(())
+    })
+    .await
+    .expect("the duplicate was never settled");
+    let mine: Value = app
+        .get("/v1/patrons/diego/loans")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(mine["loans"][0]["renewals"], 1, "applied twice: {mine}");
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM circulation_history WHERE kind = 'renewal'"
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_is_append_only() {
+    let app = spawn_app().await;
+    app.seed(0, 20).await;
+    loan(
+        &app,
+        json!({"isbn": QUIJOTE, "patron": "elena", "branch": "central"}),
+    )
+    .await;
+    let db = app.env.db().await;
+    let rows: i64 = db
+        .query_one("SELECT count(*) FROM circulation_history", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1);
+    let err = db
+        .execute("UPDATE circulation_history SET outcome = 'x'", &[])
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("append-only") || format!("{err:?}").contains("append-only"),
+        "{err:?}"
+    );
+    assert!(
+        db.execute("DELETE FROM circulation_history", &[])
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalogue_is_searched_without_case_or_accents() {
+    let app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
+    app.seed(50, 20).await;
+    for (query, isbn) in [
+        ("quijote", QUIJOTE),
+        ("CRIMEN castigo", CRIMEN),
+        ("sómbra del VIENTO", SOMBRA),
+    ] {
+        let found: Value = app
+            .get(&format!("/v1/books?title={query}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(found["books"][0]["isbn"], isbn, "{query}: {found}");
+        assert!(found["books"][0]["total_copies"].as_i64().unwrap() >= 2);
+    }
+    let sombra: Value = app
+        .get("/v1/books?title=SOMBRA&limit=100")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        sombra["books"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["isbn"] == SOMBRA),
+        "{sombra}"
+    );
+    let none: Value = app.get("/v1/books?title=zzzz").await.json().await.unwrap();
+    assert!(none["books"].as_array().unwrap().is_empty());
+    let (status, err) = body(app.get("/v1/books?title=").await).await;
+    assert_eq!(
+        (status, err["error"]["field"].as_str()),
+        (422, Some("title"))
+    );
+    let (status, err) = body(app.get("/v1/books/12345").await).await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (422, Some("invalid_isbn"))
+    );
+    let (status, _) = body(app.get("/v1/patrons/nadie/loans").await).await;
+    assert_eq!(status, 404);
+    let branches: Value = app.get("/v1/branches").await.json().await.unwrap();
+    assert_eq!(branches["branches"][0]["code"], "central");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_catalogue_is_large_and_the_same_every_time() {
+    let a = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
+    let b = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
+    let mut reports = Vec::new();
+    for app in [&a, &b] {
+        let mut db = app.env.db().await;
+        let tx = db.transaction().await.unwrap();
+        let settings = app.env.settings();
+        let rules = bibliomq_core::library::Rules::from_settings(&settings.library);
+        let report = bibliomq_core::library::seed::seed(
+            &tx,
+            &settings.library.branches,
+            &Default::default(),
+            &rules,
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        tx.commit().await.unwrap();
+        let digest: String = db
+            .query_one(
+                "SELECT md5(string_agg(isbn || title, ',' ORDER BY isbn)) FROM titles",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        reports.push((report, digest));
+    }
+    assert_eq!(reports[0], reports[1]);
+    let report = reports[0].0;
+    assert!(report.titles >= 1_000 && report.loans > 0, "{report:?}");
+    for isbn in [QUIJOTE, SOMBRA, CRIMEN] {
+        let book: Value = a
+            .get(&format!("/v1/books/{isbn}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(book["branches"].as_array().unwrap().len(), 2, "{book}");
+    }
+    let overdue = count(&a, "SELECT count(*) FROM loans WHERE due_at < now()").await;
+    assert!(overdue > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loan_nobody_answers_times_out_and_is_never_made_behind_the_callers_back() {
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn(
+        env,
+        |s| s.library.loan_timeout = Duration::from_millis(500),
+        0,
+    )
+    .await;
+    app.seed(0, 20).await;
+    let request = || {
+        app.http
+            .post(app.url("/v1/loans"))
+            .header("idempotency-key", "slow-1")
+            .json(&json!({"isbn": QUIJOTE, "patron": "carmen", "branch": "central"}))
+            .send()
+    };
+    let (status, answer) = body(request().await.unwrap()).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (504, Some("timeout")),
+        "{answer}"
+    );
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("slow-1")
+    );
+
+    // The request expired in the queue: a worker that comes later does not
+    // lend the book to a caller who was told it timed out.
+    let mut settings = app.env.settings();
+    settings.library.loan_timeout = Duration::from_millis(500);
+    let _worker = Worker::start(settings).await;
+    let url = app.env.amqp_url();
+    wait_until(DEADLINE, || async {
+        (rabbit::ready_count(&url, topology::LOANS_QUEUE).await == 0).then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(count(&app, "SELECT count(*) FROM loans").await, 0);
+
+    // Retrying with the same key now makes the loan, once.
+    let (status, answer) = body(request().await.unwrap()).await;
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(count(&app, "SELECT count(*) FROM loans").await, 1);
+}
