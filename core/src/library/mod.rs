@@ -273,7 +273,7 @@ mod tests {
             Isbn::parse("0-14-044926-3").unwrap().as_str(),
             "9780140449266"
         );
-        assert!(Isbn::parse("0140449264").is_err());
+        assert!(Isbn::parse("0140449263").is_err());
     }
 
     #[test]
