@@ -270,7 +270,7 @@ mod tests {
     #[test]
     fn isbn_10_is_converted_to_13() {
         assert_eq!(
-            Isbn::parse("0-14-044926-3").unwrap().as_str(),
+            Isbn::parse("0-14-044926-4").unwrap().as_str(),
             "9780140449266"
         );
         assert!(Isbn::parse("0140449263").is_err());
