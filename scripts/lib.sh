@@ -208,3 +208,45 @@ wait_http() {
     sleep 0.3
   done
 }
+
+# start_bench_stack NAME: a release-built API (port 18080) and
+# $BIBLIOMQ_WORKERS workers on a vhost and database of their own, fresh each
+# time, so a benchmark neither disturbs nor is disturbed by scripts/up.
+# Sets BENCH_URL, BENCH_DB_URL and BENCH_PROCS (--process name=pid ...);
+# the processes stop when the calling script exits.
+start_bench_stack() {
+  local name=$1 vhost="bibliomq-$1" db="bibliomq_${1//-/_}" port=18080
+  "$BIBLIOMQ_ROOT/scripts/services" >/dev/null
+  log "building (release)"
+  cargo build --locked --release --bins
+  BENCH_BIN="$CARGO_TARGET_DIR/release"
+  curl -fsS -u guest:guest -X DELETE "http://127.0.0.1:15672/api/vhosts/$vhost" >/dev/null 2>&1 || true
+  curl -fsS -u guest:guest -X PUT -H 'content-type: application/json' -d '{}' \
+    "http://127.0.0.1:15672/api/vhosts/$vhost" >/dev/null
+  curl -fsS -u guest:guest -X PUT -H 'content-type: application/json' \
+    -d '{"configure":".*","write":".*","read":".*"}' "http://127.0.0.1:15672/api/permissions/$vhost/guest" >/dev/null
+  psql -h 127.0.0.1 -U postgres -d postgres -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" 2>/dev/null
+
+  export BIBLIOMQ_AMQP_URL="amqp://guest:guest@127.0.0.1:5672/$vhost"
+  export BIBLIOMQ_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db"
+  export BIBLIOMQ_API_PORT=$port
+  export BIBLIOMQ_S3_KEY_PREFIX="bench/"
+  export RUST_LOG="${RUST_LOG:-warn}"
+  BENCH_URL="http://127.0.0.1:$port"
+  BENCH_DB_URL="$BIBLIOMQ_DATABASE_URL"
+  local logs="$BIBLIOMQ_STATE_DIR/bench"
+  mkdir -p "$logs"
+  "$BENCH_BIN/bibliomq-api" migrate
+  BENCH_PIDS=()
+  trap 'for p in "${BENCH_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true' EXIT
+  "$BENCH_BIN/bibliomq-api" >"$logs/$name-api.log" 2>&1 &
+  BENCH_PIDS+=($!)
+  BENCH_PROCS=(--process "api=$!")
+  local i
+  for i in $(seq 1 "${BIBLIOMQ_WORKERS:-1}"); do
+    "$BENCH_BIN/bibliomq-workers" >"$logs/$name-workers-$i.log" 2>&1 &
+    BENCH_PIDS+=($!)
+    BENCH_PROCS+=(--process "workers-$i=$!")
+  done
+  wait_http "$BENCH_URL/readyz" 60 "the benchmark API"
+}

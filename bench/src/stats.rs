@@ -43,3 +43,72 @@ mod tests {
         assert_eq!(percentile(&v, 100.0), Duration::from_millis(100));
     }
 }
+
+/// CPU time used so far, in seconds, per kind of process on this machine
+/// (RabbitMQ, PostgreSQL, the bibliomq processes, this load generator).
+/// Two snapshots around a run say where the CPU went.
+#[derive(Debug, Clone, Default)]
+pub struct CpuSnapshot(std::collections::BTreeMap<String, f64>);
+
+/// Linux reports CPU times in clock ticks of 1/100 s (USER_HZ on every
+/// common architecture).
+const TICKS_PER_SEC: f64 = 100.0;
+
+impl CpuSnapshot {
+    pub fn take() -> Self {
+        let mut totals = std::collections::BTreeMap::new();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Self(totals);
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // comm is in parentheses and may hold spaces; fields follow the last ')'.
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let comm = &stat[open + 1..close];
+            let group = match comm {
+                "beam.smp" | "erl_child_setup" | "inet_gethost" => "rabbitmq",
+                "postgres" => "postgresql",
+                "bibliomq-api" => "api",
+                "bibliomq-worker" | "bibliomq-workers" => "workers",
+                "bibliomq-bench" => "load generator",
+                "garage" => "garage",
+                _ => continue,
+            };
+            let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+            // utime and stime are fields 14 and 15 of the whole line.
+            let ticks = |i: usize| {
+                fields
+                    .get(i)
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            *totals.entry(group.to_owned()).or_insert(0.0) +=
+                (ticks(11) + ticks(12)) / TICKS_PER_SEC;
+        }
+        Self(totals)
+    }
+
+    /// CPU milliseconds per operation, per kind of process, since `before`.
+    pub fn per_op_ms(&self, before: &Self, ops: usize) -> Vec<(String, f64)> {
+        #[allow(clippy::cast_precision_loss)]
+        let ops = ops.max(1) as f64;
+        self.0
+            .iter()
+            .map(|(k, now)| {
+                let then = before.0.get(k).copied().unwrap_or(0.0);
+                (k.clone(), (now - then).max(0.0) * 1000.0 / ops)
+            })
+            .collect()
+    }
+}

@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::stats::{ms, percentile, rss_mib};
+use crate::stats::{CpuSnapshot, ms, percentile, rss_mib};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -74,12 +74,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "submitting {} `{}` tasks from {} concurrent clients",
         args.count, args.action, args.concurrency
     );
+    let cpu_before = CpuSnapshot::take();
     let started = Instant::now();
     let (ids, mut submit_latencies, failures) =
         submit_all(&http, &args, &payload, args.count).await?;
     let submit_elapsed = started.elapsed();
     wait_done(&db, &ids).await?;
     let done_elapsed = started.elapsed();
+    let cpu = CpuSnapshot::take().per_op_ms(&cpu_before, ids.len());
 
     let rows = db
         .query(
@@ -132,6 +134,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "submit_ms": {"p50": ms(percentile(&submit_latencies, 50.0)), "p99": ms(percentile(&submit_latencies, 99.0))},
         "submit_to_done_ms": {"p50": ms(percentile(&e2e, 50.0)), "p99": ms(percentile(&e2e, 99.0)), "max": ms(percentile(&e2e, 100.0))},
         "memory": memory,
+        "cpu_ms_per_task": cpu.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
     });
     if args.json {
         println!("{report:#}");

@@ -1,0 +1,342 @@
+//! `bibliomq-bench library`: a circulation mix like the request files older
+//! systems replayed — about half loans, a quarter renewals, a quarter
+//! returns, over both branches and many patrons — sent over HTTP.
+//!
+//! With `--rate` the load is open-loop (operations start on schedule
+//! whether or not earlier ones finished), so latency percentiles are not
+//! flattered by a slow server holding the clients back.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use crate::stats::{CpuSnapshot, ms, percentile, rss_mib};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/bibliomq")]
+    database_url: String,
+    /// Operations to send (about half of them loans).
+    #[arg(long, default_value_t = 20_000)]
+    ops: usize,
+    /// Operations per second, open loop; without it, as fast as `--concurrency` allows.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Most operations in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Process ids whose peak memory to report, as name=pid.
+    #[arg(long = "process", value_parser = parse_process)]
+    processes: Vec<(String, u32)>,
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_process(s: &str) -> Result<(String, u32), String> {
+    let (name, pid) = s.split_once('=').ok_or("expected name=pid")?;
+    Ok((
+        name.to_owned(),
+        pid.parse().map_err(|_| "pid must be a number")?,
+    ))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Op {
+    Loan,
+    Renew,
+    Return,
+}
+
+#[derive(Default)]
+struct Tally {
+    latencies: HashMap<Op, Vec<Duration>>,
+    statuses: HashMap<(Op, u16), usize>,
+    operations: Vec<Uuid>,
+}
+
+/// Small, fast, deterministic: the mix is the same on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        usize::try_from(self.0 % n.max(1) as u64).unwrap_or(0)
+    }
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let (db, conn) = tokio_postgres::connect(&args.database_url, tokio_postgres::NoTls)
+        .await
+        .context("cannot reach the database")?;
+    tokio::spawn(conn);
+    let isbns: Vec<String> = db
+        .query("SELECT isbn FROM titles ORDER BY isbn", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let patrons: Vec<String> = db
+        .query("SELECT id FROM patrons ORDER BY id", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let branches: Vec<String> = db
+        .query("SELECT code FROM branches ORDER BY code", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if isbns.is_empty() || patrons.is_empty() || branches.is_empty() {
+        bail!("the catalogue is empty; load one with `bibliomq-api seed`");
+    }
+
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let base = args.url.trim_end_matches('/').to_owned();
+    let open_loans: Arc<Mutex<Vec<Uuid>>> = Arc::new(Mutex::new(Vec::new()));
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let permits = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let mut rng = Rng(0x5eed_b1b1_10);
+    let cpu_before = CpuSnapshot::take();
+    let started = Instant::now();
+    let mut handles = Vec::with_capacity(args.ops);
+    eprintln!(
+        "sending {} operations ({}), at most {} in flight",
+        args.ops,
+        args.rate
+            .map_or("as fast as possible".to_owned(), |r| format!(
+                "{r} per second"
+            )),
+        args.concurrency
+    );
+    for i in 0..args.ops {
+        if let Some(rate) = args.rate {
+            #[allow(clippy::cast_precision_loss)]
+            let at = started + Duration::from_secs_f64(i as f64 / rate);
+            tokio::time::sleep_until(at.into()).await;
+        }
+        let permit = permits.clone().acquire_owned().await?;
+        let roll = rng.below(4);
+        let loan_id = {
+            let mut pool = open_loans.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            match roll {
+                2 if !pool.is_empty() => Some((Op::Renew, pool[rng.below(pool.len())])),
+                3 if !pool.is_empty() => {
+                    let at = rng.below(pool.len());
+                    Some((Op::Return, pool.swap_remove(at)))
+                }
+                _ => None,
+            }
+        };
+        let branch = branches[rng.below(branches.len())].clone();
+        let (op, url, body) = match loan_id {
+            Some((op, id)) => (
+                op,
+                format!(
+                    "{base}/v1/{}",
+                    if op == Op::Renew {
+                        "renewals"
+                    } else {
+                        "returns"
+                    }
+                ),
+                json!({"loan_id": id, "branch": branch}),
+            ),
+            None => (
+                Op::Loan,
+                format!("{base}/v1/loans"),
+                json!({
+                    "isbn": isbns[rng.below(isbns.len())],
+                    "patron": patrons[rng.below(patrons.len())],
+                    "branch": branch,
+                }),
+            ),
+        };
+        let (http, tally, open_loans) = (http.clone(), tally.clone(), open_loans.clone());
+        handles.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let resp = http.post(&url).json(&body).send().await;
+            let elapsed = t.elapsed();
+            let (status, answer) = match resp {
+                Ok(r) => {
+                    let s = r.status().as_u16();
+                    (s, r.json::<Value>().await.unwrap_or_default())
+                }
+                Err(_) => (0, Value::Null),
+            };
+            if op == Op::Loan
+                && status == 201
+                && let Some(id) = answer["loan"]["id"].as_str().and_then(|s| s.parse().ok())
+                && let Ok(mut pool) = open_loans.lock()
+            {
+                pool.push(id);
+            }
+            if let Ok(mut t) = tally.lock() {
+                t.latencies.entry(op).or_default().push(elapsed);
+                *t.statuses.entry((op, status)).or_default() += 1;
+                if let Some(id) = answer["operation_id"].as_str().and_then(|s| s.parse().ok()) {
+                    t.operations.push(id);
+                }
+            }
+            drop(permit);
+        }));
+    }
+    for h in handles {
+        h.await?;
+    }
+    let sent_elapsed = started.elapsed();
+    let mut tally = std::mem::take(&mut *tally.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+
+    // Renewals and returns are applied by workers after the 202: wait for
+    // them, then read when they were settled.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let pending: i64 = db
+            .query_one(
+                "SELECT count(*) FROM operations WHERE id = ANY($1) AND state = 'pending'",
+                &[&tally.operations],
+            )
+            .await?
+            .get(0);
+        if pending == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("{pending} renewals or returns still pending after 5 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cpu = CpuSnapshot::take().per_op_ms(&cpu_before, args.ops);
+    let settled = db
+        .query(
+            "SELECT kind, state, count(*),
+                    extract(epoch FROM max(settled_at) - min(requested_at))::float8
+               FROM operations WHERE id = ANY($1) GROUP BY kind, state",
+            &[&tally.operations],
+        )
+        .await?;
+
+    let count = |op: Op, status: u16| tally.statuses.get(&(op, status)).copied().unwrap_or(0);
+    let loans_ok = count(Op::Loan, 201);
+    let loans_refused = count(Op::Loan, 409);
+    let loan_total: usize = tally
+        .statuses
+        .iter()
+        .filter(|((o, _), _)| *o == Op::Loan)
+        .map(|(_, n)| n)
+        .sum();
+    let failures: usize = tally
+        .statuses
+        .iter()
+        .filter(|((_, s), _)| *s == 0 || *s >= 500)
+        .map(|(_, n)| n)
+        .sum();
+    let secs = sent_elapsed.as_secs_f64();
+    let mut loan_lat = tally.latencies.remove(&Op::Loan).unwrap_or_default();
+    loan_lat.sort();
+    let mut settled_json = Vec::new();
+    for r in &settled {
+        let (kind, state, n, window): (String, String, i64, Option<f64>) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        #[allow(clippy::cast_precision_loss)]
+        let per_sec = window.filter(|w| *w > 0.0).map_or(0.0, |w| n as f64 / w);
+        settled_json.push(json!({"kind": kind, "state": state, "count": n, "per_sec": per_sec}));
+    }
+    let memory: Vec<Value> = args
+        .processes
+        .iter()
+        .filter_map(|(name, pid)| {
+            rss_mib(*pid)
+                .map(|(peak, now)| json!({"process": name, "peak_rss_mib": peak, "rss_mib": now}))
+        })
+        .collect();
+    #[allow(clippy::cast_precision_loss)]
+    let report = json!({
+        "operations": args.ops,
+        "rate": args.rate,
+        "concurrency": args.concurrency,
+        "seconds": secs,
+        "loan_requests_per_sec": loan_total as f64 / secs,
+        "loans_per_sec": loans_ok as f64 / secs,
+        "loans": {"made": loans_ok, "refused_409": loans_refused, "requests": loan_total},
+        "loan_latency_ms": {
+            "p50": ms(percentile(&loan_lat, 50.0)),
+            "p95": ms(percentile(&loan_lat, 95.0)),
+            "p99": ms(percentile(&loan_lat, 99.0)),
+            "max": ms(percentile(&loan_lat, 100.0)),
+        },
+        "renewals_and_returns": settled_json,
+        "failures": failures,
+        "memory": memory,
+        "cpu_ms_per_operation": cpu.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+    });
+    if args.json {
+        println!("{report:#}");
+    } else {
+        println!(
+            "operations            {} in {secs:.1} s ({})",
+            args.ops,
+            args.rate
+                .map_or(format!("{} in flight", args.concurrency), |r| format!(
+                    "{r}/s offered"
+                ))
+        );
+        #[allow(clippy::cast_precision_loss)]
+        {
+            println!(
+                "loans                 {:.0} loans/s made ({loans_ok} made, {loans_refused} refused by a rule, {loan_total} asked)",
+                loans_ok as f64 / secs
+            );
+        }
+        println!(
+            "loan latency          p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            ms(percentile(&loan_lat, 50.0)),
+            ms(percentile(&loan_lat, 95.0)),
+            ms(percentile(&loan_lat, 99.0)),
+            ms(percentile(&loan_lat, 100.0))
+        );
+        for s in &settled_json {
+            println!(
+                "{:<8} {:<9}      {} ({:.0}/s from first request to last settled)",
+                s["kind"].as_str().unwrap_or("?"),
+                s["state"].as_str().unwrap_or("?"),
+                s["count"],
+                s["per_sec"].as_f64().unwrap_or(0.0)
+            );
+        }
+        println!("failures              {failures} (transport errors and 5xx)");
+        for m in &memory {
+            println!(
+                "peak RSS {:<12}  {:.1} MiB",
+                m["process"].as_str().unwrap_or("?"),
+                m["peak_rss_mib"].as_f64().unwrap_or(0.0)
+            );
+        }
+        let total: f64 = cpu.iter().map(|(_, v)| v).sum();
+        println!(
+            "CPU per operation     {total:.2} ms: {}",
+            cpu.iter()
+                .map(|(k, v)| format!("{k} {v:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if failures > 0 {
+        bail!("{failures} operations failed");
+    }
+    Ok(())
+}
