@@ -4,8 +4,11 @@
 BIBLIOMQ_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PATH="$HOME/.cargo/bin:$PATH"
 BIBLIOMQ_STATE_DIR="${BIBLIOMQ_STATE_DIR:-$HOME/.local/share/bibliomq}"
-# Build output lives outside the clone so fresh clones rebuild only what changed.
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bibliomq/target}"
+# Build output lives outside the clone, so a fresh clone in the same place
+# rebuilds only what changed. One directory per checkout: two checkouts of
+# the same workspace must not share one (cargo would take one checkout's
+# crates for the other's, their fingerprints look alike).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bibliomq/target-$(printf %s "$BIBLIOMQ_ROOT" | md5sum | cut -c1-12)}"
 GARAGE_VERSION="2.5.0"
 GARAGE_DIR="$BIBLIOMQ_STATE_DIR/garage"
 GARAGE_CONFIG="$GARAGE_DIR/garage.toml"
@@ -63,6 +66,16 @@ ensure_postgres() {
     wait_port 127.0.0.1 5432 60 PostgreSQL
   fi
   command -v psql >/dev/null || apt_install postgresql-client
+  # The tests run many apps at once, each with its own pools: the stock 100
+  # connections run out. Raised once; it needs a restart to take effect.
+  local max
+  max=$(psql -h 127.0.0.1 -U postgres -d postgres -Atc "SHOW max_connections")
+  if ((max < 400)); then
+    log "raising PostgreSQL max_connections to 400 (restarts PostgreSQL once)"
+    psql -h 127.0.0.1 -U postgres -d postgres -qc "ALTER SYSTEM SET max_connections = 400"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -n1)" main restart
+    wait_port 127.0.0.1 5432 60 PostgreSQL
+  fi
 }
 
 # ensure_database NAME

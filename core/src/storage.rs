@@ -225,17 +225,8 @@ where
                 err.message().unwrap_or("no message")
             )
         }
-        other => {
-            // The error and its causes, without the debug dump.
-            let mut text = other.to_string();
-            let mut source = std::error::Error::source(other);
-            while let Some(cause) = source {
-                text.push_str(": ");
-                text.push_str(&cause.to_string());
-                source = cause.source();
-            }
-            text
-        }
+        // The error and its causes, without the debug dump.
+        other => crate::db::error_chain(other),
     };
     StorageError::Unavailable(detail)
 }

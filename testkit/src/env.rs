@@ -23,6 +23,10 @@ impl TestEnv {
     /// Creates a vhost and a database and picks a bucket prefix. Settings
     /// point at them; migrations run when the apps start.
     pub async fn new() -> Self {
+        // Logs only when asked for (RUST_LOG=...), to keep test output quiet.
+        if std::env::var_os("RUST_LOG").is_some() {
+            bibliomq_core::telemetry::init(bibliomq_core::config::LogFormat::Pretty);
+        }
         let secs = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
@@ -52,7 +56,7 @@ impl TestEnv {
                 "BIBLIOMQ_DATABASE_URL",
                 format!("postgres://postgres@127.0.0.1:5432/{database}"),
             ),
-            ("BIBLIOMQ_DATABASE_POOL_SIZE", "8".to_owned()),
+            ("BIBLIOMQ_DATABASE_POOL_SIZE", "4".to_owned()),
             ("BIBLIOMQ_S3_BUCKET", TEST_BUCKET.to_owned()),
             ("BIBLIOMQ_S3_KEY_PREFIX", s3_prefix.clone()),
             ("BIBLIOMQ_API_HOST", "127.0.0.1".to_owned()),

@@ -20,7 +20,7 @@ use bibliomq_core::{
     clock::Clock,
     config::Settings,
     db,
-    library::Rules,
+    library::{Rules, message::OperationKind},
     metrics::Metrics,
     storage::ObjectStore,
 };
@@ -111,10 +111,12 @@ impl WorkerApp {
         let renewals = Arc::new(library::CirculationWorker::new(
             deps.clone(),
             topology::RENEWALS_QUEUE,
+            OperationKind::Renewal,
         ));
         let returns = Arc::new(library::CirculationWorker::new(
             deps,
             topology::RETURNS_QUEUE,
+            OperationKind::Return,
         ));
         let b = &self.broker;
         tokio::join!(

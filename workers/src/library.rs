@@ -14,12 +14,14 @@
 use std::{sync::Arc, time::Instant};
 
 use bibliomq_core::{
+    batch::Batcher,
     broker::{Publisher, headers},
     clock::Clock,
+    db::DbFailure,
     library::{
         Rules,
         message::{CirculationMessage, LoanRequestMessage, OperationKind},
-        store,
+        store::{self, LoanItem},
     },
     metrics::{ActionLabels, MessageOutcome, Metrics, OperationLabels},
 };
@@ -28,6 +30,7 @@ use lapin::{BasicProperties, message::Delivery};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use uuid::Uuid;
 
 use crate::{
     consumer::{Handler, Settle, settle},
@@ -78,16 +81,76 @@ impl LibraryDeps {
     }
 }
 
+/// Errors that only mean "two transactions met": worth running the items
+/// again one by one.
+fn is_contention(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.code().is_some_and(|c| {
+        *c == SqlState::UNIQUE_VIOLATION
+            || *c == SqlState::T_R_DEADLOCK_DETECTED
+            || *c == SqlState::T_R_SERIALIZATION_FAILURE
+    })
+}
+
+type LoanBatcher = Batcher<LoanItem, Value, DbFailure>;
+type SettleBatcher = Batcher<Uuid, Option<Value>, DbFailure>;
+
 pub struct LoanServer {
     deps: Arc<LibraryDeps>,
     queue: &'static str,
+    loans: LoanBatcher,
 }
 
 impl LoanServer {
     pub fn new(deps: Arc<LibraryDeps>) -> Self {
+        let d = deps.clone();
+        // Group commit: the loans that arrive together share a transaction.
+        let loans = Batcher::spawn(64, 4, move |items: Vec<LoanItem>| {
+            let d = d.clone();
+            async move {
+                let client = d.pool.get().await?;
+                let now = d.clock.now();
+                let due = d.rules.due_for_loan(now);
+                let max = d.rules.max_loans;
+                match store::apply_loans(&client, &items, now, due, max).await {
+                    Ok(answers) => Ok(answers),
+                    Err(e) if is_contention(&e) => {
+                        tracing::debug!(error = %e, "loan batch met another; one by one");
+                        let mut answers = Vec::with_capacity(items.len());
+                        for it in &items {
+                            let one = || {
+                                store::apply_loan(
+                                    &**client,
+                                    it.op,
+                                    &it.key,
+                                    &it.fingerprint,
+                                    &it.isbn,
+                                    &it.patron,
+                                    &it.branch,
+                                    now,
+                                    due,
+                                    max,
+                                    &it.correlation_id,
+                                )
+                            };
+                            // The twin with the same key may have just
+                            // committed; the second try then replays it.
+                            let answer = match one().await {
+                                Err(e) if is_contention(&e) => one().await?,
+                                other => other?,
+                            };
+                            answers.push(answer);
+                        }
+                        Ok(answers)
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+        });
         Self {
             deps,
             queue: bibliomq_core::broker::topology::LOANS_QUEUE,
+            loans,
         }
     }
 
@@ -115,20 +178,25 @@ impl LoanServer {
         }
         let correlation_id = headers::correlation_id(&delivery.properties);
         let now = deps.clock.now();
-        let due = deps.rules.due_for_loan(now);
-        let mut outcome = self.apply(&request, now, due, &correlation_id).await;
-        if outcome.is_err() {
-            // Two requests with one key at the same instant: the loser's
-            // insert fails on the unique key; the second try sees the winner.
-            outcome = self.apply(&request, now, due, &correlation_id).await;
-        }
+        let outcome = self
+            .loans
+            .submit(LoanItem {
+                op: request.operation_id,
+                key: request.idempotency_key.clone(),
+                fingerprint: request.fingerprint.clone(),
+                isbn: request.isbn.clone(),
+                patron: request.patron.clone(),
+                branch: request.branch.clone(),
+                correlation_id: correlation_id.clone(),
+            })
+            .await;
         let reply = match outcome {
             Ok(mut v) => {
                 bibliomq_core::library::normalize_times(&mut v);
                 v
             }
             Err(e) => {
-                tracing::warn!(error = %e, "loan transaction failed");
+                tracing::warn!(error = %e, "loan transaction failed; answering unavailable");
                 json!({"outcome": "error", "code": "unavailable"})
             }
         };
@@ -167,30 +235,6 @@ impl LoanServer {
                 "at": now,
             }),
         );
-    }
-
-    async fn apply(
-        &self,
-        r: &LoanRequestMessage,
-        now: chrono::DateTime<chrono::Utc>,
-        due: chrono::DateTime<chrono::Utc>,
-        correlation_id: &str,
-    ) -> anyhow::Result<Value> {
-        let client = self.deps.pool.get().await?;
-        Ok(store::apply_loan(
-            &**client,
-            r.operation_id,
-            &r.idempotency_key,
-            &r.fingerprint,
-            &r.isbn,
-            &r.patron,
-            &r.branch,
-            now,
-            due,
-            self.deps.rules.max_loans,
-            correlation_id,
-        )
-        .await?)
     }
 
     /// Sends the answer to the caller's reply-to. A caller that gave up is
@@ -232,11 +276,48 @@ impl Handler for LoanServer {
 pub struct CirculationWorker {
     deps: Arc<LibraryDeps>,
     queue: &'static str,
+    settle: SettleBatcher,
 }
 
 impl CirculationWorker {
-    pub fn new(deps: Arc<LibraryDeps>, queue: &'static str) -> Self {
-        Self { deps, queue }
+    /// A worker for one kind of operation (renewals or returns) on `queue`.
+    pub fn new(deps: Arc<LibraryDeps>, queue: &'static str, kind: OperationKind) -> Self {
+        let d = deps.clone();
+        let settle = Batcher::spawn(128, 4, move |ops: Vec<Uuid>| {
+            let d = d.clone();
+            async move {
+                let client = d.pool.get().await?;
+                let now = d.clock.now();
+                let batch = match kind {
+                    OperationKind::Renewal => {
+                        store::apply_renewals(&client, &ops, now, &d.rules).await
+                    }
+                    _ => store::apply_returns(&client, &ops, now).await,
+                };
+                match batch {
+                    Ok(outcomes) => Ok(outcomes),
+                    Err(e) if is_contention(&e) => {
+                        tracing::debug!(error = %e, "settle batch met another; one by one");
+                        let mut outcomes = Vec::with_capacity(ops.len());
+                        for op in &ops {
+                            outcomes.push(match kind {
+                                OperationKind::Renewal => {
+                                    store::apply_renewal(&**client, *op, now, &d.rules).await?
+                                }
+                                _ => store::apply_return(&**client, *op, now).await?,
+                            });
+                        }
+                        Ok(outcomes)
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+        });
+        Self {
+            deps,
+            queue,
+            settle,
+        }
     }
 
     async fn process(&self, delivery: Delivery, abandon: CancellationToken) {
@@ -257,20 +338,7 @@ impl CirculationWorker {
             return;
         }
         let now = deps.clock.now();
-        let applied = async {
-            let client = deps.pool.get().await?;
-            let outcome = match message.kind {
-                OperationKind::Renewal => {
-                    store::apply_renewal(&**client, message.operation_id, now, &deps.rules).await?
-                }
-                OperationKind::Return => {
-                    store::apply_return(&**client, message.operation_id, now).await?
-                }
-                OperationKind::Loan => None,
-            };
-            anyhow::Ok(outcome)
-        }
-        .await;
+        let applied = self.settle.submit(message.operation_id).await;
         let outcome = match applied {
             Ok(Some(mut outcome)) => {
                 bibliomq_core::library::normalize_times(&mut outcome);

@@ -60,7 +60,7 @@ impl TaskWorker {
             async move {
                 let client = pool.get().await?;
                 let claimed: std::collections::HashMap<Uuid, i32> =
-                    store::claim(&**client, &ids).await?.into_iter().collect();
+                    store::claim(&client, &ids).await?.into_iter().collect();
                 Ok(ids.iter().map(|id| claimed.get(id).copied()).collect())
             }
         });
@@ -68,7 +68,7 @@ impl TaskWorker {
             let pool = pool.clone();
             async move {
                 let client = pool.get().await?;
-                Ok(store::finish(&**client, &outcomes).await?)
+                Ok(store::finish(&client, &outcomes).await?)
             }
         });
         Self {

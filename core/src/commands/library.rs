@@ -9,15 +9,33 @@ use uuid::Uuid;
 
 use super::Commands;
 use crate::{
+    batch::Batcher,
     broker::{headers, rpc::RpcError, topology},
     config::Branch,
+    db::DbFailure,
     error::{CommandError, Invalid},
     library::{
         BranchCode, Isbn, PatronId,
         message::{CirculationMessage, LoanRequestMessage, OperationKind},
-        store::{self, BookSummary, BookView, LoanLookup, LoanView, OperationView, PatronLoans},
+        store::{
+            self, BookSummary, BookView, LoanLookup, LoanView, OperationView, PatronLoans,
+            PendingRequest,
+        },
     },
 };
+
+/// Group-commits the `pending` rows of renewals and returns.
+pub(super) type RequestInserter = Batcher<PendingRequest, Option<store::OpenLoan>, DbFailure>;
+
+pub(super) fn request_inserter(pool: deadpool_postgres::Pool) -> RequestInserter {
+    Batcher::spawn(256, 4, move |requests: Vec<PendingRequest>| {
+        let pool = pool.clone();
+        async move {
+            let client = pool.get().await?;
+            Ok(store::record_requests(&client, &requests).await?)
+        }
+    })
+}
 
 /// Most words a title search takes.
 pub const SEARCH_MAX_WORDS: usize = 8;
@@ -215,7 +233,7 @@ impl Commands {
         correlation_id: &str,
     ) -> Result<OperationAccepted, CommandError> {
         let branch = self.branch(&req.branch)?;
-        let lookup = match (
+        let (loan_id, isbn, patron) = match (
             req.loan_id.as_deref(),
             req.isbn.as_deref(),
             req.patron.as_deref(),
@@ -228,15 +246,13 @@ impl Commands {
                         format!("`{id}` is not a loan id"),
                     )
                 })?;
-                let client = self.pool().get().await?;
-                store::find_loan_by_id(&**client, id).await?
+                (Some(id), None, None)
             }
-            (None, Some(isbn), Some(patron)) => {
-                let isbn = Isbn::parse(isbn)?;
-                let patron = PatronId::parse(patron)?;
-                let client = self.pool().get().await?;
-                store::find_open_loan(&**client, isbn.as_str(), patron.as_str()).await?
-            }
+            (None, Some(isbn), Some(patron)) => (
+                None,
+                Some(Isbn::parse(isbn)?),
+                Some(PatronId::parse(patron)?),
+            ),
             (None, None, _) => {
                 return Err(Invalid::field(
                     "missing_field",
@@ -254,49 +270,31 @@ impl Commands {
                 .into());
             }
         };
-        let loan = match lookup {
-            LoanLookup::Found(loan) => loan,
-            LoanLookup::NoSuchPatron => {
-                return Err(CommandError::not_found(
-                    "patron_not_found",
-                    "no such patron",
-                ));
-            }
-            LoanLookup::NoSuchTitle => {
-                return Err(CommandError::not_found(
-                    "title_not_found",
-                    "no title with that ISBN in the catalogue",
-                ));
-            }
-            LoanLookup::NoSuchLoan => {
-                return Err(CommandError::not_found(
-                    "loan_not_found",
-                    "no open loan of that book for that patron",
-                ));
-            }
-            LoanLookup::Closed => {
-                return Err(CommandError::conflict(
-                    "not_on_loan",
-                    "that loan is already closed",
-                ));
-            }
-        };
 
+        // Find the open loan and record the operation as pending, in one
+        // statement shared with whatever other requests arrive meanwhile.
         let id = Uuid::now_v7();
         let now = self.clock().now();
-        {
-            let client = self.pool().get().await?;
-            store::insert_pending(
-                &**client,
+        let recorded = self
+            .inner
+            .request_inserts
+            .submit(PendingRequest {
                 id,
                 kind,
-                &loan,
-                branch.as_str(),
-                now,
-                correlation_id,
-            )
+                loan_id,
+                isbn: isbn.as_ref().map(ToString::to_string),
+                patron: patron.as_ref().map(ToString::to_string),
+                branch: branch.to_string(),
+                requested_at: now,
+                correlation_id: correlation_id.to_owned(),
+            })
             .await?;
-        }
+        let Some(loan) = recorded else {
+            return Err(self
+                .why_no_open_loan(loan_id, isbn.as_ref(), patron.as_ref())
+                .await);
+        };
+
         let message = CirculationMessage {
             operation_id: id,
             kind,
@@ -334,6 +332,48 @@ impl Commands {
             tentative_due_at: (kind == OperationKind::Renewal)
                 .then(|| self.rules().due_after_renewal(loan.due_at)),
         })
+    }
+
+    /// Says why a renewal or return found no open loan.
+    async fn why_no_open_loan(
+        &self,
+        loan_id: Option<Uuid>,
+        isbn: Option<&Isbn>,
+        patron: Option<&PatronId>,
+    ) -> CommandError {
+        let lookup = async {
+            let client = self.pool().get().await?;
+            Ok::<_, CommandError>(match (loan_id, isbn, patron) {
+                (Some(id), _, _) => store::find_loan_by_id(&**client, id).await?,
+                (None, Some(isbn), Some(patron)) => {
+                    store::find_open_loan(&**client, isbn.as_str(), patron.as_str()).await?
+                }
+                _ => LoanLookup::NoSuchLoan,
+            })
+        };
+        match lookup.await {
+            Err(e) => e,
+            Ok(LoanLookup::NoSuchPatron) => {
+                CommandError::not_found("patron_not_found", "no such patron")
+            }
+            Ok(LoanLookup::NoSuchTitle) => CommandError::not_found(
+                "title_not_found",
+                "no title with that ISBN in the catalogue",
+            ),
+            Ok(LoanLookup::Closed) => {
+                CommandError::conflict("not_on_loan", "that loan is already closed")
+            }
+            // Found: it closed or opened in between; say what was asked.
+            Ok(LoanLookup::NoSuchLoan | LoanLookup::Found(_)) => match loan_id {
+                Some(id) => {
+                    CommandError::not_found("loan_not_found", format!("no loan with id {id}"))
+                }
+                None => CommandError::not_found(
+                    "loan_not_found",
+                    "no open loan of that book for that patron",
+                ),
+            },
+        }
     }
 
     pub async fn operation(&self, id: Uuid) -> Result<OperationView, CommandError> {

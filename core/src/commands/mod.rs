@@ -39,6 +39,7 @@ struct Inner {
     metrics: Metrics,
     clock: Clock,
     task_inserts: TaskInserter,
+    request_inserts: library::RequestInserter,
 }
 
 impl Commands {
@@ -51,6 +52,7 @@ impl Commands {
         clock: Clock,
     ) -> Self {
         let task_inserts = tasks::inserter(pool.clone());
+        let request_inserts = library::request_inserter(pool.clone());
         let rpc = RpcClient::new(publisher.broker().clone(), settings.amqp.confirm_timeout);
         Self {
             inner: Arc::new(Inner {
@@ -63,6 +65,7 @@ impl Commands {
                 metrics,
                 clock,
                 task_inserts,
+                request_inserts,
             }),
         }
     }

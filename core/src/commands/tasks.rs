@@ -26,7 +26,7 @@ pub(super) fn inserter(pool: Pool) -> TaskInserter {
         let pool = pool.clone();
         async move {
             let client = pool.get().await?;
-            store::insert_queued(&**client, &tasks).await?;
+            store::insert_queued(&client, &tasks).await?;
             Ok(vec![(); tasks.len()])
         }
     })
@@ -108,7 +108,7 @@ impl Commands {
 
     pub async fn task(&self, id: Uuid) -> Result<TaskRecord, CommandError> {
         let client = self.pool().get().await?;
-        store::get(&**client, id).await?.ok_or_else(|| {
+        store::get(&client, id).await?.ok_or_else(|| {
             CommandError::not_found("task_not_found", format!("no task with id {id}"))
         })
     }

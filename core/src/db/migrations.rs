@@ -19,6 +19,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "library",
         include_str!("../../../migrations/0002_library.sql"),
     ),
+    (
+        3,
+        "library_batches",
+        include_str!("../../../migrations/0003_library_batches.sql"),
+    ),
 ];
 
 /// Arbitrary constant: the advisory lock that serialises concurrent runners
@@ -88,4 +93,23 @@ async fn apply_pending(client: &mut deadpool_postgres::Object) -> anyhow::Result
         applied.push(version);
     }
     Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_file_in_migrations_is_listed_in_order() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|f| f.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let listed: Vec<String> = super::MIGRATIONS
+            .iter()
+            .map(|(v, name, _)| format!("{v:04}_{name}.sql"))
+            .collect();
+        assert_eq!(files, listed);
+    }
 }

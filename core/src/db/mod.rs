@@ -64,9 +64,25 @@ impl From<deadpool_postgres::PoolError> for DbFailure {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         Self {
             unavailable: is_unavailable(&e),
-            message: format!("{e:#}"),
+            message: error_chain(&e),
         }
     }
+}
+
+/// An error with its causes: PostgreSQL's own message ("too many clients",
+/// "deadlock detected") hides behind a bare "db error".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 impl From<tokio_postgres::Error> for DbFailure {

@@ -399,25 +399,6 @@ pub async fn find_loan_by_id(
     })
 }
 
-/// Records a renewal or return as `pending`, before it is published.
-pub async fn insert_pending(
-    db: &impl GenericClient,
-    id: Uuid,
-    kind: OperationKind,
-    loan: &OpenLoan,
-    branch: &str,
-    requested_at: DateTime<Utc>,
-    correlation_id: &str,
-) -> Result<(), tokio_postgres::Error> {
-    db.execute(
-        "INSERT INTO operations (id, kind, state, loan_id, isbn, patron_id, branch, requested_at, correlation_id)
-         VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8)",
-        &[&id, &kind.as_str(), &loan.loan_id, &loan.isbn, &loan.patron, &branch, &requested_at, &correlation_id],
-    )
-    .await?;
-    Ok(())
-}
-
 /// Withdraws a pending operation that never reached the broker.
 pub async fn delete_pending(
     db: &impl GenericClient,
@@ -547,4 +528,168 @@ pub async fn operation_state(
         .query_opt("SELECT state, reason FROM operations WHERE id = $1", &[&op])
         .await?;
     Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
+/// One loan request, as the batch function takes it.
+#[derive(Debug, Clone)]
+pub struct LoanItem {
+    pub op: Uuid,
+    pub key: String,
+    pub fingerprint: String,
+    pub isbn: String,
+    pub patron: String,
+    pub branch: String,
+    pub correlation_id: String,
+}
+
+/// Runs many loans in one transaction (`library_loan_batch`); the answers
+/// come back in the order of `items`.
+pub async fn apply_loans(
+    db: &deadpool_postgres::Client,
+    items: &[LoanItem],
+    now: DateTime<Utc>,
+    due: DateTime<Utc>,
+    max_loans: i32,
+) -> Result<Vec<Value>, tokio_postgres::Error> {
+    let ops: Vec<Uuid> = items.iter().map(|i| i.op).collect();
+    let keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
+    let fingerprints: Vec<&str> = items.iter().map(|i| i.fingerprint.as_str()).collect();
+    let isbns: Vec<&str> = items.iter().map(|i| i.isbn.as_str()).collect();
+    let patrons: Vec<&str> = items.iter().map(|i| i.patron.as_str()).collect();
+    let branches: Vec<&str> = items.iter().map(|i| i.branch.as_str()).collect();
+    let correlations: Vec<&str> = items.iter().map(|i| i.correlation_id.as_str()).collect();
+    let statement = db
+        .prepare_cached(
+            "SELECT op, outcome FROM library_loan_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .await?;
+    let rows = db
+        .query(
+            &statement,
+            &[
+                &ops,
+                &keys,
+                &fingerprints,
+                &isbns,
+                &patrons,
+                &branches,
+                &now,
+                &due,
+                &max_loans,
+                &correlations,
+            ],
+        )
+        .await?;
+    let mut by_op: std::collections::HashMap<Uuid, Value> =
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    Ok(ops
+        .iter()
+        .map(|op| by_op.remove(op).unwrap_or(Value::Null))
+        .collect())
+}
+
+/// Settles many renewals in one transaction. `None` for those already
+/// settled (duplicates); answers in the order of `ops`.
+pub async fn apply_renewals(
+    db: &deadpool_postgres::Client,
+    ops: &[Uuid],
+    now: DateTime<Utc>,
+    rules: &Rules,
+) -> Result<Vec<Option<Value>>, tokio_postgres::Error> {
+    let extension = rules.renewal_extension.num_seconds();
+    let statement = db
+        .prepare_cached(
+            "SELECT op, outcome FROM library_renew_batch($1, $2, $3::bigint * interval '1 second', $4)",
+        )
+        .await?;
+    let rows = db
+        .query(&statement, &[&ops, &now, &extension, &rules.max_renewals])
+        .await?;
+    Ok(in_order(ops, &rows))
+}
+
+/// Settles many returns in one transaction, like [`apply_renewals`].
+pub async fn apply_returns(
+    db: &deadpool_postgres::Client,
+    ops: &[Uuid],
+    now: DateTime<Utc>,
+) -> Result<Vec<Option<Value>>, tokio_postgres::Error> {
+    let statement = db
+        .prepare_cached("SELECT op, outcome FROM library_return_batch($1, $2)")
+        .await?;
+    let rows = db.query(&statement, &[&ops, &now]).await?;
+    Ok(in_order(ops, &rows))
+}
+
+fn in_order(ops: &[Uuid], rows: &[Row]) -> Vec<Option<Value>> {
+    let mut by_op: std::collections::HashMap<Uuid, Option<Value>> =
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    ops.iter().map(|op| by_op.remove(op).flatten()).collect()
+}
+
+/// A renewal or return to record as `pending`: the loan by id, or by ISBN
+/// and patron.
+#[derive(Debug, Clone)]
+pub struct PendingRequest {
+    pub id: Uuid,
+    pub kind: OperationKind,
+    pub loan_id: Option<Uuid>,
+    pub isbn: Option<String>,
+    pub patron: Option<String>,
+    pub branch: String,
+    pub requested_at: DateTime<Utc>,
+    pub correlation_id: String,
+}
+
+/// Records many renewals and returns at once (`library_request_batch`).
+/// `None` for a request whose loan is not open; the answers come in the
+/// order of `requests`.
+pub async fn record_requests(
+    db: &deadpool_postgres::Client,
+    requests: &[PendingRequest],
+) -> Result<Vec<Option<OpenLoan>>, tokio_postgres::Error> {
+    let ids: Vec<Uuid> = requests.iter().map(|r| r.id).collect();
+    let kinds: Vec<&str> = requests.iter().map(|r| r.kind.as_str()).collect();
+    let loans: Vec<Option<Uuid>> = requests.iter().map(|r| r.loan_id).collect();
+    let isbns: Vec<Option<&str>> = requests.iter().map(|r| r.isbn.as_deref()).collect();
+    let patrons: Vec<Option<&str>> = requests.iter().map(|r| r.patron.as_deref()).collect();
+    let branches: Vec<&str> = requests.iter().map(|r| r.branch.as_str()).collect();
+    let at: Vec<DateTime<Utc>> = requests.iter().map(|r| r.requested_at).collect();
+    let correlations: Vec<&str> = requests.iter().map(|r| r.correlation_id.as_str()).collect();
+    let statement = db
+        .prepare_cached(
+            "SELECT op, loan_id, isbn, patron, due_at
+               FROM library_request_batch($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .await?;
+    let rows = db
+        .query(
+            &statement,
+            &[
+                &ids,
+                &kinds,
+                &loans,
+                &isbns,
+                &patrons,
+                &branches,
+                &at,
+                &correlations,
+            ],
+        )
+        .await?;
+    let mut by_op: std::collections::HashMap<Uuid, OpenLoan> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                OpenLoan {
+                    loan_id: r.get(1),
+                    isbn: r.get(2),
+                    patron: r.get(3),
+                    due_at: r.get(4),
+                },
+            )
+        })
+        .collect();
+    Ok(ids.iter().map(|id| by_op.remove(id)).collect())
 }

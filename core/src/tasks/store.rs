@@ -2,6 +2,7 @@
 //! group many tasks into one statement.
 
 use chrono::{DateTime, Utc};
+use deadpool_postgres::Client;
 use serde::Serialize;
 use serde_json::Value;
 use tokio_postgres::{GenericClient, Row};
@@ -27,20 +28,19 @@ pub struct NewTask {
 }
 
 /// Inserts tasks as `queued`.
-pub async fn insert_queued(
-    db: &impl GenericClient,
-    tasks: &[NewTask],
-) -> Result<(), tokio_postgres::Error> {
+pub async fn insert_queued(db: &Client, tasks: &[NewTask]) -> Result<(), tokio_postgres::Error> {
     let ids: Vec<Uuid> = tasks.iter().map(|t| t.id).collect();
     let actions: Vec<&str> = tasks.iter().map(|t| t.action.as_str()).collect();
     let payloads: Vec<&Value> = tasks.iter().map(|t| &t.payload).collect();
     let correlations: Vec<&str> = tasks.iter().map(|t| t.correlation_id.as_str()).collect();
-    db.execute(
-        "INSERT INTO tasks (id, action, payload, correlation_id)
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[])",
-        &[&ids, &actions, &payloads, &correlations],
-    )
-    .await?;
+    let statement = db
+        .prepare_cached(
+            "INSERT INTO tasks (id, action, payload, correlation_id)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[])",
+        )
+        .await?;
+    db.execute(&statement, &[&ids, &actions, &payloads, &correlations])
+        .await?;
     Ok(())
 }
 
@@ -57,20 +57,17 @@ pub async fn delete_queued(db: &impl GenericClient, id: Uuid) -> Result<(), toki
 /// Marks tasks `running` and counts the attempt. Returns the ids that may
 /// run, with their attempt number; a task that already finished (a
 /// redelivery) or that does not exist is left out.
-pub async fn claim(
-    db: &impl GenericClient,
-    ids: &[Uuid],
-) -> Result<Vec<(Uuid, i32)>, tokio_postgres::Error> {
-    let rows = db
-        .query(
+pub async fn claim(db: &Client, ids: &[Uuid]) -> Result<Vec<(Uuid, i32)>, tokio_postgres::Error> {
+    let statement = db
+        .prepare_cached(
             "UPDATE tasks
                 SET state = 'running', attempts = attempts + 1,
                     started_at = coalesce(started_at, now()), updated_at = now()
               WHERE id = ANY($1) AND state IN ('queued', 'running')
           RETURNING id, attempts",
-            &[&ids],
         )
         .await?;
+    let rows = db.query(&statement, &[&ids]).await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
@@ -120,10 +117,7 @@ impl Finish {
 /// Writes outcomes. Only rows still `running` change (or, for `dead`, any
 /// unfinished row), so a late duplicate never overwrites a finished task.
 /// Returns, per outcome, whether it was applied.
-pub async fn finish(
-    db: &impl GenericClient,
-    outcomes: &[Finish],
-) -> Result<Vec<bool>, tokio_postgres::Error> {
+pub async fn finish(db: &Client, outcomes: &[Finish]) -> Result<Vec<bool>, tokio_postgres::Error> {
     let n = outcomes.len();
     let mut ids = Vec::with_capacity(n);
     let mut states = Vec::with_capacity(n);
@@ -177,8 +171,8 @@ pub async fn finish(
             }
         }
     }
-    let rows = db
-        .query(
+    let statement = db
+        .prepare_cached(
             "WITH u AS (
                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                                      $6::text[], $7::text[], $8::int8[], $9::text[])
@@ -201,6 +195,11 @@ pub async fn finish(
              WHERE t.id = u.id
                AND (t.state = 'running' OR (u.state = 'dead' AND t.state = 'queued'))
              RETURNING t.id",
+        )
+        .await?;
+    let rows = db
+        .query(
+            &statement,
             &[
                 &ids, &states, &errors, &texts, &types, &buckets, &keys, &sizes, &shas,
             ],
@@ -282,16 +281,13 @@ fn record(row: &Row, payload: Option<Value>) -> TaskRecord {
 }
 
 /// One task with its payload.
-pub async fn get(
-    db: &impl GenericClient,
-    id: Uuid,
-) -> Result<Option<TaskRecord>, tokio_postgres::Error> {
-    let row = db
-        .query_opt(
-            &format!("SELECT {COLUMNS}, payload FROM tasks WHERE id = $1"),
-            &[&id],
-        )
+pub async fn get(db: &Client, id: Uuid) -> Result<Option<TaskRecord>, tokio_postgres::Error> {
+    let statement = db
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS}, payload FROM tasks WHERE id = $1"
+        ))
         .await?;
+    let row = db.query_opt(&statement, &[&id]).await?;
     Ok(row.map(|r| {
         let payload = r.get("payload");
         record(&r, Some(payload))
