@@ -110,7 +110,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let open_loans: Arc<Mutex<Vec<Uuid>>> = Arc::new(Mutex::new(Vec::new()));
     let tally = Arc::new(Mutex::new(Tally::default()));
     let permits = Arc::new(Semaphore::new(args.concurrency.max(1)));
-    let mut rng = Rng(0x5eed_b1b1_10);
+    let mut rng = Rng(0x005e_edb1_b110);
     let cpu_before = CpuSnapshot::take();
     let started = Instant::now();
     let mut handles = Vec::with_capacity(args.ops);
