@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use bibliomq_core::{commands::Commands, telemetry};
 use futures::future::BoxFuture;
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::{
     outcome::{self, Progress},
-    wire::WireError,
+    wire::{WireError, to_text},
 };
 
 /// Largest request accepted, in bytes.
@@ -183,8 +184,8 @@ impl Request {
     }
 }
 
-/// Answers one request frame; never fails, every outcome is a reply.
-pub async fn handle(commands: Commands, body: &[u8], deadline: Instant) -> Value {
+/// Answers one request frame; never fails, every outcome is a reply (JSON text).
+pub async fn handle(commands: Commands, body: &[u8], deadline: Instant) -> String {
     let request = match Request::parse(body, deadline) {
         Ok(r) => r,
         Err(e) => return error_reply(&e),
@@ -218,15 +219,25 @@ pub async fn handle(commands: Commands, body: &[u8], deadline: Instant) -> Value
     }
 }
 
-pub fn ok_reply(fields: Map<String, Value>) -> Value {
-    let mut reply = Map::with_capacity(fields.len() + 1);
-    reply.insert("ok".into(), Value::Bool(true));
-    reply.extend(fields);
-    Value::Object(reply)
+/// `{"ok": true, ...fields}`, `ok` first.
+pub fn ok_reply(fields: Map<String, Value>) -> String {
+    #[derive(Serialize)]
+    struct Ok {
+        ok: bool,
+        #[serde(flatten)]
+        fields: Map<String, Value>,
+    }
+    to_text(&Ok { ok: true, fields })
 }
 
-pub fn error_reply(error: &WireError) -> Value {
-    json!({ "ok": false, "error": error.to_json() })
+/// `{"ok": false, "error": {"code", "message", ...}}`.
+pub fn error_reply(error: &WireError) -> String {
+    #[derive(Serialize)]
+    struct Failed<'a> {
+        ok: bool,
+        error: &'a WireError,
+    }
+    to_text(&Failed { ok: false, error })
 }
 
 /// `{"action": "task", "task": "fib", "payload": 30}`: submit, wait up to
@@ -335,6 +346,18 @@ mod tests {
         let replaced = parse(r#"{"action": "task", "correlation_id": "a b\n"}"#).unwrap();
         assert_ne!(replaced.correlation_id, "a b\n");
         assert!(!replaced.correlation_id.is_empty());
+    }
+
+    #[test]
+    fn replies_put_ok_first_and_errors_in_a_fixed_order() {
+        let mut fields = Map::new();
+        fields.insert("state".into(), json!("queued"));
+        fields.insert("id".into(), json!("x"));
+        assert_eq!(ok_reply(fields), r#"{"ok":true,"id":"x","state":"queued"}"#);
+        assert_eq!(
+            error_reply(&WireError::new("timeout", "late").with_field("task")),
+            r#"{"ok":false,"error":{"code":"timeout","message":"late","field":"task"}}"#
+        );
     }
 
     #[test]

@@ -13,14 +13,57 @@
 use std::{future::Future, time::Duration};
 
 use bibliomq_core::{commands::Commands, telemetry};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 use tracing::Instrument;
 
 use crate::{
     lines::{BadLine, BadReason, LineProtocol},
     outcome::{self, Progress},
-    wire::WireError,
+    wire::{WireError, to_text},
 };
+
+/// An answer line: `{"id", "status", "result"}`, in that order.
+#[derive(Debug, Serialize)]
+struct Answer {
+    id: Value,
+    status: &'static str,
+    result: AnswerResult,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum AnswerResult {
+    Done {
+        ok: bool,
+        data: Value,
+    },
+    Error {
+        ok: bool,
+        error: String,
+        code: &'static str,
+    },
+}
+
+fn done(id: Value, data: Value) -> Answer {
+    Answer {
+        id,
+        status: "done",
+        result: AnswerResult::Done { ok: true, data },
+    }
+}
+
+fn error(id: Value, e: &WireError) -> Answer {
+    Answer {
+        id,
+        status: "error",
+        result: AnswerResult::Error {
+            ok: false,
+            error: e.message.clone(),
+            code: e.code,
+        },
+    }
+}
 
 #[derive(Clone)]
 pub struct Ndjson {
@@ -41,11 +84,11 @@ impl LineProtocol for Ndjson {
         line: Result<String, BadLine>,
     ) -> impl Future<Output = String> + Send + 'static {
         let commands = self.commands.clone();
-        async move { answer(commands, line).await.to_string() }
+        async move { to_text(&answer(commands, line).await) }
     }
 }
 
-async fn answer(commands: Commands, line: Result<String, BadLine>) -> Value {
+async fn answer(commands: Commands, line: Result<String, BadLine>) -> Answer {
     let line = match line {
         Ok(line) => line,
         Err(bad) => {
@@ -65,7 +108,7 @@ async fn answer(commands: Commands, line: Result<String, BadLine>) -> Value {
     let limit = commands.settings().edge.request_timeout;
     let run = run(&commands, &action, payload, &correlation_id, limit).instrument(span);
     match tokio::time::timeout(limit, run).await {
-        Ok(Ok(data)) => json!({"id": id, "status": "done", "result": {"ok": true, "data": data}}),
+        Ok(Ok(data)) => done(id, data),
         Ok(Err(e)) => error(id, &e),
         Err(_) => error(id, &WireError::timeout(limit)),
     }
@@ -131,16 +174,10 @@ async fn run(
     }
 }
 
-fn error(id: Value, e: &WireError) -> Value {
-    json!({
-        "id": id,
-        "status": "error",
-        "result": {"ok": false, "error": e.message, "code": e.code},
-    })
-}
-
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -169,10 +206,14 @@ mod tests {
     }
 
     #[test]
-    fn errors_have_the_legacy_shape() {
+    fn answers_have_the_legacy_shape_and_order() {
         assert_eq!(
-            error(json!(4), &WireError::new("invalid_payload", "bad")),
-            json!({"id": 4, "status": "error", "result": {"ok": false, "error": "bad", "code": "invalid_payload"}})
+            to_text(&done(json!(1), json!("HOLA"))),
+            r#"{"id":1,"status":"done","result":{"ok":true,"data":"HOLA"}}"#
+        );
+        assert_eq!(
+            to_text(&error(json!(4), &WireError::new("invalid_payload", "bad"))),
+            r#"{"id":4,"status":"error","result":{"ok":false,"error":"bad","code":"invalid_payload"}}"#
         );
     }
 }

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use bibliomq_core::commands::Commands;
 use bytes::Bytes;
-use serde_json::Value;
 use tokio::time::Instant;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use zeromq::{RouterSocket, SocketRecv, SocketSend, ZmqMessage};
@@ -111,7 +110,7 @@ async fn answer(
             "send the request as a single frame holding one JSON object",
         )),
     };
-    Some(address(envelope, &reply))
+    Some(address(envelope, reply))
 }
 
 /// Splits a ROUTER message into the envelope (the identity frames and the
@@ -130,11 +129,13 @@ fn split_envelope(frames: Vec<Bytes>) -> Option<(Vec<Bytes>, Vec<Bytes>)> {
     Some((envelope, body))
 }
 
-fn address(envelope: Vec<Bytes>, reply: &Value) -> ZmqMessage {
-    let mut frames = envelope;
-    frames.push(Bytes::from(reply.to_string()));
-    // Never empty: the envelope has the identity and the body was just added.
-    ZmqMessage::try_from(frames).unwrap_or_else(|_| ZmqMessage::from(reply.to_string()))
+fn address(envelope: Vec<Bytes>, reply: String) -> ZmqMessage {
+    let mut message = ZmqMessage::from(reply);
+    // The envelope goes in front of the body, last frame first.
+    for frame in envelope.into_iter().rev() {
+        message.push_front(frame);
+    }
+    message
 }
 
 #[cfg(test)]
@@ -160,6 +161,12 @@ mod tests {
         let (envelope, body) = split_envelope(frames(&["id", "{}"])).unwrap();
         assert_eq!(envelope, frames(&["id"]));
         assert_eq!(body, frames(&["{}"]));
+    }
+
+    #[test]
+    fn a_reply_goes_behind_its_envelope() {
+        let message = address(frames(&["id", ""]), "{}".to_owned());
+        assert_eq!(message.into_vec(), frames(&["id", "", "{}"]));
     }
 
     #[test]

@@ -4,14 +4,18 @@
 //! only errors of its own transport (unreadable request, unknown action).
 
 use bibliomq_core::error::CommandError;
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Map, Value};
 
-#[derive(Debug, Clone, PartialEq)]
+/// Serialised as `{"code", "message", "field"?, ...details}`, in that order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WireError {
     pub code: &'static str,
     pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
     /// Extra members of the error object (a conflict's details).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub details: Option<Box<Map<String, Value>>>,
 }
 
@@ -40,22 +44,6 @@ impl WireError {
             ),
         )
     }
-
-    /// `{"code", "message", "field"?, ...details}`.
-    pub fn to_json(&self) -> Value {
-        let mut error = Map::new();
-        error.insert("code".into(), json!(self.code));
-        error.insert("message".into(), json!(self.message));
-        if let Some(field) = &self.field {
-            error.insert("field".into(), json!(field));
-        }
-        if let Some(details) = &self.details {
-            for (k, v) in details.iter() {
-                error.entry(k.clone()).or_insert_with(|| v.clone());
-            }
-        }
-        Value::Object(error)
-    }
 }
 
 impl From<CommandError> for WireError {
@@ -71,7 +59,13 @@ impl From<CommandError> for WireError {
             },
             CommandError::Conflict { details, .. } => Self {
                 details: match details {
-                    Some(Value::Object(map)) => Some(Box::new(map)),
+                    Some(Value::Object(mut map)) => {
+                        // The error's own members win over details of the same name.
+                        for own in ["code", "message", "field"] {
+                            map.remove(own);
+                        }
+                        Some(Box::new(map))
+                    }
                     _ => None,
                 },
                 ..Self::new(code, message)
@@ -90,6 +84,16 @@ impl From<CommandError> for WireError {
     }
 }
 
+/// `value` as compact JSON text, keys in the order the types declare them.
+pub fn to_text(value: &impl Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_else(|e| {
+        // Only non-string map keys can fail, and no reply has any.
+        tracing::error!(error = %e, "a reply could not be serialised");
+        r#"{"ok":false,"error":{"code":"internal","message":"internal error; it has been logged"}}"#
+            .to_owned()
+    })
+}
+
 /// Makes `text` safe for a line protocol: one line, no separators eaten.
 pub fn one_line(text: &str) -> String {
     text.replace(['\r', '\n'], " ")
@@ -98,6 +102,7 @@ pub fn one_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use bibliomq_core::error::Invalid;
+    use serde_json::json;
 
     use super::*;
 
@@ -106,8 +111,8 @@ mod tests {
         let e: WireError =
             CommandError::from(Invalid::field("invalid_payload", "payload", "bad")).into();
         assert_eq!(
-            e.to_json(),
-            json!({"code": "invalid_payload", "message": "bad", "field": "payload"})
+            to_text(&e),
+            r#"{"code":"invalid_payload","message":"bad","field":"payload"}"#
         );
     }
 
@@ -128,8 +133,8 @@ mod tests {
         }
         .into();
         assert_eq!(
-            e.to_json(),
-            json!({"code": "no_copy_available", "message": "none left", "branch": "norte"})
+            to_text(&e),
+            r#"{"code":"no_copy_available","message":"none left","branch":"norte"}"#
         );
     }
 }
