@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use bibliomq_testkit::{
-    LineClient, TcpProxy,
+    LineClient, TcpProxy, TestApp, TestEdge, TestEnv,
     app::{DEADLINE, wait_until},
     proxy::with_port,
 };
@@ -13,6 +13,21 @@ use serde_json::{Value, json};
 use super::{ask, ask_raw, ask_within, spawn_with_edge};
 
 const RABBITMQ: &str = "127.0.0.1:5672";
+const POSTGRES: &str = "127.0.0.1:5432";
+
+/// Sends `request` from ten clients at once and checks that each gets an
+/// error reply (`unavailable` or `timeout`) within `bound`.
+async fn all_refused_in_time(endpoint: &str, request: &Value, bound: Duration) {
+    let replies =
+        join_all((0..10).map(|_| ask_within(endpoint, request.to_string().into(), bound))).await;
+    for reply in replies {
+        let (reply, took) = reply.unwrap_or_else(|e| panic!("a request went unanswered: {e}"));
+        assert_eq!(reply["ok"], false, "{reply}");
+        let code = reply["error"]["code"].as_str().unwrap();
+        assert!(["unavailable", "timeout"].contains(&code), "{reply}");
+        assert!(took < bound, "answered after {took:?}");
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_request_is_answered_with_its_result_and_can_be_looked_up() {
@@ -235,30 +250,20 @@ async fn fifty_req_clients_at_once_are_all_answered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_broker_unreachable_every_request_is_answered_in_time_and_service_resumes() {
     let request_timeout = Duration::from_secs(3);
-    let (app, _) = spawn_with_edge(|_| {}).await;
+    let app = TestApp::spawn(TestEnv::new().await, |_| {}, 1).await;
     // The edge alone reaches RabbitMQ through a proxy the test can cut.
     let proxy = TcpProxy::start(RABBITMQ.parse().unwrap()).await;
     let mut settings = app.env.settings();
     settings.amqp.url = with_port(&settings.amqp.url, proxy.port());
     settings.edge.request_timeout = request_timeout;
     settings.edge.task_wait_timeout = Duration::from_secs(1);
-    let edge = bibliomq_testkit::TestEdge::start(settings).await;
+    let edge = TestEdge::start(settings).await;
     let endpoint = edge.request_endpoint();
     let sum = json!({"action": "task", "task": "sum", "payload": "2,2"});
     assert_eq!(ask(&endpoint, sum.clone()).await["result"], 4);
 
     proxy.cut();
-    // Every client gets an error reply, none waits beyond the request timeout.
-    let bound = request_timeout + Duration::from_secs(2);
-    let replies =
-        join_all((0..10).map(|_| ask_within(&endpoint, sum.to_string().into(), bound))).await;
-    for reply in replies {
-        let (reply, took) = reply.unwrap_or_else(|e| panic!("a request went unanswered: {e}"));
-        assert_eq!(reply["ok"], false, "{reply}");
-        let code = reply["error"]["code"].as_str().unwrap();
-        assert!(["unavailable", "timeout"].contains(&code), "{reply}");
-        assert!(took < bound, "answered after {took:?}");
-    }
+    all_refused_in_time(&endpoint, &sum, request_timeout + Duration::from_secs(2)).await;
     // The TCP gateways answer errors too, and keep the connection.
     let mut ndjson = LineClient::connect(edge.ndjson_addr()).await;
     let answer: Value = serde_json::from_str(
@@ -283,6 +288,39 @@ async fn with_the_broker_unreachable_every_request_is_answered_in_time_and_servi
     assert_eq!(resumed["result"], 4, "{resumed}");
     // The gateways share the edge's connection, so they are back as well.
     assert_eq!(pipe.ask("TASK|p2|1,1").await, "RESULT|p2|2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_database_unreachable_every_request_is_answered_in_time_and_service_resumes() {
+    let request_timeout = Duration::from_secs(3);
+    let app = TestApp::spawn(TestEnv::new().await, |_| {}, 1).await;
+    // The edge alone reaches PostgreSQL through a proxy the test can cut.
+    let proxy = TcpProxy::start(POSTGRES.parse().unwrap()).await;
+    let mut settings = app.env.settings();
+    settings.database.url = with_port(&settings.database.url, proxy.port());
+    settings.edge.request_timeout = request_timeout;
+    let edge = TestEdge::start(settings).await;
+    let endpoint = edge.request_endpoint();
+    let sum = json!({"action": "task", "task": "sum", "payload": "3,3"});
+    assert_eq!(ask(&endpoint, sum.clone()).await["result"], 6);
+
+    proxy.cut();
+    all_refused_in_time(&endpoint, &sum, request_timeout + Duration::from_secs(2)).await;
+    let status = ask(
+        &endpoint,
+        json!({"action": "task_status", "id": "01900000-0000-7000-8000-000000000000"}),
+    )
+    .await;
+    assert_eq!(status["error"]["code"], "unavailable", "{status}");
+
+    proxy.restore();
+    let resumed = wait_until(DEADLINE, || async {
+        let reply = ask(&endpoint, sum.clone()).await;
+        (reply["ok"] == true).then_some(reply)
+    })
+    .await
+    .expect("the edge never recovered");
+    assert_eq!(resumed["result"], 6, "{resumed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
