@@ -5,11 +5,11 @@
 //! Every request gets exactly one reply, within the edge request timeout:
 //! handler errors, unreadable frames and timeouts are all replies.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use bibliomq_core::commands::Commands;
 use bytes::Bytes;
-use tokio::time::Instant;
+use tokio::{sync::Semaphore, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use zeromq::{RouterSocket, SocketRecv, SocketSend, ZmqMessage};
 
@@ -20,6 +20,10 @@ use crate::{
 
 /// How long a reply may wait for room in a slow client's send queue.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Requests handled at once. A REQ client has one request out at a time,
+/// but a DEALER may send any number; beyond this the socket is not read
+/// until some are answered, and TCP and the clients' own queues push back.
+const MAX_IN_FLIGHT: usize = 1024;
 
 /// Serves `socket` until `shutdown`, then stops reading requests, answers
 /// those in progress (each is bounded by `request_timeout`) and closes.
@@ -33,7 +37,14 @@ pub async fn serve(
     // behind the loop that receives.
     let (send, mut recv) = socket.split();
     let in_flight = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
+        let slot = tokio::select! {
+            () = shutdown.cancelled() => break,
+            slot = slots.clone().acquire_owned() => slot,
+        };
+        // The semaphore is never closed; an error would only mean it was.
+        let Ok(slot) = slot else { break };
         let message = tokio::select! {
             () = shutdown.cancelled() => break,
             message = recv.recv() => message,
@@ -44,6 +55,7 @@ pub async fn serve(
                 let commands = commands.clone();
                 let mut send = send.clone();
                 in_flight.spawn(async move {
+                    let _slot = slot;
                     let Some(reply) = answer(commands, message, deadline, request_timeout).await
                     else {
                         return;
