@@ -14,6 +14,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub s3: S3Settings,
     pub api: ApiSettings,
+    pub edge: EdgeSettings,
     pub tasks: TaskSettings,
     pub library: LibrarySettings,
     pub log_format: LogFormat,
@@ -57,6 +58,26 @@ pub struct ApiSettings {
     /// Largest request body accepted, in bytes.
     pub body_limit: usize,
     pub request_timeout: Duration,
+}
+
+/// The ZeroMQ edge and the legacy TCP gateways (`bibliomq-edge`).
+#[derive(Debug, Clone)]
+pub struct EdgeSettings {
+    /// Address every edge socket binds to.
+    pub host: String,
+    /// ZeroMQ ROUTER socket that REQ (or DEALER) clients send JSON requests to.
+    pub zmq_request_port: u16,
+    /// ZeroMQ PUB socket carrying the event feed (topic = AMQP routing key).
+    pub zmq_pub_port: u16,
+    /// Newline-delimited JSON task gateway.
+    pub ndjson_port: u16,
+    /// `TASK|id|1,2,3` pipe text gateway.
+    pub pipe_port: u16,
+    /// Every request is answered within this time, with an error if need be.
+    pub request_timeout: Duration,
+    /// How long a task request waits for the task's outcome before answering
+    /// with its current state.
+    pub task_wait_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -185,6 +206,15 @@ impl Settings {
                 body_limit: env.get("API_BODY_LIMIT", 1024 * 1024)?,
                 request_timeout: env.millis("API_REQUEST_TIMEOUT_MS", 30_000)?,
             },
+            edge: EdgeSettings {
+                host: env.get("EDGE_HOST", "127.0.0.1".to_owned())?,
+                zmq_request_port: env.get("EDGE_ZMQ_REQUEST_PORT", 5555)?,
+                zmq_pub_port: env.get("EDGE_ZMQ_PUB_PORT", 5556)?,
+                ndjson_port: env.get("EDGE_NDJSON_PORT", 5557)?,
+                pipe_port: env.get("EDGE_PIPE_PORT", 5558)?,
+                request_timeout: env.millis("EDGE_REQUEST_TIMEOUT_MS", 10_000)?,
+                task_wait_timeout: env.millis("EDGE_TASK_WAIT_TIMEOUT_MS", 5_000)?,
+            },
             tasks: TaskSettings {
                 inline_result_limit: env.get("TASK_INLINE_RESULT_LIMIT", 64 * 1024)?,
                 max_retries: env.get("TASK_MAX_RETRIES", 5)?,
@@ -270,6 +300,17 @@ mod tests {
     fn defaults_work_without_any_variable() {
         let s = Settings::from_lookup(|_| None).unwrap();
         assert_eq!(s.api.port, 8080);
+        assert_eq!(
+            (
+                s.edge.zmq_request_port,
+                s.edge.zmq_pub_port,
+                s.edge.ndjson_port,
+                s.edge.pipe_port
+            ),
+            (5555, 5556, 5557, 5558)
+        );
+        assert_eq!(s.edge.request_timeout, Duration::from_secs(10));
+        assert_eq!(s.edge.task_wait_timeout, Duration::from_secs(5));
         assert_eq!(s.tasks.inline_result_limit, 65_536);
         assert_eq!(s.log_format, LogFormat::Pretty);
     }

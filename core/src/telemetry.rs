@@ -12,7 +12,7 @@ pub const CORRELATION_HEADER: &str = "x-correlation-id";
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(
-            "info,lapin=warn,tokio_postgres=warn,aws_config=warn,aws_smithy_runtime=warn",
+            "info,lapin=warn,tokio_postgres=warn,aws_config=warn,aws_smithy_runtime=warn,zeromq=warn",
         )
     });
     let registry = tracing_subscriber::registry().with(filter);

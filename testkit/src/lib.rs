@@ -8,6 +8,8 @@
 //! # Layout
 //! - [`env`]: the per-test vhost, database and bucket prefix.
 //! - [`app`]: the API and workers spawned in-process on port 0.
+//! - [`edge`]: the ZeroMQ edge and TCP gateways spawned in-process, and a
+//!   line client for the gateways.
 //! - [`proxy`]: a TCP proxy whose connections a test can cut, to play a
 //!   broker or database going away without disturbing other tests.
 //! - [`rabbit`]: looking into queues (message counts, dead letters).
@@ -15,10 +17,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod app;
+pub mod edge;
 pub mod env;
 pub mod proxy;
 pub mod rabbit;
 
 pub use app::{TestApp, spawn_app};
+pub use edge::{LineClient, TestEdge};
 pub use env::TestEnv;
 pub use proxy::TcpProxy;

@@ -1,0 +1,379 @@
+//! ZeroMQ requests: a JSON object `{"action": ..., ...}` in, exactly one
+//! JSON reply out, `{"ok": true, ...}` or `{"ok": false, "error": {...}}`.
+//!
+//! [`ROUTES`] maps action names (and their aliases, matched without regard
+//! to case) to handlers. A handler reads its fields from the [`Request`],
+//! calls the command layer and returns the reply's fields; every rule and
+//! validation stays in the command layer, the edge only reads fields.
+
+use std::time::Duration;
+
+use bibliomq_core::{commands::Commands, telemetry};
+use futures::future::BoxFuture;
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::{
+    library,
+    outcome::{self, Progress},
+    wire::{WireError, to_text},
+};
+
+/// Largest request accepted, in bytes.
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
+/// What a handler returns: the reply's fields, `"ok": true` added by the dispatcher.
+pub type Reply = Result<Map<String, Value>, WireError>;
+
+/// A handler: owned arguments, so it can run in a task of its own.
+pub type Handler = fn(Commands, Request) -> BoxFuture<'static, Reply>;
+
+/// One action: its names (lower case; the first is the canonical one) and its handler.
+pub struct Route {
+    pub names: &'static [&'static str],
+    pub handler: Handler,
+}
+
+/// Every action the ZeroMQ edge answers.
+pub const ROUTES: &[Route] = &[
+    Route {
+        names: &["task"],
+        handler: |c, r| Box::pin(task(c, r)),
+    },
+    Route {
+        names: &["task_status"],
+        handler: |c, r| Box::pin(task_status(c, r)),
+    },
+    // Library circulation (see `crate::library`); the Spanish names older
+    // clients send are aliases.
+    Route {
+        names: &["query", "consulta"],
+        handler: |c, r| Box::pin(library::query(c, r)),
+    },
+    Route {
+        names: &["query_isbn"],
+        handler: |c, r| Box::pin(library::query_isbn(c, r)),
+    },
+    Route {
+        names: &["query_title"],
+        handler: |c, r| Box::pin(library::query_title(c, r)),
+    },
+    Route {
+        names: &["loan", "prestamo", "préstamo"],
+        handler: |c, r| Box::pin(library::loan(c, r)),
+    },
+    Route {
+        names: &["renew", "renovacion", "renovación"],
+        handler: |c, r| Box::pin(library::renew(c, r)),
+    },
+    Route {
+        names: &["return", "devolucion", "devolución"],
+        handler: |c, r| Box::pin(library::return_loan(c, r)),
+    },
+];
+
+/// Finds the route for `action`: trimmed, any case, any alias.
+pub fn route(action: &str) -> Option<&'static Route> {
+    let wanted = action.trim().to_lowercase();
+    ROUTES.iter().find(|r| r.names.contains(&wanted.as_str()))
+}
+
+/// A parsed request: the action as sent, the other fields, and the correlation
+/// id (the client's `correlation_id` when it is usable, a fresh one otherwise).
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub action: String,
+    pub fields: Map<String, Value>,
+    pub correlation_id: String,
+    /// When the reply is due; handlers that wait stop waiting before it.
+    pub deadline: Instant,
+}
+
+impl Request {
+    /// Reads the request frame. Only the envelope is checked here: a JSON
+    /// object with a string `action`.
+    pub fn parse(body: &[u8], deadline: Instant) -> Result<Self, WireError> {
+        if body.len() > MAX_REQUEST_BYTES {
+            return Err(WireError::new(
+                "payload_too_large",
+                format!(
+                    "the request is {} bytes; at most {MAX_REQUEST_BYTES} are accepted",
+                    body.len()
+                ),
+            ));
+        }
+        let value: Value = serde_json::from_slice(body).map_err(|e| {
+            WireError::new(
+                "malformed_json",
+                format!("the request is not valid JSON: {e}"),
+            )
+        })?;
+        let Value::Object(mut fields) = value else {
+            return Err(WireError::new(
+                "invalid_request",
+                "the request must be a JSON object such as {\"action\": \"task\", ...}",
+            ));
+        };
+        let action = match fields.remove("action") {
+            Some(Value::String(a)) => a,
+            Some(_) => {
+                return Err(WireError::new("invalid_field", "`action` must be a string")
+                    .with_field("action"));
+            }
+            None => {
+                return Err(
+                    WireError::new("missing_field", "the request has no `action`")
+                        .with_field("action"),
+                );
+            }
+        };
+        let correlation_id = fields
+            .get("correlation_id")
+            .and_then(Value::as_str)
+            .and_then(telemetry::sanitize_correlation_id)
+            .unwrap_or_else(telemetry::new_correlation_id);
+        Ok(Self {
+            action,
+            fields,
+            correlation_id,
+            deadline,
+        })
+    }
+
+    /// An optional string field, under its name or one of its aliases.
+    pub fn opt_str(&self, names: &[&str]) -> Result<Option<String>, WireError> {
+        for name in names {
+            match self.fields.get(*name) {
+                None | Some(Value::Null) => {}
+                Some(Value::String(s)) => return Ok(Some(s.clone())),
+                Some(_) => {
+                    return Err(WireError::new(
+                        "invalid_field",
+                        format!("`{name}` must be a string"),
+                    )
+                    .with_field(*name));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// A required string field, under its name or one of its aliases.
+    pub fn str_any(&self, names: &[&str]) -> Result<String, WireError> {
+        self.opt_str(names)?.ok_or_else(|| {
+            WireError::new(
+                "missing_field",
+                format!("the request has no `{}`", names[0]),
+            )
+            .with_field(names[0])
+        })
+    }
+
+    /// A required string field.
+    pub fn str(&self, name: &str) -> Result<&str, WireError> {
+        match self.fields.get(name) {
+            Some(Value::String(s)) => Ok(s),
+            Some(_) => Err(
+                WireError::new("invalid_field", format!("`{name}` must be a string"))
+                    .with_field(name),
+            ),
+            None => Err(
+                WireError::new("missing_field", format!("the request has no `{name}`"))
+                    .with_field(name),
+            ),
+        }
+    }
+
+    /// Time left before the reply is due, less a margin to send it in.
+    pub fn time_left(&self) -> Duration {
+        self.deadline
+            .saturating_duration_since(Instant::now())
+            .saturating_sub(Duration::from_millis(250))
+    }
+}
+
+/// Answers one request frame; never fails, every outcome is a reply (JSON text).
+pub async fn handle(commands: Commands, body: &[u8], deadline: Instant) -> String {
+    let request = match Request::parse(body, deadline) {
+        Ok(r) => r,
+        Err(e) => return error_reply(&e),
+    };
+    let Some(route) = route(&request.action) else {
+        let known: Vec<&str> = ROUTES
+            .iter()
+            .flat_map(|r| r.names.iter().copied())
+            .collect();
+        return error_reply(
+            &WireError::new(
+                "unknown_action",
+                format!(
+                    "unknown action `{}`; known actions: {}",
+                    request.action,
+                    known.join(", ")
+                ),
+            )
+            .with_field("action"),
+        );
+    };
+    let span = tracing::info_span!(
+        "zmq_request",
+        action = route.names[0],
+        correlation_id = %request.correlation_id
+    );
+    let reply = tracing::Instrument::instrument((route.handler)(commands, request), span).await;
+    match reply {
+        Ok(fields) => ok_reply(fields),
+        Err(e) => error_reply(&e),
+    }
+}
+
+/// `{"ok": true, ...fields}`, `ok` first.
+pub fn ok_reply(fields: Map<String, Value>) -> String {
+    #[derive(Serialize)]
+    struct Ok {
+        ok: bool,
+        #[serde(flatten)]
+        fields: Map<String, Value>,
+    }
+    to_text(&Ok { ok: true, fields })
+}
+
+/// `{"ok": false, "error": {"code", "message", ...}}`.
+pub fn error_reply(error: &WireError) -> String {
+    #[derive(Serialize)]
+    struct Failed<'a> {
+        ok: bool,
+        error: &'a WireError,
+    }
+    to_text(&Failed { ok: false, error })
+}
+
+/// `{"action": "task", "task": "fib", "payload": 30}`: submit, wait up to
+/// the task wait timeout, reply with the outcome or the state reached.
+async fn task(commands: Commands, request: Request) -> Reply {
+    let action = request.str("task")?.to_owned();
+    let payload = request
+        .fields
+        .get("payload")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let wait = commands
+        .settings()
+        .edge
+        .task_wait_timeout
+        .min(request.time_left());
+    let progress =
+        outcome::submit_and_wait(&commands, &action, payload, &request.correlation_id, wait)
+            .await
+            .map_err(|e| {
+                let mut e = WireError::from(e);
+                // In this request the task's action is named `task`.
+                if e.field.as_deref() == Some("action") {
+                    e.field = Some("task".into());
+                }
+                e
+            })?;
+    Ok(match progress {
+        Progress::Finished(task) => outcome::task_fields(&task),
+        Progress::Unfinished { id, state } => {
+            let mut fields = Map::new();
+            fields.insert("id".into(), json!(id));
+            fields.insert("action".into(), json!(action.trim().to_ascii_lowercase()));
+            fields.insert("state".into(), json!(state));
+            fields
+        }
+    })
+}
+
+/// `{"action": "task_status", "id": "..."}`.
+async fn task_status(commands: Commands, request: Request) -> Reply {
+    let raw = request.str("id")?;
+    let id = Uuid::parse_str(raw.trim()).map_err(|_| {
+        WireError::new(
+            "invalid_task_id",
+            format!("`{raw}` is not a task id (a UUID)"),
+        )
+        .with_field("id")
+    })?;
+    let task = commands.task(id).await?;
+    Ok(outcome::task_fields(&task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<Request, WireError> {
+        Request::parse(body.as_bytes(), Instant::now())
+    }
+
+    #[test]
+    fn actions_are_found_by_any_alias_in_any_case() {
+        for (sent, canonical) in [
+            ("task", "task"),
+            ("TASK_STATUS", "task_status"),
+            ("CONSULTA", "query"),
+            ("Prestamo", "loan"),
+            ("PRÉSTAMO", "loan"),
+            (" renovacion ", "renew"),
+            ("DEVOLUCIÓN", "return"),
+            ("query_isbn", "query_isbn"),
+        ] {
+            assert_eq!(route(sent).map(|r| r.names[0]), Some(canonical), "{sent}");
+        }
+        assert!(route("teleport").is_none());
+    }
+
+    #[test]
+    fn every_name_is_lower_case_and_used_once() {
+        let mut seen = std::collections::HashSet::new();
+        for name in ROUTES.iter().flat_map(|r| r.names.iter()) {
+            assert_eq!(*name, name.to_lowercase());
+            assert!(seen.insert(*name), "{name} is listed twice");
+        }
+    }
+
+    #[test]
+    fn unreadable_requests_say_what_is_wrong() {
+        assert_eq!(parse("{\"action\":").unwrap_err().code, "malformed_json");
+        assert_eq!(parse("[1, 2]").unwrap_err().code, "invalid_request");
+        let missing = parse("{\"task\": \"fib\"}").unwrap_err();
+        assert_eq!(
+            (missing.code, missing.field.as_deref()),
+            ("missing_field", Some("action"))
+        );
+        assert_eq!(parse("{\"action\": 7}").unwrap_err().code, "invalid_field");
+        let big = format!("{{\"action\": \"{}\"}}", "x".repeat(MAX_REQUEST_BYTES));
+        assert_eq!(parse(&big).unwrap_err().code, "payload_too_large");
+    }
+
+    #[test]
+    fn a_usable_correlation_id_is_kept_and_a_bad_one_replaced() {
+        let kept = parse(r#"{"action": "task", "correlation_id": "abc-1"}"#).unwrap();
+        assert_eq!(kept.correlation_id, "abc-1");
+        let replaced = parse(r#"{"action": "task", "correlation_id": "a b\n"}"#).unwrap();
+        assert_ne!(replaced.correlation_id, "a b\n");
+        assert!(!replaced.correlation_id.is_empty());
+    }
+
+    #[test]
+    fn replies_put_ok_first_and_errors_in_a_fixed_order() {
+        let mut fields = Map::new();
+        fields.insert("state".into(), json!("queued"));
+        fields.insert("id".into(), json!("x"));
+        assert_eq!(ok_reply(fields), r#"{"ok":true,"id":"x","state":"queued"}"#);
+        assert_eq!(
+            error_reply(&WireError::new("timeout", "late").with_field("task")),
+            r#"{"ok":false,"error":{"code":"timeout","message":"late","field":"task"}}"#
+        );
+    }
+
+    #[test]
+    fn string_fields_are_required_and_typed() {
+        let r = parse(r#"{"action": "task_status", "id": 5}"#).unwrap();
+        assert_eq!(r.str("id").unwrap_err().code, "invalid_field");
+        assert_eq!(r.str("isbn").unwrap_err().code, "missing_field");
+    }
+}

@@ -1,0 +1,202 @@
+//! bibliomq-edge: lets ZeroMQ and plain-TCP clients in.
+//!
+//! A thin transport over the command layer ([`bibliomq_core::commands`]),
+//! like the HTTP API: requests are turned into command calls and their
+//! answers (or [`bibliomq_core::error::CommandError`]s, by `code()` and
+//! `public_message()`) into each protocol's replies. No rule or validation
+//! lives here. Four sockets:
+//!
+//! - ZeroMQ requests (ROUTER; REQ clients): JSON requests, one reply each.
+//! - ZeroMQ event feed (PUB): the `bibliomq.events` exchange, topic = routing key.
+//! - Newline-delimited JSON task gateway (TCP).
+//! - Pipe text task gateway (TCP): `TASK|<id>|1,2,3` → `RESULT|<id>|6`.
+//!
+//! # Layout
+//! - [`requests`]: the ROUTER socket: envelopes, one task per request, timeouts.
+//! - [`dispatch`]: request parsing and the table from action name to handler.
+//! - [`library`]: the library actions (look-ups, loans, renewals, returns).
+//! - [`events`]: the PUB socket fed from RabbitMQ.
+//! - [`lines`]: the line-oriented TCP server both gateways share.
+//! - [`ndjson`], [`pipe`]: the two gateway protocols.
+//! - [`outcome`]: submitting a task and waiting for its outcome, and how a
+//!   task's row is shown.
+//! - [`wire`]: the one error type of every protocol.
+
+pub mod dispatch;
+pub mod events;
+pub mod library;
+pub mod lines;
+pub mod ndjson;
+pub mod outcome;
+pub mod pipe;
+pub mod requests;
+pub mod wire;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use bibliomq_core::{
+    broker::{Broker, Publisher, Topology},
+    commands::Commands,
+    config::Settings,
+    db,
+    metrics::Metrics,
+    storage::ObjectStore,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use zeromq::{Endpoint, PubSocket, RouterSocket, Socket};
+
+/// The ports the edge listens on (useful when they were configured as 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgePorts {
+    pub zmq_request: u16,
+    pub zmq_pub: u16,
+    pub ndjson: u16,
+    pub pipe: u16,
+}
+
+/// The edge, bound and ready to run.
+pub struct EdgeApp {
+    commands: Commands,
+    broker: Broker,
+    router: RouterSocket,
+    publisher: PubSocket,
+    ndjson: TcpListener,
+    pipe: TcpListener,
+    ports: EdgePorts,
+}
+
+impl EdgeApp {
+    /// Connects (lazily: starting while RabbitMQ or PostgreSQL is down is
+    /// fine, requests answer `unavailable` until they are back) and binds all
+    /// four sockets; port 0 picks a free port.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pool = db::pool(&settings.database)?;
+        if settings.database.migrate_on_start {
+            db::migrate(&pool)
+                .await
+                .context("Failed to apply migrations")?;
+        }
+        let broker = Broker::start(
+            &settings.amqp.url,
+            "bibliomq-edge",
+            Topology::new(&settings.tasks),
+        );
+        // As the API does: a normal start serves its first request with the
+        // broker in place, a broker that is down does not stop the start.
+        if !broker.wait_connected(Duration::from_secs(5)).await {
+            tracing::warn!(
+                "RabbitMQ is not reachable yet; requests answer `unavailable` until it is"
+            );
+        }
+        let metrics = Metrics::new();
+        let publisher = Publisher::new(
+            broker.clone(),
+            settings.amqp.confirm_timeout,
+            metrics.clone(),
+        );
+        let store = ObjectStore::new(&settings.s3);
+
+        let edge = &settings.edge;
+        let mut router = RouterSocket::new();
+        let zmq_request =
+            bind_zmq(&mut router, &edge.host, edge.zmq_request_port, "requests").await?;
+        let mut pub_socket = PubSocket::new();
+        let zmq_pub = bind_zmq(&mut pub_socket, &edge.host, edge.zmq_pub_port, "events").await?;
+        let ndjson = bind_tcp(&edge.host, edge.ndjson_port, "NDJSON gateway").await?;
+        let pipe = bind_tcp(&edge.host, edge.pipe_port, "pipe gateway").await?;
+        let ports = EdgePorts {
+            zmq_request,
+            zmq_pub,
+            ndjson: ndjson.local_addr()?.port(),
+            pipe: pipe.local_addr()?.port(),
+        };
+        let commands = Commands::new(
+            pool,
+            publisher,
+            store,
+            settings,
+            metrics,
+            bibliomq_core::clock::Clock::system(),
+        );
+        Ok(Self {
+            commands,
+            broker,
+            router,
+            publisher: pub_socket,
+            ndjson,
+            pipe,
+            ports,
+        })
+    }
+
+    pub fn ports(&self) -> EdgePorts {
+        self.ports
+    }
+
+    /// Serves until `shutdown` is cancelled: then every socket stops taking
+    /// requests, the requests in progress are answered (within the request
+    /// timeout), the sockets close and the broker connection last.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let edge = self.commands.settings().edge.clone();
+        tracing::info!(
+            host = %edge.host,
+            zmq_request = self.ports.zmq_request,
+            zmq_pub = self.ports.zmq_pub,
+            ndjson = self.ports.ndjson,
+            pipe = self.ports.pipe,
+            "edge listening"
+        );
+        // Each gateway line may take up to the request timeout, and a few
+        // more moments to be written.
+        let drain = edge.request_timeout + Duration::from_secs(2);
+        tokio::join!(
+            requests::serve(
+                self.router,
+                self.commands.clone(),
+                edge.request_timeout,
+                shutdown.clone(),
+            ),
+            events::serve(self.publisher, self.broker.clone(), shutdown.clone()),
+            lines::serve(
+                self.ndjson,
+                ndjson::Ndjson::new(self.commands.clone()),
+                shutdown.clone(),
+                drain,
+            ),
+            lines::serve(
+                self.pipe,
+                pipe::Pipe::new(self.commands.clone()),
+                shutdown.clone(),
+                drain,
+            ),
+        );
+        self.broker.close().await;
+        tracing::info!("edge stopped");
+        Ok(())
+    }
+}
+
+async fn bind_zmq(
+    socket: &mut impl Socket,
+    host: &str,
+    port: u16,
+    what: &str,
+) -> anyhow::Result<u16> {
+    let endpoint = format!("tcp://{host}:{port}");
+    match socket
+        .bind(&endpoint)
+        .await
+        .with_context(|| format!("Failed to bind the ZeroMQ {what} socket to {endpoint}"))?
+    {
+        Endpoint::Tcp(_, port) => Ok(port),
+        other => anyhow::bail!("the ZeroMQ {what} socket bound to {other}, not a TCP port"),
+    }
+}
+
+async fn bind_tcp(host: &str, port: u16, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind((host, port))
+        .await
+        .with_context(|| format!("Failed to bind the {what} to {host}:{port}"))
+}

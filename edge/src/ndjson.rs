@@ -1,0 +1,219 @@
+//! The newline-delimited JSON gateway. Each line is a task request,
+//! `{"id": 1, "action": "upper", "payload": "hola"}`, run through the real
+//! pipeline; the answer line carries the same `id`:
+//!
+//! ```text
+//! {"id":1,"status":"done","result":{"ok":true,"data":"HOLA"}}
+//! {"id":2,"status":"error","result":{"ok":false,"error":"...","code":"invalid_payload"}}
+//! ```
+//!
+//! `id` is optional (any JSON value, echoed; `null` when absent or unreadable).
+//! Answers come in the order of the lines (see [`crate::lines`]).
+
+use std::{future::Future, time::Duration};
+
+use bibliomq_core::{commands::Commands, telemetry};
+use serde::Serialize;
+use serde_json::Value;
+use tracing::Instrument;
+
+use crate::{
+    lines::{BadLine, BadReason, LineProtocol},
+    outcome::{self, Progress},
+    wire::{WireError, to_text},
+};
+
+/// An answer line: `{"id", "status", "result"}`, in that order.
+#[derive(Debug, Serialize)]
+struct Answer {
+    id: Value,
+    status: &'static str,
+    result: AnswerResult,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum AnswerResult {
+    Done {
+        ok: bool,
+        data: Value,
+    },
+    Error {
+        ok: bool,
+        error: String,
+        code: &'static str,
+    },
+}
+
+fn done(id: Value, data: Value) -> Answer {
+    Answer {
+        id,
+        status: "done",
+        result: AnswerResult::Done { ok: true, data },
+    }
+}
+
+fn error(id: Value, e: &WireError) -> Answer {
+    Answer {
+        id,
+        status: "error",
+        result: AnswerResult::Error {
+            ok: false,
+            error: e.message.clone(),
+            code: e.code,
+        },
+    }
+}
+
+#[derive(Clone)]
+pub struct Ndjson {
+    commands: Commands,
+}
+
+impl Ndjson {
+    pub fn new(commands: Commands) -> Self {
+        Self { commands }
+    }
+}
+
+impl LineProtocol for Ndjson {
+    const NAME: &'static str = "ndjson";
+
+    fn answer(
+        &self,
+        line: Result<String, BadLine>,
+    ) -> impl Future<Output = String> + Send + 'static {
+        let commands = self.commands.clone();
+        async move { to_text(&answer(commands, line).await) }
+    }
+}
+
+async fn answer(commands: Commands, line: Result<String, BadLine>) -> Answer {
+    let line = match line {
+        Ok(line) => line,
+        Err(bad) => {
+            let code = match bad.reason {
+                BadReason::TooLong => "line_too_long",
+                BadReason::NotUtf8 => "malformed_json",
+            };
+            return error(Value::Null, &WireError::new(code, bad.message()));
+        }
+    };
+    let (id, action, payload) = match parse(&line) {
+        Ok(request) => request,
+        Err((id, e)) => return error(id, &e),
+    };
+    let correlation_id = telemetry::new_correlation_id();
+    let span = tracing::info_span!("ndjson_request", %action, %correlation_id);
+    let limit = commands.settings().edge.request_timeout;
+    let run = run(&commands, &action, payload, &correlation_id, limit).instrument(span);
+    match tokio::time::timeout(limit, run).await {
+        Ok(Ok(data)) => done(id, data),
+        Ok(Err(e)) => error(id, &e),
+        Err(_) => error(id, &WireError::timeout(limit)),
+    }
+}
+
+/// Reads `id`, `action` and `payload` from a request line. The error keeps
+/// the id when it could be read, so the client can tell which line failed.
+fn parse(line: &str) -> Result<(Value, String, Value), (Value, WireError)> {
+    let request: Value = serde_json::from_str(line).map_err(|e| {
+        (
+            Value::Null,
+            WireError::new("malformed_json", format!("the line is not valid JSON: {e}")),
+        )
+    })?;
+    let Value::Object(mut fields) = request else {
+        return Err((
+            Value::Null,
+            WireError::new(
+                "invalid_request",
+                "each line must be a JSON object such as {\"id\": 1, \"action\": \"upper\", \"payload\": \"hola\"}",
+            ),
+        ));
+    };
+    let id = fields.remove("id").unwrap_or(Value::Null);
+    let action = match fields.remove("action") {
+        Some(Value::String(action)) => action,
+        Some(_) => {
+            return Err((
+                id,
+                WireError::new("invalid_field", "`action` must be a string").with_field("action"),
+            ));
+        }
+        None => {
+            return Err((
+                id,
+                WireError::new("missing_field", "the line has no `action`").with_field("action"),
+            ));
+        }
+    };
+    let payload = fields.remove("payload").unwrap_or(Value::Null);
+    Ok((id, action, payload))
+}
+
+async fn run(
+    commands: &Commands,
+    action: &str,
+    payload: Value,
+    correlation_id: &str,
+    limit: Duration,
+) -> Result<Value, WireError> {
+    // Stop waiting early enough to fetch a stored result and still answer in time.
+    let wait = commands
+        .settings()
+        .edge
+        .task_wait_timeout
+        .min(limit.saturating_sub(Duration::from_millis(500)));
+    match outcome::submit_and_wait(commands, action, payload, correlation_id, wait).await? {
+        Progress::Finished(task) if task.state == "succeeded" => {
+            outcome::result_value(commands, &task).await
+        }
+        Progress::Finished(task) => Err(outcome::failure(&task)),
+        Progress::Unfinished { id, state } => Err(outcome::still_going(id, &state, wait)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_request_line_gives_its_id_action_and_payload() {
+        let (id, action, payload) =
+            parse(r#"{"id": 1, "action": "upper", "payload": "hola"}"#).unwrap();
+        assert_eq!(
+            (id, action.as_str(), payload),
+            (json!(1), "upper", json!("hola"))
+        );
+    }
+
+    #[test]
+    fn a_line_without_action_keeps_its_id_in_the_error() {
+        let (id, e) = parse(r#"{"id": "x7", "payload": 1}"#).unwrap_err();
+        assert_eq!(id, json!("x7"));
+        assert_eq!(e.code, "missing_field");
+    }
+
+    #[test]
+    fn broken_json_is_an_error_without_id() {
+        let (id, e) = parse(r#"{"id": 3, "action": "#).unwrap_err();
+        assert_eq!((id, e.code), (Value::Null, "malformed_json"));
+        let (_, e) = parse("[1]").unwrap_err();
+        assert_eq!(e.code, "invalid_request");
+    }
+
+    #[test]
+    fn answers_have_the_legacy_shape_and_order() {
+        assert_eq!(
+            to_text(&done(json!(1), json!("HOLA"))),
+            r#"{"id":1,"status":"done","result":{"ok":true,"data":"HOLA"}}"#
+        );
+        assert_eq!(
+            to_text(&error(json!(4), &WireError::new("invalid_payload", "bad"))),
+            r#"{"id":4,"status":"error","result":{"ok":false,"error":"bad","code":"invalid_payload"}}"#
+        );
+    }
+}

@@ -1,0 +1,160 @@
+//! Running a task through the real pipeline for a client that waits for the
+//! answer: submit through the command layer, wait for the outcome, and turn
+//! the task's row into what the protocols send back.
+
+use std::time::Duration;
+
+use bibliomq_core::{
+    commands::Commands,
+    error::CommandError,
+    storage,
+    tasks::store::{TaskRecord, is_final},
+};
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use crate::wire::WireError;
+
+/// Largest stored (object storage) result the line gateways inline in an
+/// answer. Their clients read one line per answer; beyond this they are sent
+/// to the HTTP download instead of receiving a line of unbounded size.
+pub const MAX_FETCHED_RESULT: i64 = 16 * 1024 * 1024;
+
+/// Where a submitted task stood when the wait ended.
+#[derive(Debug)]
+pub enum Progress {
+    /// Succeeded, failed or dead.
+    Finished(Box<TaskRecord>),
+    /// Still queued or running when the wait ended.
+    Unfinished { id: Uuid, state: String },
+}
+
+/// Submits `action` with `payload` (validation is the command layer's) and
+/// waits up to `wait` for the outcome.
+pub async fn submit_and_wait(
+    commands: &Commands,
+    action: &str,
+    payload: Value,
+    correlation_id: &str,
+    wait: Duration,
+) -> Result<Progress, CommandError> {
+    let submitted = commands
+        .submit_task(action, payload, correlation_id)
+        .await?;
+    match commands.wait_for_task(submitted.id, wait).await {
+        Ok(task) if is_final(&task.state) => Ok(Progress::Finished(Box::new(task))),
+        Ok(task) => Ok(Progress::Unfinished {
+            id: task.id,
+            state: task.state,
+        }),
+        // The task was accepted and will run; only following it failed. Say
+        // what is certain (it is queued) rather than report an error for
+        // work that is going ahead.
+        Err(e) => {
+            tracing::warn!(error = %e, task_id = %submitted.id, "could not follow the submitted task");
+            Ok(Progress::Unfinished {
+                id: submitted.id,
+                state: submitted.state.to_owned(),
+            })
+        }
+    }
+}
+
+/// The HTTP path a task's result can be downloaded from.
+pub fn result_path(id: Uuid) -> String {
+    format!("/v1/tasks/{id}/result")
+}
+
+/// A task as the ZeroMQ replies show it: id, action, state, attempts, and
+/// the result inline, or where a large one is stored and its HTTP path, or
+/// why the task failed.
+pub fn task_fields(task: &TaskRecord) -> Map<String, Value> {
+    let mut fields = Map::new();
+    fields.insert("id".into(), json!(task.id));
+    fields.insert("action".into(), json!(task.action));
+    fields.insert("state".into(), json!(task.state));
+    fields.insert("attempts".into(), json!(task.attempts));
+    if task.state == "succeeded" {
+        match &task.result_object {
+            Some(object) => {
+                fields.insert("result_object".into(), json!(object));
+                fields.insert("result_path".into(), json!(result_path(task.id)));
+            }
+            None => {
+                fields.insert("result".into(), task.result.clone().unwrap_or(Value::Null));
+            }
+        }
+        if let Some(content_type) = &task.result_content_type {
+            fields.insert("content_type".into(), json!(content_type));
+        }
+    }
+    if let Some(error) = &task.error {
+        // Named apart from `error`, which in a reply means the request failed.
+        fields.insert("task_error".into(), json!(error));
+    }
+    fields.insert("created_at".into(), json!(task.created_at));
+    if let Some(finished) = task.finished_at {
+        fields.insert("finished_at".into(), json!(finished));
+    }
+    fields
+}
+
+/// The result of a succeeded task as a value, fetched from object storage
+/// when it was too large for PostgreSQL (for the line gateways, whose
+/// clients cannot follow a link). JSON results come back as JSON, text
+/// results (CSV) as a string.
+pub async fn result_value(commands: &Commands, task: &TaskRecord) -> Result<Value, WireError> {
+    let Some(object) = &task.result_object else {
+        return Ok(task.result.clone().unwrap_or(Value::Null));
+    };
+    if object.size > MAX_FETCHED_RESULT {
+        return Err(WireError::new(
+            "result_too_large",
+            format!(
+                "the result of task {} is {} bytes, more than this gateway sends; download it over HTTP at {}",
+                task.id,
+                object.size,
+                result_path(task.id)
+            ),
+        ));
+    }
+    let body = commands
+        .open_stored_result(&object.bucket, &object.key)
+        .await?;
+    let bytes = storage::collect(body).await.map_err(|e| {
+        tracing::warn!(error = %e, "reading a stored result failed");
+        WireError::new("unavailable", "object storage unavailable")
+    })?;
+    if object.content_type.starts_with("application/json") {
+        serde_json::from_slice(&bytes).map_err(|e| {
+            tracing::error!(error = %e, key = %object.key, "a stored JSON result does not parse");
+            WireError::new("internal", "internal error; it has been logged")
+        })
+    } else {
+        Ok(Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+    }
+}
+
+/// Why a finished task has no result, for the line gateways.
+pub fn failure(task: &TaskRecord) -> WireError {
+    WireError::new(
+        "task_failed",
+        format!(
+            "task {} {}: {}",
+            task.id,
+            task.state,
+            task.error.as_deref().unwrap_or("no reason recorded")
+        ),
+    )
+}
+
+/// A task still going when the gateway stopped waiting.
+pub fn still_going(id: Uuid, state: &str, waited: Duration) -> WireError {
+    WireError::new(
+        "not_finished",
+        format!(
+            "task {id} is still {state} after {} ms; follow it over HTTP at /v1/tasks/{id}",
+            waited.as_millis()
+        ),
+    )
+}

@@ -1,0 +1,190 @@
+//! The ZeroMQ request socket: a ROUTER, so that many REQ (or DEALER)
+//! clients are served at once. Each request runs in a task of its own and
+//! its reply goes back by the envelope (identity frames) it came with.
+//!
+//! Every request gets exactly one reply, within the edge request timeout:
+//! handler errors, unreadable frames and timeouts are all replies.
+
+use std::{sync::Arc, time::Duration};
+
+use bibliomq_core::commands::Commands;
+use bytes::Bytes;
+use tokio::{sync::Semaphore, time::Instant};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use zeromq::{RouterSocket, SocketRecv, SocketSend, ZmqMessage};
+
+use crate::{
+    dispatch::{self, error_reply},
+    wire::WireError,
+};
+
+/// How long a reply may wait for room in a slow client's send queue.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Requests handled at once. A REQ client has one request out at a time,
+/// but a DEALER may send any number; beyond this the socket is not read
+/// until some are answered, and TCP and the clients' own queues push back.
+const MAX_IN_FLIGHT: usize = 1024;
+
+/// Serves `socket` until `shutdown`, then stops reading requests, answers
+/// those in progress (each is bounded by `request_timeout`) and closes.
+pub async fn serve(
+    socket: RouterSocket,
+    commands: Commands,
+    request_timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    // Split so that replies, sent from the requests' own tasks, never wait
+    // behind the loop that receives.
+    let (send, mut recv) = socket.split();
+    let in_flight = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    loop {
+        let slot = tokio::select! {
+            () = shutdown.cancelled() => break,
+            slot = slots.clone().acquire_owned() => slot,
+        };
+        // The semaphore is never closed; an error would only mean it was.
+        let Ok(slot) = slot else { break };
+        let message = tokio::select! {
+            () = shutdown.cancelled() => break,
+            message = recv.recv() => message,
+        };
+        match message {
+            Ok(message) => {
+                let deadline = Instant::now() + request_timeout;
+                let commands = commands.clone();
+                let mut send = send.clone();
+                in_flight.spawn(async move {
+                    let _slot = slot;
+                    let Some(reply) = answer(commands, message, deadline, request_timeout).await
+                    else {
+                        return;
+                    };
+                    match tokio::time::timeout(SEND_TIMEOUT, send.send(reply)).await {
+                        Ok(Ok(())) => {}
+                        // The client went away before its answer: nothing to do.
+                        Ok(Err(e)) => tracing::debug!(error = %e, "reply not delivered"),
+                        Err(_) => tracing::warn!("reply dropped: the client is not reading"),
+                    }
+                });
+            }
+            Err(e) => {
+                // A broken peer; the socket itself goes on. The pause keeps a
+                // persistent fault from spinning this loop.
+                tracing::debug!(error = %e, "ZeroMQ receive failed");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+            }
+        }
+    }
+    drop(recv);
+    in_flight.close();
+    if tokio::time::timeout(request_timeout + SEND_TIMEOUT, in_flight.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("ZeroMQ requests still running at shutdown were abandoned");
+    }
+    // Dropping the last half closes the socket; queued replies are flushed
+    // by the connections' writers first.
+    drop(send);
+}
+
+/// The reply to one ROUTER message, addressed by its envelope. `None` for a
+/// message that has no return address at all.
+async fn answer(
+    commands: Commands,
+    message: ZmqMessage,
+    deadline: Instant,
+    request_timeout: Duration,
+) -> Option<ZmqMessage> {
+    let (envelope, body) = split_envelope(message.into_vec())?;
+    let reply = match body.as_slice() {
+        [frame] => {
+            match tokio::time::timeout_at(deadline, dispatch::handle(commands, frame, deadline))
+                .await
+            {
+                Ok(reply) => reply,
+                Err(_) => {
+                    tracing::warn!("a ZeroMQ request timed out");
+                    error_reply(&WireError::timeout(request_timeout))
+                }
+            }
+        }
+        [] => error_reply(&WireError::new(
+            "invalid_request",
+            "the request is empty; send one JSON object",
+        )),
+        _ => error_reply(&WireError::new(
+            "invalid_request",
+            "send the request as a single frame holding one JSON object",
+        )),
+    };
+    Some(address(envelope, reply))
+}
+
+/// Splits a ROUTER message into the envelope (the identity frames and the
+/// empty delimiter REQ adds) and the body. A DEALER that sends no delimiter
+/// has the identity alone as its envelope.
+fn split_envelope(frames: Vec<Bytes>) -> Option<(Vec<Bytes>, Vec<Bytes>)> {
+    if frames.is_empty() {
+        return None;
+    }
+    let cut = match frames.iter().position(Bytes::is_empty) {
+        Some(delimiter) => delimiter + 1,
+        None => 1,
+    };
+    let mut envelope = frames;
+    let body = envelope.split_off(cut);
+    Some((envelope, body))
+}
+
+fn address(envelope: Vec<Bytes>, reply: String) -> ZmqMessage {
+    let mut message = ZmqMessage::from(reply);
+    // The envelope goes in front of the body, last frame first.
+    for frame in envelope.into_iter().rev() {
+        message.push_front(frame);
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(parts: &[&'static str]) -> Vec<Bytes> {
+        parts
+            .iter()
+            .map(|p| Bytes::from_static(p.as_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn a_req_envelope_keeps_identity_and_delimiter() {
+        let (envelope, body) = split_envelope(frames(&["id", "", "{}"])).unwrap();
+        assert_eq!(envelope, frames(&["id", ""]));
+        assert_eq!(body, frames(&["{}"]));
+    }
+
+    #[test]
+    fn a_dealer_without_delimiter_is_answered_by_identity() {
+        let (envelope, body) = split_envelope(frames(&["id", "{}"])).unwrap();
+        assert_eq!(envelope, frames(&["id"]));
+        assert_eq!(body, frames(&["{}"]));
+    }
+
+    #[test]
+    fn a_reply_goes_behind_its_envelope() {
+        let message = address(frames(&["id", ""]), "{}".to_owned());
+        assert_eq!(message.into_vec(), frames(&["id", "", "{}"]));
+    }
+
+    #[test]
+    fn an_empty_request_leaves_an_empty_body() {
+        let (envelope, body) = split_envelope(frames(&["id", ""])).unwrap();
+        assert_eq!(envelope, frames(&["id", ""]));
+        assert!(body.is_empty());
+    }
+}
