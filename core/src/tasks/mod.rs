@@ -4,6 +4,7 @@
 //! message again with the same code, so a request that was accepted is a
 //! request the worker understands.
 
+mod decimal;
 mod message;
 mod report;
 mod run;
@@ -111,12 +112,7 @@ impl FromStr for Action {
     }
 }
 
-/// A number given to `sum`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Number {
-    Int(i64),
-    Float(f64),
-}
+pub use decimal::Decimal;
 
 /// How `greet` greets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,7 +134,7 @@ pub struct ReportSpec {
 pub enum TaskRequest {
     Echo(Value),
     Upper(String),
-    Sum(Vec<Number>),
+    Sum(Vec<Decimal>),
     Fib(u32),
     Sleep(Duration),
     Greet { name: String, language: Language },
@@ -226,29 +222,27 @@ fn integer(v: &Value, field: &str, min: u64, max: u64) -> Result<u64, Invalid> {
     Ok(n)
 }
 
-fn parse_numbers(v: &Value) -> Result<Vec<Number>, Invalid> {
-    let items: Vec<Number> = match v {
+fn parse_numbers(v: &Value) -> Result<Vec<Decimal>, Invalid> {
+    let items: Vec<Decimal> = match v {
         Value::String(s) => s
             .split([',', ';'])
             .map(str::trim)
             .enumerate()
-            .map(|(i, t)| parse_number_text(t).ok_or_else(|| not_a_number(i, &format!("{t:?}"))))
+            .map(|(i, t)| Decimal::parse(t).ok_or_else(|| not_a_number(i, &format!("{t:?}"))))
             .collect::<Result<_, _>>()?,
-        Value::Array(a) => {
-            a.iter()
-                .enumerate()
-                .map(|(i, x)| match x {
-                    Value::Number(n) => n
-                        .as_i64()
-                        .map(Number::Int)
-                        .or_else(|| n.as_f64().map(Number::Float))
-                        .ok_or_else(|| not_a_number(i, &n.to_string())),
-                    Value::String(s) => parse_number_text(s.trim())
-                        .ok_or_else(|| not_a_number(i, &format!("{s:?}"))),
-                    other => Err(not_a_number(i, kind(other))),
-                })
-                .collect::<Result<_, _>>()?
-        }
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .map(|(i, x)| match x {
+                Value::Number(n) => {
+                    Decimal::from_json(n).ok_or_else(|| not_a_number(i, &n.to_string()))
+                }
+                Value::String(s) => {
+                    Decimal::parse(s).ok_or_else(|| not_a_number(i, &format!("{s:?}")))
+                }
+                other => Err(not_a_number(i, kind(other))),
+            })
+            .collect::<Result<_, _>>()?,
         other => {
             return Err(bad(
                 "payload",
@@ -269,16 +263,6 @@ fn parse_numbers(v: &Value) -> Result<Vec<Number>, Invalid> {
         ));
     }
     Ok(items)
-}
-
-fn parse_number_text(t: &str) -> Option<Number> {
-    if let Ok(i) = t.parse::<i64>() {
-        return Some(Number::Int(i));
-    }
-    t.parse::<f64>()
-        .ok()
-        .filter(|f| f.is_finite())
-        .map(Number::Float)
 }
 
 fn not_a_number(index: usize, what: &str) -> Invalid {
@@ -362,7 +346,7 @@ mod tests {
 
     #[test]
     fn sum_accepts_a_string_or_an_array() {
-        let expected = TaskRequest::Sum((1..=5).map(Number::Int).collect());
+        let expected = TaskRequest::Sum((1..=5).map(Decimal::from_int).collect());
         assert_eq!(parse("sum", json!("1,2,3,4,5")).unwrap(), expected);
         assert_eq!(parse("sum", json!([1, 2, 3, 4, 5])).unwrap(), expected);
         assert_eq!(parse("sum", json!(" 1 , 2,3 ,4,5 ")).unwrap(), expected);

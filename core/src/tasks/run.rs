@@ -8,7 +8,7 @@ use bytes::Bytes;
 use num_bigint::BigUint;
 use serde_json::{Value, json};
 
-use super::{Language, Number, TaskRequest, report};
+use super::{Decimal, Language, TaskRequest, report};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContentType {
@@ -83,14 +83,14 @@ pub async fn run(request: TaskRequest) -> Result<TaskOutput, TaskFailure> {
                 &json!({ "slept_ms": u64::try_from(d.as_millis()).unwrap_or(u64::MAX) }),
             ))
         }
-        TaskRequest::Sum(numbers) if numbers.len() <= 1_000 => Ok(sum(&numbers)),
+        TaskRequest::Sum(numbers) if numbers.len() <= 1_000 => sum(&numbers),
         other => blocking(move || run_heavy(other)).await,
     }
 }
 
 fn run_heavy(request: TaskRequest) -> Result<TaskOutput, TaskFailure> {
     match request {
-        TaskRequest::Sum(numbers) => Ok(sum(&numbers)),
+        TaskRequest::Sum(numbers) => sum(&numbers),
         TaskRequest::Fib(n) => Ok(TaskOutput::json(&Value::String(fib(n).to_string()))),
         TaskRequest::Primes(limit) => Ok(primes(limit)),
         TaskRequest::Wordcount(text) => Ok(wordcount(&text)),
@@ -126,30 +126,12 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-fn sum(numbers: &[Number]) -> TaskOutput {
-    let all_ints = numbers.iter().all(|n| matches!(n, Number::Int(_)));
-    let value = if all_ints {
-        let total: i128 = numbers
-            .iter()
-            .map(|n| match n {
-                Number::Int(i) => i128::from(*i),
-                Number::Float(_) => 0,
-            })
-            .sum();
-        // Sums beyond i64 stay exact as a decimal string.
-        i64::try_from(total).map_or_else(|_| Value::String(total.to_string()), Value::from)
-    } else {
-        let total: f64 = numbers
-            .iter()
-            .map(|n| match n {
-                #[allow(clippy::cast_precision_loss)]
-                Number::Int(i) => *i as f64,
-                Number::Float(f) => *f,
-            })
-            .sum();
-        Value::from(total)
-    };
-    TaskOutput::json(&value)
+fn sum(numbers: &[Decimal]) -> Result<TaskOutput, TaskFailure> {
+    numbers
+        .iter()
+        .try_fold(Decimal::from_int(0), |total, n| total.checked_add(*n))
+        .map(|total| TaskOutput::json(&total.to_json()))
+        .ok_or_else(|| TaskFailure::Rejected("the sum is too large to compute exactly".to_owned()))
 }
 
 /// The n-th Fibonacci number by fast doubling: O(log n) big multiplications.
@@ -243,6 +225,8 @@ mod tests {
     async fn small_actions_give_the_expected_results() {
         assert_eq!(run_json(Action::Sum, json!("1,2,3,4,5")).await, json!(15));
         assert_eq!(run_json(Action::Sum, json!([1.5, 2])).await, json!(3.5));
+        assert_eq!(run_json(Action::Sum, json!("0.1,0.2")).await, json!(0.3));
+        assert_eq!(run_json(Action::Sum, json!([0.1, 0.2])).await, json!(0.3));
         assert_eq!(
             run_json(Action::Sum, json!([i64::MAX, i64::MAX])).await,
             json!("18446744073709551614")
