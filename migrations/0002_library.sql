@@ -38,17 +38,21 @@ CREATE TABLE patrons (
     name text NOT NULL
 );
 
+-- No foreign keys to `branches` here or below: every checked insert would
+-- lock one of a handful of branch rows, and all loans would queue on them.
+-- Branch codes are checked against the configuration before anything is
+-- written.
 CREATE TABLE loans (
     id          uuid PRIMARY KEY,
     copy_id     bigint NOT NULL REFERENCES copies,
     patron_id   text NOT NULL REFERENCES patrons,
     -- Where the copy was lent from (the copy's branch).
-    branch      text NOT NULL REFERENCES branches,
+    branch      text NOT NULL,
     loaned_at   timestamptz NOT NULL,
     due_at      timestamptz NOT NULL,
     renewals    integer NOT NULL DEFAULT 0,
     returned_at timestamptz,
-    returned_branch text REFERENCES branches,
+    returned_branch text,
     CHECK (due_at > loaned_at)
 );
 -- Never two open loans of one copy, whatever races happen.
@@ -64,9 +68,11 @@ CREATE TABLE operations (
     state           text NOT NULL CHECK (state IN ('pending', 'applied', 'rejected')),
     -- Loans: the client's Idempotency-Key, and what the request was, so a
     -- key reused for a different request is caught.
-    idempotency_key text UNIQUE,
+    idempotency_key text,
     fingerprint     text,
-    loan_id         uuid REFERENCES loans,
+    -- Not a foreign key: the loan is found (or made) in the same statement,
+    -- and a checked reference would lock the loan row on every insert.
+    loan_id         uuid,
     isbn            text,
     patron_id       text,
     branch          text NOT NULL,
@@ -77,7 +83,8 @@ CREATE TABLE operations (
     requested_at    timestamptz NOT NULL,
     settled_at      timestamptz
 );
-CREATE INDEX operations_by_loan ON operations (loan_id);
+CREATE UNIQUE INDEX operations_idempotency_key ON operations (idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
 
 -- Append-only: one row per settled operation. Never updated or deleted.
 CREATE TABLE circulation_history (
@@ -109,21 +116,26 @@ CREATE TRIGGER circulation_history_append_only
 -- The rules' numbers (loan period, limits) come from the caller's
 -- configuration; the functions apply them atomically, under row locks.
 
+-- Records how an operation was settled: a loan's row is written here (loans
+-- are settled the moment they are asked for); a renewal's or return's
+-- `pending` row is updated.
 CREATE FUNCTION library_settle(
     p_op uuid, p_kind text, p_state text, p_reason text, p_outcome jsonb,
     p_key text, p_fingerprint text, p_loan uuid, p_copy bigint, p_isbn text,
     p_patron text, p_branch text, p_now timestamptz, p_correlation text
 ) RETURNS jsonb LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO operations (id, kind, state, idempotency_key, fingerprint, loan_id, isbn,
-                            patron_id, branch, reason, outcome, correlation_id,
-                            requested_at, settled_at)
-    VALUES (p_op, p_kind, p_state, p_key, p_fingerprint, p_loan, p_isbn, p_patron, p_branch,
-            p_reason, p_outcome, p_correlation, p_now, p_now)
-    ON CONFLICT (id) DO UPDATE
-        SET state = EXCLUDED.state, reason = EXCLUDED.reason, outcome = EXCLUDED.outcome,
-            loan_id = coalesce(operations.loan_id, EXCLUDED.loan_id),
-            settled_at = EXCLUDED.settled_at;
+    IF p_kind = 'loan' THEN
+        INSERT INTO operations (id, kind, state, idempotency_key, fingerprint, loan_id, isbn,
+                                patron_id, branch, reason, outcome, correlation_id,
+                                requested_at, settled_at)
+        VALUES (p_op, p_kind, p_state, p_key, p_fingerprint, p_loan, p_isbn, p_patron,
+                p_branch, p_reason, p_outcome, p_correlation, p_now, p_now);
+    ELSE
+        UPDATE operations SET state = p_state, reason = p_reason, outcome = p_outcome,
+                              settled_at = p_now
+         WHERE id = p_op;
+    END IF;
     INSERT INTO circulation_history (at, operation_id, kind, outcome, reason, loan_id, copy_id,
                                      isbn, patron_id, branch, details)
     VALUES (p_now, p_op, p_kind, p_state, p_reason, p_loan, p_copy, p_isbn, p_patron, p_branch,

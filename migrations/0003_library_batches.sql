@@ -82,6 +82,9 @@ CREATE FUNCTION library_request_batch(
                                 requested_at, correlation_id)
         SELECT p.op, p.kind, 'pending', p.loan_id, p.isbn, p.patron, p.branch, p.at, p.corr
           FROM picked p WHERE p.loan_id IS NOT NULL
+          -- The foreign key check locks each loan (KEY SHARE); taking them
+          -- in loan order, as the workers do, keeps the two from deadlocking.
+         ORDER BY p.loan_id
         RETURNING id
     )
     SELECT p.op, p.loan_id, p.isbn, p.patron, p.due_at

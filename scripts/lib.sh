@@ -245,6 +245,8 @@ start_bench_stack() {
   export BIBLIOMQ_API_PORT=$port
   export BIBLIOMQ_S3_KEY_PREFIX="bench/"
   export RUST_LOG="${RUST_LOG:-warn}"
+  # Capturing a backtrace for every error costs time and memory under load.
+  export RUST_LIB_BACKTRACE="${RUST_LIB_BACKTRACE:-0}"
   BENCH_URL="http://127.0.0.1:$port"
   BENCH_DB_URL="$BIBLIOMQ_DATABASE_URL"
   local logs="$BIBLIOMQ_STATE_DIR/bench"

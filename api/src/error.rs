@@ -77,7 +77,7 @@ impl From<CommandError> for ApiError {
             }
             CommandError::Timeout(_) => Self::new(StatusCode::GATEWAY_TIMEOUT, code, message),
             CommandError::Internal(err) => {
-                tracing::error!(error = ?err, "internal error");
+                tracing::error!(error = %format!("{err:#}"), "internal error");
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, code, message)
             }
         }

@@ -72,7 +72,7 @@ impl From<CommandError> for WireError {
             },
             CommandError::Internal(err) => {
                 // The cause goes to the log only; the client sees the generic message.
-                tracing::error!(error = ?err, "internal error");
+                tracing::error!(error = %format!("{err:#}"), "internal error");
                 Self::new(code, message)
             }
             CommandError::Unavailable(_) => {

@@ -81,16 +81,7 @@ impl LibraryDeps {
     }
 }
 
-/// Errors that only mean "two transactions met": worth running the items
-/// again one by one.
-fn is_contention(e: &tokio_postgres::Error) -> bool {
-    use tokio_postgres::error::SqlState;
-    e.code().is_some_and(|c| {
-        *c == SqlState::UNIQUE_VIOLATION
-            || *c == SqlState::T_R_DEADLOCK_DETECTED
-            || *c == SqlState::T_R_SERIALIZATION_FAILURE
-    })
-}
+use bibliomq_core::db::is_contention;
 
 type LoanBatcher = Batcher<LoanItem, Value, DbFailure>;
 type SettleBatcher = Batcher<Uuid, Option<Value>, DbFailure>;

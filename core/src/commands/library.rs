@@ -32,7 +32,15 @@ pub(super) fn request_inserter(pool: deadpool_postgres::Pool) -> RequestInserter
         let pool = pool.clone();
         async move {
             let client = pool.get().await?;
-            Ok(store::record_requests(&client, &requests).await?)
+            // A deadlock with a worker's batch is resolved by PostgreSQL
+            // aborting one side; trying again is then safe.
+            let mut tries = 0;
+            loop {
+                match store::record_requests(&client, &requests).await {
+                    Err(e) if tries < 3 && crate::db::is_contention(&e) => tries += 1,
+                    other => return Ok(other?),
+                }
+            }
         }
     })
 }

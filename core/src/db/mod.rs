@@ -51,6 +51,17 @@ pub fn is_unavailable(err: &deadpool_postgres::PoolError) -> bool {
     }
 }
 
+/// Errors that only mean two transactions met (a unique key taken at the
+/// same instant, a deadlock, a serialization failure): trying again is safe.
+pub fn is_contention(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.code().is_some_and(|c| {
+        *c == SqlState::UNIQUE_VIOLATION
+            || *c == SqlState::T_R_DEADLOCK_DETECTED
+            || *c == SqlState::T_R_SERIALIZATION_FAILURE
+    })
+}
+
 /// A database failure that can be shared by every item of a batch.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
