@@ -3,10 +3,10 @@
 //! stop taking new deliveries, let the in-flight ones finish, and after the
 //! drain time tell them to give their message back.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
 use bibliomq_core::broker::Broker;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::{
     message::Delivery,
     options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicRejectOptions},
@@ -69,7 +69,20 @@ pub async fn run<H: Handler>(
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
                         let handler = handler.clone();
-                        tracker.spawn(handler.handle(delivery, stop.abandon.clone()));
+                        let acker = delivery.acker.clone();
+                        let work = handler.handle(delivery, stop.abandon.clone());
+                        let queue = queue.to_owned();
+                        tracker.spawn(async move {
+                            // A panic must not strand the delivery unacked on a
+                            // live channel: hand it back. Redelivered again and
+                            // again, it is caught as poison by its handler.
+                            if AssertUnwindSafe(work).catch_unwind().await.is_err() {
+                                tracing::error!(%queue, "a handler panicked; requeueing its delivery");
+                                let _ = acker
+                                    .nack(BasicNackOptions { requeue: true, multiple: false })
+                                    .await;
+                            }
+                        });
                     }
                     Some(Err(e)) => {
                         tracing::warn!(queue, error = %e, "consumer failed; resubscribing");

@@ -245,6 +245,14 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_panic_inside_a_task_fails_that_task_only() {
+        let failed = blocking::<()>(|| panic!("boom")).await.unwrap_err();
+        assert_eq!(failed, TaskFailure::Panicked("boom".to_owned()));
+        // The runtime carries on.
+        assert_eq!(run_json(Action::Sum, json!("2,2")).await, json!(4));
+    }
+
     #[test]
     fn fib_is_exact() {
         assert_eq!(fib(0).to_string(), "0");
