@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use crate::stats::{CpuSnapshot, ms, percentile, rss_mib};
+use crate::stats::{CpuSnapshot, cpu_json, memory_json, ms, percentile, print_resources};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -35,18 +35,10 @@ pub struct Args {
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// Process ids whose peak memory to report, as name=pid.
-    #[arg(long = "process", value_parser = parse_process)]
+    #[arg(long = "process", value_parser = crate::stats::parse_process)]
     processes: Vec<(String, u32)>,
     #[arg(long)]
     json: bool,
-}
-
-fn parse_process(s: &str) -> Result<(String, u32), String> {
-    let (name, pid) = s.split_once('=').ok_or("expected name=pid")?;
-    Ok((
-        name.to_owned(),
-        pid.parse().map_err(|_| "pid must be a number")?,
-    ))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -256,14 +248,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let per_sec = window.filter(|w| *w > 0.0).map_or(0.0, |w| n as f64 / w);
         settled_json.push(json!({"kind": kind, "state": state, "count": n, "per_sec": per_sec}));
     }
-    let memory: Vec<Value> = args
-        .processes
-        .iter()
-        .filter_map(|(name, pid)| {
-            rss_mib(*pid)
-                .map(|(peak, now)| json!({"process": name, "peak_rss_mib": peak, "rss_mib": now}))
-        })
-        .collect();
+    let memory = memory_json(&args.processes);
     #[allow(clippy::cast_precision_loss)]
     let report = json!({
         "operations": args.ops,
@@ -282,7 +267,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "renewals_and_returns": settled_json,
         "failures": failures,
         "memory": memory,
-        "cpu_ms_per_operation": cpu.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "cpu_ms_per_operation": cpu_json(&cpu),
     });
     if args.json {
         println!("{report:#}");
@@ -319,21 +304,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             );
         }
         println!("failures              {failures} (transport errors and 5xx)");
-        for m in &memory {
-            println!(
-                "peak RSS {:<12}  {:.1} MiB",
-                m["process"].as_str().unwrap_or("?"),
-                m["peak_rss_mib"].as_f64().unwrap_or(0.0)
-            );
-        }
-        let total: f64 = cpu.iter().map(|(_, v)| v).sum();
-        println!(
-            "CPU per operation     {total:.2} ms: {}",
-            cpu.iter()
-                .map(|(k, v)| format!("{k} {v:.2}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        print_resources(&memory, &cpu, "operation");
     }
     if failures > 0 {
         bail!("{failures} operations failed");

@@ -112,3 +112,48 @@ impl CpuSnapshot {
             .collect()
     }
 }
+
+/// Peak and current memory of the named processes, as JSON rows.
+pub fn memory_json(processes: &[(String, u32)]) -> Vec<serde_json::Value> {
+    processes
+        .iter()
+        .filter_map(|(name, pid)| {
+            rss_mib(*pid).map(|(peak, now)| {
+                serde_json::json!({"process": name, "peak_rss_mib": peak, "rss_mib": now})
+            })
+        })
+        .collect()
+}
+
+/// CPU per operation as a JSON object, by kind of process.
+pub fn cpu_json(cpu: &[(String, f64)]) -> serde_json::Value {
+    serde_json::Value::Object(
+        cpu.iter()
+            .map(|(k, v)| (k.clone(), serde_json::json!(v)))
+            .collect(),
+    )
+}
+
+/// Prints the memory rows and the CPU per operation, the way both
+/// benchmarks end their report.
+pub fn print_resources(memory: &[serde_json::Value], cpu: &[(String, f64)], per: &str) {
+    for m in memory {
+        println!(
+            "peak RSS {:<12}  {:.1} MiB",
+            m["process"].as_str().unwrap_or("?"),
+            m["peak_rss_mib"].as_f64().unwrap_or(0.0)
+        );
+    }
+    let total: f64 = cpu.iter().map(|(_, v)| v).sum();
+    let parts: Vec<String> = cpu.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
+    println!("CPU per {per:<13} {total:.2} ms: {}", parts.join(", "));
+}
+
+/// Reads `name=pid` (the `--process` option).
+pub fn parse_process(s: &str) -> Result<(String, u32), String> {
+    let (name, pid) = s.split_once('=').ok_or("expected name=pid")?;
+    Ok((
+        name.to_owned(),
+        pid.parse().map_err(|_| "pid must be a number")?,
+    ))
+}

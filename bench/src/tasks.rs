@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::stats::{CpuSnapshot, ms, percentile, rss_mib};
+use crate::stats::{CpuSnapshot, cpu_json, memory_json, ms, percentile, print_resources};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -38,19 +38,11 @@ pub struct Args {
     #[arg(long, default_value_t = 1_000)]
     warmup: usize,
     /// Process ids whose peak memory to report, as name=pid.
-    #[arg(long = "process", value_parser = parse_process)]
+    #[arg(long = "process", value_parser = crate::stats::parse_process)]
     processes: Vec<(String, u32)>,
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
-}
-
-fn parse_process(s: &str) -> Result<(String, u32), String> {
-    let (name, pid) = s.split_once('=').ok_or("expected name=pid")?;
-    Ok((
-        name.to_owned(),
-        pid.parse().map_err(|_| "pid must be a number")?,
-    ))
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -114,14 +106,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     #[allow(clippy::cast_precision_loss)]
     let submit_rate = ids.len() as f64 / submit_elapsed.as_secs_f64();
 
-    let memory: Vec<Value> = args
-        .processes
-        .iter()
-        .filter_map(|(name, pid)| {
-            rss_mib(*pid)
-                .map(|(peak, now)| json!({"process": name, "peak_rss_mib": peak, "rss_mib": now}))
-        })
-        .collect();
+    let memory = memory_json(&args.processes);
     let report = json!({
         "action": args.action,
         "tasks": ids.len(),
@@ -134,7 +119,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "submit_ms": {"p50": ms(percentile(&submit_latencies, 50.0)), "p99": ms(percentile(&submit_latencies, 99.0))},
         "submit_to_done_ms": {"p50": ms(percentile(&e2e, 50.0)), "p99": ms(percentile(&e2e, 99.0)), "max": ms(percentile(&e2e, 100.0))},
         "memory": memory,
-        "cpu_ms_per_task": cpu.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "cpu_ms_per_task": cpu_json(&cpu),
     });
     if args.json {
         println!("{report:#}");
@@ -162,13 +147,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         println!(
             "failures              {failures} submissions refused, {not_succeeded} tasks not succeeded"
         );
-        for m in &memory {
-            println!(
-                "peak RSS {:<12}  {:.1} MiB",
-                m["process"].as_str().unwrap_or("?"),
-                m["peak_rss_mib"].as_f64().unwrap_or(0.0)
-            );
-        }
+        print_resources(&memory, &cpu, "task");
     }
     if failures > 0 || not_succeeded > 0 {
         bail!("{failures} submissions failed and {not_succeeded} tasks did not succeed");
