@@ -21,10 +21,8 @@ use crate::stats::{CpuSnapshot, cpu_json, memory_json, ms, percentile, print_res
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    url: String,
-    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/bibliomq")]
-    database_url: String,
+    #[command(flatten)]
+    target: crate::Target,
     /// Operations to send (about half of them loans).
     #[arg(long, default_value_t = 20_000)]
     ops: usize,
@@ -34,11 +32,6 @@ pub struct Args {
     /// Most operations in flight at once.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    /// Process ids whose peak memory to report, as name=pid.
-    #[arg(long = "process", value_parser = crate::stats::parse_process)]
-    processes: Vec<(String, u32)>,
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -68,7 +61,7 @@ impl Rng {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let (db, conn) = tokio_postgres::connect(&args.database_url, tokio_postgres::NoTls)
+    let (db, conn) = tokio_postgres::connect(&args.target.database_url, tokio_postgres::NoTls)
         .await
         .context("cannot reach the database")?;
     tokio::spawn(conn);
@@ -98,7 +91,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .pool_max_idle_per_host(args.concurrency)
         .timeout(Duration::from_secs(30))
         .build()?;
-    let base = args.url.trim_end_matches('/').to_owned();
+    let base = args.target.url.trim_end_matches('/').to_owned();
     let open_loans: Arc<Mutex<Vec<Uuid>>> = Arc::new(Mutex::new(Vec::new()));
     let tally = Arc::new(Mutex::new(Tally::default()));
     let permits = Arc::new(Semaphore::new(args.concurrency.max(1)));
@@ -248,7 +241,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let per_sec = window.filter(|w| *w > 0.0).map_or(0.0, |w| n as f64 / w);
         settled_json.push(json!({"kind": kind, "state": state, "count": n, "per_sec": per_sec}));
     }
-    let memory = memory_json(&args.processes);
+    let memory = memory_json(&args.target.processes);
     #[allow(clippy::cast_precision_loss)]
     let report = json!({
         "operations": args.ops,
@@ -269,7 +262,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "memory": memory,
         "cpu_ms_per_operation": cpu_json(&cpu),
     });
-    if args.json {
+    if args.target.json {
         println!("{report:#}");
     } else {
         println!(

@@ -25,6 +25,23 @@ enum Command {
     Library(library::Args),
 }
 
+/// What a benchmark runs against, and how it reports.
+#[derive(clap::Args)]
+pub struct Target {
+    /// Base URL of the API.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// PostgreSQL database the workers write to (completion times are read there).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/bibliomq")]
+    database_url: String,
+    /// Process ids whose peak memory to report, as name=pid.
+    #[arg(long = "process", value_parser = stats::parse_process)]
+    processes: Vec<(String, u32)>,
+    /// Print the results as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {

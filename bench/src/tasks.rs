@@ -16,12 +16,8 @@ use crate::stats::{CpuSnapshot, cpu_json, memory_json, ms, percentile, print_res
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Base URL of the API.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    url: String,
-    /// PostgreSQL database the workers write to (completion times are read there).
-    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/bibliomq")]
-    database_url: String,
+    #[command(flatten)]
+    target: crate::Target,
     /// Tasks to submit.
     #[arg(long, default_value_t = 20_000)]
     count: usize,
@@ -37,12 +33,6 @@ pub struct Args {
     /// Tasks run first and left out of the numbers.
     #[arg(long, default_value_t = 1_000)]
     warmup: usize,
-    /// Process ids whose peak memory to report, as name=pid.
-    #[arg(long = "process", value_parser = crate::stats::parse_process)]
-    processes: Vec<(String, u32)>,
-    /// Print the results as JSON.
-    #[arg(long)]
-    json: bool,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -51,7 +41,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .pool_max_idle_per_host(args.concurrency)
         .timeout(Duration::from_secs(30))
         .build()?;
-    let (db, conn) = tokio_postgres::connect(&args.database_url, tokio_postgres::NoTls)
+    let (db, conn) = tokio_postgres::connect(&args.target.database_url, tokio_postgres::NoTls)
         .await
         .context("cannot reach the database")?;
     tokio::spawn(conn);
@@ -106,7 +96,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     #[allow(clippy::cast_precision_loss)]
     let submit_rate = ids.len() as f64 / submit_elapsed.as_secs_f64();
 
-    let memory = memory_json(&args.processes);
+    let memory = memory_json(&args.target.processes);
     let report = json!({
         "action": args.action,
         "tasks": ids.len(),
@@ -121,7 +111,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "memory": memory,
         "cpu_ms_per_task": cpu_json(&cpu),
     });
-    if args.json {
+    if args.target.json {
         println!("{report:#}");
     } else {
         println!(
@@ -163,7 +153,10 @@ async fn submit_all(
 ) -> anyhow::Result<(Vec<Uuid>, Vec<Duration>, usize)> {
     let next = Arc::new(AtomicUsize::new(0));
     let body = Arc::new(json!({"action": args.action, "payload": payload}).to_string());
-    let url = Arc::new(format!("{}/v1/tasks", args.url.trim_end_matches('/')));
+    let url = Arc::new(format!(
+        "{}/v1/tasks",
+        args.target.url.trim_end_matches('/')
+    ));
     let mut clients = Vec::new();
     for _ in 0..args.concurrency.max(1) {
         let (http, next, body, url) = (http.clone(), next.clone(), body.clone(), url.clone());

@@ -206,20 +206,7 @@ async fn search(
     QueryParams(q): QueryParams<SearchQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let query = q.title.or(q.q).unwrap_or_default();
-    let limit = q
-        .limit
-        .as_deref()
-        .map(|l| {
-            l.parse::<i64>().map_err(|_| {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_limit",
-                    format!("limit must be a whole number, got `{l}`"),
-                )
-                .with_field("limit")
-            })
-        })
-        .transpose()?;
+    let limit = super::parse_limit(q.limit.as_deref())?;
     let books = state.commands.search_books(&query, limit).await?;
     Ok(Json(json!({ "query": query, "books": books })))
 }

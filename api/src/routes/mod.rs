@@ -28,3 +28,19 @@ async fn method_not_allowed() -> impl IntoResponse {
         "this route does not accept that method",
     )
 }
+
+/// The `limit` query parameter, when given: a whole number (the command
+/// layer checks its range).
+fn parse_limit(raw: Option<&str>) -> Result<Option<i64>, ApiError> {
+    raw.map(|l| {
+        l.parse::<i64>().map_err(|_| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_limit",
+                format!("limit must be a whole number, got `{l}`"),
+            )
+            .with_field("limit")
+        })
+    })
+    .transpose()
+}

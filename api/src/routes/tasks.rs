@@ -107,20 +107,7 @@ async fn list(
     State(state): State<AppState>,
     QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = q
-        .limit
-        .as_deref()
-        .map(|l| {
-            l.parse::<i64>().map_err(|_| {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_limit",
-                    format!("limit must be a whole number, got `{l}`"),
-                )
-                .with_field("limit")
-            })
-        })
-        .transpose()?;
+    let limit = super::parse_limit(q.limit.as_deref())?;
     let before = q.before.as_deref().map(parse_id).transpose()?;
     let tasks = state
         .commands
