@@ -8,3 +8,4 @@ mod library;
 mod resilience;
 mod restarts;
 mod tasks;
+mod web;
