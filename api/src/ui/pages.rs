@@ -69,10 +69,11 @@ struct Page<'a> {
 }
 
 impl Page<'_> {
-    fn render(self, status: StatusCode) -> Response {
+    fn render(self, state: &AppState, status: StatusCode) -> Response {
         let mut html = LAYOUT
             .replace("{{title}}", &escape(self.title))
-            .replace("{{script}}", self.script);
+            .replace("{{script}}", self.script)
+            .replace("{{branch_names}}", &branch_options(state));
         for nav in ["desk", "tasks", "dashboard", "objects"] {
             let current = if nav == self.nav {
                 r#" aria-current="page""#
@@ -132,7 +133,7 @@ async fn desk(State(state): State<AppState>) -> Response {
         script: "desk.js",
         body: with_branches(&state, include_str!("assets/desk.html")),
     }
-    .render(StatusCode::OK)
+    .render(&state, StatusCode::OK)
 }
 
 async fn book(State(state): State<AppState>, Path(_isbn): Path<String>) -> Response {
@@ -144,7 +145,7 @@ async fn book(State(state): State<AppState>, Path(_isbn): Path<String>) -> Respo
         script: "book.js",
         body: with_branches(&state, include_str!("assets/book.html")),
     }
-    .render(StatusCode::OK)
+    .render(&state, StatusCode::OK)
 }
 
 async fn patron(State(state): State<AppState>, Path(_id): Path<String>) -> Response {
@@ -154,7 +155,7 @@ async fn patron(State(state): State<AppState>, Path(_id): Path<String>) -> Respo
         script: "patron.js",
         body: with_branches(&state, include_str!("assets/patron.html")),
     }
-    .render(StatusCode::OK)
+    .render(&state, StatusCode::OK)
 }
 
 /// The actions as `<option>`s, each with its one-line description, straight
@@ -172,24 +173,24 @@ fn action_options() -> String {
         .collect()
 }
 
-async fn tasks() -> Response {
+async fn tasks(State(state): State<AppState>) -> Response {
     Page {
         title: "Tasks",
         nav: "tasks",
         script: "tasks.js",
         body: include_str!("assets/tasks.html").replace("{{action_options}}", &action_options()),
     }
-    .render(StatusCode::OK)
+    .render(&state, StatusCode::OK)
 }
 
-async fn task(Path(_id): Path<String>) -> Response {
+async fn task(State(state): State<AppState>, Path(_id): Path<String>) -> Response {
     Page {
         title: "Task",
         nav: "tasks",
         script: "tasks.js",
         body: include_str!("assets/task.html").to_owned(),
     }
-    .render(StatusCode::OK)
+    .render(&state, StatusCode::OK)
 }
 
 async fn dashboard(State(state): State<AppState>) -> Response {
@@ -211,7 +212,7 @@ async fn dashboard(State(state): State<AppState>) -> Response {
         script: "dashboard.js",
         body,
     }
-    .render(StatusCode::OK)
+    .render(&state, StatusCode::OK)
 }
 
 async fn objects(State(state): State<AppState>) -> Response {
@@ -223,18 +224,18 @@ async fn objects(State(state): State<AppState>) -> Response {
         script: "objects.js",
         body,
     }
-    .render(StatusCode::OK)
+    .render(&state, StatusCode::OK)
 }
 
 /// An HTML page for unknown `/ui/...` addresses (people get pages, not JSON).
-async fn missing() -> Response {
+async fn missing(State(state): State<AppState>) -> Response {
     Page {
         title: "Not found",
         nav: "",
         script: "plain.js",
         body: r#"<h1>Page not found</h1><p>There is no such page. Try the <a href="/ui/desk">front desk</a>.</p>"#.to_owned(),
     }
-    .render(StatusCode::NOT_FOUND)
+    .render(&state, StatusCode::NOT_FOUND)
 }
 
 async fn asset(Path(name): Path<String>) -> Response {

@@ -127,9 +127,9 @@ export const badge = (text, kind = text) => h('span', { class: `badge ${kind}` }
 
 export const short = (id) => String(id).slice(0, 8);
 
-/** The display name of a branch code, from the page's branch lists. */
+/** The display name of a branch code, from the list every page carries. */
 export function branchName(code) {
-  const option = document.querySelector(`select[data-branch] option[value="${CSS.escape(code)}"]`);
+  const option = document.querySelector(`#branch-names option[value="${CSS.escape(code)}"]`);
   return option ? option.textContent : code;
 }
 

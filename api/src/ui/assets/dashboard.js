@@ -90,7 +90,7 @@ function describe(key, e) {
   }
   if (key.startsWith('loaned.')) {
     const loan = e.loan || {};
-    return `“${loan.title || e.isbn}” (copy ${loan.copy}) lent${who} at ${at}, due ${day(loan.due_at)}`;
+    return `“${loan.title || e.isbn}” (copy ${loan.copy}) lent${e.patron ? ` to ${e.patron}` : ''} at ${at}, due ${day(loan.due_at)}`;
   }
   if (key.startsWith('renewed.')) {
     return `${e.isbn} renewed${who} at ${at}, now due ${day(e.outcome && e.outcome.due_at)}`;
