@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
+use bibliomq_core::broker::topology;
 use bibliomq_testkit::{
-    TestApp,
+    TestApp, TestEnv,
     app::{DEADLINE, wait_until},
-    spawn_app,
+    rabbit, spawn_app,
 };
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -117,6 +118,30 @@ async fn the_event_stream_follows_only_the_keys_asked_for() {
         first["routing_key"], "loaned.norte",
         "the task's event is not in this feed"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_outlives_the_request_timeout() {
+    let app = TestApp::spawn(
+        TestEnv::new().await,
+        |s| s.api.request_timeout = Duration::from_millis(300),
+        0,
+    )
+    .await;
+    let mut stream = EventStream::open(&app, "task.*").await;
+    // Time has to pass here, not a result to arrive: the timeout bounds how
+    // long a request takes to be answered, not how long an answer streams.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    rabbit::publish_raw(
+        &app.env.amqp_url(),
+        topology::EVENTS_EXCHANGE,
+        "task.succeeded",
+        br#"{"task_id": "late"}"#,
+        lapin::BasicProperties::default(),
+    )
+    .await;
+    let event = stream.until("task.succeeded").await;
+    assert_eq!(event["task_id"], "late");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,7 +30,7 @@ const EXAMPLES = {
 let watching = 0;
 
 /** Follows a task in `container` until it is final, redrawing on each change. */
-async function watch(id, container) {
+async function watch(id, container, onFinal = () => {}) {
   watching += 1;
   const mine = watching;
   let pause = 150;
@@ -47,7 +47,10 @@ async function watch(id, container) {
       const stamp = `${res.data.state}|${res.data.attempts}|${res.data.updated_at}`;
       if (stamp !== last) container.replaceChildren(card(res.data));
       last = stamp;
-      if (FINAL.includes(res.data.state)) return;
+      if (FINAL.includes(res.data.state)) {
+        onFinal();
+        return;
+      }
     }
     await sleep(pause);
     pause = Math.min(pause * 1.5, 1000);
@@ -140,7 +143,7 @@ function setUpSubmit() {
       return;
     }
     say(out, 'ok', 'Accepted: task ', h('code', {}, short(res.data.id)), ' is queued.');
-    watch(res.data.id, $('#task-card'));
+    watch(res.data.id, $('#task-card'), recent);
     recent();
   });
   $('#recent-state').addEventListener('change', recent);
