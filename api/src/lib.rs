@@ -8,11 +8,14 @@
 //! - [`extract`]: the JSON body extractor that reports bad input in that body.
 //! - [`middleware`]: correlation ids, request timeouts.
 //! - [`routes`]: one module per resource.
+//! - [`ui`]: the web front desk, task page, dashboard and object browser,
+//!   and the JSON routes only they need (live events, queue figures, objects).
 
 pub mod error;
 pub mod extract;
 pub mod middleware;
 pub mod routes;
+pub mod ui;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -37,6 +40,10 @@ pub struct AppState {
     pub metrics: Metrics,
     pub broker: Broker,
     pub settings: Arc<Settings>,
+    /// Cancelled when the server begins to stop, so that responses that
+    /// never end by themselves (the live event stream) end and let the
+    /// graceful shutdown finish.
+    pub stopping: CancellationToken,
 }
 
 /// The API server, bound and ready to run.
@@ -102,6 +109,7 @@ impl Application {
                 metrics,
                 broker,
                 settings: Arc::new(settings),
+                stopping: CancellationToken::new(),
             },
         })
     }
@@ -120,9 +128,13 @@ impl Application {
         let addr = self.local_addr()?;
         tracing::info!(%addr, "API listening");
         let broker = self.state.broker.clone();
+        let stopping = self.state.stopping.clone();
         let app = router(self.state);
         axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .with_graceful_shutdown(async move {
+                shutdown.cancelled().await;
+                stopping.cancel();
+            })
             .await
             .context("the HTTP server failed")?;
         broker.close().await;

@@ -17,6 +17,7 @@ pub struct Settings {
     pub edge: EdgeSettings,
     pub tasks: TaskSettings,
     pub library: LibrarySettings,
+    pub dashboard: DashboardSettings,
     pub log_format: LogFormat,
 }
 
@@ -106,6 +107,20 @@ pub struct LibrarySettings {
     pub max_loans: u32,
     /// How long a loan request waits for the loan worker's answer.
     pub loan_timeout: Duration,
+}
+
+/// What the web dashboard reads besides the API's own data.
+#[derive(Debug, Clone)]
+pub struct DashboardSettings {
+    /// RabbitMQ management HTTP API, the source of queue depths, rates and
+    /// consumer counts; the browser reaches it only through the API, so it
+    /// never needs these credentials. Also the dashboard's link to the RabbitMQ UI.
+    pub rabbitmq_mgmt_url: String,
+    pub rabbitmq_mgmt_user: String,
+    pub rabbitmq_mgmt_password: String,
+    /// A web console of the object store (MinIO's), linked from the dashboard;
+    /// empty where there is none (Garage): the API's own object browser stands in.
+    pub s3_console_url: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,6 +259,13 @@ impl Settings {
                 max_renewals: env.get("MAX_RENEWALS", 2)?,
                 max_loans: env.get("MAX_LOANS", 5)?,
                 loan_timeout: env.millis("LOAN_TIMEOUT_MS", 5_000)?,
+            },
+            dashboard: DashboardSettings {
+                rabbitmq_mgmt_url: env
+                    .get("RABBITMQ_MGMT_URL", "http://127.0.0.1:15672".to_owned())?,
+                rabbitmq_mgmt_user: env.get("RABBITMQ_MGMT_USER", "guest".to_owned())?,
+                rabbitmq_mgmt_password: env.get("RABBITMQ_MGMT_PASSWORD", "guest".to_owned())?,
+                s3_console_url: env.get("S3_CONSOLE_URL", String::new())?,
             },
             log_format: env.get("LOG_FORMAT", LogFormat::Pretty)?,
         })

@@ -38,6 +38,23 @@ pub enum StorageError {
     Unavailable(String),
 }
 
+/// One object as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// The key without the configured prefix.
+    pub key: String,
+    pub size: i64,
+    pub last_modified: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// A page of a listing, in key order.
+#[derive(Debug, Clone)]
+pub struct ObjectPage {
+    pub objects: Vec<ObjectInfo>,
+    /// More keys follow the last one of this page.
+    pub truncated: bool,
+}
+
 /// An object's body, streamed, with its metadata.
 pub struct ObjectBody {
     pub body: ByteStream,
@@ -162,6 +179,47 @@ impl ObjectStore {
             .await
             .map_err(unavailable)?;
         Ok(req.uri().to_owned())
+    }
+
+    /// Up to `max` objects under `prefix` (within the configured prefix), in
+    /// key order, starting after the key `after`. Keys come back without the
+    /// configured prefix, so they can be handed back to [`ObjectStore::list`]
+    /// or joined to [`ObjectStore::prefix`] for [`ObjectStore::get`].
+    pub async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        max: i32,
+    ) -> Result<ObjectPage, StorageError> {
+        let page = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(format!("{}{prefix}", self.prefix))
+            .set_start_after(after.map(|a| format!("{}{a}", self.prefix)))
+            .max_keys(max)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        let objects = page
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                let key = o.key()?.strip_prefix(self.prefix.as_str())?.to_owned();
+                let last_modified = o
+                    .last_modified()
+                    .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos()));
+                Some(ObjectInfo {
+                    key,
+                    size: o.size().unwrap_or_default(),
+                    last_modified,
+                })
+            })
+            .collect();
+        Ok(ObjectPage {
+            objects,
+            truncated: page.is_truncated().unwrap_or(false),
+        })
     }
 
     /// Succeeds when the bucket can be reached with our credentials.

@@ -13,10 +13,12 @@
 //! - [`proxy`]: a TCP proxy whose connections a test can cut, to play a
 //!   broker or database going away without disturbing other tests.
 //! - [`rabbit`]: looking into queues (message counts, dead letters).
+//! - [`browser`]: a headless Chromium over WebDriver, for the web pages.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod app;
+pub mod browser;
 pub mod edge;
 pub mod env;
 pub mod proxy;

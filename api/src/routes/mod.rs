@@ -11,7 +11,13 @@ use crate::{AppState, error::ApiError};
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::routes())
-        .nest("/v1", tasks::routes().merge(library::routes()))
+        .merge(crate::ui::pages())
+        .nest(
+            "/v1",
+            tasks::routes()
+                .merge(library::routes())
+                .merge(crate::ui::api_routes()),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -3,8 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod browser;
 mod edge;
 mod library;
 mod resilience;
 mod restarts;
 mod tasks;
+mod web;

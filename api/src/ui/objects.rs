@@ -1,0 +1,263 @@
+//! `/v1/objects`: the results bucket as the object browser sees it, for S3
+//! servers without a console of their own (Garage). Only keys under the
+//! configured prefix are reachable, and they are shown without it.
+
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::{Path, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Redirect, Response},
+    routing::get,
+};
+use bibliomq_core::storage::{ObjectInfo, StorageError};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::{AppState, error::ApiError, extract::QueryParams};
+
+/// Most objects one page lists.
+pub const MAX_LIMIT: i32 = 1_000;
+/// Most keys read to order a listing newest first; S3 lists by key only, so
+/// this order costs a scan (narrow it with a prefix such as `results/2025/05/`).
+pub const NEWEST_SCAN: usize = 10_000;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/objects", get(list))
+        .route("/objects/{*key}", get(download))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    prefix: Option<String>,
+    /// `key` (the default) or `newest`.
+    order: Option<String>,
+    limit: Option<i32>,
+    /// From the previous page's `next_cursor`.
+    cursor: Option<String>,
+}
+
+fn unavailable(e: StorageError) -> ApiError {
+    match e {
+        StorageError::NotFound => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "object_not_found",
+            "no such object in the bucket",
+        ),
+        StorageError::Unavailable(detail) => {
+            tracing::warn!(%detail, "object storage unavailable");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "object storage cannot be reached",
+            )
+        }
+    }
+}
+
+fn object_json(o: &ObjectInfo) -> Value {
+    json!({
+        "key": o.key,
+        "size": o.size,
+        "last_modified": o.last_modified,
+        "download": format!("/v1/objects/{}", encode_path(&o.key)),
+    })
+}
+
+/// A page of objects under `prefix`: by key (S3's own order, paged from the
+/// last key shown) or newest first (from a scan of at most [`NEWEST_SCAN`]
+/// keys, paged by position).
+async fn list(
+    State(state): State<AppState>,
+    QueryParams(q): QueryParams<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let prefix = q.prefix.unwrap_or_default();
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_limit",
+            format!("limit must be from 1 to {MAX_LIMIT}"),
+        )
+        .with_field("limit"));
+    }
+    let store = state.commands.store();
+    match q.order.as_deref().unwrap_or("key") {
+        "key" => {
+            let page = store
+                .list(&prefix, q.cursor.as_deref(), limit)
+                .await
+                .map_err(unavailable)?;
+            let next = page
+                .truncated
+                .then(|| page.objects.last().map(|o| o.key.clone()))
+                .flatten();
+            Ok(Json(json!({
+                "bucket": store.bucket(),
+                "prefix": prefix,
+                "order": "key",
+                "objects": page.objects.iter().map(object_json).collect::<Vec<_>>(),
+                "next_cursor": next,
+            })))
+        }
+        "newest" => {
+            let offset = match q.cursor.as_deref() {
+                None => 0,
+                Some(c) => c.parse::<usize>().map_err(|_| {
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "invalid_cursor",
+                        "pass back the next_cursor of the previous page",
+                    )
+                    .with_field("cursor")
+                })?,
+            };
+            let (mut all, complete) = scan(&state, &prefix).await?;
+            all.sort_by(|a, b| {
+                b.last_modified
+                    .cmp(&a.last_modified)
+                    .then_with(|| b.key.cmp(&a.key))
+            });
+            let limit = usize::try_from(limit).unwrap_or(50);
+            let page: Vec<Value> = all
+                .iter()
+                .skip(offset)
+                .take(limit)
+                .map(object_json)
+                .collect();
+            let next = (offset + limit < all.len()).then(|| (offset + limit).to_string());
+            Ok(Json(json!({
+                "bucket": store.bucket(),
+                "prefix": prefix,
+                "order": "newest",
+                "objects": page,
+                "next_cursor": next,
+                "scanned": all.len(),
+                "scan_complete": complete,
+            })))
+        }
+        other => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_order",
+            format!("order is `key` or `newest`, not `{other}`"),
+        )
+        .with_field("order")),
+    }
+}
+
+/// Up to [`NEWEST_SCAN`] objects under `prefix`; `true` when that is all of them.
+async fn scan(state: &AppState, prefix: &str) -> Result<(Vec<ObjectInfo>, bool), ApiError> {
+    let store = state.commands.store();
+    let mut all: Vec<ObjectInfo> = Vec::new();
+    loop {
+        let after = all.last().map(|o| o.key.clone());
+        let page = store
+            .list(prefix, after.as_deref(), MAX_LIMIT)
+            .await
+            .map_err(unavailable)?;
+        all.extend(page.objects);
+        if !page.truncated {
+            return Ok((all, true));
+        }
+        if all.len() >= NEWEST_SCAN {
+            return Ok((all, false));
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DownloadQuery {
+    /// `true`: answer with a redirect to a presigned link instead.
+    redirect: Option<bool>,
+}
+
+/// The object itself, streamed from the bucket as an attachment.
+async fn download(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    QueryParams(q): QueryParams<DownloadQuery>,
+) -> Result<Response, ApiError> {
+    let store = state.commands.store();
+    let full = format!("{}{key}", store.prefix());
+    if q.redirect.unwrap_or(false) {
+        let url = store
+            .presigned_get(store.bucket(), &full)
+            .await
+            .map_err(unavailable)?;
+        return Ok(Redirect::temporary(&url).into_response());
+    }
+    let object = store
+        .get(store.bucket(), &full)
+        .await
+        .map_err(unavailable)?;
+    let mut headers = HeaderMap::new();
+    let content_type = object
+        .content_type
+        .as_deref()
+        .unwrap_or("application/octet-stream");
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        headers.insert(header::CONTENT_TYPE, v);
+    }
+    if let Some(size) = object.size {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{}\"", file_name(&key))) {
+        headers.insert(header::CONTENT_DISPOSITION, v);
+    }
+    let stream = tokio_util::io::ReaderStream::new(object.body.into_async_read());
+    Ok((headers, Body::from_stream(stream)).into_response())
+}
+
+/// The last segment of a key, kept to characters safe in a header.
+fn file_name(key: &str) -> String {
+    let name: String = key
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.is_empty() {
+        "object".to_owned()
+    } else {
+        name
+    }
+}
+
+/// Percent-encodes a key for a URL path, keeping its `/`s.
+fn encode_path(key: &str) -> String {
+    key.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            b => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn download_names_are_safe_in_a_header() {
+        assert_eq!(file_name("results/2025/05/17/abc.json"), "abc.json");
+        assert_eq!(file_name("a/\"weird\" name;.csv"), "_weird__name_.csv");
+        assert_eq!(file_name("folder/"), "object");
+    }
+
+    #[test]
+    fn keys_are_encoded_but_keep_their_slashes() {
+        assert_eq!(encode_path("results/a b+c.json"), "results/a%20b%2Bc.json");
+    }
+}

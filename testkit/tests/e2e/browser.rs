@@ -1,0 +1,227 @@
+//! The web pages in a real headless Chromium: the front desk, the task page,
+//! the dashboard, the object browser and the banners, as a person uses them.
+//! Each page checked leaves a screenshot under `<target>/ui-screenshots/`,
+//! checked to show something (not one flat colour).
+
+use bibliomq_testkit::{TestApp, TestEnv, browser::Browser, spawn_app};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+const QUIJOTE: &str = "9788437604947";
+
+async fn api(app: &TestApp, path: &str) -> Value {
+    app.get(path).await.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_librarian_finds_a_book_then_lends_renews_and_returns_it_in_the_browser() {
+    let app = spawn_app().await;
+    app.seed(0, 20).await;
+    let browser = Browser::start("front-desk").await;
+
+    browser.goto(&app.url("/")).await;
+    browser.wait_text("#health", "all services up").await;
+    browser.fill("#search-q", "quijote").await;
+    browser.click("#search-form button").await;
+    browser
+        .wait_text("#search-results tbody", "Don Quijote de la Mancha")
+        .await;
+    browser.screenshot("desk-search").await;
+
+    // A refusal shows the API's own message, in place.
+    browser.click("#search-results tbody button").await;
+    browser.fill("#loan-patron", "nadie").await;
+    browser.click("#loan-form button[type=submit]").await;
+    let refused = browser.wait_text("#loan-out.err", "patron_not_found").await;
+    let (status, body) = {
+        let r = app
+            .post_json(
+                "/v1/loans",
+                &json!({"isbn": QUIJOTE, "patron": "nadie", "branch": "central"}),
+            )
+            .await;
+        (r.status(), r.json::<Value>().await.unwrap())
+    };
+    assert_eq!(status, 404);
+    assert!(
+        refused.contains(body["error"]["message"].as_str().unwrap()),
+        "the page shows `{refused}`, the API said {body}"
+    );
+
+    // Lend it.
+    browser.fill("#loan-patron", "ana").await;
+    browser.choose("#loan-branch", "central").await;
+    browser.click("#loan-form button[type=submit]").await;
+    let lent = browser.wait_text("#loan-out.ok", "Lent").await;
+    let loans = api(&app, "/v1/patrons/ana/loans").await;
+    let loan = loans["loans"][0].clone();
+    assert_eq!(loan["isbn"], QUIJOTE, "{loans}");
+    let copy = loan["copy"].as_str().unwrap().to_owned();
+    assert!(lent.contains(&copy), "{lent}");
+    let due = browser
+        .text("#loan-out .due")
+        .await
+        .trim_start_matches("due ")
+        .to_owned();
+    browser.screenshot("desk-lent").await;
+
+    // The patron's page lists the loan with the same due date.
+    browser.click("#loan-out a[href^='/ui/patrons/']").await;
+    let row = browser
+        .wait_text("#patron-loans tbody", "Don Quijote")
+        .await;
+    assert!(row.contains(&due), "due {due} on the patron page: {row}");
+    browser.wait_text("#patron-name", "Ana Ferrer").await;
+    browser.screenshot("patron").await;
+
+    // The book's page shows that copy on loan, due then.
+    browser.click("#patron-loans tbody a").await;
+    let copy_row = format!("#book-copies tr[data-copy='{copy}']");
+    let shown = browser.wait_text(&copy_row, "on loan").await;
+    assert!(shown.contains(&due), "{shown}");
+    browser.screenshot("book-on-loan").await;
+
+    // Renew: accepted, then applied; the page says the new due date.
+    browser
+        .click(&format!("{copy_row} button[aria-label^='Renew']"))
+        .await;
+    let renewed = browser.wait_text("#copy-out.ok", "Renewed").await;
+    let after = api(&app, &format!("/v1/loans/{}", loan["id"].as_str().unwrap())).await;
+    assert_eq!(after["renewals"], 1, "{after}");
+    assert_ne!(after["due_at"], loan["due_at"]);
+    let new_due = browser
+        .text("#copy-out .due")
+        .await
+        .trim_start_matches("due ")
+        .to_owned();
+    assert!(renewed.contains(&new_due) && new_due != due, "{renewed}");
+    browser.wait_text(&copy_row, &new_due).await;
+
+    // Return: the copy is available again.
+    browser
+        .click(&format!("{copy_row} button[aria-label^='Return']"))
+        .await;
+    browser.wait_text("#copy-out.ok", "Returned").await;
+    browser.wait_text(&copy_row, "available").await;
+    let after = api(&app, &format!("/v1/loans/{}", loan["id"].as_str().unwrap())).await;
+    assert!(after["returned_at"].is_string(), "{after}");
+    browser.screenshot("book-returned").await;
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_submitted_in_the_browser_is_watched_to_success_and_its_result_downloaded() {
+    let app = spawn_app().await;
+    let browser = Browser::start("tasks").await;
+    browser.goto(&app.url("/ui/tasks")).await;
+
+    // The API's refusal, in place.
+    browser.choose("#task-action", "fib").await;
+    browser.fill("#task-payload", "\"many\"").await;
+    browser.click("#task-form button[type=submit]").await;
+    let refused = browser.wait_text("#task-out.err", "invalid_payload").await;
+    let response = app
+        .post_json("/v1/tasks", &json!({"action": "fib", "payload": "many"}))
+        .await;
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        refused.contains(body["error"]["message"].as_str().unwrap()),
+        "{refused} / {body}"
+    );
+
+    // A large result, kept in object storage.
+    browser.choose("#task-action", "primes").await;
+    browser.fill("#task-payload", "2000000").await;
+    browser.click("#task-form button[type=submit]").await;
+    browser.wait_text("#task-out.ok", "queued").await;
+    browser
+        .wait_for(
+            "the task to succeed on the page",
+            "return document.querySelector('#task-state')?.dataset.state === 'succeeded'",
+            json!([]),
+        )
+        .await;
+    let id = browser.text("#task-card dd.mono a").await;
+    let task = api(&app, &format!("/v1/tasks/{id}")).await;
+    assert_eq!(task["state"], "succeeded", "{task}");
+    browser.wait_text("#recent-tasks tbody", &id[..8]).await;
+    browser.screenshot("task-succeeded").await;
+
+    browser.click("#task-card a.button").await;
+    let file = browser.downloaded(&format!("{id}.json")).await;
+    let bytes = std::fs::read(&file).unwrap();
+    assert_eq!(
+        hex::encode(Sha256::digest(&bytes)),
+        task["result_object"]["sha256"].as_str().unwrap(),
+        "the downloaded file is the stored result"
+    );
+
+    // The object browser lists it, newest first.
+    browser.goto(&app.url("/ui/objects")).await;
+    browser.wait_text("#objects tbody", &id).await;
+    browser.screenshot("objects").await;
+
+    // The task's own page.
+    browser.goto(&app.url(&format!("/ui/tasks/{id}"))).await;
+    browser
+        .wait_text("#task-card", "kept in object storage")
+        .await;
+    browser.screenshot("task-page").await;
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_the_queues_the_task_counts_and_a_live_event() {
+    let app = spawn_app().await;
+    app.seed(0, 10).await;
+    let browser = Browser::start("dashboard").await;
+    browser.goto(&app.url("/ui/dashboard")).await;
+    browser
+        .wait_element("#queues tr[data-queue='bibliomq.tasks']")
+        .await;
+    browser.wait_text("#feed-state", "live").await;
+
+    let id = app.submit("sum", json!([1, 2, 3])).await;
+    let event = browser
+        .wait_text("#feed li[data-key='task.succeeded']", "succeeded")
+        .await;
+    assert!(event.contains(&id.to_string()[..8]), "{event}");
+    let response = app
+        .post_json(
+            "/v1/loans",
+            &json!({"isbn": QUIJOTE, "patron": "ana", "branch": "norte"}),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    browser
+        .wait_text("#feed li[data-key='loaned.norte']", "Don Quijote")
+        .await;
+    browser.wait_text("#task-states li.succeeded", "1").await;
+    browser.wait_text("#circulation", "loan applied: 1").await;
+    browser.screenshot("dashboard").await;
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn banners_say_which_service_is_down_and_when_the_api_itself_is() {
+    // Object storage unreachable: the API answers, but is not ready.
+    let app = TestApp::spawn(
+        TestEnv::new().await,
+        |s| s.s3.endpoint = "http://127.0.0.1:9".to_owned(),
+        0,
+    )
+    .await;
+    let browser = Browser::start("banners").await;
+    browser.goto(&app.url("/ui/desk")).await;
+    browser.wait_text("#banner", "object storage").await;
+    browser.wait_text("#health", "degraded").await;
+    browser.screenshot("storage-down").await;
+
+    let mut app = app;
+    app.stop().await;
+    browser
+        .wait_text("#banner", "The API cannot be reached")
+        .await;
+    browser.screenshot("api-down").await;
+    browser.close().await;
+}
