@@ -18,6 +18,7 @@ pub struct Settings {
     pub tasks: TaskSettings,
     pub library: LibrarySettings,
     pub dashboard: DashboardSettings,
+    pub worker: WorkerSettings,
     pub log_format: LogFormat,
 }
 
@@ -54,6 +55,8 @@ pub struct S3Settings {
 
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
+    /// When set, `/v1/*` requires `Authorization: Bearer <token>`.
+    pub token: Option<ApiToken>,
     pub host: String,
     pub port: u16,
     /// Largest request body accepted, in bytes.
@@ -121,6 +124,15 @@ pub struct DashboardSettings {
     /// A web console of the object store (MinIO's), linked from the dashboard;
     /// empty where there is none (Garage): the API's own object browser stands in.
     pub s3_console_url: String,
+}
+
+/// The worker process's own small HTTP server (`/metrics`, `/healthz`, `/readyz`).
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub ops_host: String,
+    /// Port 0 picks a free port (tests do); several workers on one machine
+    /// need one port each.
+    pub ops_port: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,6 +228,9 @@ impl Settings {
                 presign_ttl: Duration::from_secs(env.get("S3_PRESIGN_TTL_SECS", 900)?),
             },
             api: ApiSettings {
+                token: Some(env.get("API_TOKEN", String::new())?)
+                    .filter(|t| !t.is_empty())
+                    .map(ApiToken),
                 host: env.get("API_HOST", "127.0.0.1".to_owned())?,
                 port: env.get("API_PORT", 8080)?,
                 body_limit: env.get("API_BODY_LIMIT", 1024 * 1024)?,
@@ -267,8 +282,23 @@ impl Settings {
                 rabbitmq_mgmt_password: env.get("RABBITMQ_MGMT_PASSWORD", "guest".to_owned())?,
                 s3_console_url: env.get("S3_CONSOLE_URL", String::new())?,
             },
+            worker: WorkerSettings {
+                ops_host: env.get("WORKER_OPS_HOST", "127.0.0.1".to_owned())?,
+                ops_port: env.get("WORKER_OPS_PORT", 9101)?,
+            },
             log_format: env.get("LOG_FORMAT", LogFormat::Pretty)?,
         })
+    }
+}
+
+/// The API's bearer token. Its `Debug` hides the value, so settings can be
+/// logged without leaking it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken(pub String);
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiToken(<redacted>)")
     }
 }
 
@@ -372,6 +402,16 @@ mod tests {
         documented.sort();
         read.sort();
         assert_eq!(documented, read, ".env.example and the settings disagree");
+    }
+
+    #[test]
+    fn the_api_token_is_off_unless_set_and_never_shown() {
+        let off = Settings::from_lookup(|_| None).unwrap();
+        assert_eq!(off.api.token, None);
+        let on = Settings::from_lookup(|k| (k == "BIBLIOMQ_API_TOKEN").then(|| "s3cret".into()))
+            .unwrap();
+        assert_eq!(on.api.token, Some(ApiToken("s3cret".into())));
+        assert!(!format!("{on:?}").contains("s3cret"));
     }
 
     #[test]
