@@ -18,6 +18,8 @@
 //! - [`clock`]: the time the rules see (a manual clock in tests).
 //! - [`commands`]: the command layer called by every transport.
 //! - [`metrics`]: Prometheus counters and histograms, one set per process.
+//! - [`ops`]: `/metrics`, `/healthz`, `/readyz`, and the small server that
+//!   serves them for processes without an HTTP API of their own.
 //! - [`error`]: the command layer's errors (caller's mistake vs our failure).
 
 pub mod batch;
@@ -29,6 +31,7 @@ pub mod db;
 pub mod error;
 pub mod library;
 pub mod metrics;
+pub mod ops;
 pub mod shutdown;
 pub mod storage;
 pub mod tasks;

@@ -235,6 +235,8 @@ impl Drop for TestApp {
 /// A worker running on the test's runtime.
 pub struct Worker {
     pub metrics: Metrics,
+    /// Its operations server (`/metrics`, `/healthz`, `/readyz`).
+    pub ops_addr: SocketAddr,
     stop: CancellationToken,
     join: JoinHandle<anyhow::Result<()>>,
 }
@@ -249,10 +251,12 @@ impl Worker {
             .await
             .unwrap();
         let metrics = app.metrics().clone();
+        let ops_addr = app.ops_addr().unwrap();
         let stop = CancellationToken::new();
         let join = tokio::spawn(app.run_until_stopped(stop.clone()));
         Self {
             metrics,
+            ops_addr,
             stop,
             join,
         }

@@ -6,6 +6,9 @@
 //! - [`tasks`]: the task worker (claim, run, store, commit, ack, retry, dead-letter).
 //! - [`library`]: the loan RPC server and the renewal and return workers.
 //! - [`events`]: outcome events published after commits.
+//!
+//! Next to the consumers each worker process serves `/metrics`, `/healthz`
+//! and `/readyz` on its operations port ([`bibliomq_core::ops`]).
 
 pub mod consumer;
 pub mod events;
@@ -22,6 +25,7 @@ use bibliomq_core::{
     db,
     library::{Rules, message::OperationKind},
     metrics::Metrics,
+    ops::{OpsServer, Probes},
     storage::ObjectStore,
 };
 use tokio_util::sync::CancellationToken;
@@ -33,6 +37,7 @@ pub struct WorkerApp {
     broker: Broker,
     metrics: Metrics,
     clock: Clock,
+    ops: OpsServer,
 }
 
 impl WorkerApp {
@@ -59,13 +64,32 @@ impl WorkerApp {
             "bibliomq-workers",
             Topology::new(&settings.tasks),
         );
+        let metrics = Metrics::new();
+        let probes = Probes {
+            broker: broker.clone(),
+            pool: pool.clone(),
+            store: ObjectStore::new(&settings.s3),
+        };
+        let ops = OpsServer::bind(
+            &settings.worker.ops_host,
+            settings.worker.ops_port,
+            metrics.clone(),
+            probes,
+        )
+        .await?;
         Ok(Self {
             settings,
             pool,
             broker,
-            metrics: Metrics::new(),
+            metrics,
             clock,
+            ops,
         })
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub fn ops_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.ops.local_addr()
     }
 
     pub fn broker(&self) -> &Broker {
@@ -118,6 +142,10 @@ impl WorkerApp {
             topology::RETURNS_QUEUE,
             OperationKind::Return,
         ));
+        // The operations server outlives the drain, so /metrics and /readyz
+        // still answer while in-flight work finishes; it stops after.
+        let ops_stop = CancellationToken::new();
+        let ops = tokio::spawn(self.ops.run_until_stopped(ops_stop.clone()));
         let b = &self.broker;
         tokio::join!(
             consumer::run(
@@ -153,6 +181,12 @@ impl WorkerApp {
                 drain
             ),
         );
+        ops_stop.cancel();
+        match ops.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "operations server"),
+            Err(e) => tracing::warn!(error = %e, "operations server task"),
+            Ok(Ok(())) => {}
+        }
         self.broker.close().await;
         Ok(())
     }
