@@ -107,6 +107,12 @@ pub struct OperationLabels {
     pub outcome: String,
 }
 
+/// How a loan request ended, as the caller saw it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LoanRequestLabels {
+    pub outcome: String,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Mutex<Registry>>,
@@ -118,6 +124,7 @@ pub struct Metrics {
     pub tasks_finished: Family<TaskLabels, Counter>,
     pub operations: Family<OperationLabels, Counter>,
     pub operation_duration: Family<ActionLabels, Histogram>,
+    pub loan_requests: Family<LoanRequestLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -150,6 +157,13 @@ impl Metrics {
         let operation_duration = Family::<ActionLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(latency_buckets())
         });
+        let loan_requests = Family::<LoanRequestLabels, Counter>::default();
+        registry.register(
+            "loan_requests",
+            "Loan requests answered by the command layer, by outcome (loaned, replayed, \
+             a refusal's code, invalid, timeout, unavailable, internal); timeouts show only here",
+            loan_requests.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests by route, method and status",
@@ -200,7 +214,17 @@ impl Metrics {
             tasks_finished,
             operations,
             operation_duration,
+            loan_requests,
         }
+    }
+
+    /// Counts a loan request's outcome (see [`LoanRequestLabels`]).
+    pub fn loan_request(&self, outcome: &str) {
+        self.loan_requests
+            .get_or_create(&LoanRequestLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts a consumed message's fate.

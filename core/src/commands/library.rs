@@ -121,6 +121,24 @@ impl Commands {
         req: LoanRequest,
         correlation_id: &str,
     ) -> Result<LoanReceipt, CommandError> {
+        let answer = self.make_loan(req, correlation_id).await;
+        // Counted here rather than in the worker: only the caller's side sees
+        // timeouts and requests that never reached the worker.
+        let outcome = match &answer {
+            Ok(r) if r.replayed => "replayed",
+            Ok(_) => "loaned",
+            Err(CommandError::Invalid(_)) => "invalid",
+            Err(e) => e.code(),
+        };
+        self.metrics().loan_request(outcome);
+        answer
+    }
+
+    async fn make_loan(
+        &self,
+        req: LoanRequest,
+        correlation_id: &str,
+    ) -> Result<LoanReceipt, CommandError> {
         let patron = PatronId::parse(&req.patron)?;
         let branch = self.branch(&req.branch)?;
         let key = check_idempotency_key(req.idempotency_key.as_deref())?;
