@@ -100,3 +100,62 @@ pub async fn record_metrics(State(state): State<AppState>, req: Request, next: N
         .inc();
     response
 }
+
+/// With `BIBLIOMQ_API_TOKEN` set, lets through only requests that carry
+/// `Authorization: Bearer <that token>`; otherwise `401` with the JSON error
+/// body. Without a token configured it does nothing.
+pub async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(expected) = state.settings.api.token.as_ref() else {
+        return next.run(req).await;
+    };
+    let given = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+    match given {
+        Some(token) if same_secret(token.as_bytes(), expected.0.as_bytes()) => next.run(req).await,
+        Some(_) => unauthorized("the bearer token is not the one this API expects"),
+        None => unauthorized(
+            "this API requires a token: send `Authorization: Bearer <token>` \
+             (the bibliomq client reads BIBLIOMQ_API_TOKEN or --token)",
+        ),
+    }
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut response =
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+    response.headers_mut().insert(
+        axum::http::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer"),
+    );
+    response
+}
+
+/// Compares without stopping at the first difference, so the time taken
+/// does not tell a guesser how much of the token they got right.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    let mut diff = u8::from(given.len() != expected.len());
+    for (i, e) in expected.iter().enumerate() {
+        diff |= given.get(i).unwrap_or(&0) ^ e;
+    }
+    diff == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn secrets_match_only_when_equal() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abd", b"abc"));
+        assert!(!same_secret(b"ab", b"abc"));
+        assert!(!same_secret(b"abcd", b"abc"));
+        assert!(!same_secret(b"", b"abc"));
+    }
+}

@@ -1,67 +1,37 @@
-//! Liveness and readiness.
+//! Liveness, readiness and metrics, answered by the same code as the
+//! workers' operations server ([`bibliomq_core::ops`]).
 
-use std::time::Duration;
+use axum::{Json, extract::State, http::StatusCode, response::Response, routing::get};
+use bibliomq_core::ops::{self, Probes};
+use serde_json::Value;
 
-use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
-use serde_json::{Value, json};
-
+use super::Routes;
 use crate::AppState;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
+pub fn routes() -> Routes {
+    Routes::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
 }
 
 /// Prometheus metrics of this API process.
-async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            bibliomq_core::metrics::CONTENT_TYPE,
-        )],
-        state.metrics.encode(),
-    )
+async fn metrics(State(state): State<AppState>) -> Response {
+    ops::metrics_response(&state.metrics)
 }
 
 /// The process is up and serving HTTP.
 async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+    ops::health_response()
 }
 
 /// Ready when RabbitMQ, PostgreSQL and object storage can all be reached;
 /// otherwise 503, saying which cannot.
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    const LIMIT: Duration = Duration::from_secs(2);
-    let rabbitmq = state.broker.current().is_some();
-    let postgres = async {
-        let client = state.commands.pool().get().await.ok()?;
-        client.simple_query("SELECT 1").await.ok()
+    let probes = Probes {
+        broker: state.broker.clone(),
+        pool: state.commands.pool().clone(),
+        store: state.commands.store().clone(),
     };
-    let s3 = state.commands.store().check();
-    let (postgres, s3) = tokio::join!(
-        tokio::time::timeout(LIMIT, postgres),
-        tokio::time::timeout(LIMIT, s3)
-    );
-    let postgres = matches!(postgres, Ok(Some(_)));
-    let s3 = matches!(s3, Ok(Ok(())));
-    let check = |ok: bool| if ok { "ok" } else { "unavailable" };
-    let ready = rabbitmq && postgres && s3;
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        Json(json!({
-            "status": if ready { "ready" } else { "unready" },
-            "checks": {
-                "rabbitmq": check(rabbitmq),
-                "postgres": check(postgres),
-                "s3": check(s3),
-            }
-        })),
-    )
+    probes.check().await.into_response()
 }

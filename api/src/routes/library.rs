@@ -2,7 +2,7 @@
 //! (accepted, then applied), operations, books, patrons, branches.
 
 use axum::{
-    Extension, Json, Router,
+    Extension, Json,
     extract::{Path, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::Routes;
 use crate::{
     AppState,
     error::ApiError,
@@ -20,8 +21,8 @@ use crate::{
     middleware::CorrelationId,
 };
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
+pub fn routes() -> Routes {
+    Routes::new()
         .route("/loans", post(loan))
         .route("/loans/{id}", get(show_loan))
         .route("/renewals", post(renew))

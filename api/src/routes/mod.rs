@@ -2,22 +2,72 @@
 
 mod health;
 mod library;
+mod openapi;
 mod tasks;
 
-use axum::{Router, http::StatusCode, response::IntoResponse};
+use axum::{Router, http::StatusCode, response::IntoResponse, routing::MethodRouter};
 
-use crate::{AppState, error::ApiError};
+use crate::{AppState, error::ApiError, middleware};
+
+pub use openapi::document as openapi_document;
+
+/// Routes that remember the paths they serve, so a test can check that
+/// every one of them is in the OpenAPI document (`paths()`).
+#[derive(Default)]
+pub struct Routes {
+    router: Router<AppState>,
+    paths: Vec<String>,
+}
+
+impl Routes {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn route(mut self, path: &str, method_router: MethodRouter<AppState>) -> Self {
+        self.router = self.router.route(path, method_router);
+        self.paths.push(path.to_owned());
+        self
+    }
+
+    pub fn merge(mut self, other: Routes) -> Self {
+        self.router = self.router.merge(other.router);
+        self.paths.extend(other.paths);
+        self
+    }
+}
+
+/// Open to anyone: health, readiness, metrics, the API description.
+fn open_routes() -> Routes {
+    health::routes().merge(openapi::routes())
+}
+
+/// Under `/v1`, behind the bearer token when one is configured.
+fn v1_routes() -> Routes {
+    tasks::routes().merge(library::routes())
+}
+
+/// Every path of the HTTP API (`/v1` ones with their prefix). The web
+/// pages' own routes (`crate::ui`) are not part of the described API.
+pub fn paths() -> Vec<String> {
+    let mut paths = open_routes().paths;
+    paths.extend(v1_routes().paths.into_iter().map(|p| format!("/v1{p}")));
+    paths
+}
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .merge(health::routes())
+    // The token guards everything under /v1, the pages' JSON routes too.
+    let v1 = v1_routes()
+        .router
+        .merge(crate::ui::api_routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::require_token,
+        ));
+    open_routes()
+        .router
         .merge(crate::ui::pages())
-        .nest(
-            "/v1",
-            tasks::routes()
-                .merge(library::routes())
-                .merge(crate::ui::api_routes()),
-        )
+        .nest("/v1", v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -1,7 +1,7 @@
 //! `/v1/tasks`: submit, follow, list, fetch results.
 
 use axum::{
-    Extension, Json, Router,
+    Extension, Json,
     body::Body,
     extract::{Path, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::Routes;
 use crate::{
     AppState,
     error::ApiError,
@@ -20,8 +21,8 @@ use crate::{
     middleware::CorrelationId,
 };
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
+pub fn routes() -> Routes {
+    Routes::new()
         .route("/tasks", get(list).post(submit))
         .route("/tasks/{id}", get(show))
         .route("/tasks/{id}/result", get(result))

@@ -1,0 +1,746 @@
+//! `GET /openapi.json`: an OpenAPI 3.1 description of the whole HTTP API.
+//!
+//! Written by hand, as data, rather than derived from annotations: the
+//! handlers build their answers with `json!` from the command layer's types,
+//! so there is no response type an annotation could point at, and a derived
+//! document would only describe what we remembered to annotate. What keeps
+//! this one true is a test (`testkit/tests/e2e/openapi.rs`) that calls every
+//! operation described here against a running app, validates each answer's
+//! status and body against the schemas below, and checks that every path the
+//! router serves is described. OpenAPI 3.1 schemas are JSON Schema 2020-12,
+//! so a stock validator reads them as they are.
+//!
+//! Lists that the code owns (task actions and states, branch rules, limits)
+//! come from the code, so they cannot drift.
+
+use std::sync::LazyLock;
+
+use axum::{Json, routing::get};
+use bibliomq_core::{
+    commands::{SEARCH_MAX_LIMIT, SEARCH_MAX_WORDS},
+    tasks::{Action, store::STATES},
+};
+use serde_json::{Map, Value, json};
+
+use super::Routes;
+
+pub fn routes() -> Routes {
+    Routes::new().route("/openapi.json", get(serve))
+}
+
+async fn serve() -> Json<Value> {
+    // Built once: it never changes while the process runs.
+    static DOCUMENT: LazyLock<Value> = LazyLock::new(document);
+    Json(DOCUMENT.clone())
+}
+
+/// The document, as served.
+pub fn document() -> Value {
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "bibliomq",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Tasks (submit, follow, fetch results) and library circulation (loans, renewals, returns, catalogue) over RabbitMQ, PostgreSQL and S3. Every error has the body `{\"error\": {\"code\", \"message\", \"field\"?}}`; every response carries `x-correlation-id`. When the server has `BIBLIOMQ_API_TOKEN` set, `/v1/*` needs `Authorization: Bearer <token>`.",
+            "license": {"name": "MIT OR Apache-2.0", "identifier": "MIT OR Apache-2.0"}
+        },
+        "servers": [{"url": "/"}],
+        "tags": [
+            {"name": "tasks", "description": "Jobs run by the workers"},
+            {"name": "library", "description": "Loans, renewals, returns and the catalogue"},
+            {"name": "operations", "description": "Health, readiness, metrics, this document"}
+        ],
+        "paths": paths(),
+        "components": {
+            "schemas": schemas(),
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "Required on /v1/* only when the server sets BIBLIOMQ_API_TOKEN."
+                }
+            },
+            "parameters": {
+                "CorrelationId": {
+                    "name": "x-correlation-id",
+                    "in": "header",
+                    "required": false,
+                    "description": "Your id for this request; it follows the work through the broker into logs and rows. One is made when absent.",
+                    "schema": {"type": "string"}
+                }
+            }
+        }
+    })
+}
+
+fn schema_ref(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+fn json_content(schema: Value) -> Value {
+    json!({ "application/json": { "schema": schema } })
+}
+
+fn ok(description: &str, schema: &str) -> Value {
+    json!({ "description": description, "content": json_content(schema_ref(schema)) })
+}
+
+fn error(description: &str) -> Value {
+    json!({ "description": description, "content": json_content(schema_ref("Error")) })
+}
+
+fn unavailable() -> Value {
+    let mut e = error(
+        "RabbitMQ, PostgreSQL or object storage unreachable (`unavailable`); nothing changed. Retry after `Retry-After` seconds.",
+    );
+    e["headers"] = json!({ "Retry-After": { "schema": { "type": "string" } } });
+    e
+}
+
+fn path_param(name: &str, description: &str, schema: Value) -> Value {
+    json!({
+        "name": name, "in": "path", "required": true,
+        "description": description, "schema": schema
+    })
+}
+
+fn query_param(name: &str, description: &str, schema: Value) -> Value {
+    json!({
+        "name": name, "in": "query", "required": false,
+        "description": description, "schema": schema
+    })
+}
+
+/// An operation under `/v1`: it may ask for the token, time out, or fail on our side.
+fn v1(mut op: Value) -> Value {
+    let responses = op["responses"].as_object_mut().map(std::mem::take);
+    let mut responses = responses.unwrap_or_default();
+    responses.insert(
+        "401".into(),
+        error("A token is configured and the request has none, or the wrong one (`unauthorized`)."),
+    );
+    responses.insert(
+        "500".into(),
+        error("Our failure (`internal`); the details are in the server's log."),
+    );
+    responses.insert(
+        "504".into(),
+        error("The request took longer than BIBLIOMQ_API_REQUEST_TIMEOUT_MS (`request_timeout`), or the loan service did not answer in time (`timeout`)."),
+    );
+    op["responses"] = Value::Object(responses);
+    op["security"] = json!([{}, {"bearer": []}]);
+    let mut params = op["parameters"].as_array().cloned().unwrap_or_default();
+    params.push(json!({"$ref": "#/components/parameters/CorrelationId"}));
+    op["parameters"] = Value::Array(params);
+    op
+}
+
+fn body(schema: &str) -> Value {
+    json!({ "required": true, "content": json_content(schema_ref(schema)) })
+}
+
+fn location() -> Value {
+    json!({ "Location": { "schema": { "type": "string" } } })
+}
+
+fn paths() -> Value {
+    let (healthz, readyz, metrics, openapi) = health_paths();
+    let (tasks, task, result) = task_paths();
+    let (loans, loan) = loan_paths();
+    let (renewals, returns, operation) = circulation_paths();
+    let (books, book, patron_loans, branches) = catalogue_paths();
+    let mut paths = Map::new();
+    for (path, item) in [
+        ("/healthz", healthz),
+        ("/readyz", readyz),
+        ("/metrics", metrics),
+        ("/openapi.json", openapi),
+        ("/v1/tasks", tasks),
+        ("/v1/tasks/{id}", task),
+        ("/v1/tasks/{id}/result", result),
+        ("/v1/loans", loans),
+        ("/v1/loans/{id}", loan),
+        ("/v1/renewals", renewals),
+        ("/v1/returns", returns),
+        ("/v1/operations/{id}", operation),
+        ("/v1/books", books),
+        ("/v1/books/{isbn}", book),
+        ("/v1/patrons/{id}/loans", patron_loans),
+        ("/v1/branches", branches),
+    ] {
+        paths.insert(path.to_owned(), item);
+    }
+    Value::Object(paths)
+}
+
+fn health_paths() -> (Value, Value, Value, Value) {
+    (
+        json!({"get": {
+            "tags": ["operations"], "operationId": "healthz",
+            "summary": "The process is up",
+            "responses": {"200": ok("Alive.", "Health")}
+        }}),
+        json!({"get": {
+            "tags": ["operations"], "operationId": "readyz",
+            "summary": "RabbitMQ, PostgreSQL and object storage are reachable",
+            "responses": {
+                "200": ok("Ready: every dependency answered.", "Readiness"),
+                "503": ok("Not ready; `checks` and `unavailable` name what is not reachable.", "Readiness")
+            }
+        }}),
+        json!({"get": {
+            "tags": ["operations"], "operationId": "metrics",
+            "summary": "Prometheus metrics of this process (OpenMetrics text)",
+            "responses": {"200": {
+                "description": "Counters and histograms: HTTP requests, published and consumed messages, task durations, loan outcomes.",
+                "content": {"application/openmetrics-text": {"schema": {"type": "string"}}}
+            }}
+        }}),
+        json!({"get": {
+            "tags": ["operations"], "operationId": "openapi",
+            "summary": "This document",
+            "responses": {"200": {
+                "description": "The OpenAPI 3.1 description of this API.",
+                "content": json_content(json!({"type": "object", "required": ["openapi", "paths"]}))
+            }}
+        }}),
+    )
+}
+
+fn task_paths() -> (Value, Value, Value) {
+    let id = path_param("id", "The task id.", json!({"type": "string"}));
+    let actions: Vec<&str> = Action::ALL.iter().map(|a| a.as_str()).collect();
+    let collection = json!({
+        "post": v1(json!({
+            "tags": ["tasks"], "operationId": "submitTask",
+            "summary": "Submit a task",
+            "description": format!("Answered once RabbitMQ has confirmed the message. Actions: {}.", actions.join(", ")),
+            "requestBody": body("TaskSubmission"),
+            "responses": {
+                "202": {
+                    "description": "Queued; follow it at `Location`.",
+                    "headers": location(),
+                    "content": json_content(schema_ref("TaskAccepted"))
+                },
+                "400": error("The body is not JSON (`malformed_json`)."),
+                "413": error("The body is larger than BIBLIOMQ_API_BODY_LIMIT (`payload_too_large`)."),
+                "415": error("No `Content-Type: application/json` (`unsupported_media_type`)."),
+                "422": error("Unknown action or a payload the action cannot take (`unknown_action`, `invalid_payload`, `invalid_field`), with `field`."),
+                "503": unavailable()
+            }
+        })),
+        "get": v1(json!({
+            "tags": ["tasks"], "operationId": "listTasks",
+            "summary": "Tasks, newest first",
+            "parameters": [
+                query_param("state", "Only tasks in this state.", json!({"type": "string", "enum": STATES})),
+                query_param("action", "Only tasks of this action.", json!({"type": "string", "enum": actions})),
+                query_param("limit", "At most this many (1 to 500, default 50).", json!({"type": "integer", "minimum": 1, "maximum": 500})),
+                query_param("before", "Page on: tasks older than this id (`next_before` of the previous page).", json!({"type": "string", "format": "uuid"}))
+            ],
+            "responses": {
+                "200": ok("A page of tasks.", "TaskList"),
+                "400": error("`before` is not a task id (`invalid_task_id`), or an unknown parameter (`invalid_query`)."),
+                "422": error("Bad `state`, `action` or `limit`."),
+                "503": unavailable()
+            }
+        }))
+    });
+    let one = json!({"get": v1(json!({
+        "tags": ["tasks"], "operationId": "getTask",
+        "summary": "A task's state, attempts, timestamps, error and result",
+        "parameters": [id.clone()],
+        "responses": {
+            "200": ok("The task; `result` inline when small, `result_object` when stored in the bucket.", "Task"),
+            "400": error("The id is not a UUID (`invalid_task_id`)."),
+            "404": error("No such task (`task_not_found`)."),
+            "503": unavailable()
+        }
+    }))});
+    let result = json!({"get": v1(json!({
+        "tags": ["tasks"], "operationId": "getTaskResult",
+        "summary": "The result itself",
+        "description": "Inline results come from PostgreSQL; large ones are streamed from object storage with `x-content-sha256`, or with `?redirect=true` answered by a redirect to a presigned link.",
+        "parameters": [id, query_param("redirect", "Answer with a redirect to a presigned object-storage link (large results only).", json!({"type": "boolean"}))],
+        "responses": {
+            "200": {
+                "description": "The result: JSON, or CSV for `report`.",
+                "headers": {"x-content-sha256": {"description": "SHA-256 of a stored result.", "schema": {"type": "string"}}},
+                "content": {"application/json": {"schema": {}}, "text/csv": {"schema": {"type": "string"}}}
+            },
+            "307": {"description": "Redirect to a presigned link (`?redirect=true`, stored results).", "headers": location()},
+            "400": error("The id is not a UUID (`invalid_task_id`)."),
+            "404": error("No such task (`task_not_found`), or the stored result is missing (`result_missing`)."),
+            "409": error("Not finished (`result_not_ready`) or finished without a result (`task_failed`); `state` says which."),
+            "503": unavailable()
+        }
+    }))});
+    (collection, one, result)
+}
+
+fn loan_paths() -> (Value, Value) {
+    let make = json!({"post": v1(json!({
+        "tags": ["library"], "operationId": "makeLoan",
+        "summary": "Lend a copy of a title (by ISBN or by title words)",
+        "description": "Answered at once: the loan worker applies the rules and replies over RabbitMQ. A copy at the requested branch is preferred; another branch's otherwise.",
+        "parameters": [{
+            "name": "Idempotency-Key", "in": "header", "required": false,
+            "description": "Your key for safe retries: the same key answers with the same loan (`replayed`). One is made when absent and returned.",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 200}
+        }],
+        "requestBody": body("LoanRequest"),
+        "responses": {
+            "201": {
+                "description": "Lent (or, with `replayed`, lent earlier for this key).",
+                "headers": {
+                    "Location": {"schema": {"type": "string"}},
+                    "Idempotency-Key": {"schema": {"type": "string"}},
+                    "Idempotent-Replayed": {"schema": {"type": "string"}}
+                },
+                "content": json_content(schema_ref("LoanReceipt"))
+            },
+            "400": error("Malformed JSON or Idempotency-Key."),
+            "404": error("Unknown title or patron (`title_not_found`, `patron_not_found`)."),
+            "409": error("Refused by a rule: `not_available` (with `earliest_due_at`), `loan_limit_reached`, `ambiguous_title` (with `candidates`), `idempotency_key_reused`."),
+            "415": error("No `Content-Type: application/json`."),
+            "422": error("Invalid ISBN, patron, branch or title, with `field`."),
+            "503": unavailable()
+        }
+    }))});
+    let one = json!({"get": v1(json!({
+        "tags": ["library"], "operationId": "getLoan",
+        "summary": "A loan",
+        "parameters": [path_param("id", "The loan id.", json!({"type": "string"}))],
+        "responses": {
+            "200": ok("The loan.", "Loan"),
+            "400": error("The id is not a UUID (`invalid_loan_id`)."),
+            "404": error("No such loan (`loan_not_found`)."),
+            "503": unavailable()
+        }
+    }))});
+    (make, one)
+}
+
+fn circulation_paths() -> (Value, Value, Value) {
+    let accept = |id: &str, summary: &str| {
+        json!({"post": v1(json!({
+            "tags": ["library"], "operationId": id,
+            "summary": summary,
+            "description": "Accepted at once and applied by a worker; follow `links.self` (`/v1/operations/{id}`) until it is `applied` or `rejected`. Name the loan by `loan_id`, or by `isbn` and `patron`.",
+            "requestBody": body("CirculationRequest"),
+            "responses": {
+                "202": {
+                    "description": "Queued for the branch's worker.",
+                    "headers": location(),
+                    "content": json_content(schema_ref("OperationAccepted"))
+                },
+                "400": error("Malformed JSON."),
+                "404": error("No such patron, title or open loan (`patron_not_found`, `title_not_found`, `loan_not_found`)."),
+                "409": error("The loan is already closed (`not_on_loan`)."),
+                "415": error("No `Content-Type: application/json`."),
+                "422": error("Invalid ISBN, patron, branch or loan id, or a missing field, with `field`."),
+                "503": unavailable()
+            }
+        }))})
+    };
+    let operation = json!({"get": v1(json!({
+        "tags": ["library"], "operationId": "getOperation",
+        "summary": "A renewal's or return's state and outcome",
+        "parameters": [path_param("id", "The operation id.", json!({"type": "string"}))],
+        "responses": {
+            "200": ok("`pending`, then `applied` (with `outcome`) or `rejected` (with `reason`).", "Operation"),
+            "400": error("The id is not a UUID (`invalid_operation_id`)."),
+            "404": error("No such operation (`operation_not_found`)."),
+            "503": unavailable()
+        }
+    }))});
+    (
+        accept("renewLoan", "Renew a loan"),
+        accept("returnLoan", "Return a loan"),
+        operation,
+    )
+}
+
+fn catalogue_paths() -> (Value, Value, Value, Value) {
+    let search = json!({"get": v1(json!({
+        "tags": ["library"], "operationId": "searchBooks",
+        "summary": "Titles containing every word, ignoring case and accents",
+        "parameters": [
+            query_param("title", &format!("1 to {SEARCH_MAX_WORDS} words of the title."), json!({"type": "string"})),
+            query_param("q", "The same as `title`.", json!({"type": "string"})),
+            query_param("limit", &format!("At most this many (1 to {SEARCH_MAX_LIMIT}, default 20)."), json!({"type": "integer", "minimum": 1, "maximum": SEARCH_MAX_LIMIT}))
+        ],
+        "responses": {
+            "200": ok("Matching titles with their availability.", "BookSearch"),
+            "400": error("An unknown parameter (`invalid_query`)."),
+            "422": error("No words, too many, or a bad limit (`invalid_query`, `invalid_limit`)."),
+            "503": unavailable()
+        }
+    }))});
+    let book = json!({"get": v1(json!({
+        "tags": ["library"], "operationId": "getBook",
+        "summary": "A title, its copies per branch and when the next one is due back",
+        "parameters": [path_param("isbn", "ISBN-13 (or ISBN-10; hyphens allowed).", json!({"type": "string"}))],
+        "responses": {
+            "200": ok("The title.", "Book"),
+            "404": error("Not in the catalogue (`title_not_found`)."),
+            "422": error("Not a valid ISBN (`invalid_isbn`)."),
+            "503": unavailable()
+        }
+    }))});
+    let patron = json!({"get": v1(json!({
+        "tags": ["library"], "operationId": "getPatronLoans",
+        "summary": "A patron's loans, soonest due first",
+        "parameters": [
+            path_param("id", "The patron id.", json!({"type": "string"})),
+            query_param("all", "Returned loans too.", json!({"type": "boolean"}))
+        ],
+        "responses": {
+            "200": ok("The patron and their loans.", "PatronLoans"),
+            "400": error("An unknown or malformed parameter (`invalid_query`)."),
+            "404": error("No such patron (`patron_not_found`)."),
+            "422": error("Not a valid patron id (`invalid_patron`)."),
+            "503": unavailable()
+        }
+    }))});
+    let branches = json!({"get": v1(json!({
+        "tags": ["library"], "operationId": "listBranches",
+        "summary": "The library's branches (BIBLIOMQ_BRANCHES)",
+        "responses": {"200": ok("Branches in display order.", "Branches")}
+    }))});
+    (search, book, patron, branches)
+}
+
+fn nullable(schema: Value) -> Value {
+    let mut s = schema;
+    if let Some(t) = s["type"].as_str() {
+        s["type"] = json!([t, "null"]);
+    }
+    s
+}
+
+fn string() -> Value {
+    json!({"type": "string"})
+}
+
+fn uuid() -> Value {
+    json!({"type": "string", "format": "uuid"})
+}
+
+fn time() -> Value {
+    json!({"type": "string", "format": "date-time"})
+}
+
+fn integer() -> Value {
+    json!({"type": "integer"})
+}
+
+/// An object with exactly these properties, all required unless listed in `optional`.
+fn object(properties: Value, optional: &[&str]) -> Value {
+    let required: Vec<&String> = properties
+        .as_object()
+        .map(|p| {
+            p.keys()
+                .filter(|k| !optional.contains(&k.as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": required,
+        "properties": properties
+    })
+}
+
+fn schemas() -> Value {
+    let mut s = Map::new();
+    let mut add = |name: &str, schema: Value| {
+        s.insert(name.to_owned(), schema);
+    };
+    add(
+        "Error",
+        json!({
+            "type": "object",
+            "required": ["error"],
+            "additionalProperties": false,
+            "properties": {"error": {
+                "type": "object",
+                "description": "Some errors add details: `candidates` (ambiguous_title), `earliest_due_at` (not_available), `idempotency_key`, `state` (result_not_ready, task_failed), ...",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": {"type": "string", "description": "Stable, for programs to switch on."},
+                    "message": {"type": "string", "description": "What went wrong and what to do, for people."},
+                    "field": {"type": "string", "description": "The request field at fault."}
+                }
+            }}
+        }),
+    );
+    add("Health", object(json!({"status": {"const": "ok"}}), &[]));
+    let check = json!({"type": "string", "enum": ["ok", "unavailable"]});
+    add(
+        "Readiness",
+        object(
+            json!({
+                "status": {"type": "string", "enum": ["ready", "unready"]},
+                "checks": object(json!({"rabbitmq": check, "postgres": check, "s3": check}), &[]),
+                "unavailable": {"type": "array", "items": {"type": "string", "enum": ["rabbitmq", "postgres", "s3"]}}
+            }),
+            &[],
+        ),
+    );
+    task_schemas(&mut add);
+    library_schemas(&mut add);
+    Value::Object(s)
+}
+
+fn task_schemas(add: &mut impl FnMut(&str, Value)) {
+    let actions: Vec<&str> = Action::ALL.iter().map(|a| a.as_str()).collect();
+    let action = json!({"type": "string", "enum": actions});
+    let links = object(json!({"self": string(), "result": string()}), &[]);
+    add(
+        "TaskSubmission",
+        json!({
+            "type": "object",
+            "required": ["action"],
+            "additionalProperties": false,
+            "properties": {
+                "action": action,
+                "payload": {"description": "What the action works on, e.g. `\"1,2,3\"` for sum, `30` for fib, a string for upper."}
+            }
+        }),
+    );
+    add(
+        "TaskAccepted",
+        object(
+            json!({
+                "id": uuid(), "action": action, "state": {"const": "queued"}, "links": links
+            }),
+            &[],
+        ),
+    );
+    add(
+        "ResultObject",
+        object(
+            json!({
+                "bucket": string(), "key": string(), "size": integer(),
+                "content_type": string(), "sha256": string()
+            }),
+            &[],
+        ),
+    );
+    add(
+        "Task",
+        object(
+            json!({
+                "id": uuid(),
+                "action": action,
+                "state": {"type": "string", "enum": STATES},
+                "attempts": integer(),
+                "correlation_id": nullable(string()),
+                "created_at": time(),
+                "started_at": nullable(time()),
+                "finished_at": nullable(time()),
+                "updated_at": time(),
+                "error": nullable(string()),
+                "payload": {"description": "As submitted."},
+                "result": {"description": "The result when small enough to keep inline; null otherwise."},
+                "result_object": {"oneOf": [schema_ref("ResultObject"), {"type": "null"}]},
+                "result_content_type": nullable(string()),
+                "result_size": nullable(integer()),
+                "links": links
+            }),
+            &["payload"],
+        ),
+    );
+    add(
+        "TaskList",
+        object(
+            json!({
+                "tasks": {"type": "array", "items": schema_ref("Task")},
+                "next_before": {"oneOf": [uuid(), {"type": "null"}], "description": "Pass as `before` for the next page; null on the last."}
+            }),
+            &[],
+        ),
+    );
+}
+
+fn library_schemas(add: &mut impl FnMut(&str, Value)) {
+    add(
+        "LoanRequest",
+        json!({
+            "type": "object",
+            "required": ["patron", "branch"],
+            "additionalProperties": false,
+            "description": "Give `isbn` or `title`, not both.",
+            "properties": {
+                "isbn": string(), "title": string(), "patron": string(),
+                "branch": {"type": "string", "description": "A branch code, see /v1/branches."}
+            }
+        }),
+    );
+    add(
+        "NewLoan",
+        object(
+            json!({
+                "id": uuid(), "isbn": string(), "title": string(), "patron": string(),
+                "copy": {"type": "string", "description": "The copy's barcode."},
+                "branch": string(), "loaned_at": time(), "due_at": time(), "renewals": integer()
+            }),
+            &[],
+        ),
+    );
+    add(
+        "LoanReceipt",
+        object(
+            json!({
+                "loan": schema_ref("NewLoan"),
+                "replayed": {"type": "boolean"},
+                "idempotency_key": string()
+            }),
+            &[],
+        ),
+    );
+    add(
+        "Loan",
+        object(
+            json!({
+                "id": uuid(), "isbn": string(), "title": string(), "patron": string(),
+                "copy": string(), "branch": string(), "loaned_at": time(), "due_at": time(),
+                "renewals": integer(), "returned_at": nullable(time()), "overdue": {"type": "boolean"}
+            }),
+            &[],
+        ),
+    );
+    add(
+        "CirculationRequest",
+        json!({
+            "type": "object",
+            "required": ["branch"],
+            "additionalProperties": false,
+            "description": "Give `loan_id`, or `isbn` and `patron`.",
+            "properties": {"loan_id": string(), "isbn": string(), "patron": string(), "branch": string()}
+        }),
+    );
+    add(
+        "OperationAccepted",
+        object(
+            json!({
+                "operation_id": uuid(),
+                "kind": {"type": "string", "enum": ["renewal", "return"]},
+                "state": {"const": "pending"},
+                "loan_id": uuid(),
+                "branch": string(),
+                "tentative_due_at": {"type": "string", "format": "date-time", "description": "Renewals: the due date if it is applied."},
+                "links": object(json!({"self": string()}), &[])
+            }),
+            &["tentative_due_at"],
+        ),
+    );
+    add(
+        "Operation",
+        object(
+            json!({
+                "id": uuid(),
+                "kind": {"type": "string", "enum": ["loan", "renewal", "return"]},
+                "state": {"type": "string", "enum": ["pending", "applied", "rejected"]},
+                "reason": nullable(string()),
+                "loan_id": {"oneOf": [uuid(), {"type": "null"}]},
+                "isbn": nullable(string()),
+                "patron": nullable(string()),
+                "branch": string(),
+                "requested_at": time(),
+                "settled_at": nullable(time()),
+                "outcome": {"type": ["object", "null"], "description": "Applied: what changed (new due date, ...). Rejected: `code` and `message`."}
+            }),
+            &[],
+        ),
+    );
+    add(
+        "Book",
+        object(
+            json!({
+                "isbn": string(), "title": string(),
+                "authors": {"type": "array", "items": string()},
+                "published_year": nullable(integer()),
+                "branches": {"type": "array", "items": object(json!({
+                    "branch": string(), "total": integer(), "available": integer(),
+                    "next_due_at": nullable(time())
+                }), &[])},
+                "copies": {"type": "array", "items": object(json!({
+                    "barcode": string(), "branch": string(),
+                    "status": {"type": "string", "enum": ["available", "on_loan"]},
+                    "due_at": nullable(time()),
+                    "loan_id": {"oneOf": [uuid(), {"type": "null"}]}
+                }), &[])}
+            }),
+            &[],
+        ),
+    );
+    add(
+        "BookSearch",
+        object(
+            json!({
+                "query": string(),
+                "books": {"type": "array", "items": object(json!({
+                    "isbn": string(), "title": string(),
+                    "authors": {"type": "array", "items": string()},
+                    "published_year": nullable(integer()),
+                    "total_copies": integer(), "available_copies": integer(),
+                    "available_by_branch": {"type": "object", "additionalProperties": integer()}
+                }), &[])}
+            }),
+            &[],
+        ),
+    );
+    add(
+        "PatronLoans",
+        object(
+            json!({
+                "patron": string(), "name": string(), "max_loans": integer(),
+                "loans": {"type": "array", "items": schema_ref("Loan")}
+            }),
+            &[],
+        ),
+    );
+    add(
+        "Branches",
+        object(
+            json!({
+                "branches": {"type": "array", "items": object(json!({"code": string(), "name": string()}), &[])}
+            }),
+            &[],
+        ),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reference_points_at_a_described_schema() {
+        let doc = document();
+        let text = doc.to_string();
+        for piece in text.split("\"$ref\":\"").skip(1) {
+            let target = piece.split('"').next().unwrap_or_default();
+            let pointer = target.trim_start_matches('#');
+            assert!(doc.pointer(pointer).is_some(), "dangling $ref {target}");
+        }
+    }
+
+    #[test]
+    fn every_operation_has_an_id_and_a_success_answer() {
+        let doc = document();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                assert!(op["operationId"].is_string(), "{method} {path}");
+                let codes: Vec<&String> = op["responses"].as_object().unwrap().keys().collect();
+                assert!(
+                    codes.iter().any(|c| c.starts_with('2')),
+                    "{method} {path}: {codes:?}"
+                );
+            }
+        }
+    }
+}
