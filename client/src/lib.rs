@@ -1,0 +1,177 @@
+//! bibliomq-client: the `bibliomq` command-line client.
+//!
+//! A thin HTTP client of the API: every rule and validation stays on the
+//! server (the command layer), and the client shows its answers, including
+//! its errors (code, message, field), as text for people or as JSON with
+//! `--json`. On top of single commands it replays request files, the way
+//! branch systems used to send their day's operations, and measures them.
+//!
+//! # Layout
+//! - [`cli`]: the command line (clap), with the exit codes in its help.
+//! - [`error`]: what can fail, how it is shown, and its exit code.
+//! - [`http`]: requests to the API (token, timeouts) and their answers.
+//! - [`output`]: JSON or aligned text.
+//! - [`follow`]: polling accepted work until it settles, with a deadline.
+//! - [`tasks`]: `task submit|get|list|result`.
+//! - [`library`]: `loan`, `renew`, `return`, `operation`, `book`, `search`,
+//!   `loans`, `branches`, `status`.
+//! - [`replay`]: `run <file>`: the request-file format, the paced concurrent
+//!   replay, its summary and its HTML report.
+
+pub mod cli;
+pub mod error;
+pub mod follow;
+pub mod http;
+pub mod library;
+pub mod output;
+pub mod replay;
+pub mod tasks;
+
+use std::time::Duration;
+
+use clap::Parser;
+
+use cli::{Cli, Command, TaskCommand};
+use error::{Failure, exit};
+use output::Output;
+
+/// Parses the command line, runs the command, prints any failure, and
+/// returns the exit code.
+pub async fn main_with_args(args: impl IntoIterator<Item = String>) -> i32 {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help and version to stdout and errors to stderr,
+            // with its own exit codes (0 and 2).
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    let out = Output {
+        json: cli.global.json,
+    };
+    match run(cli).await {
+        Ok(()) => exit::OK,
+        Err(Failure::Reported(code)) => code,
+        Err(failure) => {
+            if out.json {
+                out.json(&failure.to_json());
+            } else {
+                eprintln!("error: {}", failure.describe());
+            }
+            failure.exit_code()
+        }
+    }
+}
+
+fn seconds(s: f64, what: &str) -> Result<Duration, Failure> {
+    Duration::try_from_secs_f64(s)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| Failure::Usage(format!("{what} must be a positive number of seconds")))
+}
+
+pub async fn run(cli: Cli) -> Result<(), Failure> {
+    let g = &cli.global;
+    let api = http::Api::new(
+        &g.api_url,
+        g.token.clone(),
+        seconds(g.request_timeout, "--request-timeout")?,
+    )?;
+    let out = Output { json: g.json };
+    match cli.command {
+        Command::Task(t) => match t {
+            TaskCommand::Submit {
+                action,
+                payload,
+                string,
+                wait,
+                wait_for,
+            } => {
+                let payload = tasks::parse_payload(&payload.join(" "), string);
+                let wait = if wait {
+                    Some(seconds(wait_for.timeout, "--wait-timeout")?)
+                } else {
+                    None
+                };
+                tasks::submit(&api, out, &action, payload, wait).await
+            }
+            TaskCommand::Get { id } => tasks::get(&api, out, &id).await,
+            TaskCommand::List {
+                state,
+                action,
+                limit,
+                before,
+            } => {
+                tasks::list(
+                    &api,
+                    out,
+                    state.as_deref(),
+                    action.as_deref(),
+                    limit,
+                    before.as_deref(),
+                )
+                .await
+            }
+            TaskCommand::Result { id, output } => {
+                tasks::result(&api, out, &id, output.as_deref()).await
+            }
+        },
+        Command::Loan(a) => {
+            let book = match (a.isbn, a.title) {
+                (_, Some(title)) => library::Book::Title(title),
+                (Some(isbn), None) => library::Book::Isbn(isbn),
+                (None, None) => {
+                    return Err(Failure::Usage("give the ISBN or --title".into()));
+                }
+            };
+            library::loan(
+                &api,
+                out,
+                &book,
+                &a.patron,
+                &a.branch,
+                a.idempotency_key.as_deref(),
+            )
+            .await
+        }
+        Command::Renew(a) => circulate(&api, out, library::Circulation::Renewal, a).await,
+        Command::Return(a) => circulate(&api, out, library::Circulation::Return, a).await,
+        Command::Operation { id, wait, wait_for } => {
+            let wait = if wait {
+                Some(seconds(wait_for.timeout, "--wait-timeout")?)
+            } else {
+                None
+            };
+            library::operation(&api, out, &id, wait).await
+        }
+        Command::Book { isbn } => library::book(&api, out, &isbn).await,
+        Command::Search { words, limit } => library::search(&api, out, &words, limit).await,
+        Command::Loans { patron, all } => library::loans(&api, out, &patron, all).await,
+        Command::Branches => library::branches(&api, out).await,
+        Command::Status => library::status(&api, out).await,
+        Command::Run(args) => {
+            seconds(args.wait_for.timeout, "--wait-timeout")?;
+            replay::run(&api, out, &args).await
+        }
+    }
+}
+
+async fn circulate(
+    api: &http::Api,
+    out: Output,
+    kind: library::Circulation,
+    a: cli::CirculationArgs,
+) -> Result<(), Failure> {
+    let wait = if a.wait {
+        Some(seconds(a.wait_for.timeout, "--wait-timeout")?)
+    } else {
+        None
+    };
+    let loan = library::LoanRef {
+        isbn: a.isbn,
+        patron: a.patron,
+        loan_id: a.loan_id,
+    };
+    library::circulate(api, out, kind, &loan, &a.branch, wait).await
+}
