@@ -6,6 +6,8 @@
 mod browser;
 mod edge;
 mod library;
+mod openapi;
+mod ops;
 mod resilience;
 mod restarts;
 mod tasks;

@@ -1,0 +1,599 @@
+//! The OpenAPI document stays true: every documented operation is called
+//! against a running app and each answer's status and body are checked
+//! against what the document says; every path the router serves is in it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bibliomq_testkit::{TestApp, TestEnv, app::DEADLINE, app::wait_until};
+use reqwest::{Method, header::CONTENT_TYPE};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+const QUIJOTE: &str = "9788437604947";
+const CRIMEN: &str = "9780140449266";
+const METHODS: [Method; 5] = [
+    Method::GET,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+];
+
+/// The document as the app serves it.
+async fn document(app: &TestApp) -> Value {
+    let resp = app.get("/openapi.json").await;
+    assert_eq!(resp.status(), 200);
+    resp.json().await.unwrap()
+}
+
+/// The documented path template a concrete path falls under.
+fn template_of<'d>(doc: &'d Value, path: &str) -> Option<&'d str> {
+    let segments: Vec<&str> = path.split('/').collect();
+    doc["paths"]
+        .as_object()?
+        .keys()
+        .map(String::as_str)
+        .find(|t| {
+            let ts: Vec<&str> = t.split('/').collect();
+            ts.len() == segments.len()
+                && ts
+                    .iter()
+                    .zip(&segments)
+                    .all(|(t, s)| (t.starts_with('{') && !s.is_empty()) || t == s)
+        })
+}
+
+/// Calls the API and checks the answer against the document; remembers
+/// which operations were exercised.
+struct Checker<'a> {
+    app: &'a TestApp,
+    doc: Value,
+    token: Option<&'a str>,
+    exercised: BTreeSet<(String, String)>,
+    statuses: BTreeMap<(String, String), BTreeSet<u16>>,
+}
+
+struct Call {
+    method: Method,
+    path: String,
+    body: Option<Body>,
+    headers: Vec<(&'static str, String)>,
+}
+
+enum Body {
+    Json(Value),
+    Raw(&'static str, String),
+}
+
+fn call(method: Method, path: impl Into<String>) -> Call {
+    Call {
+        method,
+        path: path.into(),
+        body: None,
+        headers: Vec::new(),
+    }
+}
+
+impl Call {
+    fn json(mut self, v: Value) -> Self {
+        self.body = Some(Body::Json(v));
+        self
+    }
+
+    fn raw(mut self, content_type: &'static str, text: impl Into<String>) -> Self {
+        self.body = Some(Body::Raw(content_type, text.into()));
+        self
+    }
+
+    fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+impl<'a> Checker<'a> {
+    async fn new(app: &'a TestApp, token: Option<&'a str>) -> Self {
+        Self {
+            doc: document(app).await,
+            app,
+            token,
+            exercised: BTreeSet::new(),
+            statuses: BTreeMap::new(),
+        }
+    }
+
+    /// Sends `c`, asserts that `expect` came back, that the document lists
+    /// that status for the operation, and that a JSON body matches the
+    /// documented schema. Returns the body.
+    async fn check(&mut self, c: Call, expect: u16) -> Value {
+        let mut req = self
+            .app
+            .http
+            .request(c.method.clone(), self.app.url(&c.path));
+        if let Some(t) = self.token {
+            req = req.bearer_auth(t);
+        }
+        for (k, v) in &c.headers {
+            req = req.header(*k, v);
+        }
+        req = match c.body {
+            Some(Body::Json(v)) => req.json(&v),
+            Some(Body::Raw(ct, text)) => {
+                let req = req.body(text);
+                if ct.is_empty() {
+                    req
+                } else {
+                    req.header(CONTENT_TYPE, ct)
+                }
+            }
+            None => req,
+        };
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let bytes = resp.bytes().await.unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let what = format!("{} {}", c.method, c.path);
+        assert_eq!(status, expect, "{what}: {body}");
+
+        let route = c.path.split('?').next().unwrap();
+        let template = template_of(&self.doc, route)
+            .unwrap_or_else(|| panic!("{what}: no documented path matches"))
+            .to_owned();
+        let method = c.method.as_str().to_lowercase();
+        let op = &self.doc["paths"][&template][&method];
+        assert!(
+            op.is_object(),
+            "{what}: {method} {template} is not documented"
+        );
+        let documented = &op["responses"][status.to_string()];
+        assert!(
+            documented.is_object(),
+            "{what}: status {status} is not documented for {method} {template}: {body}"
+        );
+        self.exercised.insert((method.clone(), template.clone()));
+        self.statuses
+            .entry((method, template))
+            .or_default()
+            .insert(status);
+
+        let media = content_type.split(';').next().unwrap_or_default().trim();
+        let content = &documented["content"];
+        if !content.is_null() && status != 307 {
+            assert!(
+                content[media].is_object(),
+                "{what}: answered {media}, documented {:?}",
+                content.as_object().map(|c| c.keys().collect::<Vec<_>>())
+            );
+        }
+        if media == "application/json"
+            && let Some(schema) = content[media]["schema"].as_object()
+        {
+            let mut schema = Value::Object(schema.clone());
+            // Schemas refer to `#/components/...`: give them the document's.
+            schema["components"] = self.doc["components"].clone();
+            let validator = jsonschema::draft202012::options()
+                .should_validate_formats(true)
+                .build(&schema)
+                .unwrap_or_else(|e| panic!("{what}: the documented schema is invalid: {e}"));
+            let errors: Vec<String> = validator
+                .iter_errors(&body)
+                .map(|e| format!("{} at {}", e, e.instance_path()))
+                .collect();
+            assert!(
+                errors.is_empty(),
+                "{what} ({status}): the body does not match the documented schema:\n  {}\nbody: {body}",
+                errors.join("\n  ")
+            );
+        }
+        body
+    }
+
+    fn documented_operations(&self) -> BTreeSet<(String, String)> {
+        let mut ops = BTreeSet::new();
+        for (path, item) in self.doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                ops.insert((method.clone(), path.clone()));
+            }
+        }
+        ops
+    }
+}
+
+async fn wait_task(app: &TestApp, id: &str) {
+    let id: Uuid = id.parse().unwrap();
+    app.wait_for_task(id).await;
+}
+
+async fn wait_operation(app: &TestApp, id: &str) {
+    let path = format!("/v1/operations/{id}");
+    wait_until(DEADLINE, || async {
+        let op: Value = app.get(&path).await.json().await.unwrap();
+        (op["state"] != "pending").then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("operation {id} stayed pending"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_operation_answers_as_documented() {
+    let app = TestApp::spawn(
+        TestEnv::new().await,
+        |s| {
+            s.tasks.inline_result_limit = 64;
+            s.api.body_limit = 4096;
+        },
+        1,
+    )
+    .await;
+    app.seed(20, 20).await;
+    let mut c = Checker::new(&app, None).await;
+    let missing = Uuid::now_v7();
+
+    // Operations.
+    c.check(call(Method::GET, "/healthz"), 200).await;
+    c.check(call(Method::GET, "/readyz"), 200).await;
+    c.check(call(Method::GET, "/metrics"), 200).await;
+    c.check(call(Method::GET, "/openapi.json"), 200).await;
+
+    // Tasks: accepted, refused in each documented way, looked up, listed.
+    let small = c
+        .check(
+            call(Method::POST, "/v1/tasks").json(json!({"action": "sum", "payload": "1,2,3"})),
+            202,
+        )
+        .await;
+    let large = c
+        .check(
+            call(Method::POST, "/v1/tasks")
+                .json(json!({"action": "upper", "payload": "x".repeat(200)})),
+            202,
+        )
+        .await;
+    let slow = c
+        .check(
+            call(Method::POST, "/v1/tasks").json(json!({"action": "sleep", "payload": 60_000})),
+            202,
+        )
+        .await;
+    c.check(
+        call(Method::POST, "/v1/tasks").raw("application/json", "{"),
+        400,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/tasks").raw("", r#"{"action": "sum"}"#),
+        415,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/tasks").json(json!({"action": "nope"})),
+        422,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/tasks")
+            .json(json!({"action": "upper", "payload": "x".repeat(10_000)})),
+        413,
+    )
+    .await;
+    let (small, large, slow) = (
+        small["id"].as_str().unwrap().to_owned(),
+        large["id"].as_str().unwrap().to_owned(),
+        slow["id"].as_str().unwrap().to_owned(),
+    );
+    wait_task(&app, &small).await;
+    wait_task(&app, &large).await;
+    c.check(call(Method::GET, format!("/v1/tasks/{small}")), 200)
+        .await;
+    c.check(call(Method::GET, format!("/v1/tasks/{large}")), 200)
+        .await;
+    c.check(call(Method::GET, "/v1/tasks/nope"), 400).await;
+    c.check(call(Method::GET, format!("/v1/tasks/{missing}")), 404)
+        .await;
+    c.check(call(Method::GET, "/v1/tasks?limit=2"), 200).await;
+    c.check(
+        call(Method::GET, "/v1/tasks?state=succeeded&action=sum"),
+        200,
+    )
+    .await;
+    c.check(call(Method::GET, "/v1/tasks?state=bogus"), 422)
+        .await;
+    c.check(call(Method::GET, "/v1/tasks?before=xyz"), 400)
+        .await;
+    c.check(call(Method::GET, format!("/v1/tasks/{small}/result")), 200)
+        .await;
+    c.check(call(Method::GET, format!("/v1/tasks/{large}/result")), 200)
+        .await;
+    c.check(
+        call(
+            Method::GET,
+            format!("/v1/tasks/{large}/result?redirect=true"),
+        ),
+        307,
+    )
+    .await;
+    c.check(call(Method::GET, format!("/v1/tasks/{slow}/result")), 409)
+        .await;
+    c.check(
+        call(Method::GET, format!("/v1/tasks/{missing}/result")),
+        404,
+    )
+    .await;
+    c.check(call(Method::GET, "/v1/tasks/nope/result"), 400)
+        .await;
+
+    // Loans.
+    let lent = c
+        .check(
+            call(Method::POST, "/v1/loans")
+                .json(json!({"isbn": QUIJOTE, "patron": "ana", "branch": "central"})),
+            201,
+        )
+        .await;
+    let replay_key = "openapi-test-key";
+    c.check(
+        call(Method::POST, "/v1/loans")
+            .header("idempotency-key", replay_key)
+            .json(json!({"title": "la sombra del viento", "patron": "luis", "branch": "norte"})),
+        201,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/loans")
+            .header("idempotency-key", replay_key)
+            .json(json!({"title": "la sombra del viento", "patron": "luis", "branch": "norte"})),
+        201,
+    )
+    .await;
+    for patron in ["marta", "jorge"] {
+        c.check(
+            call(Method::POST, "/v1/loans")
+                .json(json!({"isbn": CRIMEN, "patron": patron, "branch": "central"})),
+            201,
+        )
+        .await;
+    }
+    c.check(
+        call(Method::POST, "/v1/loans")
+            .json(json!({"isbn": CRIMEN, "patron": "lucia", "branch": "central"})),
+        409,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/loans")
+            .json(json!({"isbn": QUIJOTE, "patron": "nadie", "branch": "central"})),
+        404,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/loans")
+            .json(json!({"isbn": "123", "patron": "ana", "branch": "central"})),
+        422,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/loans").raw("application/json", "{\"isbn\""),
+        400,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/loans").raw("text/plain", "isbn"),
+        415,
+    )
+    .await;
+    let loan_id = lent["loan"]["id"].as_str().unwrap().to_owned();
+    c.check(call(Method::GET, format!("/v1/loans/{loan_id}")), 200)
+        .await;
+    c.check(call(Method::GET, "/v1/loans/nope"), 400).await;
+    c.check(call(Method::GET, format!("/v1/loans/{missing}")), 404)
+        .await;
+
+    // Renewals, returns and their operations.
+    let renewal = c
+        .check(
+            call(Method::POST, "/v1/renewals")
+                .json(json!({"isbn": QUIJOTE, "patron": "ana", "branch": "central"})),
+            202,
+        )
+        .await;
+    let renewal = renewal["operation_id"].as_str().unwrap().to_owned();
+    c.check(call(Method::GET, format!("/v1/operations/{renewal}")), 200)
+        .await;
+    wait_operation(&app, &renewal).await;
+    c.check(call(Method::GET, format!("/v1/operations/{renewal}")), 200)
+        .await;
+    c.check(
+        call(Method::POST, "/v1/renewals")
+            .json(json!({"isbn": QUIJOTE, "patron": "luis", "branch": "central"})),
+        404,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/renewals")
+            .json(json!({"isbn": QUIJOTE, "patron": "ana", "branch": "sur"})),
+        422,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/renewals").raw("application/json", "{"),
+        400,
+    )
+    .await;
+    c.check(call(Method::POST, "/v1/renewals").raw("", "{}"), 415)
+        .await;
+    let returned = c
+        .check(
+            call(Method::POST, "/v1/returns").json(json!({"loan_id": loan_id, "branch": "norte"})),
+            202,
+        )
+        .await;
+    wait_operation(&app, returned["operation_id"].as_str().unwrap()).await;
+    c.check(
+        call(
+            Method::GET,
+            format!(
+                "/v1/operations/{}",
+                returned["operation_id"].as_str().unwrap()
+            ),
+        ),
+        200,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/returns").json(json!({"loan_id": loan_id, "branch": "norte"})),
+        409,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/returns")
+            .json(json!({"isbn": QUIJOTE, "patron": "ana", "branch": "norte"})),
+        404,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/returns").json(json!({"isbn": QUIJOTE, "branch": "norte"})),
+        422,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/returns").raw("application/json", "nope"),
+        400,
+    )
+    .await;
+    c.check(call(Method::POST, "/v1/returns").raw("", "{}"), 415)
+        .await;
+    c.check(call(Method::GET, "/v1/operations/nope"), 400).await;
+    c.check(call(Method::GET, format!("/v1/operations/{missing}")), 404)
+        .await;
+
+    // The catalogue.
+    c.check(call(Method::GET, "/v1/books?title=quijote"), 200)
+        .await;
+    c.check(call(Method::GET, "/v1/books?q=sombra&limit=5"), 200)
+        .await;
+    c.check(call(Method::GET, "/v1/books?title="), 422).await;
+    c.check(call(Method::GET, "/v1/books?title=x&limit=1000"), 422)
+        .await;
+    c.check(call(Method::GET, "/v1/books?colour=red"), 400)
+        .await;
+    c.check(call(Method::GET, format!("/v1/books/{QUIJOTE}")), 200)
+        .await;
+    c.check(call(Method::GET, "/v1/books/9788450099997"), 404)
+        .await;
+    c.check(call(Method::GET, "/v1/books/123"), 422).await;
+    c.check(call(Method::GET, "/v1/patrons/ana/loans"), 200)
+        .await;
+    c.check(call(Method::GET, "/v1/patrons/ana/loans?all=true"), 200)
+        .await;
+    c.check(call(Method::GET, "/v1/patrons/nadie/loans"), 404)
+        .await;
+    c.check(call(Method::GET, "/v1/patrons/NO%20WAY/loans"), 422)
+        .await;
+    c.check(call(Method::GET, "/v1/patrons/ana/loans?all=maybe"), 400)
+        .await;
+    c.check(call(Method::GET, "/v1/branches"), 200).await;
+
+    let missed: Vec<_> = c
+        .documented_operations()
+        .difference(&c.exercised)
+        .cloned()
+        .collect();
+    assert!(missed.is_empty(), "documented but never called: {missed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_the_router_serves_is_documented() {
+    let app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
+    let doc = document(&app).await;
+    let mut served = BTreeSet::new();
+    for path in bibliomq_api::routes::paths() {
+        let concrete = path
+            .replace("{id}", &Uuid::now_v7().to_string())
+            .replace("{isbn}", QUIJOTE);
+        for method in METHODS {
+            let resp = app
+                .http
+                .request(method.clone(), app.url(&concrete))
+                .send()
+                .await
+                .unwrap();
+            // The router's own 405 means "not this method"; any other
+            // answer (a 415 for a bodiless POST, a 404 for a made-up id)
+            // comes from a handler, so the route is served.
+            if resp.status() != 405 {
+                served.insert((method.as_str().to_lowercase(), path.clone()));
+            }
+        }
+    }
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            documented.insert((method.clone(), path.clone()));
+        }
+    }
+    let undocumented: Vec<_> = served.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "served but not documented: {undocumented:?}"
+    );
+    let unserved: Vec<_> = documented.difference(&served).collect();
+    assert!(
+        unserved.is_empty(),
+        "documented but not served: {unserved:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_token_v1_answers_401_without_it_and_operations_stay_open() {
+    let token = "tok-openapi-test";
+    let app = TestApp::spawn(
+        TestEnv::new().await,
+        |s| s.api.token = Some(bibliomq_core::config::ApiToken(token.into())),
+        0,
+    )
+    .await;
+    let mut anonymous = Checker::new(&app, None).await;
+    let doc = anonymous.doc.clone();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let concrete = path
+            .replace("{id}", &Uuid::now_v7().to_string())
+            .replace("{isbn}", QUIJOTE);
+        for method in item.as_object().unwrap().keys() {
+            let m: Method = method.to_uppercase().parse().unwrap();
+            let expect = if path.starts_with("/v1/") { 401 } else { 200 };
+            let body = anonymous
+                .check(call(m, concrete.clone()).json(json!({})), expect)
+                .await;
+            if expect == 401 {
+                assert_eq!(body["error"]["code"], "unauthorized", "{method} {path}");
+            }
+        }
+    }
+    let resp = app
+        .http
+        .get(app.url("/v1/branches"))
+        .bearer_auth("not-it")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    let mut authorised = Checker::new(&app, Some(token)).await;
+    authorised
+        .check(call(Method::GET, "/v1/branches"), 200)
+        .await;
+    let resp = app
+        .http
+        .get(app.url("/v1/branches"))
+        .header("authorization", format!("bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "the scheme is case-insensitive");
+}
