@@ -243,6 +243,8 @@ start_bench_stack() {
   export BIBLIOMQ_AMQP_URL="amqp://guest:guest@127.0.0.1:5672/$vhost"
   export BIBLIOMQ_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db"
   export BIBLIOMQ_API_PORT=$port
+  # Any free port: the bench's workers must not collide with scripts/up's.
+  export BIBLIOMQ_WORKER_OPS_PORT=0
   export BIBLIOMQ_S3_KEY_PREFIX="bench/"
   export RUST_LOG="${RUST_LOG:-warn}"
   # Capturing a backtrace for every error costs time and memory under load.
