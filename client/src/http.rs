@@ -100,6 +100,17 @@ impl Api {
     }
 
     pub fn transport(&self, e: &reqwest::Error) -> Failure {
+        if e.is_decode() || e.is_body() {
+            // Something answered, but not the way the API does (a wrong URL,
+            // a proxy's error page, a connection cut mid-answer).
+            return Failure::Api {
+                status: 502,
+                code: "unreadable_answer".into(),
+                message: format!("the answer from {} could not be read: {e}", self.base),
+                field: None,
+                error: json!({}),
+            };
+        }
         if e.is_timeout() {
             return Failure::Api {
                 status: 504,

@@ -233,6 +233,8 @@ pub async fn run(api: &Api, out: Output, args: &RunArgs) -> Result<(), Failure> 
     }
 }
 
+const PROGRESS_TEMPLATE: &str = "{bar:40.cyan/blue} {pos}/{len} lines  {per_sec}  eta {eta}  {msg}";
+
 fn progress_bar(len: u64, out: Output) -> ProgressBar {
     // Drawn only for a person watching a terminal; never into a pipe, a
     // log file or between JSON lines.
@@ -240,9 +242,7 @@ fn progress_bar(len: u64, out: Output) -> ProgressBar {
         return ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::hidden());
     }
     let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
-    if let Ok(style) = ProgressStyle::with_template(
-        "{bar:40.cyan/blue} {pos}/{len} lines  {per_sec}  eta {eta}  {msg}",
-    ) {
+    if let Ok(style) = ProgressStyle::with_template(PROGRESS_TEMPLATE) {
         bar.set_style(style);
     }
     bar
@@ -372,6 +372,11 @@ mod tests {
                 assert!(lines.iter().any(|l| l.op.kind() == kind), "no {kind:?}");
             }
         }
+    }
+
+    #[test]
+    fn the_progress_bar_template_is_valid() {
+        assert!(ProgressStyle::with_template(PROGRESS_TEMPLATE).is_ok());
     }
 
     #[test]
