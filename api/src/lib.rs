@@ -22,13 +22,8 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context;
 use axum::{Router, extract::DefaultBodyLimit};
 use bibliomq_core::{
-    broker::{Broker, Publisher, Topology},
-    clock::Clock,
-    commands::Commands,
-    config::Settings,
-    db,
+    broker::Broker, clock::Clock, commands::Commands, config::Settings, infra::Infra,
     metrics::Metrics,
-    storage::ObjectStore,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -62,53 +57,18 @@ impl Application {
 
     /// As [`Application::build`], with the clock the library rules read.
     pub async fn build_with_clock(settings: Settings, clock: Clock) -> anyhow::Result<Self> {
-        let pool = db::pool(&settings.database)?;
-        if settings.database.migrate_on_start {
-            db::migrate(&pool)
-                .await
-                .context("Failed to apply migrations")?;
-            let client = pool.get().await?;
-            bibliomq_core::library::store::ensure_branches(&**client, &settings.library.branches)
-                .await
-                .context("Failed to record the branches")?;
-        }
-        let broker = Broker::start(
-            &settings.amqp.url,
-            "bibliomq-api",
-            Topology::new(&settings.tasks),
-        );
-        // Give the first connection a moment, so a normal start serves its
-        // first request with the broker in place; a broker that is down does
-        // not stop the API from starting.
-        if !broker.wait_connected(Duration::from_secs(5)).await {
-            tracing::warn!("RabbitMQ is not reachable yet; submissions answer 503 until it is");
-        }
-        let metrics = Metrics::new();
-        let publisher = Publisher::new(
-            broker.clone(),
-            settings.amqp.confirm_timeout,
-            metrics.clone(),
-        );
-        let store = ObjectStore::new(&settings.s3);
-        let addr = format!("{}:{}", settings.api.host, settings.api.port);
+        let infra = Infra::connect(settings, "bibliomq-api", Duration::from_secs(5)).await?;
+        let addr = format!("{}:{}", infra.settings.api.host, infra.settings.api.port);
         let listener = TcpListener::bind(&addr)
             .await
             .with_context(|| format!("Failed to bind the API to {addr}"))?;
-        let commands = Commands::new(
-            pool,
-            publisher,
-            store,
-            settings.clone(),
-            metrics.clone(),
-            clock,
-        );
         Ok(Self {
             listener,
             state: AppState {
-                commands,
-                metrics,
-                broker,
-                settings: Arc::new(settings),
+                commands: infra.commands(clock),
+                metrics: infra.metrics.clone(),
+                broker: infra.broker.clone(),
+                settings: Arc::new(infra.settings),
                 stopping: CancellationToken::new(),
             },
         })

@@ -77,6 +77,8 @@ pub struct EdgeSettings {
     pub ndjson_port: u16,
     /// `TASK|id|1,2,3` pipe text gateway.
     pub pipe_port: u16,
+    /// The edge's operations server (`/metrics`, `/healthz`, `/readyz`).
+    pub ops_port: u16,
     /// Every request is answered within this time, with an error if need be.
     pub request_timeout: Duration,
     /// How long a task request waits for the task's outcome before answering
@@ -242,6 +244,7 @@ impl Settings {
                 zmq_pub_port: env.get("EDGE_ZMQ_PUB_PORT", 5556)?,
                 ndjson_port: env.get("EDGE_NDJSON_PORT", 5557)?,
                 pipe_port: env.get("EDGE_PIPE_PORT", 5558)?,
+                ops_port: env.get("EDGE_OPS_PORT", 9102)?,
                 request_timeout: env.millis("EDGE_REQUEST_TIMEOUT_MS", 10_000)?,
                 task_wait_timeout: env.millis("EDGE_TASK_WAIT_TIMEOUT_MS", 5_000)?,
             },

@@ -17,6 +17,7 @@
 //! - [`library`]: circulation domain types (ISBN, patron, branch), rules, rows, seed data.
 //! - [`clock`]: the time the rules see (a manual clock in tests).
 //! - [`commands`]: the command layer called by every transport.
+//! - [`infra`]: opening the connections every process needs, the same way in each.
 //! - [`metrics`]: Prometheus counters and histograms, one set per process.
 //! - [`ops`]: `/metrics`, `/healthz`, `/readyz`, and the small server that
 //!   serves them for processes without an HTTP API of their own.
@@ -29,6 +30,7 @@ pub mod commands;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod infra;
 pub mod library;
 pub mod metrics;
 pub mod ops;

@@ -113,6 +113,21 @@ pub struct LoanRequestLabels {
     pub outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EdgeLabels {
+    /// `zmq`, `ndjson` or `pipe`.
+    pub protocol: String,
+    /// The ZeroMQ action (canonical name), or the line gateway's task.
+    pub action: String,
+    /// `ok`, or the error code answered.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabels {
+    pub protocol: String,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Mutex<Registry>>,
@@ -125,6 +140,8 @@ pub struct Metrics {
     pub operations: Family<OperationLabels, Counter>,
     pub operation_duration: Family<ActionLabels, Histogram>,
     pub loan_requests: Family<LoanRequestLabels, Counter>,
+    pub edge_requests: Family<EdgeLabels, Counter>,
+    pub edge_duration: Family<ProtocolLabels, Histogram>,
 }
 
 impl Default for Metrics {
@@ -158,6 +175,20 @@ impl Metrics {
             Histogram::new(latency_buckets())
         });
         let loan_requests = Family::<LoanRequestLabels, Counter>::default();
+        let edge_requests = Family::<EdgeLabels, Counter>::default();
+        let edge_duration = Family::<ProtocolLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(latency_buckets())
+        });
+        registry.register(
+            "edge_requests",
+            "Requests the edge answered, by protocol, action and outcome",
+            edge_requests.clone(),
+        );
+        registry.register(
+            "edge_request_duration_seconds",
+            "Time the edge took to answer a request, by protocol",
+            edge_duration.clone(),
+        );
         registry.register(
             "loan_requests",
             "Loan requests answered by the command layer, by outcome (loaned, replayed, \
@@ -215,7 +246,31 @@ impl Metrics {
             operations,
             operation_duration,
             loan_requests,
+            edge_requests,
+            edge_duration,
         }
+    }
+
+    /// Counts and times one request answered by the edge.
+    pub fn edge_request(
+        &self,
+        protocol: &str,
+        action: &str,
+        outcome: &str,
+        elapsed: std::time::Duration,
+    ) {
+        self.edge_requests
+            .get_or_create(&EdgeLabels {
+                protocol: protocol.to_owned(),
+                action: action.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        self.edge_duration
+            .get_or_create(&ProtocolLabels {
+                protocol: protocol.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
     }
 
     /// Counts a loan request's outcome (see [`LoanRequestLabels`]).

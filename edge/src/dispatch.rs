@@ -196,26 +196,39 @@ impl Request {
 
 /// Answers one request frame; never fails, every outcome is a reply (JSON text).
 pub async fn handle(commands: Commands, body: &[u8], deadline: Instant) -> String {
+    let started = std::time::Instant::now();
+    let metrics = commands.metrics().clone();
+    let (action, outcome, reply) = answer(commands, body, deadline).await;
+    metrics.edge_request("zmq", action, outcome, started.elapsed());
+    reply
+}
+
+/// The reply, with the action (canonical name, `unknown` when there is none)
+/// and the outcome (`ok` or the error code) it is counted under.
+async fn answer(
+    commands: Commands,
+    body: &[u8],
+    deadline: Instant,
+) -> (&'static str, &'static str, String) {
     let request = match Request::parse(body, deadline) {
         Ok(r) => r,
-        Err(e) => return error_reply(&e),
+        Err(e) => return ("unknown", e.code, error_reply(&e)),
     };
     let Some(route) = route(&request.action) else {
         let known: Vec<&str> = ROUTES
             .iter()
             .flat_map(|r| r.names.iter().copied())
             .collect();
-        return error_reply(
-            &WireError::new(
-                "unknown_action",
-                format!(
-                    "unknown action `{}`; known actions: {}",
-                    request.action,
-                    known.join(", ")
-                ),
-            )
-            .with_field("action"),
-        );
+        let e = WireError::new(
+            "unknown_action",
+            format!(
+                "unknown action `{}`; known actions: {}",
+                request.action,
+                known.join(", ")
+            ),
+        )
+        .with_field("action");
+        return ("unknown", e.code, error_reply(&e));
     };
     let span = tracing::info_span!(
         "zmq_request",
@@ -223,9 +236,10 @@ pub async fn handle(commands: Commands, body: &[u8], deadline: Instant) -> Strin
         correlation_id = %request.correlation_id
     );
     let reply = tracing::Instrument::instrument((route.handler)(commands, request), span).await;
+    let action = route.names[0];
     match reply {
-        Ok(fields) => ok_reply(fields),
-        Err(e) => error_reply(&e),
+        Ok(fields) => (action, "ok", ok_reply(fields)),
+        Err(e) => (action, e.code, error_reply(&e)),
     }
 }
 

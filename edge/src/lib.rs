@@ -36,12 +36,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bibliomq_core::{
-    broker::{Broker, Publisher, Topology},
-    commands::Commands,
-    config::Settings,
-    db,
-    metrics::Metrics,
-    storage::ObjectStore,
+    broker::Broker, clock::Clock, commands::Commands, config::Settings, infra::Infra,
+    ops::OpsServer,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -60,6 +56,7 @@ pub struct EdgePorts {
 pub struct EdgeApp {
     commands: Commands,
     broker: Broker,
+    ops: OpsServer,
     router: RouterSocket,
     publisher: PubSocket,
     ndjson: TcpListener,
@@ -72,32 +69,15 @@ impl EdgeApp {
     /// fine, requests answer `unavailable` until they are back) and binds all
     /// four sockets; port 0 picks a free port.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let pool = db::pool(&settings.database)?;
-        if settings.database.migrate_on_start {
-            db::migrate(&pool)
-                .await
-                .context("Failed to apply migrations")?;
-        }
-        let broker = Broker::start(
-            &settings.amqp.url,
-            "bibliomq-edge",
-            Topology::new(&settings.tasks),
-        );
-        // As the API does: a normal start serves its first request with the
-        // broker in place, a broker that is down does not stop the start.
-        if !broker.wait_connected(Duration::from_secs(5)).await {
-            tracing::warn!(
-                "RabbitMQ is not reachable yet; requests answer `unavailable` until it is"
-            );
-        }
-        let metrics = Metrics::new();
-        let publisher = Publisher::new(
-            broker.clone(),
-            settings.amqp.confirm_timeout,
-            metrics.clone(),
-        );
-        let store = ObjectStore::new(&settings.s3);
-
+        let infra = Infra::connect(settings, "bibliomq-edge", Duration::from_secs(5)).await?;
+        let settings = &infra.settings;
+        let ops = OpsServer::bind(
+            &settings.edge.host,
+            settings.edge.ops_port,
+            infra.metrics.clone(),
+            infra.probes(),
+        )
+        .await?;
         let edge = &settings.edge;
         let mut router = RouterSocket::new();
         let zmq_request =
@@ -112,17 +92,11 @@ impl EdgeApp {
             ndjson: ndjson.local_addr()?.port(),
             pipe: pipe.local_addr()?.port(),
         };
-        let commands = Commands::new(
-            pool,
-            publisher,
-            store,
-            settings,
-            metrics,
-            bibliomq_core::clock::Clock::system(),
-        );
+        let commands = infra.commands(Clock::system());
         Ok(Self {
             commands,
-            broker,
+            broker: infra.broker,
+            ops,
             router,
             publisher: pub_socket,
             ndjson,
@@ -133,6 +107,11 @@ impl EdgeApp {
 
     pub fn ports(&self) -> EdgePorts {
         self.ports
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub fn ops_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.ops.local_addr()
     }
 
     /// Serves until `shutdown` is cancelled: then every socket stops taking
@@ -151,6 +130,10 @@ impl EdgeApp {
         // Each gateway line may take up to the request timeout, and a few
         // more moments to be written.
         let drain = edge.request_timeout + Duration::from_secs(2);
+        // The operations server outlives the drain, so /metrics and /readyz
+        // answer while requests finish; it stops after.
+        let ops_stop = CancellationToken::new();
+        let ops = tokio::spawn(self.ops.run_until_stopped(ops_stop.clone()));
         tokio::join!(
             requests::serve(
                 self.router,
@@ -172,6 +155,10 @@ impl EdgeApp {
                 drain,
             ),
         );
+        ops_stop.cancel();
+        if let Ok(Err(e)) = ops.await {
+            tracing::warn!(error = %e, "the operations server failed");
+        }
         self.broker.close().await;
         tracing::info!("edge stopped");
         Ok(())

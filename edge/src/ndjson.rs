@@ -84,7 +84,18 @@ impl LineProtocol for Ndjson {
         line: Result<String, BadLine>,
     ) -> impl Future<Output = String> + Send + 'static {
         let commands = self.commands.clone();
-        async move { to_text(&answer(commands, line).await) }
+        async move {
+            let started = std::time::Instant::now();
+            let metrics = commands.metrics().clone();
+            let answer = answer(commands, line).await;
+            let outcome = if answer.status == "done" {
+                "ok"
+            } else {
+                "error"
+            };
+            metrics.edge_request(Self::NAME, "task", outcome, started.elapsed());
+            to_text(&answer)
+        }
     }
 }
 

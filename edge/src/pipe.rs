@@ -40,7 +40,18 @@ impl LineProtocol for Pipe {
         line: Result<String, BadLine>,
     ) -> impl Future<Output = String> + Send + 'static {
         let commands = self.commands.clone();
-        async move { answer(commands, line).await }
+        async move {
+            let started = std::time::Instant::now();
+            let metrics = commands.metrics().clone();
+            let answer = answer(commands, line).await;
+            let outcome = if answer.starts_with("RESULT|") {
+                "ok"
+            } else {
+                "error"
+            };
+            metrics.edge_request(Self::NAME, "sum", outcome, started.elapsed());
+            answer
+        }
     }
 }
 

@@ -21,6 +21,8 @@ use crate::app::DEADLINE;
 /// A running edge.
 pub struct TestEdge {
     pub ports: EdgePorts,
+    /// The edge's operations server (`/metrics`, `/healthz`, `/readyz`).
+    pub ops: SocketAddr,
     stop: CancellationToken,
     join: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -34,12 +36,15 @@ impl TestEdge {
         settings.edge.zmq_pub_port = 0;
         settings.edge.ndjson_port = 0;
         settings.edge.pipe_port = 0;
+        settings.edge.ops_port = 0;
         let app = EdgeApp::build(settings).await.unwrap();
         let ports = app.ports();
+        let ops = app.ops_addr().unwrap();
         let stop = CancellationToken::new();
         let join = tokio::spawn(app.run_until_stopped(stop.clone()));
         Self {
             ports,
+            ops,
             stop,
             join: Some(join),
         }

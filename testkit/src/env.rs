@@ -62,6 +62,7 @@ impl TestEnv {
             ("BIBLIOMQ_API_HOST", "127.0.0.1".to_owned()),
             ("BIBLIOMQ_API_PORT", "0".to_owned()),
             ("BIBLIOMQ_WORKER_OPS_PORT", "0".to_owned()),
+            ("BIBLIOMQ_EDGE_OPS_PORT", "0".to_owned()),
             ("BIBLIOMQ_AMQP_CONFIRM_TIMEOUT_MS", "3000".to_owned()),
             // Short retry delays keep retry tests quick.
             ("BIBLIOMQ_TASK_RETRY_BASE_MS", "200".to_owned()),

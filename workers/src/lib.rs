@@ -15,27 +15,22 @@ pub mod events;
 pub mod library;
 pub mod tasks;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
-use anyhow::Context;
 use bibliomq_core::{
-    broker::{Broker, Publisher, Topology, topology},
+    broker::{Broker, topology},
     clock::Clock,
     config::Settings,
-    db,
+    infra::Infra,
     library::{Rules, message::OperationKind},
     metrics::Metrics,
-    ops::{OpsServer, Probes},
-    storage::ObjectStore,
+    ops::OpsServer,
 };
 use tokio_util::sync::CancellationToken;
 
 /// A worker process: its connections and consumers.
 pub struct WorkerApp {
-    settings: Settings,
-    pool: deadpool_postgres::Pool,
-    broker: Broker,
-    metrics: Metrics,
+    infra: Infra,
     clock: Clock,
     ops: OpsServer,
 }
@@ -49,42 +44,16 @@ impl WorkerApp {
 
     /// As [`WorkerApp::build`], with the clock the library rules read.
     pub async fn build_with_clock(settings: Settings, clock: Clock) -> anyhow::Result<Self> {
-        let pool = db::pool(&settings.database)?;
-        if settings.database.migrate_on_start {
-            db::migrate(&pool)
-                .await
-                .context("Failed to apply migrations")?;
-            let client = pool.get().await?;
-            bibliomq_core::library::store::ensure_branches(&**client, &settings.library.branches)
-                .await
-                .context("Failed to record the branches")?;
-        }
-        let broker = Broker::start(
-            &settings.amqp.url,
-            "bibliomq-workers",
-            Topology::new(&settings.tasks),
-        );
-        let metrics = Metrics::new();
-        let probes = Probes {
-            broker: broker.clone(),
-            pool: pool.clone(),
-            store: ObjectStore::new(&settings.s3),
-        };
+        // No waiting for the broker: the consumers subscribe when it comes.
+        let infra = Infra::connect(settings, "bibliomq-workers", Duration::ZERO).await?;
         let ops = OpsServer::bind(
-            &settings.worker.ops_host,
-            settings.worker.ops_port,
-            metrics.clone(),
-            probes,
+            &infra.settings.worker.ops_host,
+            infra.settings.worker.ops_port,
+            infra.metrics.clone(),
+            infra.probes(),
         )
         .await?;
-        Ok(Self {
-            settings,
-            pool,
-            broker,
-            metrics,
-            clock,
-            ops,
-        })
+        Ok(Self { infra, clock, ops })
     }
 
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
@@ -93,43 +62,40 @@ impl WorkerApp {
     }
 
     pub fn broker(&self) -> &Broker {
-        &self.broker
+        &self.infra.broker
     }
 
     /// This worker process's metrics (tests read the counters directly).
     pub fn metrics(&self) -> &Metrics {
-        &self.metrics
+        &self.infra.metrics
     }
 
     /// Runs every consumer until `shutdown` is cancelled, then drains them
     /// and closes the connection.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let publisher = Publisher::new(
-            self.broker.clone(),
-            self.settings.amqp.confirm_timeout,
-            self.metrics.clone(),
-        );
-        let store = ObjectStore::new(&self.settings.s3);
+        let infra = &self.infra;
+        let publisher = infra.publisher();
+        let store = infra.store.clone();
         let stop = consumer::Stop {
             graceful: shutdown,
             abandon: CancellationToken::new(),
         };
-        let prefetch = self.settings.amqp.prefetch;
-        let drain = self.settings.tasks.drain_timeout;
+        let prefetch = infra.settings.amqp.prefetch;
+        let drain = infra.settings.tasks.drain_timeout;
         let task_worker = Arc::new(tasks::TaskWorker::new(
-            self.pool.clone(),
+            infra.pool.clone(),
             publisher.clone(),
             store,
-            self.settings.tasks.clone(),
-            self.metrics.clone(),
+            infra.settings.tasks.clone(),
+            infra.metrics.clone(),
         ));
         let deps = Arc::new(library::LibraryDeps {
-            pool: self.pool.clone(),
+            pool: infra.pool.clone(),
             publisher,
-            rules: Rules::from_settings(&self.settings.library),
+            rules: Rules::from_settings(&infra.settings.library),
             clock: self.clock.clone(),
-            metrics: self.metrics.clone(),
-            poison_delivery_limit: self.settings.tasks.poison_delivery_limit,
+            metrics: infra.metrics.clone(),
+            poison_delivery_limit: infra.settings.tasks.poison_delivery_limit,
         });
         let loans = Arc::new(library::LoanServer::new(deps.clone()));
         let renewals = Arc::new(library::CirculationWorker::new(
@@ -146,7 +112,7 @@ impl WorkerApp {
         // still answer while in-flight work finishes; it stops after.
         let ops_stop = CancellationToken::new();
         let ops = tokio::spawn(self.ops.run_until_stopped(ops_stop.clone()));
-        let b = &self.broker;
+        let b = &infra.broker;
         tokio::join!(
             consumer::run(
                 b.clone(),
@@ -187,7 +153,7 @@ impl WorkerApp {
             Err(e) => tracing::warn!(error = %e, "operations server task"),
             Ok(Ok(())) => {}
         }
-        self.broker.close().await;
+        infra.broker.close().await;
         Ok(())
     }
 }

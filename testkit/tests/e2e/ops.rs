@@ -234,3 +234,49 @@ async fn readyz_names_each_dependency_that_is_cut_and_recovers_when_it_returns()
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_serves_its_metrics_health_and_readiness() {
+    let app = spawn_app().await;
+    let edge = bibliomq_testkit::TestEdge::start(app.env.settings()).await;
+    let ops = format!("http://{}", edge.ops);
+    let health: Value = app
+        .http
+        .get(format!("{ops}/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    let ready = app.http.get(format!("{ops}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    // One answered task over the pipe gateway shows in the edge's counters.
+    let mut client = bibliomq_testkit::LineClient::connect(edge.pipe_addr()).await;
+    assert_eq!(client.ask("TASK|1|1,2,3").await, "RESULT|1|6");
+    assert_eq!(
+        client.ask("TASK|2|1,x").await.split('|').next(),
+        Some("ERROR")
+    );
+    let text = scrape(&app, &format!("{ops}/metrics")).await;
+    let ok = sample(
+        &text,
+        "bibliomq_edge_requests_total",
+        &[("protocol", "pipe"), ("outcome", "ok")],
+    );
+    let failed = sample(
+        &text,
+        "bibliomq_edge_requests_total",
+        &[("protocol", "pipe"), ("outcome", "error")],
+    );
+    assert_eq!((ok, failed), (1.0, 1.0), "{text}");
+    assert!(
+        sample(
+            &text,
+            "bibliomq_edge_request_duration_seconds_count",
+            &[("protocol", "pipe")]
+        ) >= 2.0
+    );
+}
