@@ -2,10 +2,7 @@ use anyhow::Context;
 use bibliomq_core::{
     config::Settings,
     db,
-    library::{
-        Rules,
-        seed::{SeedOptions, seed},
-    },
+    library::seed::{SeedOptions, seed_database},
     shutdown, telemetry,
 };
 use clap::{Parser, Subcommand};
@@ -50,8 +47,7 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init(settings.log_format);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Migrate => {
-            let pool = db::pool(&settings.database)?;
-            let applied = db::migrate(&pool).await?;
+            let applied = db::migrate_database(&settings.database).await?;
             tracing::info!(?applied, "migrations up to date");
             Ok(())
         }
@@ -62,10 +58,6 @@ async fn main() -> anyhow::Result<()> {
             max_copies,
             on_loan,
         } => {
-            let pool = db::pool(&settings.database)?;
-            db::migrate(&pool).await?;
-            let mut client = pool.get().await?;
-            let tx = client.transaction().await?;
             let options = SeedOptions {
                 titles,
                 min_copies,
@@ -73,18 +65,7 @@ async fn main() -> anyhow::Result<()> {
                 patrons,
                 on_loan: on_loan.clamp(0.0, 1.0),
             };
-            let rules = Rules::from_settings(&settings.library);
-            let report = seed(
-                &tx,
-                &settings.library.branches,
-                &options,
-                &rules,
-                chrono::Utc::now(),
-            )
-            .await
-            .context("Failed to load the catalogue")?;
-            tx.commit().await?;
-            match report {
+            match seed_database(&settings, &options, chrono::Utc::now()).await? {
                 Some(r) => println!(
                     "loaded {} titles, {} copies, {} patrons, {} loans",
                     r.titles, r.copies, r.patrons, r.loans

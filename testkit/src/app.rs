@@ -93,9 +93,6 @@ impl TestApp {
     /// ones with one or two copies per branch, and `patrons` patrons (the
     /// named ones first, then p0001, p0002, ...). Nothing starts on loan.
     pub async fn seed(&self, titles: usize, patrons: usize) {
-        let mut db = self.env.db().await;
-        let tx = db.transaction().await.unwrap();
-        let settings = self.env.settings();
         let options = bibliomq_core::library::seed::SeedOptions {
             titles,
             min_copies: 1,
@@ -103,18 +100,14 @@ impl TestApp {
             patrons,
             on_loan: 0.0,
         };
-        let rules = bibliomq_core::library::Rules::from_settings(&settings.library);
-        bibliomq_core::library::seed::seed(
-            &tx,
-            &settings.library.branches,
+        bibliomq_core::library::seed::seed_database(
+            &self.env.settings(),
             &options,
-            &rules,
             chrono::Utc::now(),
         )
         .await
         .unwrap()
         .expect("the test database already had a catalogue");
-        tx.commit().await.unwrap();
     }
 
     /// Adds a title with `copies` copies per branch (in branch order).

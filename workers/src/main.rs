@@ -25,8 +25,7 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init(settings.log_format);
     match cli.command.unwrap_or(Command::Run) {
         Command::Migrate => {
-            let pool = db::pool(&settings.database)?;
-            let applied = db::migrate(&pool).await?;
+            let applied = db::migrate_database(&settings.database).await?;
             tracing::info!(?applied, "migrations up to date");
             Ok(())
         }

@@ -11,7 +11,6 @@ use axum::{
 use bibliomq_core::commands::{CirculationRequest, LoanRequest, OperationAccepted};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use uuid::Uuid;
 
 use super::Routes;
 use crate::{
@@ -32,17 +31,6 @@ pub fn routes() -> Routes {
         .route("/books/{isbn}", get(book))
         .route("/patrons/{id}/loans", get(patron_loans))
         .route("/branches", get(branches))
-}
-
-fn parse_uuid(raw: &str, what: &'static str, code: &'static str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            code,
-            format!("`{raw}` is not {what} (a UUID)"),
-        )
-        .with_field("id")
-    })
 }
 
 #[derive(Deserialize)]
@@ -119,7 +107,7 @@ async fn show_loan(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = parse_uuid(&id, "a loan id", "invalid_loan_id")?;
+    let id = super::parse_uuid(&id, "a loan id", "invalid_loan_id")?;
     Ok(Json(json!(state.commands.loan_view(id).await?)))
 }
 
@@ -182,7 +170,7 @@ async fn operation(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = parse_uuid(&id, "an operation id", "invalid_operation_id")?;
+    let id = super::parse_uuid(&id, "an operation id", "invalid_operation_id")?;
     Ok(Json(json!(state.commands.operation(id).await?)))
 }
 

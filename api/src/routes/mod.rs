@@ -100,3 +100,15 @@ fn parse_limit(raw: Option<&str>) -> Result<Option<i64>, ApiError> {
     })
     .transpose()
 }
+
+/// An id from the path: `400` with `code` when it is not a UUID.
+fn parse_uuid(raw: &str, what: &str, code: &'static str) -> Result<uuid::Uuid, ApiError> {
+    uuid::Uuid::parse_str(raw).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            code,
+            format!("`{raw}` is not {what} (a UUID)"),
+        )
+        .with_field("id")
+    })
+}

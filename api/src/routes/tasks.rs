@@ -77,14 +77,7 @@ fn task_json(t: &TaskRecord) -> Value {
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_task_id",
-            format!("`{raw}` is not a task id (a UUID)"),
-        )
-        .with_field("id")
-    })
+    super::parse_uuid(raw, "a task id", "invalid_task_id")
 }
 
 async fn show(

@@ -5,7 +5,7 @@
 
 use futures::StreamExt;
 use lapin::{
-    options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
+    options::{QueueBindOptions, QueueDeclareOptions},
     types::FieldTable,
 };
 use tokio::sync::mpsc;
@@ -112,17 +112,7 @@ async fn follow(
         )
         .await?;
     }
-    let mut consumer = ch
-        .basic_consume(
-            queue.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let mut consumer = super::consume_unacked(&ch, queue.name().as_str()).await?;
     if let Some(signal) = bound.take() {
         let _ = signal.send(());
     }

@@ -138,6 +138,26 @@ impl Broker {
     }
 }
 
+/// Consumes `queue` with automatic acknowledgement: for direct replies and
+/// live feeds, where a message lost with a connection is acceptable (the
+/// record of what happened is elsewhere).
+pub(crate) async fn consume_unacked(
+    channel: &Channel,
+    queue: &str,
+) -> Result<Consumer, lapin::Error> {
+    channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}
+
 async fn supervise(inner: Arc<Inner>, url: String, name: String, topology: Topology) {
     const MIN_BACKOFF: Duration = Duration::from_millis(100);
     const MAX_BACKOFF: Duration = Duration::from_secs(5);

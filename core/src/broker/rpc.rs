@@ -18,8 +18,7 @@ use std::{
 use futures::StreamExt;
 use lapin::{
     BasicProperties, Channel, Confirmation,
-    options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions},
-    types::FieldTable,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
 };
 use tokio::sync::oneshot;
 
@@ -141,17 +140,7 @@ impl RpcClient {
         let conn = self.broker.current().ok_or(PublishError::Unavailable)?;
         let ch = conn.create_channel().await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
-        let mut replies = ch
-            .basic_consume(
-                REPLY_TO.into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let mut replies = super::consume_unacked(&ch, REPLY_TO).await?;
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let waiters = self.waiters.clone();
         tokio::spawn(async move {

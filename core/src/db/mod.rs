@@ -42,6 +42,12 @@ pub fn pool(settings: &DatabaseSettings) -> anyhow::Result<Pool> {
         .context("Failed to build the PostgreSQL pool")
 }
 
+/// Connects and applies the pending migrations: the `migrate` subcommand.
+pub async fn migrate_database(settings: &DatabaseSettings) -> anyhow::Result<Vec<i32>> {
+    let pool = pool(settings)?;
+    migrate(&pool).await
+}
+
 /// True when the error means PostgreSQL could not be reached or the
 /// connection broke, as opposed to a query PostgreSQL rejected.
 pub fn is_unavailable(err: &deadpool_postgres::PoolError) -> bool {

@@ -252,6 +252,31 @@ struct SeedCopy {
     on_loan: bool,
 }
 
+/// Connects, applies migrations and loads the catalogue: the `seed`
+/// subcommand. `None` when the catalogue already had titles.
+pub async fn seed_database(
+    settings: &crate::config::Settings,
+    options: &SeedOptions,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Option<SeedReport>> {
+    use anyhow::Context;
+    let pool = crate::db::pool(&settings.database)?;
+    crate::db::migrate(&pool).await?;
+    let mut client = pool
+        .get()
+        .await
+        .context("Failed to connect to PostgreSQL")?;
+    let tx = client.transaction().await?;
+    let rules = Rules::from_settings(&settings.library);
+    let report = seed(&tx, &settings.library.branches, options, &rules, now)
+        .await
+        .context("Failed to load the catalogue")?;
+    tx.commit()
+        .await
+        .context("Failed to commit the catalogue")?;
+    Ok(report)
+}
+
 /// Loads the catalogue in one transaction (nothing is loaded if it fails).
 /// Does nothing, returning `None`, when titles already exist.
 pub async fn seed(
