@@ -346,9 +346,11 @@ impl Drop for Browser {
     fn drop(&mut self) {
         // A failed test does not reach close(): end the whole process group
         // (chromedriver and the Chromium it started) so nothing lingers.
+        // The `--` matters: without it procps-ng's kill reads `-<pid>` as
+        // an option and signals -1, every process the user may signal.
         if let Some(pid) = self.driver.id() {
             let _ = std::process::Command::new("kill")
-                .args(["-KILL", &format!("-{pid}")])
+                .args(["-KILL", "--", &format!("-{pid}")])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
