@@ -181,6 +181,15 @@ impl Browser {
         );
     }
 
+    /// Reloads the page, as a person pressing F5, and waits for it to load.
+    pub async fn reload(&self) {
+        let value = self.post("/refresh", json!({})).await;
+        assert!(
+            value.is_null() || value.get("error").is_none(),
+            "reloading: {value}"
+        );
+    }
+
     /// Runs `script` (a function body; `arguments` holds `args`) in the page.
     pub async fn eval(&self, script: &str, args: Value) -> Value {
         let value = self
