@@ -181,6 +181,15 @@ impl Browser {
         );
     }
 
+    /// Reloads the page, as a person pressing F5, and waits for it to load.
+    pub async fn reload(&self) {
+        let value = self.post("/refresh", json!({})).await;
+        assert!(
+            value.is_null() || value.get("error").is_none(),
+            "reloading: {value}"
+        );
+    }
+
     /// Runs `script` (a function body; `arguments` holds `args`) in the page.
     pub async fn eval(&self, script: &str, args: Value) -> Value {
         let value = self
@@ -346,9 +355,11 @@ impl Drop for Browser {
     fn drop(&mut self) {
         // A failed test does not reach close(): end the whole process group
         // (chromedriver and the Chromium it started) so nothing lingers.
+        // The `--` matters: without it procps-ng's kill reads `-<pid>` as
+        // an option and signals -1, every process the user may signal.
         if let Some(pid) = self.driver.id() {
             let _ = std::process::Command::new("kill")
-                .args(["-KILL", &format!("-{pid}")])
+                .args(["-KILL", "--", &format!("-{pid}")])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();

@@ -42,24 +42,32 @@ fn open_routes() -> Routes {
     health::routes().merge(openapi::routes())
 }
 
-/// Under `/v1`, behind the bearer token when one is configured.
+/// Under `/v1`, behind the bearer token when one is configured: the API
+/// and the JSON routes of the web pages alike.
 fn v1_routes() -> Routes {
-    tasks::routes().merge(library::routes())
+    tasks::routes()
+        .merge(library::routes())
+        .merge(crate::ui::api_routes())
 }
 
-/// Every path of the HTTP API (`/v1` ones with their prefix). The web
-/// pages' own routes (`crate::ui`) are not part of the described API.
+/// Every path of the HTTP API (`/v1` ones with their prefix), written as the
+/// OpenAPI document writes them. The pages themselves (`crate::ui::pages`)
+/// are HTML for people, not part of the described API.
 pub fn paths() -> Vec<String> {
     let mut paths = open_routes().paths;
     paths.extend(v1_routes().paths.into_iter().map(|p| format!("/v1{p}")));
-    paths
+    paths.iter().map(|p| openapi_template(p)).collect()
+}
+
+/// OpenAPI has no catch-all parameter: axum's `{*key}` (a value that may
+/// hold `/`s) is a plain `{key}` there.
+fn openapi_template(path: &str) -> String {
+    path.replace("{*", "{")
 }
 
 pub fn router(state: AppState) -> Router {
-    // The token guards everything under /v1, the pages' JSON routes too.
     let v1 = v1_routes()
         .router
-        .merge(crate::ui::api_routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::require_token,

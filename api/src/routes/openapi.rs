@@ -12,17 +12,23 @@
 //!
 //! Lists that the code owns (task actions and states, branch rules, limits)
 //! come from the code, so they cannot drift.
+//!
+//! The JSON routes behind the web pages (`crate::ui`: live events, dashboard
+//! figures, the object browser) are described here too: they sit under
+//! `/v1` behind the same token, and any client may call them.
 
 use std::sync::LazyLock;
 
 use axum::{Json, routing::get};
 use bibliomq_core::{
+    broker::topology::EVENTS_EXCHANGE,
     commands::{SEARCH_MAX_LIMIT, SEARCH_MAX_WORDS},
     tasks::{Action, store::STATES},
 };
 use serde_json::{Map, Value, json};
 
 use super::Routes;
+use crate::ui::{dashboard, events, objects};
 
 pub fn routes() -> Routes {
     Routes::new().route("/openapi.json", get(serve))
@@ -48,6 +54,7 @@ pub fn document() -> Value {
         "tags": [
             {"name": "tasks", "description": "Jobs run by the workers"},
             {"name": "library", "description": "Loans, renewals, returns and the catalogue"},
+            {"name": "web", "description": "What the web pages show beyond the rest of the API: live events, dashboard figures, the results bucket"},
             {"name": "operations", "description": "Health, readiness, metrics, this document"}
         ],
         "paths": paths(),
@@ -90,9 +97,14 @@ fn error(description: &str) -> Value {
 }
 
 fn unavailable() -> Value {
-    let mut e = error(
+    retry_later(
         "RabbitMQ, PostgreSQL or object storage unreachable (`unavailable`); nothing changed. Retry after `Retry-After` seconds.",
-    );
+    )
+}
+
+/// A 503: every one carries `Retry-After`.
+fn retry_later(description: &str) -> Value {
+    let mut e = error(description);
     e["headers"] = json!({ "Retry-After": { "schema": { "type": "string" } } });
     e
 }
@@ -149,6 +161,8 @@ fn paths() -> Value {
     let (loans, loan) = loan_paths();
     let (renewals, returns, operation) = circulation_paths();
     let (books, book, patron_loans, branches) = catalogue_paths();
+    let (event_stream, queues, task_counts, circulation) = web_feed_paths();
+    let (object_list, object) = object_paths();
     let mut paths = Map::new();
     for (path, item) in [
         ("/healthz", healthz),
@@ -167,6 +181,12 @@ fn paths() -> Value {
         ("/v1/books/{isbn}", book),
         ("/v1/patrons/{id}/loans", patron_loans),
         ("/v1/branches", branches),
+        ("/v1/events/stream", event_stream),
+        ("/v1/dashboard/queues", queues),
+        ("/v1/dashboard/tasks", task_counts),
+        ("/v1/dashboard/circulation", circulation),
+        ("/v1/objects", object_list),
+        ("/v1/objects/{key}", object),
     ] {
         paths.insert(path.to_owned(), item);
     }
@@ -411,6 +431,121 @@ fn catalogue_paths() -> (Value, Value, Value, Value) {
     (search, book, patron, branches)
 }
 
+fn web_feed_paths() -> (Value, Value, Value, Value) {
+    let stream = json!({"get": v1(json!({
+        "tags": ["web"], "operationId": "streamEvents",
+        "summary": format!("Outcome events of `{EVENTS_EXCHANGE}`, live, as server-sent events"),
+        "description": format!(concat!(
+            "A `text/event-stream` that stays open. Its first event is named `ready` and comes once ",
+            "the stream's own queue is bound, so every outcome published after it is delivered; its ",
+            "`data` is one line of JSON, `EventStreamReady`. Then one unnamed event per outcome ",
+            "event whose routing key matches `keys`, its `data` one line of JSON, `EventStreamEvent`. ",
+            "Comment lines (`:`) keep the connection alive every 15 s. Events published while the ",
+            "API is cut off from RabbitMQ are missed (PostgreSQL has the record); the stream ends ",
+            "when the server stops. The request timeout bounds only the wait for the answer to ",
+            "start, not how long it streams. Routing keys: `task.<state>`, `loaned.<branch>`, ",
+            "`renewed.<branch>`, `returned.<branch>`, `rejected.<kind>.<branch>`; at most {} patterns."
+        ), events::MAX_KEYS),
+        "parameters": [query_param(
+            "keys",
+            "Comma-separated topic patterns: dot-separated words, `*` for one word, `#` for any number (`task.*,loaned.#`). Every event when absent.",
+            json!({"type": "string"})
+        )],
+        "responses": {
+            "200": {
+                "description": "The stream: `event: ready`, then `data:` lines, one event per outcome.",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}}
+            },
+            "400": error("An unknown parameter (`invalid_query`)."),
+            "422": error("A malformed pattern, none, or too many (`invalid_keys`, field `keys`)."),
+            "503": retry_later("RabbitMQ cannot be reached, so there is no live feed (`unavailable`).")
+        }
+    }))});
+    let queues = json!({"get": v1(json!({
+        "tags": ["web"], "operationId": "dashboardQueues",
+        "summary": "Depth, rates and consumers of every queue of our RabbitMQ vhost",
+        "description": "Read from the RabbitMQ management API (BIBLIOMQ_RABBITMQ_MGMT_URL) with the server's credentials, so a client needs none. Server-named queues (live feeds, reply queues) are counted, not listed.",
+        "responses": {
+            "200": ok("The vhost's queues, by name, and its overall rates.", "DashboardQueues"),
+            "502": error("The management API refused the server's credentials or failed (`management_unavailable`)."),
+            "503": retry_later("The management API does not answer (`management_unavailable`).")
+        }
+    }))});
+    let tasks = json!({"get": v1(json!({
+        "tags": ["web"], "operationId": "dashboardTasks",
+        "summary": "How many tasks are in each state",
+        "responses": {
+            "200": ok("Every state, zeros included, and the total.", "DashboardTasks"),
+            "503": unavailable()
+        }
+    }))});
+    let circulation = json!({"get": v1(json!({
+        "tags": ["web"], "operationId": "dashboardCirculation",
+        "summary": "Loans, renewals and returns settled per minute and branch",
+        "description": "From the circulation history: the configured branches in their order (quiet ones too), then any other branch found there.",
+        "parameters": [query_param(
+            "minutes",
+            &format!("The window, ending now (1 to {}, default 30).", dashboard::MAX_MINUTES),
+            json!({"type": "integer", "minimum": 1, "maximum": dashboard::MAX_MINUTES})
+        )],
+        "responses": {
+            "200": ok("One series per branch, oldest minute first, and totals per kind and outcome.", "DashboardCirculation"),
+            "400": error("An unknown parameter or `minutes` not a whole number (`invalid_query`)."),
+            "422": error("`minutes` out of range (`invalid_minutes`)."),
+            "503": unavailable()
+        }
+    }))});
+    (stream, queues, tasks, circulation)
+}
+
+fn object_paths() -> (Value, Value) {
+    let list = json!({"get": v1(json!({
+        "tags": ["web"], "operationId": "listObjects",
+        "summary": "Objects in the results bucket, a page at a time",
+        "description": "Only keys under the server's BIBLIOMQ_S3_KEY_PREFIX are listed, and they are shown without it.",
+        "parameters": [
+            query_param("prefix", "Only keys starting with this (after the server's own prefix), such as `results/2025/05/`.", json!({"type": "string"})),
+            query_param(
+                "order",
+                &format!("`key` (the default: S3's own order) or `newest` (last modified first, from a scan of at most {} keys: narrow it with `prefix`).", objects::NEWEST_SCAN),
+                json!({"type": "string", "enum": ["key", "newest"]})
+            ),
+            query_param("limit", &format!("At most this many (1 to {}, default 50).", objects::MAX_LIMIT), json!({"type": "integer", "minimum": 1, "maximum": objects::MAX_LIMIT})),
+            query_param("cursor", "Page on: `next_cursor` of the previous page, with the same `prefix` and `order`.", json!({"type": "string"}))
+        ],
+        "responses": {
+            "200": ok("A page of objects.", "ObjectList"),
+            "400": error("An unknown parameter, or `limit` not a whole number (`invalid_query`)."),
+            "422": error("A bad `limit`, `order` or `cursor` (`invalid_limit`, `invalid_order`, `invalid_cursor`), with `field`."),
+            "503": unavailable()
+        }
+    }))});
+    let one = json!({"get": v1(json!({
+        "tags": ["web"], "operationId": "getObject",
+        "summary": "An object of the results bucket, as a download",
+        "description": "Streamed from object storage as an attachment, in its stored content type; with `?redirect=true` answered instead by a redirect to a presigned link (valid BIBLIOMQ_S3_PRESIGN_TTL_SECS), which is made without looking the object up.",
+        "parameters": [
+            path_param("key", "The key as listed (without the server's prefix), `/`s and all: written as they are or as `%2F`.", json!({"type": "string"})),
+            query_param("redirect", "Answer with a redirect to a presigned object-storage link.", json!({"type": "boolean"}))
+        ],
+        "responses": {
+            "200": {
+                "description": "The object's bytes, with the content type it was stored with (`application/octet-stream` when it has none).",
+                "headers": {
+                    "Content-Disposition": {"description": "`attachment` with the key's last segment as the file name.", "schema": {"type": "string"}},
+                    "Content-Length": {"schema": {"type": "integer"}}
+                },
+                "content": {"*/*": {"schema": {"type": "string", "contentMediaType": "application/octet-stream"}}}
+            },
+            "307": {"description": "Redirect to a presigned link (`?redirect=true`).", "headers": location()},
+            "400": error("A bad `redirect` or an unknown parameter (`invalid_query`), or a key that is not UTF-8 (`invalid_path`)."),
+            "404": error("No such object (`object_not_found`)."),
+            "503": unavailable()
+        }
+    }))});
+    (list, one)
+}
+
 fn nullable(schema: Value) -> Value {
     let mut s = schema;
     if let Some(t) = s["type"].as_str() {
@@ -491,6 +626,7 @@ fn schemas() -> Value {
     );
     task_schemas(&mut add);
     library_schemas(&mut add);
+    web_schemas(&mut add);
     Value::Object(s)
 }
 
@@ -710,6 +846,105 @@ fn library_schemas(add: &mut impl FnMut(&str, Value)) {
                 "branches": {"type": "array", "items": object(json!({"code": string(), "name": string()}), &[])}
             }),
             &[],
+        ),
+    );
+}
+
+fn web_schemas(add: &mut impl FnMut(&str, Value)) {
+    let number =
+        json!({"type": "number", "description": "Messages per second, as RabbitMQ averages it."});
+    let count = json!({"type": "integer", "minimum": 0});
+    add(
+        "EventStreamReady",
+        json!({
+            "description": "The data of the `ready` event of /v1/events/stream.",
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["keys"],
+            "properties": {"keys": {"type": "array", "items": string(), "description": "The patterns followed."}}
+        }),
+    );
+    add(
+        "EventStreamEvent",
+        json!({
+            "description": "The data of each other event of /v1/events/stream.",
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["routing_key", "event"],
+            "properties": {
+                "routing_key": string(),
+                "event": {"description": "The outcome event as published: its JSON, or its text when it is not JSON."}
+            }
+        }),
+    );
+    add(
+        "DashboardQueues",
+        object(
+            json!({
+                "vhost": string(),
+                "queues": {"type": "array", "items": object(json!({
+                    "name": string(),
+                    "type": {"type": "string", "description": "`quorum`, `classic` or `stream`."},
+                    "messages_ready": count, "messages_unacknowledged": count, "consumers": count,
+                    "publish_rate": number, "deliver_rate": number, "ack_rate": number
+                }), &[])},
+                "temporary_queues": count,
+                "publish_rate": number, "deliver_rate": number
+            }),
+            &[],
+        ),
+    );
+    let by_state: Map<String, Value> = STATES
+        .iter()
+        .map(|s| ((*s).to_owned(), count.clone()))
+        .collect();
+    add(
+        "DashboardTasks",
+        object(
+            json!({"by_state": object(Value::Object(by_state), &[]), "total": count}),
+            &[],
+        ),
+    );
+    add(
+        "DashboardCirculation",
+        object(
+            json!({
+                "minutes": integer(),
+                "until": {"type": "string", "format": "date-time", "description": "The end of the window: now."},
+                "branches": {"type": "array", "items": object(json!({
+                    "branch": string(),
+                    "name": string(),
+                    "per_minute": {"type": "array", "items": count, "description": "Settled operations per minute, oldest first: `minutes` of them."},
+                    "applied": count,
+                    "rejected": count
+                }), &[])},
+                "by_kind": {"type": "array", "items": object(json!({
+                    "kind": {"type": "string", "enum": ["loan", "renewal", "return"]},
+                    "outcome": {"type": "string", "enum": ["applied", "rejected"]},
+                    "count": count
+                }), &[])}
+            }),
+            &[],
+        ),
+    );
+    add(
+        "ObjectList",
+        object(
+            json!({
+                "bucket": string(),
+                "prefix": string(),
+                "order": {"type": "string", "enum": ["key", "newest"]},
+                "objects": {"type": "array", "items": object(json!({
+                    "key": {"type": "string", "description": "Without the server's prefix."},
+                    "size": count,
+                    "last_modified": nullable(time()),
+                    "download": {"type": "string", "description": "Its path under /v1/objects."}
+                }), &[])},
+                "next_cursor": {"type": ["string", "null"], "description": "Pass as `cursor` for the next page; null on the last."},
+                "scanned": {"type": "integer", "description": "`newest` only: how many keys were read to order them."},
+                "scan_complete": {"type": "boolean", "description": "`newest` only: false when more keys exist than were read."}
+            }),
+            &["scanned", "scan_complete"],
         ),
     );
 }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use axum::{Json, extract::State, http::StatusCode, routing::get};
 use bibliomq_core::{error::CommandError, tasks::store as task_store};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::tokio_postgres::{self, GenericClient};
@@ -13,13 +13,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::management::{Management, ManagementError};
-use crate::{AppState, error::ApiError, extract::QueryParams};
+use crate::{AppState, error::ApiError, extract::QueryParams, routes::Routes};
 
 /// The longest circulation window shown, in minutes (one day).
 pub const MAX_MINUTES: u32 = 1_440;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
+pub fn routes() -> Routes {
+    Routes::new()
         .route("/dashboard/queues", get(queues))
         .route("/dashboard/tasks", get(tasks))
         .route("/dashboard/circulation", get(circulation))

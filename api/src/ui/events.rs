@@ -11,7 +11,6 @@
 use std::{convert::Infallible, time::Duration};
 
 use axum::{
-    Router,
     extract::State,
     http::StatusCode,
     response::sse::{Event, KeepAlive, Sse},
@@ -22,7 +21,7 @@ use futures::{Stream, StreamExt, stream};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::{AppState, error::ApiError, extract::QueryParams};
+use crate::{AppState, error::ApiError, extract::QueryParams, routes::Routes};
 
 /// Most patterns one stream may follow.
 pub const MAX_KEYS: usize = 16;
@@ -31,8 +30,8 @@ const BUFFER: usize = 512;
 /// How long to wait for the subscription before answering 503.
 const BIND_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/events/stream", get(stream_events))
+pub fn routes() -> Routes {
+    Routes::new().route("/events/stream", get(stream_events))
 }
 
 #[derive(Deserialize)]

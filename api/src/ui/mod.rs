@@ -23,7 +23,7 @@ pub mod pages;
 
 use axum::Router;
 
-use crate::AppState;
+use crate::{AppState, routes::Routes};
 
 /// `/` and the pages under `/ui`.
 pub fn pages() -> Router<AppState> {
@@ -31,9 +31,10 @@ pub fn pages() -> Router<AppState> {
 }
 
 /// The JSON routes the pages need beyond the rest of the API, for `/v1`.
-pub fn api_routes() -> Router<AppState> {
-    Router::new()
-        .merge(events::routes())
+/// They are `Routes` so that they are described in the OpenAPI document
+/// like the rest of `/v1`: any client may use them, not only the pages.
+pub fn api_routes() -> Routes {
+    events::routes()
         .merge(dashboard::routes())
         .merge(objects::routes())
 }

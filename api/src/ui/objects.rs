@@ -3,7 +3,7 @@
 //! configured prefix are reachable, and they are shown without it.
 
 use axum::{
-    Json, Router,
+    Json,
     body::Body,
     extract::{Path, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
@@ -14,7 +14,7 @@ use bibliomq_core::storage::{ObjectInfo, StorageError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::{AppState, error::ApiError, extract::QueryParams};
+use crate::{AppState, error::ApiError, extract::QueryParams, routes::Routes};
 
 /// Most objects one page lists.
 pub const MAX_LIMIT: i32 = 1_000;
@@ -22,8 +22,8 @@ pub const MAX_LIMIT: i32 = 1_000;
 /// this order costs a scan (narrow it with a prefix such as `results/2025/05/`).
 pub const NEWEST_SCAN: usize = 10_000;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
+pub fn routes() -> Routes {
+    Routes::new()
         .route("/objects", get(list))
         .route("/objects/{*key}", get(download))
 }

@@ -1,9 +1,16 @@
 //! The web pages in a real headless Chromium: the front desk, the task page,
-//! the dashboard, the object browser and the banners, as a person uses them.
+//! the dashboard, the object browser, the banners and the token prompt, as a
+//! person uses them.
 //! Each page checked leaves a screenshot under `<target>/ui-screenshots/`,
 //! checked to show something (not one flat colour).
 
-use bibliomq_testkit::{TestApp, TestEnv, browser::Browser, spawn_app};
+use bibliomq_core::{config::ApiToken, metrics::HttpLabels};
+use bibliomq_testkit::{
+    TestApp, TestEnv,
+    app::{DEADLINE, wait_until},
+    browser::Browser,
+    spawn_app,
+};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -223,5 +230,110 @@ async fn banners_say_which_service_is_down_and_when_the_api_itself_is() {
         .wait_text("#banner", "The API cannot be reached")
         .await;
     browser.screenshot("api-down").await;
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_api_token_the_desk_asks_for_it_once_then_searches_and_remembers_it() {
+    let token = "tok-browser-test";
+    let app = TestApp::spawn(
+        TestEnv::new().await,
+        |s| s.api.token = Some(ApiToken(token.into())),
+        0,
+    )
+    .await;
+    app.seed(0, 10).await;
+    let browser = Browser::start("token").await;
+    browser.goto(&app.url("/ui/desk")).await;
+    browser.wait_text("#health", "all services up").await;
+    assert_eq!(
+        browser.text("#api-token-form").await,
+        "",
+        "no prompt before the API refuses something"
+    );
+
+    // The search is refused with 401: the prompt comes, once, however many
+    // requests were refused, and the search waits for it.
+    browser.fill("#search-q", "quijote").await;
+    browser.click("#search-form button").await;
+    browser
+        .wait_text("#api-token-form", "This API asks for a token")
+        .await;
+    assert_eq!(
+        browser
+            .eval("return document.activeElement.id", json!([]))
+            .await,
+        "api-token",
+        "the prompt has the focus"
+    );
+    browser.click("#search-form button").await;
+    let refused = HttpLabels {
+        method: "GET".into(),
+        route: "/v1/books".into(),
+        status: 401,
+    };
+    wait_until(DEADLINE, || async {
+        let n = app.api_metrics.http_requests.get_or_create(&refused).get();
+        (n >= 2).then_some(())
+    })
+    .await
+    .expect("the second search was never refused");
+    browser.wait_text("#search-out", "Searching").await;
+    let prompts = browser
+        .eval(
+            "return document.querySelectorAll('#api-token-form').length",
+            json!([]),
+        )
+        .await;
+    assert_eq!(prompts, 1, "one prompt for two refused searches");
+    browser.screenshot("token-prompt").await;
+
+    // A wrong token is refused in turn, and asked for again.
+    browser.fill("#api-token", "not-it").await;
+    browser.click("#api-token-form button[type=submit]").await;
+    browser
+        .wait_text("#api-token-form", "refused the token this browser had")
+        .await;
+
+    // The right one: the search is sent again and its results shown.
+    browser.fill("#api-token", token).await;
+    browser.click("#api-token-form button[type=submit]").await;
+    browser
+        .wait_text("#search-results tbody", "Don Quijote de la Mancha")
+        .await;
+    browser
+        .wait_for(
+            "the prompt to go",
+            "return !document.querySelector('#api-token-form')",
+            json!([]),
+        )
+        .await;
+    let kept = browser
+        .eval("return localStorage.getItem('bibliomq.token')", json!([]))
+        .await;
+    assert_eq!(kept, token, "the token is kept in this browser");
+
+    // Remembered: after a reload the desk searches without asking.
+    browser.reload().await;
+    browser.wait_text("#health", "all services up").await;
+    browser.fill("#search-q", "sombra").await;
+    browser.click("#search-form button").await;
+    browser
+        .wait_text("#search-results tbody", "La sombra del viento")
+        .await;
+    assert_eq!(
+        browser.text("#api-token-form").await,
+        "",
+        "no prompt with the token remembered"
+    );
+    browser.screenshot("token-remembered").await;
+
+    // Other pages use it too, the live feed (read with fetch) included.
+    browser.goto(&app.url("/ui/dashboard")).await;
+    browser
+        .wait_element("#queues tr[data-queue='bibliomq.tasks']")
+        .await;
+    browser.wait_text("#feed-state", "live").await;
+    assert_eq!(browser.text("#api-token-form").await, "");
     browser.close().await;
 }

@@ -4,10 +4,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use bibliomq_testkit::{TestApp, TestEnv, app::DEADLINE, app::wait_until};
+use bibliomq_testkit::{
+    TcpProxy, TestApp, TestEnv, app::DEADLINE, app::wait_until, proxy::with_port,
+};
 use reqwest::{Method, header::CONTENT_TYPE};
 use serde_json::{Value, json};
 use uuid::Uuid;
+
+use crate::web::EventStream;
 
 const QUIJOTE: &str = "9788437604947";
 const CRIMEN: &str = "9780140449266";
@@ -24,6 +28,14 @@ async fn document(app: &TestApp) -> Value {
     let resp = app.get("/openapi.json").await;
     assert_eq!(resp.status(), 200);
     resp.json().await.unwrap()
+}
+
+/// A path to call for a documented template.
+fn concrete(template: &str) -> String {
+    template
+        .replace("{id}", &Uuid::now_v7().to_string())
+        .replace("{isbn}", QUIJOTE)
+        .replace("{key}", "results%2Fnone.json")
 }
 
 /// The documented path template a concrete path falls under.
@@ -106,6 +118,69 @@ impl<'a> Checker<'a> {
     /// that status for the operation, and that a JSON body matches the
     /// documented schema. Returns the body.
     async fn check(&mut self, c: Call, expect: u16) -> Value {
+        let what = format!("{} {}", c.method, c.path);
+        let (method, path) = (c.method.clone(), c.path.clone());
+        let resp = self.send(c).await;
+        let status = resp.status().as_u16();
+        let content_type = content_type(&resp);
+        let bytes = resp.bytes().await.unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        assert_eq!(status, expect, "{what}: {body}");
+
+        let documented = self.documented(&method, &path, status, &body);
+        let media = content_type.split(';').next().unwrap_or_default().trim();
+        let content = &documented["content"];
+        if !content.is_null() && status != 307 {
+            assert!(
+                media_range(content, media).is_some(),
+                "{what}: answered {media}, documented {:?}",
+                content.as_object().map(|c| c.keys().collect::<Vec<_>>())
+            );
+        }
+        if media == "application/json"
+            && let Some(schema) = content[media]["schema"].as_object()
+        {
+            self.assert_matches(
+                &format!("{what} ({status})"),
+                &Value::Object(schema.clone()),
+                &body,
+            );
+        }
+        body
+    }
+
+    /// Opens a server-sent event stream with `c` and checks its status and
+    /// content type against the document, then reads its first event: it
+    /// must be `ready`, with data as `EventStreamReady` describes. Returns
+    /// the stream, to read on or drop.
+    async fn check_event_stream(&mut self, c: Call) -> EventStream {
+        let what = format!("{} {}", c.method, c.path);
+        let (method, path) = (c.method.clone(), c.path.clone());
+        let resp = self.send(c).await;
+        let status = resp.status().as_u16();
+        let content_type = content_type(&resp);
+        assert_eq!(status, 200, "{what}: answered {content_type}");
+        let documented = self.documented(&method, &path, status, &Value::Null);
+        assert_eq!(content_type, "text/event-stream", "{what}");
+        assert!(
+            documented["content"]["text/event-stream"].is_object(),
+            "{what}: text/event-stream is not documented"
+        );
+        let mut stream = EventStream::from_response(resp);
+        let (name, data) = stream
+            .next_event()
+            .await
+            .unwrap_or_else(|| panic!("{what}: the stream ended before its first event"));
+        assert_eq!(name, "ready", "{what}: the first event");
+        self.assert_matches(
+            &format!("{what} (ready)"),
+            &json!({"$ref": "#/components/schemas/EventStreamReady"}),
+            &serde_json::from_str(&data).unwrap(),
+        );
+        stream
+    }
+
+    async fn send(&self, c: Call) -> reqwest::Response {
         let mut req = self
             .app
             .http
@@ -128,30 +203,24 @@ impl<'a> Checker<'a> {
             }
             None => req,
         };
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let content_type = resp
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        let bytes = resp.bytes().await.unwrap();
-        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        let what = format!("{} {}", c.method, c.path);
-        assert_eq!(status, expect, "{what}: {body}");
+        req.send().await.unwrap()
+    }
 
-        let route = c.path.split('?').next().unwrap();
+    /// The documented answer of `method path` with `status`, which must be
+    /// there; notes the operation as exercised.
+    fn documented(&mut self, method: &Method, path: &str, status: u16, body: &Value) -> Value {
+        let what = format!("{method} {path}");
+        let route = path.split('?').next().unwrap();
         let template = template_of(&self.doc, route)
             .unwrap_or_else(|| panic!("{what}: no documented path matches"))
             .to_owned();
-        let method = c.method.as_str().to_lowercase();
+        let method = method.as_str().to_lowercase();
         let op = &self.doc["paths"][&template][&method];
         assert!(
             op.is_object(),
             "{what}: {method} {template} is not documented"
         );
-        let documented = &op["responses"][status.to_string()];
+        let documented = op["responses"][status.to_string()].clone();
         assert!(
             documented.is_object(),
             "{what}: status {status} is not documented for {method} {template}: {body}"
@@ -161,37 +230,28 @@ impl<'a> Checker<'a> {
             .entry((method, template))
             .or_default()
             .insert(status);
+        documented
+    }
 
-        let media = content_type.split(';').next().unwrap_or_default().trim();
-        let content = &documented["content"];
-        if !content.is_null() && status != 307 {
-            assert!(
-                content[media].is_object(),
-                "{what}: answered {media}, documented {:?}",
-                content.as_object().map(|c| c.keys().collect::<Vec<_>>())
-            );
-        }
-        if media == "application/json"
-            && let Some(schema) = content[media]["schema"].as_object()
-        {
-            let mut schema = Value::Object(schema.clone());
-            // Schemas refer to `#/components/...`: give them the document's.
-            schema["components"] = self.doc["components"].clone();
-            let validator = jsonschema::draft202012::options()
-                .should_validate_formats(true)
-                .build(&schema)
-                .unwrap_or_else(|e| panic!("{what}: the documented schema is invalid: {e}"));
-            let errors: Vec<String> = validator
-                .iter_errors(&body)
-                .map(|e| format!("{} at {}", e, e.instance_path()))
-                .collect();
-            assert!(
-                errors.is_empty(),
-                "{what} ({status}): the body does not match the documented schema:\n  {}\nbody: {body}",
-                errors.join("\n  ")
-            );
-        }
-        body
+    /// Asserts that `value` matches `schema` (which may refer to the
+    /// document's components).
+    fn assert_matches(&self, what: &str, schema: &Value, value: &Value) {
+        let mut schema = schema.clone();
+        // Schemas refer to `#/components/...`: give them the document's.
+        schema["components"] = self.doc["components"].clone();
+        let validator = jsonschema::draft202012::options()
+            .should_validate_formats(true)
+            .build(&schema)
+            .unwrap_or_else(|e| panic!("{what}: the documented schema is invalid: {e}"));
+        let errors: Vec<String> = validator
+            .iter_errors(value)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{what}: the body does not match the documented schema:\n  {}\nbody: {value}",
+            errors.join("\n  ")
+        );
     }
 
     fn documented_operations(&self) -> BTreeSet<(String, String)> {
@@ -203,6 +263,24 @@ impl<'a> Checker<'a> {
         }
         ops
     }
+}
+
+fn content_type(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The documented content a media type falls under, as OpenAPI reads it:
+/// its own entry, else `type/*`, else `*/*`.
+fn media_range<'d>(content: &'d Value, media: &str) -> Option<&'d Value> {
+    let family = media.split('/').next().unwrap_or_default();
+    [media.to_owned(), format!("{family}/*"), "*/*".to_owned()]
+        .iter()
+        .find_map(|m| content.get(m))
+        .filter(|v| v.is_object())
 }
 
 async fn wait_task(app: &TestApp, id: &str) {
@@ -291,7 +369,8 @@ async fn every_documented_operation_answers_as_documented() {
     wait_task(&app, &large).await;
     c.check(call(Method::GET, format!("/v1/tasks/{small}")), 200)
         .await;
-    c.check(call(Method::GET, format!("/v1/tasks/{large}")), 200)
+    let stored = c
+        .check(call(Method::GET, format!("/v1/tasks/{large}")), 200)
         .await;
     c.check(call(Method::GET, "/v1/tasks/nope"), 400).await;
     c.check(call(Method::GET, format!("/v1/tasks/{missing}")), 404)
@@ -499,6 +578,117 @@ async fn every_documented_operation_answers_as_documented() {
         .await;
     c.check(call(Method::GET, "/v1/branches"), 200).await;
 
+    // The web pages' routes. The event stream: `ready`, then an outcome
+    // event in the documented shape; then the connection is dropped.
+    let mut stream = c
+        .check_event_stream(call(Method::GET, "/v1/events/stream?keys=task.*"))
+        .await;
+    app.submit("sum", json!([4, 5])).await;
+    let (_, data) = stream
+        .next_event()
+        .await
+        .expect("the stream ended before the task's event");
+    c.assert_matches(
+        "an event of /v1/events/stream",
+        &json!({"$ref": "#/components/schemas/EventStreamEvent"}),
+        &serde_json::from_str(&data).unwrap(),
+    );
+    drop(stream);
+    c.check(call(Method::GET, "/v1/events/stream?keys=task..x"), 422)
+        .await;
+    c.check(call(Method::GET, "/v1/events/stream?colour=red"), 400)
+        .await;
+    c.check(call(Method::GET, "/v1/dashboard/queues"), 200)
+        .await;
+    c.check(call(Method::GET, "/v1/dashboard/tasks"), 200).await;
+    c.check(call(Method::GET, "/v1/dashboard/circulation"), 200)
+        .await;
+    c.check(
+        call(Method::GET, "/v1/dashboard/circulation?minutes=5"),
+        200,
+    )
+    .await;
+    c.check(
+        call(Method::GET, "/v1/dashboard/circulation?minutes=0"),
+        422,
+    )
+    .await;
+    c.check(
+        call(Method::GET, "/v1/dashboard/circulation?minutes=soon"),
+        400,
+    )
+    .await;
+
+    // The large result is in the bucket: listed, downloaded, redirected to.
+    let key = stored["result_object"]["key"]
+        .as_str()
+        .unwrap()
+        .strip_prefix(&app.env.s3_prefix)
+        .expect("stored under the test's prefix")
+        .to_owned();
+    let listed = c
+        .check(call(Method::GET, "/v1/objects?prefix=results/"), 200)
+        .await;
+    assert_eq!(listed["objects"][0]["key"], key.as_str(), "{listed}");
+    c.check(call(Method::GET, "/v1/objects?order=newest&limit=1"), 200)
+        .await;
+    c.check(call(Method::GET, "/v1/objects?order=oldest"), 422)
+        .await;
+    c.check(call(Method::GET, "/v1/objects?limit=0"), 422).await;
+    c.check(call(Method::GET, "/v1/objects?order=newest&cursor=x"), 422)
+        .await;
+    c.check(call(Method::GET, "/v1/objects?limit=many"), 400)
+        .await;
+    // As an OpenAPI client sends a path parameter: its `/`s encoded.
+    let object = format!("/v1/objects/{}", key.replace('/', "%2F"));
+    c.check(call(Method::GET, &object), 200).await;
+    c.check(call(Method::GET, format!("{object}?redirect=true")), 307)
+        .await;
+    c.check(call(Method::GET, format!("{object}?redirect=maybe")), 400)
+        .await;
+    c.check(
+        call(Method::GET, "/v1/objects/results%2Fnot-there.json"),
+        404,
+    )
+    .await;
+
+    // The same routes when what they read from fails: an app whose
+    // RabbitMQ, PostgreSQL, object storage and management API are behind
+    // proxies this test cuts, and whose management credentials are wrong.
+    let rabbitmq = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let postgres = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let s3 = TcpProxy::start("127.0.0.1:3900".parse().unwrap()).await;
+    let management = TcpProxy::start("127.0.0.1:15672".parse().unwrap()).await;
+    let down = TestApp::spawn(
+        TestEnv::new().await,
+        |s| {
+            s.amqp.url = with_port(&s.amqp.url, rabbitmq.port());
+            s.database.url = with_port(&s.database.url, postgres.port());
+            s.s3.endpoint = format!("http://127.0.0.1:{}", s3.port());
+            s.dashboard.rabbitmq_mgmt_url = format!("http://127.0.0.1:{}", management.port());
+            s.dashboard.rabbitmq_mgmt_password = "not-the-password".to_owned();
+        },
+        0,
+    )
+    .await;
+    let mut d = Checker::new(&down, None).await;
+    d.check(call(Method::GET, "/v1/dashboard/queues"), 502)
+        .await;
+    management.cut();
+    d.check(call(Method::GET, "/v1/dashboard/queues"), 503)
+        .await;
+    postgres.cut();
+    answers(&down, "/v1/dashboard/tasks", 503).await;
+    d.check(call(Method::GET, "/v1/dashboard/tasks"), 503).await;
+    d.check(call(Method::GET, "/v1/dashboard/circulation"), 503)
+        .await;
+    s3.cut();
+    d.check(call(Method::GET, "/v1/objects"), 503).await;
+    d.check(call(Method::GET, "/v1/objects/results%2Fx.json"), 503)
+        .await;
+    rabbitmq.cut();
+    d.check(call(Method::GET, "/v1/events/stream"), 503).await;
+
     let missed: Vec<_> = c
         .documented_operations()
         .difference(&c.exercised)
@@ -507,15 +697,23 @@ async fn every_documented_operation_answers_as_documented() {
     assert!(missed.is_empty(), "documented but never called: {missed:?}");
 }
 
+/// Waits until `path` answers `status`: a cut connection takes a moment to
+/// be noticed by the pool that held it.
+async fn answers(app: &TestApp, path: &str, status: u16) {
+    wait_until(DEADLINE, || async {
+        (app.get(path).await.status() == status).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("{path} never answered {status}"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_the_router_serves_is_documented() {
     let app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
     let doc = document(&app).await;
     let mut served = BTreeSet::new();
     for path in bibliomq_api::routes::paths() {
-        let concrete = path
-            .replace("{id}", &Uuid::now_v7().to_string())
-            .replace("{isbn}", QUIJOTE);
+        let concrete = concrete(&path);
         for method in METHODS {
             let resp = app
                 .http
@@ -561,9 +759,7 @@ async fn with_a_token_v1_answers_401_without_it_and_operations_stay_open() {
     let mut anonymous = Checker::new(&app, None).await;
     let doc = anonymous.doc.clone();
     for (path, item) in doc["paths"].as_object().unwrap() {
-        let concrete = path
-            .replace("{id}", &Uuid::now_v7().to_string())
-            .replace("{isbn}", QUIJOTE);
+        let concrete = concrete(path);
         for method in item.as_object().unwrap().keys() {
             let m: Method = method.to_uppercase().parse().unwrap();
             let expect = if path.starts_with("/v1/") { 401 } else { 200 };

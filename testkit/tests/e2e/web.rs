@@ -14,13 +14,22 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-/// A server-sent event stream read a block at a time.
-struct EventStream {
+/// A server-sent event stream read a block at a time (`openapi.rs` reads
+/// the stream's first event with it too).
+pub(crate) struct EventStream {
     body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
     buffer: String,
 }
 
 impl EventStream {
+    /// Reads the events of an answer whose headers have arrived.
+    pub(crate) fn from_response(response: reqwest::Response) -> Self {
+        Self {
+            body: response.bytes_stream().boxed(),
+            buffer: String::new(),
+        }
+    }
+
     async fn open(app: &TestApp, keys: &str) -> Self {
         let response = app
             .http
@@ -34,10 +43,7 @@ impl EventStream {
             .unwrap();
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["content-type"], "text/event-stream");
-        let mut stream = Self {
-            body: response.bytes_stream().boxed(),
-            buffer: String::new(),
-        };
+        let mut stream = Self::from_response(response);
         let (name, _) = stream.next_event().await.expect("the stream ended at once");
         assert_eq!(name, "ready", "the first event says the feed is bound");
         stream
@@ -45,7 +51,7 @@ impl EventStream {
 
     /// The next event's name and data (keep-alive comments skipped), or
     /// `None` when the stream ends. Fails the test after the deadline.
-    async fn next_event(&mut self) -> Option<(String, String)> {
+    pub(crate) async fn next_event(&mut self) -> Option<(String, String)> {
         tokio::time::timeout(DEADLINE, async {
             loop {
                 if let Some(end) = self.buffer.find("\n\n") {

@@ -56,8 +56,24 @@ function authHeaders(headers) {
  * Calls the API. Never throws: the answer is `{ok, status, data, headers}`,
  * and when not ok also `error: {code, message, ...}`, taken from the API's
  * JSON error body when there is one.
+ *
+ * A 401 is not an answer to show: the call waits for the person to give the
+ * token (askForToken) and is sent again with it, so what they asked for
+ * happens and nothing typed on the page is lost. Sending again is safe, a
+ * POST too: the API checks the token before anything else, so a refused
+ * request changed nothing.
  */
 export async function call(method, path, body, extraHeaders = {}) {
+  for (;;) {
+    const sent = localStorage.getItem(TOKEN_KEY);
+    const answer = await send(method, path, body, extraHeaders);
+    if (answer.status !== 401) return answer;
+    // A token given while this call was on its way is tried before asking.
+    if (localStorage.getItem(TOKEN_KEY) === sent) await askForToken();
+  }
+}
+
+async function send(method, path, body, extraHeaders) {
   const headers = authHeaders({ Accept: 'application/json', ...extraHeaders });
   const init = { method, headers };
   if (body !== undefined) {
@@ -76,7 +92,6 @@ export async function call(method, path, body, extraHeaders = {}) {
   let data = null;
   const text = await response.text().catch(() => '');
   try { data = text ? JSON.parse(text) : null; } catch { data = text; }
-  if (response.status === 401) askForToken();
   if (response.ok) return { ok: true, status: response.status, data, headers: response.headers };
   const error = (data && typeof data === 'object' && data.error) || {
     code: `http_${response.status}`,
@@ -196,24 +211,39 @@ export async function watchHealth() {
   healthTimer = setTimeout(watchHealth, pause);
 }
 
-let tokenAsked = false;
+let tokenGiven = null;
 
-/** The API said 401: ask for its token once, keep it in this browser. */
+/**
+ * The API said 401: asks for its token and keeps it in this browser.
+ * Resolves once the person has given one. However many calls were refused
+ * meanwhile, there is one prompt and they all wait for it.
+ */
 export function askForToken() {
-  if (tokenAsked) return;
-  tokenAsked = true;
-  const input = h('input', { id: 'api-token', type: 'password', autocomplete: 'off' });
-  const form = h('form', {
-    class: 'banner warn', role: 'alert',
-    onsubmit: (e) => {
-      e.preventDefault();
-      localStorage.setItem(TOKEN_KEY, input.value.trim());
-      location.reload();
+  if (tokenGiven) return tokenGiven;
+  // A token already kept here was refused: it is stale, or mistyped.
+  const refused = Boolean(localStorage.getItem(TOKEN_KEY));
+  tokenGiven = new Promise((resolve) => {
+    const input = h('input', {
+      id: 'api-token', type: 'password', autocomplete: 'off', required: true,
+    });
+    const form = h('form', {
+      id: 'api-token-form', class: 'banner warn', role: 'alert',
+      onsubmit: (e) => {
+        e.preventDefault();
+        const token = input.value.trim();
+        if (!token) return;
+        localStorage.setItem(TOKEN_KEY, token);
+        form.remove();
+        tokenGiven = null;
+        resolve(token);
+      },
     },
-  },
-  h('strong', {}, 'This API asks for a token. '),
-  h('label', { for: 'api-token' }, 'Token'), input, h('button', { type: 'submit' }, 'Use it'));
-  $('#banner').after(form);
+    h('strong', {}, refused ? 'The API refused the token this browser had. ' : 'This API asks for a token. '),
+    h('label', { for: 'api-token' }, 'Token'), input, h('button', { type: 'submit' }, 'Use it'));
+    $('#banner').after(form);
+    input.focus();
+  });
+  return tokenGiven;
 }
 
 // ---------------------------------------------------------------- downloads
@@ -255,10 +285,16 @@ export async function followEvents(keys, onEvent, onState) {
   let pause = 500;
   for (;;) {
     try {
+      const sent = localStorage.getItem(TOKEN_KEY);
       const response = await fetch(`/v1/events/stream?keys=${encodeURIComponent(keys)}`, {
         headers: authHeaders({ Accept: 'text/event-stream' }),
         cache: 'no-store',
       });
+      if (response.status === 401) {
+        onState('down', 'waiting for the API token');
+        if (localStorage.getItem(TOKEN_KEY) === sent) await askForToken();
+        continue;
+      }
       if (!response.ok) {
         const body = await response.json().catch(() => null);
         throw new Error((body && body.error && body.error.message) || `the API answered ${response.status}`);
