@@ -96,48 +96,52 @@ impl LoanServer {
     pub fn new(deps: Arc<LibraryDeps>) -> Self {
         let d = deps.clone();
         // Group commit: the loans that arrive together share a transaction.
-        let loans = Batcher::spawn(64, 4, move |items: Vec<LoanItem>| {
-            let d = d.clone();
-            async move {
-                let client = d.pool.get().await?;
-                let now = d.clock.now();
-                let due = d.rules.due_for_loan(now);
-                let max = d.rules.max_loans;
-                match store::apply_loans(&client, &items, now, due, max).await {
-                    Ok(answers) => Ok(answers),
-                    Err(e) if is_contention(&e) => {
-                        tracing::debug!(error = %e, "loan batch met another; one by one");
-                        let mut answers = Vec::with_capacity(items.len());
-                        for it in &items {
-                            let one = || {
-                                store::apply_loan(
-                                    &**client,
-                                    it.op,
-                                    &it.key,
-                                    &it.fingerprint,
-                                    &it.isbn,
-                                    &it.patron,
-                                    &it.branch,
-                                    now,
-                                    due,
-                                    max,
-                                    &it.correlation_id,
-                                )
-                            };
-                            // The twin with the same key may have just
-                            // committed; the second try then replays it.
-                            let answer = match one().await {
-                                Err(e) if is_contention(&e) => one().await?,
-                                other => other?,
-                            };
-                            answers.push(answer);
+        let loans = Batcher::spawn(
+            64,
+            bibliomq_core::batch::IN_FLIGHT,
+            move |items: Vec<LoanItem>| {
+                let d = d.clone();
+                async move {
+                    let client = d.pool.get().await?;
+                    let now = d.clock.now();
+                    let due = d.rules.due_for_loan(now);
+                    let max = d.rules.max_loans;
+                    match store::apply_loans(&client, &items, now, due, max).await {
+                        Ok(answers) => Ok(answers),
+                        Err(e) if is_contention(&e) => {
+                            tracing::debug!(error = %e, "loan batch met another; one by one");
+                            let mut answers = Vec::with_capacity(items.len());
+                            for it in &items {
+                                let one = || {
+                                    store::apply_loan(
+                                        &**client,
+                                        it.op,
+                                        &it.key,
+                                        &it.fingerprint,
+                                        &it.isbn,
+                                        &it.patron,
+                                        &it.branch,
+                                        now,
+                                        due,
+                                        max,
+                                        &it.correlation_id,
+                                    )
+                                };
+                                // The twin with the same key may have just
+                                // committed; the second try then replays it.
+                                let answer = match one().await {
+                                    Err(e) if is_contention(&e) => one().await?,
+                                    other => other?,
+                                };
+                                answers.push(answer);
+                            }
+                            Ok(answers)
                         }
-                        Ok(answers)
+                        Err(e) => Err(e.into()),
                     }
-                    Err(e) => Err(e.into()),
                 }
-            }
-        });
+            },
+        );
         Self {
             deps,
             queue: bibliomq_core::broker::topology::LOANS_QUEUE,
@@ -274,36 +278,40 @@ impl CirculationWorker {
     /// A worker for one kind of operation (renewals or returns) on `queue`.
     pub fn new(deps: Arc<LibraryDeps>, queue: &'static str, kind: OperationKind) -> Self {
         let d = deps.clone();
-        let settle = Batcher::spawn(128, 4, move |ops: Vec<Uuid>| {
-            let d = d.clone();
-            async move {
-                let client = d.pool.get().await?;
-                let now = d.clock.now();
-                let batch = match kind {
-                    OperationKind::Renewal => {
-                        store::apply_renewals(&client, &ops, now, &d.rules).await
-                    }
-                    _ => store::apply_returns(&client, &ops, now).await,
-                };
-                match batch {
-                    Ok(outcomes) => Ok(outcomes),
-                    Err(e) if is_contention(&e) => {
-                        tracing::debug!(error = %e, "settle batch met another; one by one");
-                        let mut outcomes = Vec::with_capacity(ops.len());
-                        for op in &ops {
-                            outcomes.push(match kind {
-                                OperationKind::Renewal => {
-                                    store::apply_renewal(&**client, *op, now, &d.rules).await?
-                                }
-                                _ => store::apply_return(&**client, *op, now).await?,
-                            });
+        let settle = Batcher::spawn(
+            128,
+            bibliomq_core::batch::IN_FLIGHT,
+            move |ops: Vec<Uuid>| {
+                let d = d.clone();
+                async move {
+                    let client = d.pool.get().await?;
+                    let now = d.clock.now();
+                    let batch = match kind {
+                        OperationKind::Renewal => {
+                            store::apply_renewals(&client, &ops, now, &d.rules).await
                         }
-                        Ok(outcomes)
+                        _ => store::apply_returns(&client, &ops, now).await,
+                    };
+                    match batch {
+                        Ok(outcomes) => Ok(outcomes),
+                        Err(e) if is_contention(&e) => {
+                            tracing::debug!(error = %e, "settle batch met another; one by one");
+                            let mut outcomes = Vec::with_capacity(ops.len());
+                            for op in &ops {
+                                outcomes.push(match kind {
+                                    OperationKind::Renewal => {
+                                        store::apply_renewal(&**client, *op, now, &d.rules).await?
+                                    }
+                                    _ => store::apply_return(&**client, *op, now).await?,
+                                });
+                            }
+                            Ok(outcomes)
+                        }
+                        Err(e) => Err(e.into()),
                     }
-                    Err(e) => Err(e.into()),
                 }
-            }
-        });
+            },
+        );
         Self {
             deps,
             queue,

@@ -55,22 +55,30 @@ impl TaskWorker {
         metrics: Metrics,
     ) -> Self {
         let claim_pool = pool.clone();
-        let claims = Batcher::spawn(512, 4, move |ids: Vec<Uuid>| {
-            let pool = claim_pool.clone();
-            async move {
-                let client = pool.get().await?;
-                let claimed: std::collections::HashMap<Uuid, i32> =
-                    store::claim(&client, &ids).await?.into_iter().collect();
-                Ok(ids.iter().map(|id| claimed.get(id).copied()).collect())
-            }
-        });
-        let finishes = Batcher::spawn(512, 4, move |outcomes: Vec<Finish>| {
-            let pool = pool.clone();
-            async move {
-                let client = pool.get().await?;
-                Ok(store::finish(&client, &outcomes).await?)
-            }
-        });
+        let claims = Batcher::spawn(
+            512,
+            bibliomq_core::batch::IN_FLIGHT,
+            move |ids: Vec<Uuid>| {
+                let pool = claim_pool.clone();
+                async move {
+                    let client = pool.get().await?;
+                    let claimed: std::collections::HashMap<Uuid, i32> =
+                        store::claim(&client, &ids).await?.into_iter().collect();
+                    Ok(ids.iter().map(|id| claimed.get(id).copied()).collect())
+                }
+            },
+        );
+        let finishes = Batcher::spawn(
+            512,
+            bibliomq_core::batch::IN_FLIGHT,
+            move |outcomes: Vec<Finish>| {
+                let pool = pool.clone();
+                async move {
+                    let client = pool.get().await?;
+                    Ok(store::finish(&client, &outcomes).await?)
+                }
+            },
+        );
         Self {
             publisher,
             store,

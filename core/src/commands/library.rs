@@ -28,21 +28,25 @@ use crate::{
 pub(super) type RequestInserter = Batcher<PendingRequest, Option<store::OpenLoan>, DbFailure>;
 
 pub(super) fn request_inserter(pool: deadpool_postgres::Pool) -> RequestInserter {
-    Batcher::spawn(256, 4, move |requests: Vec<PendingRequest>| {
-        let pool = pool.clone();
-        async move {
-            let client = pool.get().await?;
-            // A deadlock with a worker's batch is resolved by PostgreSQL
-            // aborting one side; trying again is then safe.
-            let mut tries = 0;
-            loop {
-                match store::record_requests(&client, &requests).await {
-                    Err(e) if tries < 3 && crate::db::is_contention(&e) => tries += 1,
-                    other => return Ok(other?),
+    Batcher::spawn(
+        256,
+        crate::batch::IN_FLIGHT,
+        move |requests: Vec<PendingRequest>| {
+            let pool = pool.clone();
+            async move {
+                let client = pool.get().await?;
+                // A deadlock with a worker's batch is resolved by PostgreSQL
+                // aborting one side; trying again is then safe.
+                let mut tries = 0;
+                loop {
+                    match store::record_requests(&client, &requests).await {
+                        Err(e) if tries < 3 && crate::db::is_contention(&e) => tries += 1,
+                        other => return Ok(other?),
+                    }
                 }
             }
-        }
-    })
+        },
+    )
 }
 
 /// Most words a title search takes.

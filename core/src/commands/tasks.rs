@@ -22,7 +22,7 @@ use crate::{
 pub type TaskInserter = Batcher<NewTask, (), DbFailure>;
 
 pub(super) fn inserter(pool: Pool) -> TaskInserter {
-    Batcher::spawn(512, 4, move |tasks: Vec<NewTask>| {
+    Batcher::spawn(512, crate::batch::IN_FLIGHT, move |tasks: Vec<NewTask>| {
         let pool = pool.clone();
         async move {
             let client = pool.get().await?;
