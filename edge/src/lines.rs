@@ -56,8 +56,16 @@ impl BadLine {
 
 /// A gateway's protocol: how one line is answered.
 pub trait LineProtocol: Clone + Send + Sync + 'static {
-    /// Name for the logs.
+    /// Name for the logs and the metrics.
     const NAME: &'static str;
+    /// The task a line runs, as the metrics name it.
+    const ACTION: &'static str;
+
+    /// Whether an answer reports success (for the metrics).
+    fn succeeded(answer: &str) -> bool;
+
+    /// Where answered lines are counted.
+    fn metrics(&self) -> &bibliomq_core::metrics::Metrics;
 
     /// The answer line (without its newline) to `line`. Must always answer,
     /// within the protocol's own time limit.
@@ -140,7 +148,17 @@ async fn connection<P: LineProtocol>(
             }
             () = shutdown.cancelled(), if reading => reading = false,
             line = lines.next_line(), if reading && pending.len() < MAX_IN_FLIGHT => match line {
-                Ok(Some(line)) => pending.push_back(protocol.answer(line)),
+                Ok(Some(line)) => {
+                    let answer = protocol.answer(line);
+                    let metrics = protocol.metrics().clone();
+                    pending.push_back(async move {
+                        let started = std::time::Instant::now();
+                        let answer = answer.await;
+                        let outcome = if P::succeeded(&answer) { "ok" } else { "error" };
+                        metrics.edge_request(P::NAME, P::ACTION, outcome, started.elapsed());
+                        answer
+                    });
+                }
                 Ok(None) => reading = false,
                 Err(e) => {
                     tracing::debug!(%peer, error = %e, "reading failed");

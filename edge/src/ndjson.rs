@@ -78,24 +78,22 @@ impl Ndjson {
 
 impl LineProtocol for Ndjson {
     const NAME: &'static str = "ndjson";
+    const ACTION: &'static str = "task";
+
+    fn succeeded(answer: &str) -> bool {
+        answer.contains("\"status\":\"done\"")
+    }
+
+    fn metrics(&self) -> &bibliomq_core::metrics::Metrics {
+        self.commands.metrics()
+    }
 
     fn answer(
         &self,
         line: Result<String, BadLine>,
     ) -> impl Future<Output = String> + Send + 'static {
         let commands = self.commands.clone();
-        async move {
-            let started = std::time::Instant::now();
-            let metrics = commands.metrics().clone();
-            let answer = answer(commands, line).await;
-            let outcome = if answer.status == "done" {
-                "ok"
-            } else {
-                "error"
-            };
-            metrics.edge_request(Self::NAME, "task", outcome, started.elapsed());
-            to_text(&answer)
-        }
+        async move { to_text(&answer(commands, line).await) }
     }
 }
 

@@ -34,24 +34,22 @@ impl Pipe {
 
 impl LineProtocol for Pipe {
     const NAME: &'static str = "pipe";
+    const ACTION: &'static str = "sum";
+
+    fn succeeded(answer: &str) -> bool {
+        answer.starts_with("RESULT|")
+    }
+
+    fn metrics(&self) -> &bibliomq_core::metrics::Metrics {
+        self.commands.metrics()
+    }
 
     fn answer(
         &self,
         line: Result<String, BadLine>,
     ) -> impl Future<Output = String> + Send + 'static {
         let commands = self.commands.clone();
-        async move {
-            let started = std::time::Instant::now();
-            let metrics = commands.metrics().clone();
-            let answer = answer(commands, line).await;
-            let outcome = if answer.starts_with("RESULT|") {
-                "ok"
-            } else {
-                "error"
-            };
-            metrics.edge_request(Self::NAME, "sum", outcome, started.elapsed());
-            answer
-        }
+        async move { answer(commands, line).await }
     }
 }
 
