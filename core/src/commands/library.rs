@@ -339,7 +339,7 @@ impl Commands {
             .publisher()
             .publish(
                 topology::CIRCULATION_EXCHANGE,
-                &format!("{}.{branch}", kind.routing_prefix()),
+                &format!("{}.{branch}", kind.as_str()),
                 &body,
                 headers::persistent_json(&id.to_string(), correlation_id),
                 true,

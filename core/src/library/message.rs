@@ -39,16 +39,8 @@ pub enum OperationKind {
 }
 
 impl OperationKind {
+    /// Also the routing key prefix on the circulation exchange.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Loan => "loan",
-            Self::Renewal => "renewal",
-            Self::Return => "return",
-        }
-    }
-
-    /// Routing key prefix on the circulation exchange.
-    pub fn routing_prefix(self) -> &'static str {
         match self {
             Self::Loan => "loan",
             Self::Renewal => "renewal",

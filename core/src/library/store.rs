@@ -519,17 +519,6 @@ pub async fn apply_return(
     Ok(row.get(0))
 }
 
-/// The state of an operation after a worker settled it.
-pub async fn operation_state(
-    db: &impl GenericClient,
-    op: Uuid,
-) -> Result<Option<(String, Option<String>)>, tokio_postgres::Error> {
-    let row = db
-        .query_opt("SELECT state, reason FROM operations WHERE id = $1", &[&op])
-        .await?;
-    Ok(row.map(|r| (r.get(0), r.get(1))))
-}
-
 /// One loan request, as the batch function takes it.
 #[derive(Debug, Clone)]
 pub struct LoanItem {

@@ -81,8 +81,10 @@ async fn delete_bucket(env: &TestEnv, bucket: &str) {
     let _ = client.delete_bucket().bucket(bucket).send().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_passing_storage_failure_is_retried_until_it_succeeds() {
+/// An app whose results above 16 bytes go to a bucket that does not exist
+/// (yet), and a task with such a result: storing it fails until the bucket
+/// is there.
+async fn submit_into_missing_bucket(max_retries: u32) -> (TestApp, String, uuid::Uuid) {
     let env = TestEnv::new().await;
     let bucket = missing_bucket(&env);
     let app = TestApp::spawn(
@@ -90,7 +92,7 @@ async fn a_passing_storage_failure_is_retried_until_it_succeeds() {
         |s| {
             s.s3.bucket = bucket.clone();
             s.tasks.inline_result_limit = 16;
-            s.tasks.max_retries = 6;
+            s.tasks.max_retries = max_retries;
         },
         1,
     )
@@ -98,6 +100,12 @@ async fn a_passing_storage_failure_is_retried_until_it_succeeds() {
     let id = app
         .submit("upper", json!("a result longer than sixteen bytes"))
         .await;
+    (app, bucket, id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passing_storage_failure_is_retried_until_it_succeeds() {
+    let (app, bucket, id) = submit_into_missing_bucket(6).await;
 
     // The first attempt fails and the task waits in a retry queue...
     let metrics = &app.workers[0].metrics;
@@ -127,21 +135,7 @@ async fn a_passing_storage_failure_is_retried_until_it_succeeds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_that_keeps_failing_ends_dead_in_the_dead_letter_queue() {
-    let env = TestEnv::new().await;
-    let bucket = missing_bucket(&env);
-    let app = TestApp::spawn(
-        env,
-        |s| {
-            s.s3.bucket = bucket.clone();
-            s.tasks.inline_result_limit = 16;
-            s.tasks.max_retries = 2;
-        },
-        1,
-    )
-    .await;
-    let id = app
-        .submit("upper", json!("a result longer than sixteen bytes"))
-        .await;
+    let (app, _bucket, id) = submit_into_missing_bucket(2).await;
     let task = app.wait_for_task(id).await;
     assert_eq!(task["state"], "dead", "{task}");
     assert_eq!(task["attempts"], 3);
