@@ -25,6 +25,7 @@ pub struct Settings {
 #[derive(Debug, Clone)]
 pub struct AmqpSettings {
     /// `amqp://user:pass@host:port/vhost`; the vhost is URL-encoded (`%2f` is `/`).
+    /// On a cluster, a comma-separated list of node URLs: see [`AmqpSettings::urls`].
     pub url: String,
     /// How long a publish may wait for the broker's confirm before it counts as failed.
     pub confirm_timeout: Duration,
@@ -32,8 +33,28 @@ pub struct AmqpSettings {
     pub prefetch: u16,
 }
 
+impl AmqpSettings {
+    /// The node URLs, in the order given. A process connects to the first
+    /// that answers and moves on to the next when its node goes away.
+    pub fn urls(&self) -> Vec<String> {
+        split_list(&self.url)
+    }
+}
+
+/// A comma-separated list, trimmed, without empty items.
+fn split_list(raw: &str) -> Vec<String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 #[derive(Debug, Clone)]
 pub struct DatabaseSettings {
+    /// A PostgreSQL URL. On a cluster, a multi-host URL with
+    /// `target_session_attrs=read-write` (`postgresql://u@h1:p1,h2:p2/db?...`):
+    /// connections go to whichever host is the primary.
     pub url: String,
     pub pool_size: usize,
     /// Apply pending migrations when a process starts.
@@ -42,6 +63,8 @@ pub struct DatabaseSettings {
 
 #[derive(Debug, Clone)]
 pub struct S3Settings {
+    /// The server's URL; on a cluster, a comma-separated list of nodes tried
+    /// in turn (see [`S3Settings::endpoints`]).
     pub endpoint: String,
     pub region: String,
     pub bucket: String,
@@ -51,6 +74,13 @@ pub struct S3Settings {
     pub key_prefix: String,
     /// Lifetime of presigned download links.
     pub presign_ttl: Duration,
+}
+
+impl S3Settings {
+    /// The endpoints, in the order given.
+    pub fn endpoints(&self) -> Vec<String> {
+        split_list(&self.endpoint)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +129,13 @@ pub struct TaskSettings {
     pub poison_delivery_limit: u32,
     /// How long shutdown waits for in-flight tasks before requeueing them.
     pub drain_timeout: Duration,
+    /// A task still `queued` or `running` this long after its row last
+    /// changed, with no worker holding it, is published again (once) by the
+    /// reaper: its message was lost, e.g. with a broker node. Longer than
+    /// the longest retry delay, so tasks waiting for a retry are left alone.
+    pub reap_after: Duration,
+    /// How often each worker process looks for such tasks.
+    pub reap_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -203,7 +240,7 @@ impl Settings {
     /// Reads the settings through `lookup`, so tests can supply their own variables.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
         let env = Env(&lookup);
-        Ok(Self {
+        let settings = Self {
             amqp: AmqpSettings {
                 url: env.get(
                     "AMQP_URL",
@@ -255,6 +292,8 @@ impl Settings {
                 retry_factor: env.get("TASK_RETRY_FACTOR", 4)?,
                 poison_delivery_limit: env.get("TASK_POISON_DELIVERY_LIMIT", 5)?,
                 drain_timeout: env.millis("DRAIN_TIMEOUT_MS", 30_000)?,
+                reap_after: env.millis("TASK_REAP_AFTER_MS", 600_000)?,
+                reap_interval: env.millis("TASK_REAP_INTERVAL_MS", 30_000)?,
             },
             library: LibrarySettings {
                 branches: env
@@ -290,7 +329,32 @@ impl Settings {
                 ops_port: env.get("WORKER_OPS_PORT", 9101)?,
             },
             log_format: env.get("LOG_FORMAT", LogFormat::Pretty)?,
-        })
+        };
+        settings.check()?;
+        Ok(settings)
+    }
+
+    /// What single variables cannot say wrong on their own.
+    fn check(&self) -> anyhow::Result<()> {
+        if self.amqp.urls().is_empty() {
+            bail!("BIBLIOMQ_AMQP_URL lists no RabbitMQ URL");
+        }
+        if self.s3.endpoints().is_empty() {
+            bail!("BIBLIOMQ_S3_ENDPOINT lists no S3 endpoint");
+        }
+        let longest_retry = self.tasks.retry_delay(self.tasks.max_retries.max(1));
+        if self.tasks.reap_after <= longest_retry {
+            bail!(
+                "BIBLIOMQ_TASK_REAP_AFTER_MS ({:?}) must be longer than the longest retry delay ({:?}), \
+                 or tasks waiting for a retry would be published twice",
+                self.tasks.reap_after,
+                longest_retry
+            );
+        }
+        if self.tasks.reap_interval.is_zero() {
+            bail!("BIBLIOMQ_TASK_REAP_INTERVAL_MS must be above 0");
+        }
+        Ok(())
     }
 }
 
@@ -415,6 +479,26 @@ mod tests {
             .unwrap();
         assert_eq!(on.api.token, Some(ApiToken("s3cret".into())));
         assert!(!format!("{on:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn node_lists_are_split_on_commas() {
+        let s = Settings::from_lookup(|k| match k {
+            "BIBLIOMQ_AMQP_URL" => Some("amqp://a:5701/%2f, amqp://b:5702/%2f,".into()),
+            "BIBLIOMQ_S3_ENDPOINT" => Some("http://a:3910,http://b:3920".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(s.amqp.urls(), ["amqp://a:5701/%2f", "amqp://b:5702/%2f"]);
+        assert_eq!(s.s3.endpoints(), ["http://a:3910", "http://b:3920"]);
+    }
+
+    #[test]
+    fn a_reaper_age_below_the_longest_retry_is_refused() {
+        let err =
+            Settings::from_lookup(|k| (k == "BIBLIOMQ_TASK_REAP_AFTER_MS").then(|| "60000".into()))
+                .unwrap_err();
+        assert!(err.to_string().contains("REAP_AFTER"), "{err}");
     }
 
     #[test]
