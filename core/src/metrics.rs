@@ -53,6 +53,8 @@ pub struct PublishLabels {
 pub enum PublishOutcome {
     Confirmed,
     Failed,
+    /// Not confirmed (connection lost, refused) and sent again.
+    Resent,
 }
 
 impl MessageOutcome {
@@ -73,6 +75,7 @@ impl PublishOutcome {
         match self {
             Self::Confirmed => "confirmed",
             Self::Failed => "failed",
+            Self::Resent => "resent",
         }
     }
 }
@@ -309,6 +312,16 @@ impl Metrics {
                 outcome,
             })
             .inc();
+    }
+
+    /// How many publishes to `exchange` met `outcome` so far.
+    pub fn publish_count(&self, exchange: &str, outcome: PublishOutcome) -> u64 {
+        self.published
+            .get_or_create(&PublishLabels {
+                exchange: exchange.to_owned(),
+                outcome,
+            })
+            .get()
     }
 
     /// The registry in the Prometheus/OpenMetrics text format.

@@ -81,7 +81,8 @@ impl Management {
                 .to_owned(),
             user: settings.dashboard.rabbitmq_mgmt_user.clone(),
             password: settings.dashboard.rabbitmq_mgmt_password.clone(),
-            vhost: vhost_of(&settings.amqp.url),
+            // Every node of a cluster serves the same vhost: the first URL tells.
+            vhost: vhost_of(settings.amqp.urls().first().map_or("", String::as_str)),
         }
     }
 

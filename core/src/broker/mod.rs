@@ -3,8 +3,11 @@
 //!
 //! The supervisor keeps trying to connect (with capped exponential backoff),
 //! declares the topology on every new connection and notices when the
-//! connection dies. Publishers fail fast while there is no connection, so the
-//! API can answer 503 instead of hanging; consumers wait for the next one.
+//! connection dies. On a cluster it is given every node's URL: it connects to
+//! the first that answers and, when that node goes, tries the others in turn,
+//! starting with the one after the node it lost. Publishers fail fast while
+//! there is no connection, so the API can answer 503 instead of hanging;
+//! consumers wait for the next one.
 
 pub mod events;
 pub mod headers;
@@ -40,19 +43,22 @@ struct Inner {
 
 impl Broker {
     /// Starts the connection supervisor and returns at once; the connection
-    /// arrives when the broker can be reached. `name` shows in the management UI.
+    /// arrives when the broker can be reached. `url` is one URL or a
+    /// comma-separated list of a cluster's nodes. `name` shows in the
+    /// management UI.
     pub fn start(url: &str, name: &str, topology: Topology) -> Self {
         let (current, _) = watch::channel(None);
         let inner = Arc::new(Inner {
             current,
             closing: CancellationToken::new(),
         });
-        tokio::spawn(supervise(
-            inner.clone(),
-            url.to_owned(),
-            name.to_owned(),
-            topology,
-        ));
+        let urls: Vec<String> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect();
+        tokio::spawn(supervise(inner.clone(), urls, name.to_owned(), topology));
         Self { inner }
     }
 
@@ -158,38 +164,58 @@ pub(crate) async fn consume_unacked(
         .await
 }
 
-async fn supervise(inner: Arc<Inner>, url: String, name: String, topology: Topology) {
+async fn supervise(inner: Arc<Inner>, urls: Vec<String>, name: String, topology: Topology) {
     const MIN_BACKOFF: Duration = Duration::from_millis(100);
     const MAX_BACKOFF: Duration = Duration::from_secs(5);
     let mut backoff = MIN_BACKOFF;
     let mut failures = 0u32;
+    // The node to try first: after a loss, the one after the node we lost,
+    // so a dead node is not the first thing every process knocks on.
+    let mut next = 0usize;
     while !inner.closing.is_cancelled() {
-        match connect(&url, &name, &topology).await {
-            Ok(conn) => {
-                let conn = Arc::new(conn);
-                backoff = MIN_BACKOFF;
-                if failures > 0 {
-                    tracing::info!(after_failures = failures, "reconnected to RabbitMQ");
-                } else {
-                    tracing::info!("connected to RabbitMQ");
+        // One round: every node once, without waiting in between.
+        let mut connected = None;
+        for offset in 0..urls.len().max(1) {
+            let index = (next + offset) % urls.len().max(1);
+            let Some(url) = urls.get(index) else { break };
+            match connect(url, &name, &topology).await {
+                Ok(conn) => {
+                    connected = Some((index, conn));
+                    break;
                 }
-                failures = 0;
-                let events = conn.events_listener();
-                inner.current.send_replace(Some(conn.clone()));
-                tokio::select! {
-                    () = wait_until_broken(&conn, events) => {
-                        tracing::warn!("lost the RabbitMQ connection; reconnecting");
-                        inner.current.send_replace(None);
+                Err(e) => {
+                    failures += 1;
+                    // Log the first failure loudly, then only now and then.
+                    if failures == 1 || failures.is_multiple_of(20) {
+                        tracing::warn!(node = %redact(url), error = %e, failures, "cannot reach RabbitMQ; retrying");
                     }
-                    () = inner.closing.cancelled() => return,
                 }
             }
-            Err(e) => {
-                failures += 1;
-                // Log the first failure loudly, then only now and then.
-                if failures == 1 || failures.is_multiple_of(20) {
-                    tracing::warn!(error = %e, failures, "cannot reach RabbitMQ; retrying");
+            if inner.closing.is_cancelled() {
+                return;
+            }
+        }
+        if let Some((index, conn)) = connected {
+            let conn = Arc::new(conn);
+            backoff = MIN_BACKOFF;
+            let node = urls.get(index).map(|u| redact(u)).unwrap_or_default();
+            if failures > 0 {
+                tracing::info!(%node, after_failures = failures, "reconnected to RabbitMQ");
+            } else {
+                tracing::info!(%node, "connected to RabbitMQ");
+            }
+            failures = 0;
+            let events = conn.events_listener();
+            inner.current.send_replace(Some(conn.clone()));
+            tokio::select! {
+                () = wait_until_broken(&conn, events) => {
+                    tracing::warn!(%node, "lost the RabbitMQ connection; reconnecting");
+                    inner.current.send_replace(None);
+                    next = index + 1;
+                    // Straight to the other nodes: the cluster is likely still there.
+                    continue;
                 }
+                () = inner.closing.cancelled() => return,
             }
         }
         tokio::select! {
@@ -197,6 +223,14 @@ async fn supervise(inner: Arc<Inner>, url: String, name: String, topology: Topol
             () = inner.closing.cancelled() => return,
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// A node's URL for the logs: without the password.
+fn redact(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://{}", &url[at + 1..]),
+        _ => url.to_owned(),
     }
 }
 
@@ -209,9 +243,7 @@ async fn connect(url: &str, name: &str, topology: &Topology) -> Result<Connectio
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
             )))
         })??;
-    let channel = conn.create_channel().await?;
-    topology.declare(&channel).await?;
-    let _ = channel.close(200, "topology declared".into()).await;
+    topology.declare(&conn).await?;
     Ok(conn)
 }
 
@@ -236,5 +268,17 @@ async fn wait_until_broken(
             },
             _ = tick.tick() => if !conn.status().connected() { return },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn logged_node_urls_carry_no_password() {
+        assert_eq!(
+            super::redact("amqp://guest:secret@10.0.0.1:5701/%2f"),
+            "amqp://10.0.0.1:5701/%2f"
+        );
+        assert_eq!(super::redact("amqp://h:5672"), "amqp://h:5672");
     }
 }

@@ -1,8 +1,16 @@
 //! Publishing with publisher confirms: a publish is done when the broker
-//! has confirmed it, and fails fast (instead of hanging) while the broker is
-//! unreachable.
+//! has confirmed it, and fails in bounded time (instead of hanging) while
+//! the broker is unreachable.
+//!
+//! A publish that the broker did not confirm because its connection broke,
+//! or that it refused (`basic.nack`, as a quorum queue does while it elects
+//! a new leader), is sent again — on the new connection, perhaps to another
+//! node of the cluster — until the confirm timeout runs out. The first copy
+//! may have arrived after all, so consumers deduplicate.
 
 use std::{sync::Arc, time::Duration};
+
+use tokio::time::Instant;
 
 use lapin::{
     BasicProperties, Channel, Confirmation,
@@ -26,6 +34,46 @@ pub enum PublishError {
     Unroutable(String),
     #[error("the message broker connection failed: {0}")]
     Broken(#[from] lapin::Error),
+}
+
+impl PublishError {
+    /// Sending the message again may succeed: the connection, the node or
+    /// the queue's leader was changing under it.
+    pub fn worth_resending(&self) -> bool {
+        matches!(self, Self::Unavailable | Self::Nacked | Self::Broken(_))
+    }
+}
+
+/// How long a publish waits for a lost connection to come back (to any node)
+/// before it gives up: a node's loss is noticed and another node reached
+/// well within this; a broker that is down for good should still be
+/// reported quickly.
+pub(crate) const RECONNECT_GRACE: Duration = Duration::from_secs(2);
+
+/// Waits, until `deadline` at the latest, before sending again: for a live
+/// connection, and a moment more after a refusal so a queue that is
+/// electing its leader is not hammered. False when it is not worth trying.
+pub(crate) async fn before_resending(
+    broker: &Broker,
+    error: &PublishError,
+    attempt: u32,
+    deadline: Instant,
+) -> bool {
+    if !error.worth_resending() || Instant::now() >= deadline {
+        return false;
+    }
+    let grace = deadline.min(Instant::now() + RECONNECT_GRACE);
+    if tokio::time::timeout_at(grace, broker.connection())
+        .await
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        return false;
+    }
+    let pause = Duration::from_millis(25u64.saturating_mul(1 << attempt.min(5)));
+    tokio::time::sleep_until(deadline.min(Instant::now() + pause)).await;
+    Instant::now() < deadline
 }
 
 /// A confirm-mode channel on the broker's current connection, re-opened
@@ -62,9 +110,28 @@ impl Publisher {
         properties: BasicProperties,
         mandatory: bool,
     ) -> Result<(), PublishError> {
-        let result = self
-            .publish_confirmed(exchange, routing_key, body, properties, mandatory)
-            .await;
+        let deadline = Instant::now() + self.confirm_timeout;
+        let mut attempt = 0;
+        let result = loop {
+            attempt += 1;
+            let result = self
+                .publish_confirmed(
+                    exchange,
+                    routing_key,
+                    body,
+                    properties.clone(),
+                    mandatory,
+                    deadline,
+                )
+                .await;
+            match result {
+                Err(e) if before_resending(&self.broker, &e, attempt, deadline).await => {
+                    tracing::debug!(error = %e, attempt, exchange, routing_key, "publish not confirmed; sending it again");
+                    self.metrics.publish(exchange, PublishOutcome::Resent);
+                }
+                other => break other,
+            }
+        };
         let outcome = if result.is_ok() {
             PublishOutcome::Confirmed
         } else {
@@ -81,6 +148,7 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
         mandatory: bool,
+        deadline: Instant,
     ) -> Result<(), PublishError> {
         let channel = self.channel().await?;
         let confirm = async {
@@ -98,7 +166,7 @@ impl Publisher {
                 .await?;
             pending.await
         };
-        let outcome = tokio::time::timeout(self.confirm_timeout, confirm)
+        let outcome = tokio::time::timeout_at(deadline, confirm)
             .await
             .map_err(|_| PublishError::Timeout(self.confirm_timeout))?;
         match outcome? {

@@ -5,6 +5,10 @@
 //! Replies are matched to callers by correlation id. Direct reply-to is
 //! at-most-once: a reply can be lost, so every call has a timeout and the
 //! requests carry idempotency keys that make a retry safe.
+//!
+//! The client relies on that: a request that was not confirmed, or whose
+//! connection broke before the reply came (a node of the cluster went away),
+//! is sent again on the next connection while the call's time lasts.
 
 use std::{
     collections::HashMap,
@@ -22,7 +26,12 @@ use lapin::{
 };
 use tokio::sync::oneshot;
 
-use super::{Broker, PublishError};
+use tokio::time::Instant;
+
+use super::{
+    Broker, PublishError,
+    publisher::{RECONNECT_GRACE, before_resending},
+};
 
 const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
@@ -61,7 +70,9 @@ impl RpcClient {
         }
     }
 
-    /// Publishes a persistent request and waits up to `timeout` for its reply.
+    /// Publishes a persistent request and waits up to `timeout` for its
+    /// reply. The request may be delivered more than once (see the module
+    /// docs): it must be idempotent.
     pub async fn call(
         &self,
         exchange: &str,
@@ -70,19 +81,75 @@ impl RpcClient {
         properties: BasicProperties,
         timeout: Duration,
     ) -> Result<Vec<u8>, RpcError> {
-        let (generation, channel) = self.channel().await?;
+        let started = Instant::now();
+        let deadline = started + timeout;
         let correlation_id = uuid::Uuid::new_v4().simple().to_string();
-        let (tx, rx) = oneshot::channel();
-        self.lock_waiters()
-            .insert(correlation_id.clone(), (generation, tx));
-        let forget = || {
-            self.lock_waiters().remove(&correlation_id);
-        };
-
-        let started = tokio::time::Instant::now();
         let properties = properties
             .with_reply_to(REPLY_TO.into())
             .with_correlation_id(correlation_id.as_str().into());
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let confirm_deadline = deadline.min(Instant::now() + self.confirm_timeout);
+            let sent = self
+                .send(
+                    exchange,
+                    routing_key,
+                    body,
+                    properties.clone(),
+                    &correlation_id,
+                    confirm_deadline,
+                )
+                .await;
+            let rx = match sent {
+                Ok(rx) => rx,
+                Err(e) if before_resending(&self.broker, &e, attempt, confirm_deadline).await => {
+                    tracing::debug!(error = %e, attempt, "request not confirmed; sending it again");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(_)) => {
+                    // The channel died with the reply on its way, or before
+                    // the request was served: ask again on the next
+                    // connection (the idempotency key answers with the
+                    // first outcome), if there is time and a connection.
+                    let grace = deadline.min(Instant::now() + RECONNECT_GRACE);
+                    let reconnected = tokio::time::timeout_at(grace, self.broker.connection())
+                        .await
+                        .ok()
+                        .flatten()
+                        .is_some();
+                    if !reconnected || Instant::now() >= deadline {
+                        return Err(RpcError::Interrupted);
+                    }
+                    tracing::debug!(attempt, "connection lost while waiting for the reply; asking again");
+                }
+                Err(_) => {
+                    self.lock_waiters().remove(&correlation_id);
+                    return Err(RpcError::Timeout(timeout));
+                }
+            }
+        }
+    }
+
+    /// Registers the waiter and publishes the request; done when the
+    /// broker confirmed it.
+    async fn send(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        correlation_id: &str,
+        deadline: Instant,
+    ) -> Result<oneshot::Receiver<Vec<u8>>, PublishError> {
+        let (generation, channel) = self.channel().await?;
+        let (tx, rx) = oneshot::channel();
+        self.lock_waiters()
+            .insert(correlation_id.to_owned(), (generation, tx));
         let confirm = async {
             channel
                 .basic_publish(
@@ -98,7 +165,7 @@ impl RpcClient {
                 .await?
                 .await
         };
-        let confirmed = match tokio::time::timeout(self.confirm_timeout, confirm).await {
+        let confirmed = match tokio::time::timeout_at(deadline, confirm).await {
             Err(_) => Err(PublishError::Timeout(self.confirm_timeout)),
             Ok(Err(e)) => Err(PublishError::Broken(e)),
             Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => Ok(()),
@@ -108,18 +175,10 @@ impl RpcClient {
             Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
         };
         if let Err(e) = confirmed {
-            forget();
-            return Err(e.into());
+            self.lock_waiters().remove(correlation_id);
+            return Err(e);
         }
-        let left = timeout.saturating_sub(started.elapsed());
-        match tokio::time::timeout(left, rx).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => Err(RpcError::Interrupted),
-            Err(_) => {
-                forget();
-                Err(RpcError::Timeout(timeout))
-            }
-        }
+        Ok(rx)
     }
 
     fn lock_waiters(&self) -> std::sync::MutexGuard<'_, Waiters> {
