@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use lapin::{
-    Channel, ExchangeKind,
+    Channel, Connection, ErrorKind, ExchangeKind,
     options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable, LongString},
 };
@@ -87,54 +87,64 @@ impl Topology {
     }
 
     /// Declares everything. Safe to run any number of times.
-    pub async fn declare(&self, ch: &Channel) -> Result<(), lapin::Error> {
-        exchange(ch, TASKS_EXCHANGE, ExchangeKind::Topic).await?;
-        exchange(ch, RETRY_EXCHANGE, ExchangeKind::Direct).await?;
-        exchange(ch, DEAD_LETTER_EXCHANGE, ExchangeKind::Topic).await?;
-        exchange(ch, EVENTS_EXCHANGE, ExchangeKind::Topic).await?;
+    pub async fn declare(&self, conn: &Connection) -> Result<(), lapin::Error> {
+        let mut ch = conn.create_channel().await?;
+        let mut declarer = Declarer {
+            conn,
+            ch: &mut ch,
+        };
+        self.declare_on(&mut declarer).await?;
+        let _ = ch.close(200, "topology declared".into()).await;
+        Ok(())
+    }
 
-        let mut args = quorum();
-        args.insert("x-dead-letter-exchange".into(), text(DEAD_LETTER_EXCHANGE));
+    async fn declare_on(&self, d: &mut Declarer<'_>) -> Result<(), lapin::Error> {
+        d.exchange(TASKS_EXCHANGE, ExchangeKind::Topic).await?;
+        d.exchange(RETRY_EXCHANGE, ExchangeKind::Direct).await?;
+        d.exchange(DEAD_LETTER_EXCHANGE, ExchangeKind::Topic).await?;
+        d.exchange(EVENTS_EXCHANGE, ExchangeKind::Topic).await?;
+
+        let mut args = dead_lettering(DEAD_LETTER_EXCHANGE);
         args.insert(
             "x-delivery-limit".into(),
             AMQPValue::LongLongInt(self.delivery_limit.into()),
         );
-        queue(ch, TASKS_QUEUE, args).await?;
-        bind(ch, TASKS_QUEUE, TASKS_EXCHANGE, "task.#").await?;
+        d.queue(TASKS_QUEUE, args).await?;
+        d.bind(TASKS_QUEUE, TASKS_EXCHANGE, "task.#").await?;
 
-        queue(ch, TASKS_DEAD_QUEUE, quorum()).await?;
-        bind(ch, TASKS_DEAD_QUEUE, DEAD_LETTER_EXCHANGE, "task.#").await?;
+        d.queue(TASKS_DEAD_QUEUE, quorum()).await?;
+        d.bind(TASKS_DEAD_QUEUE, DEAD_LETTER_EXCHANGE, "task.#").await?;
 
         for delay in &self.task_retry_delays {
             let name = retry_queue_name(*delay);
-            let mut args = quorum();
+            // The retry queue's TTL hands the task back through dead-lettering,
+            // so it must survive a node's loss like any other delivery.
+            let mut args = dead_lettering(TASKS_EXCHANGE);
             let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
             args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
-            args.insert("x-dead-letter-exchange".into(), text(TASKS_EXCHANGE));
             args.insert("x-dead-letter-routing-key".into(), text(RETRIED_TASK_KEY));
-            queue(ch, &name, args).await?;
-            bind(ch, &name, RETRY_EXCHANGE, &name).await?;
+            d.queue(&name, args).await?;
+            d.bind(&name, RETRY_EXCHANGE, &name).await?;
         }
 
-        exchange(ch, RPC_EXCHANGE, ExchangeKind::Direct).await?;
-        exchange(ch, CIRCULATION_EXCHANGE, ExchangeKind::Topic).await?;
+        d.exchange(RPC_EXCHANGE, ExchangeKind::Direct).await?;
+        d.exchange(CIRCULATION_EXCHANGE, ExchangeKind::Topic).await?;
         for (name, source, key) in [
             (LOANS_QUEUE, RPC_EXCHANGE, LOAN_REQUEST_KEY),
             (RENEWALS_QUEUE, CIRCULATION_EXCHANGE, "renewal.*"),
             (RETURNS_QUEUE, CIRCULATION_EXCHANGE, "return.*"),
         ] {
-            let mut args = quorum();
-            args.insert("x-dead-letter-exchange".into(), text(DEAD_LETTER_EXCHANGE));
+            let mut args = dead_lettering(DEAD_LETTER_EXCHANGE);
             args.insert(
                 "x-delivery-limit".into(),
                 AMQPValue::LongLongInt(self.delivery_limit.into()),
             );
-            queue(ch, name, args).await?;
-            bind(ch, name, source, key).await?;
+            d.queue(name, args).await?;
+            d.bind(name, source, key).await?;
         }
-        queue(ch, LIBRARY_DEAD_QUEUE, quorum()).await?;
+        d.queue(LIBRARY_DEAD_QUEUE, quorum()).await?;
         for key in [LOAN_REQUEST_KEY, "renewal.#", "return.#"] {
-            bind(ch, LIBRARY_DEAD_QUEUE, DEAD_LETTER_EXCHANGE, key).await?;
+            d.bind(LIBRARY_DEAD_QUEUE, DEAD_LETTER_EXCHANGE, key).await?;
         }
         Ok(())
     }
@@ -161,34 +171,92 @@ fn quorum() -> FieldTable {
     args
 }
 
-async fn exchange(ch: &Channel, name: &str, kind: ExchangeKind) -> Result<(), lapin::Error> {
-    ch.exchange_declare(
-        name.into(),
-        kind,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
+/// Quorum queue arguments that dead-letter to `exchange` *at least once*:
+/// RabbitMQ then keeps a dead-lettered message until the target queue has
+/// confirmed it, instead of firing and forgetting — without this, a retry
+/// whose TTL expires while a node is down can vanish. At-least-once needs
+/// `reject-publish` overflow (RabbitMQ 3.10+); with no length limit set, it
+/// never refuses anything.
+fn dead_lettering(exchange: &str) -> FieldTable {
+    let mut args = quorum();
+    args.insert("x-dead-letter-exchange".into(), text(exchange));
+    args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+    args.insert("x-overflow".into(), text("reject-publish"));
+    args
 }
 
-async fn queue(ch: &Channel, name: &str, args: FieldTable) -> Result<(), lapin::Error> {
-    ch.queue_declare(name.into(), QueueDeclareOptions::durable(), args)
-        .await
-        .map(|_| ())
+/// Declares on a channel, opening a new one when the broker closes it.
+struct Declarer<'a> {
+    conn: &'a Connection,
+    ch: &'a mut Channel,
 }
 
-async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) -> Result<(), lapin::Error> {
-    ch.queue_bind(
-        queue.into(),
-        exchange.into(),
-        key.into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
+impl Declarer<'_> {
+    async fn exchange(&mut self, name: &str, kind: ExchangeKind) -> Result<(), lapin::Error> {
+        self.ch
+            .exchange_declare(
+                name.into(),
+                kind,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+    }
+
+    /// Declares a durable queue. A queue that already exists with other
+    /// arguments (declared by an older bibliomq) cannot be changed by
+    /// declaring it: the broker refuses (406) and closes the channel. It is
+    /// then kept as it is, and the operator is told how to bring it up to
+    /// date with a policy, which applies to live queues.
+    async fn queue(&mut self, name: &str, args: FieldTable) -> Result<(), lapin::Error> {
+        match self
+            .ch
+            .queue_declare(name.into(), QueueDeclareOptions::durable(), args)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_precondition_failed(&e) => {
+                tracing::warn!(
+                    queue = name,
+                    "the queue exists with older arguments and keeps them; \
+                     `scripts/up` applies the `bibliomq-dead-letter` policy that brings \
+                     at-least-once dead-lettering to it (see README, Running on a cluster)"
+                );
+                *self.ch = self.conn.create_channel().await?;
+                self.ch
+                    .queue_declare(
+                        name.into(),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..QueueDeclareOptions::durable()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map(|_| ())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn bind(&mut self, queue: &str, exchange: &str, key: &str) -> Result<(), lapin::Error> {
+        self.ch
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+    }
+}
+
+fn is_precondition_failed(e: &lapin::Error) -> bool {
+    matches!(e.kind(), ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406)
 }
 
 #[cfg(test)]
