@@ -6,11 +6,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+use tokio_postgres::{NoTls, config::TargetSessionAttrs};
 
 pub use migrations::{MIGRATIONS, migrate};
 
 use crate::config::DatabaseSettings;
+
+/// Fails (division by zero) on a server in recovery, i.e. a standby.
+const PRIMARY_CHECK: &str = "SELECT 1 / (NOT pg_is_in_recovery())::int";
 
 /// Builds a pool. Connections are opened lazily, so this succeeds while the
 /// database is down; the first query then fails fast instead of hanging.
@@ -23,15 +26,22 @@ pub fn pool(settings: &DatabaseSettings) -> anyhow::Result<Pool> {
     if pg.get_application_name().is_none() {
         pg.application_name("bibliomq");
     }
-    let manager = Manager::from_config(
-        pg,
-        NoTls,
-        ManagerConfig {
-            // A cheap `is_closed` check; a dead connection surfaces as a query
-            // error and the pool replaces it on the next checkout.
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+    let recycling_method = if pg.get_target_session_attrs() == TargetSessionAttrs::ReadWrite {
+        // A cluster behind a multi-host URL: new connections find the
+        // primary by themselves, but a connection kept from before a
+        // failover may sit on a server that is now a read-only standby
+        // (pg_auto_failover restarts a demoted primary, which closes it, but
+        // not every tool does). Each checkout checks: the division fails on
+        // a standby, and the pool drops that connection and opens one to
+        // the new primary. Checkouts are per batch, not per operation, so
+        // the round trip is cheap.
+        RecyclingMethod::Custom(PRIMARY_CHECK.to_owned())
+    } else {
+        // A cheap `is_closed` check; a dead connection surfaces as a query
+        // error and the pool replaces it on the next checkout.
+        RecyclingMethod::Fast
+    };
+    let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method });
     Pool::builder(manager)
         .max_size(settings.pool_size)
         .runtime(Runtime::Tokio1)
@@ -52,9 +62,22 @@ pub async fn migrate_database(settings: &DatabaseSettings) -> anyhow::Result<Vec
 /// connection broke, as opposed to a query PostgreSQL rejected.
 pub fn is_unavailable(err: &deadpool_postgres::PoolError) -> bool {
     match err {
-        deadpool_postgres::PoolError::Backend(e) => e.as_db_error().is_none(),
+        deadpool_postgres::PoolError::Backend(e) => e.as_db_error().is_none() || is_failing_over(e),
         _ => true,
     }
+}
+
+/// The server refused because it is shutting down, starting up, or no
+/// longer the primary: what a failover looks like from a connection that
+/// is still open. Another server (or the same one, soon) will take it.
+pub fn is_failing_over(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.code().is_some_and(|c| {
+        *c == SqlState::READ_ONLY_SQL_TRANSACTION
+            || *c == SqlState::ADMIN_SHUTDOWN
+            || *c == SqlState::CRASH_SHUTDOWN
+            || *c == SqlState::CANNOT_CONNECT_NOW
+    })
 }
 
 /// Errors that only mean two transactions met (a unique key taken at the
