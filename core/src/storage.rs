@@ -1,14 +1,27 @@
 //! Object storage for large task results: any S3-compatible server (Garage on
 //! the no-Docker path, MinIO in the compose file).
+//!
+//! On a cluster (several Garage nodes, each serving the whole bucket) the
+//! store is given every node's endpoint: a request goes to the node that
+//! answered last, and to the next one when that node cannot be reached or
+//! answers with a server error.
 
-use std::time::Duration;
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use aws_sdk_s3::{
     Client,
     config::{
         BehaviorVersion, Credentials, Region, RequestChecksumCalculation,
-        ResponseChecksumValidation, timeout::TimeoutConfig,
+        ResponseChecksumValidation, retry::RetryConfig, timeout::TimeoutConfig,
     },
+    config::http::HttpResponse,
     error::{ProvideErrorMetadata, SdkError},
     presigning::PresigningConfig,
     primitives::ByteStream,
@@ -64,7 +77,10 @@ pub struct ObjectBody {
 
 #[derive(Clone)]
 pub struct ObjectStore {
-    client: Client,
+    /// One client per node, in the configured order.
+    nodes: Arc<[Client]>,
+    /// The node that answered last: where the next request goes first.
+    preferred: Arc<AtomicUsize>,
     bucket: String,
     prefix: String,
     presign_ttl: Duration,
@@ -72,40 +88,63 @@ pub struct ObjectStore {
 
 impl ObjectStore {
     pub fn new(settings: &S3Settings) -> Self {
-        let config = aws_sdk_s3::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(settings.region.clone()))
-            .endpoint_url(&settings.endpoint)
-            // Path-style URLs: no wildcard DNS needed for the bucket name.
-            .force_path_style(true)
-            .credentials_provider(Credentials::new(
-                &settings.access_key,
-                &settings.secret_key,
-                None,
-                None,
-                "bibliomq",
-            ))
-            // Checksums only where the protocol demands them: S3-compatible
-            // servers differ in which of the newer checksum headers they know.
-            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(3))
-                    .operation_attempt_timeout(Duration::from_secs(30))
-                    .build(),
-            )
-            .build();
+        let mut endpoints = settings.endpoints();
+        if endpoints.is_empty() {
+            endpoints.push(settings.endpoint.clone());
+        }
+        // With several nodes, a node that does not answer is left for the
+        // next one at once rather than retried with backoff.
+        let retry = if endpoints.len() > 1 {
+            RetryConfig::standard().with_max_attempts(1)
+        } else {
+            RetryConfig::standard()
+        };
+        let nodes: Vec<Client> = endpoints
+            .iter()
+            .map(|endpoint| node_client(settings, endpoint, retry.clone()))
+            .collect();
         Self {
-            client: Client::from_conf(config),
+            nodes: nodes.into(),
+            preferred: Arc::new(AtomicUsize::new(0)),
             bucket: settings.bucket.clone(),
             prefix: settings.key_prefix.clone(),
             presign_ttl: settings.presign_ttl,
         }
     }
 
+    /// The client of the node requests go to first.
     pub fn client(&self) -> &Client {
-        &self.client
+        let index = self.preferred.load(Ordering::Relaxed) % self.nodes.len().max(1);
+        &self.nodes[index]
+    }
+
+    /// Runs `op` against the preferred node, then the others in turn while
+    /// a node cannot be reached; remembers the node that answered.
+    async fn on_any_node<T, E, F, Fut>(&self, op: F) -> Result<T, SdkError<E, HttpResponse>>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+    {
+        let count = self.nodes.len().max(1);
+        let first = self.preferred.load(Ordering::Relaxed) % count;
+        let mut offset = 0;
+        loop {
+            let index = (first + offset) % count;
+            match op(self.nodes[index].clone()).await {
+                Ok(value) => {
+                    if offset > 0 {
+                        tracing::warn!(node = index, "object storage answered from another node");
+                        self.preferred.store(index, Ordering::Relaxed);
+                    }
+                    return Ok(value);
+                }
+                Err(e) if offset + 1 < count && node_unreachable(&e) => {
+                    tracing::debug!(node = index, "object storage node unreachable; trying the next");
+                    offset += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     pub fn bucket(&self) -> &str {
@@ -127,16 +166,20 @@ impl ObjectStore {
         let key = format!("{}{key}", self.prefix);
         let sha256 = hex::encode(Sha256::digest(&bytes));
         let size = i64::try_from(bytes.len()).unwrap_or(i64::MAX);
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .content_type(content_type)
-            .metadata("sha256", &sha256)
-            .body(ByteStream::from(bytes))
-            .send()
-            .await
-            .map_err(unavailable)?;
+        self.on_any_node(|client| {
+            client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .content_type(content_type)
+                .metadata("sha256", &sha256)
+                // Bytes clone cheaply (a reference count), so each node
+                // tried gets the whole body.
+                .body(ByteStream::from(bytes.clone()))
+                .send()
+        })
+        .await
+        .map_err(unavailable)?;
         Ok(StoredObject {
             bucket: self.bucket.clone(),
             key,
@@ -149,11 +192,7 @@ impl ObjectStore {
     /// Opens an object for streaming.
     pub async fn get(&self, bucket: &str, key: &str) -> Result<ObjectBody, StorageError> {
         let out = self
-            .client
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
+            .on_any_node(|client| client.get_object().bucket(bucket).key(key).send())
             .await
             .map_err(|e| match e.code() {
                 Some("NoSuchKey") => StorageError::NotFound,
@@ -171,7 +210,7 @@ impl ObjectStore {
         let config = PresigningConfig::expires_in(self.presign_ttl)
             .map_err(|e| StorageError::Unavailable(e.to_string()))?;
         let req = self
-            .client
+            .client()
             .get_object()
             .bucket(bucket)
             .key(key)
@@ -192,13 +231,15 @@ impl ObjectStore {
         max: i32,
     ) -> Result<ObjectPage, StorageError> {
         let page = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(format!("{}{prefix}", self.prefix))
-            .set_start_after(after.map(|a| format!("{}{a}", self.prefix)))
-            .max_keys(max)
-            .send()
+            .on_any_node(|client| {
+                client
+                    .list_objects_v2()
+                    .bucket(&self.bucket)
+                    .prefix(format!("{}{prefix}", self.prefix))
+                    .set_start_after(after.map(|a| format!("{}{a}", self.prefix)))
+                    .max_keys(max)
+                    .send()
+            })
             .await
             .map_err(unavailable)?;
         let objects = page
@@ -224,10 +265,7 @@ impl ObjectStore {
 
     /// Succeeds when the bucket can be reached with our credentials.
     pub async fn check(&self) -> Result<(), StorageError> {
-        self.client
-            .head_bucket()
-            .bucket(&self.bucket)
-            .send()
+        self.on_any_node(|client| client.head_bucket().bucket(&self.bucket).send())
             .await
             .map(|_| ())
             .map_err(unavailable)
@@ -240,11 +278,13 @@ impl ObjectStore {
         let mut deleted = 0;
         loop {
             let page = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(&full)
-                .send()
+                .on_any_node(|client| {
+                    client
+                        .list_objects_v2()
+                        .bucket(&self.bucket)
+                        .prefix(&full)
+                        .send()
+                })
                 .await
                 .map_err(unavailable)?;
             let keys: Vec<String> = page
@@ -256,16 +296,55 @@ impl ObjectStore {
                 return Ok(deleted);
             }
             for key in keys {
-                self.client
-                    .delete_object()
-                    .bucket(&self.bucket)
-                    .key(&key)
-                    .send()
+                self.on_any_node(|client| client.delete_object().bucket(&self.bucket).key(&key).send())
                     .await
                     .map_err(unavailable)?;
                 deleted += 1;
             }
         }
+    }
+}
+
+/// One node's client. Everything but the endpoint is the same for all nodes.
+fn node_client(settings: &S3Settings, endpoint: &str, retry: RetryConfig) -> Client {
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(settings.region.clone()))
+        .endpoint_url(endpoint)
+        // Path-style URLs: no wildcard DNS needed for the bucket name.
+        .force_path_style(true)
+        .credentials_provider(Credentials::new(
+            &settings.access_key,
+            &settings.secret_key,
+            None,
+            None,
+            "bibliomq",
+        ))
+        // Checksums only where the protocol demands them: S3-compatible
+        // servers differ in which of the newer checksum headers they know.
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        .retry_config(retry)
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(3))
+                .operation_attempt_timeout(Duration::from_secs(30))
+                .build(),
+        )
+        .build();
+    Client::from_conf(config)
+}
+
+/// The node could not be reached, timed out, or answered with a server
+/// error (a Garage node that lost its peers answers 503): another node may
+/// do better. A client error (403, 404) would be the same everywhere.
+fn node_unreachable<E>(e: &SdkError<E, HttpResponse>) -> bool {
+    match e {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(s) => s.raw().status().is_server_error(),
+        _ => false,
     }
 }
 
