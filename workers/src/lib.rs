@@ -6,6 +6,8 @@
 //! - [`tasks`]: the task worker (claim, run, store, commit, ack, retry, dead-letter).
 //! - [`library`]: the loan RPC server and the renewal and return workers.
 //! - [`events`]: outcome events published after commits.
+//! - [`reaper`]: heartbeats of running tasks; publishes again, once, a task
+//!   whose message was lost.
 //!
 //! Next to the consumers each worker process serves `/metrics`, `/healthz`
 //! and `/readyz` on its operations port ([`bibliomq_core::ops`]).
@@ -13,6 +15,7 @@
 pub mod consumer;
 pub mod events;
 pub mod library;
+pub mod reaper;
 pub mod tasks;
 
 use std::{sync::Arc, time::Duration};
@@ -82,12 +85,22 @@ impl WorkerApp {
         };
         let prefetch = infra.settings.amqp.prefetch;
         let drain = infra.settings.tasks.drain_timeout;
+        let in_flight = reaper::InFlight::default();
         let task_worker = Arc::new(tasks::TaskWorker::new(
             infra.pool.clone(),
             publisher.clone(),
             store,
             infra.settings.tasks.clone(),
             infra.metrics.clone(),
+            in_flight.clone(),
+        ));
+        let reaper_stop = CancellationToken::new();
+        let reaper = tokio::spawn(reaper::run(
+            infra.pool.clone(),
+            publisher.clone(),
+            infra.settings.tasks.clone(),
+            in_flight,
+            reaper_stop.clone(),
         ));
         let deps = Arc::new(library::LibraryDeps {
             pool: infra.pool.clone(),
@@ -147,6 +160,8 @@ impl WorkerApp {
                 drain
             ),
         );
+        reaper_stop.cancel();
+        let _ = reaper.await;
         ops_stop.cancel();
         match ops.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "operations server"),

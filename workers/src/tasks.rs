@@ -31,7 +31,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::consumer::{Handler, Settle, settle};
+use crate::{
+    consumer::{Handler, Settle, settle},
+    reaper::InFlight,
+};
 
 type Claims = Batcher<Uuid, Option<i32>, DbFailure>;
 type Finishes = Batcher<Finish, bool, DbFailure>;
@@ -44,6 +47,7 @@ pub struct TaskWorker {
     claims: Claims,
     finishes: Finishes,
     metrics: Metrics,
+    in_flight: InFlight,
 }
 
 impl TaskWorker {
@@ -53,6 +57,7 @@ impl TaskWorker {
         store: ObjectStore,
         settings: TaskSettings,
         metrics: Metrics,
+        in_flight: InFlight,
     ) -> Self {
         let claim_pool = pool.clone();
         let claims = Batcher::spawn(
@@ -87,6 +92,7 @@ impl TaskWorker {
             claims,
             finishes,
             metrics,
+            in_flight,
         }
     }
 
@@ -131,6 +137,8 @@ impl TaskWorker {
             }
         };
         tracing::debug!(attempts, "running");
+        // Heartbeats keep the reaper off this task while it is in hand.
+        let _held = self.in_flight.hold(message.id);
 
         let outcome = match message
             .action

@@ -24,6 +24,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "library_batches",
         include_str!("../../../migrations/0003_library_batches.sql"),
     ),
+    (
+        4,
+        "task_reaper",
+        include_str!("../../../migrations/0004_task_reaper.sql"),
+    ),
 ];
 
 /// Arbitrary constant: the advisory lock that serialises concurrent runners

@@ -71,6 +71,73 @@ pub async fn claim(db: &Client, ids: &[Uuid]) -> Result<Vec<(Uuid, i32)>, tokio_
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
+/// Tells the reaper these tasks are in a worker's hands: their rows look
+/// recently touched. Only `running` rows; finished ones are left alone.
+pub async fn heartbeat(db: &impl GenericClient, ids: &[Uuid]) -> Result<u64, tokio_postgres::Error> {
+    db.execute(
+        "UPDATE tasks SET updated_at = now() WHERE id = ANY($1) AND state = 'running'",
+        &[&ids],
+    )
+    .await
+}
+
+/// A task the reaper publishes again.
+#[derive(Debug, Clone)]
+pub struct Stranded {
+    pub message: super::TaskMessage,
+    pub correlation_id: String,
+    /// Attempts so far; the new message is attempt `attempts + 1`.
+    pub attempts: i32,
+}
+
+/// Up to `limit` tasks still `queued` or `running` with no change for
+/// `older_than`, and never reaped, locked (`SKIP LOCKED`: several worker
+/// processes reap side by side without taking the same task) for the
+/// duration of `tx`. Mark them with [`mark_reaped`] in the same transaction,
+/// after their messages were confirmed.
+pub async fn stranded(
+    tx: &impl GenericClient,
+    older_than: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<Stranded>, tokio_postgres::Error> {
+    let seconds = older_than.as_secs_f64();
+    let rows = tx
+        .query(
+            "SELECT id, action, payload, created_at, coalesce(correlation_id, ''), attempts
+               FROM tasks
+              WHERE state IN ('queued', 'running')
+                AND reaped_at IS NULL
+                AND updated_at < now() - make_interval(secs => $1)
+              ORDER BY updated_at
+              LIMIT $2
+                FOR UPDATE SKIP LOCKED",
+            &[&seconds, &limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Stranded {
+            message: super::TaskMessage {
+                id: r.get(0),
+                action: r.get(1),
+                payload: r.get(2),
+                submitted_at: r.get(3),
+            },
+            correlation_id: r.get(4),
+            attempts: r.get(5),
+        })
+        .collect())
+}
+
+/// Records that these tasks were published again.
+pub async fn mark_reaped(tx: &impl GenericClient, ids: &[Uuid]) -> Result<u64, tokio_postgres::Error> {
+    tx.execute(
+        "UPDATE tasks SET reaped_at = now(), updated_at = now() WHERE id = ANY($1)",
+        &[&ids],
+    )
+    .await
+}
+
 /// How a run ended, to be written back.
 #[derive(Debug, Clone)]
 pub enum Finish {
