@@ -3,7 +3,7 @@ use bibliomq_core::{
     config::Settings,
     db,
     library::seed::{SeedOptions, seed_database},
-    shutdown, telemetry,
+    ops, shutdown, telemetry,
 };
 use clap::{Parser, Subcommand};
 
@@ -38,6 +38,9 @@ enum Command {
         #[arg(long, default_value_t = 0.15)]
         on_loan: f64,
     },
+    /// Ask this machine's API for `/readyz`: exit 0 when it answers 200,
+    /// 1 otherwise (for container healthchecks; no curl needed).
+    Healthcheck,
 }
 
 #[tokio::main]
@@ -46,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     telemetry::init(settings.log_format);
     match cli.command.unwrap_or(Command::Serve) {
+        Command::Healthcheck => ops::healthcheck(&settings.api.host, settings.api.port).await,
         Command::Migrate => {
             let applied = db::migrate_database(&settings.database).await?;
             tracing::info!(?applied, "migrations up to date");

@@ -185,3 +185,171 @@ impl OpsServer {
             .context("the operations server failed")
     }
 }
+
+/// How long [`healthcheck`] waits for the whole answer: longer than one
+/// dependency probe ([`PROBE_LIMIT`]), since `/readyz` answers only once
+/// its slowest probe has.
+pub const HEALTHCHECK_LIMIT: Duration = Duration::from_secs(5);
+
+/// The `healthcheck` subcommand of the long-running binaries: asks this
+/// machine's `/readyz` on `port` and succeeds only on `200`. Container
+/// healthchecks run it, so the images need neither curl nor wget.
+///
+/// `host` is where the process listens; a wildcard (`0.0.0.0`, `::`) is
+/// asked on the loopback address. The error names the status and carries
+/// the answer's body (which says what is unavailable).
+pub async fn healthcheck(host: &str, port: u16) -> anyhow::Result<()> {
+    let host = match host {
+        "" | "0.0.0.0" => "127.0.0.1",
+        "::" | "[::]" => "::1",
+        other => other.trim_start_matches('[').trim_end_matches(']'),
+    };
+    let target = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let (status, body) = tokio::time::timeout(HEALTHCHECK_LIMIT, get_readyz(host, port, &target))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "http://{target}/readyz did not answer within {} s",
+                HEALTHCHECK_LIMIT.as_secs()
+            )
+        })??;
+    if status == 200 {
+        Ok(())
+    } else {
+        anyhow::bail!("http://{target}/readyz answered {status}: {}", body.trim())
+    }
+}
+
+/// One `GET /readyz` over HTTP/1.1 with `Connection: close`: the status
+/// code and the body (at most 64 KiB of it).
+async fn get_readyz(host: &str, port: u16, target: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut stream = tokio::net::TcpStream::connect((host, port))
+        .await
+        .with_context(|| format!("could not connect to {target}"))?;
+    let request = format!(
+        "GET /readyz HTTP/1.1\r\nHost: {target}\r\nUser-Agent: bibliomq-healthcheck\r\n\
+         Accept: application/json\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .with_context(|| format!("could not send the request to {target}"))?;
+    let mut answer = Vec::new();
+    stream
+        .take(64 * 1024)
+        .read_to_end(&mut answer)
+        .await
+        .with_context(|| format!("could not read the answer from {target}"))?;
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer
+        .lines()
+        .next()
+        .and_then(|line| {
+            let mut parts = line.split_whitespace();
+            let version = parts.next()?;
+            let code = parts.next()?;
+            version.starts_with("HTTP/").then_some(())?;
+            code.parse::<u16>().ok()
+        })
+        .with_context(|| format!("{target} did not answer with HTTP"))?;
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+#[cfg(test)]
+mod healthcheck_tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A one-request server that answers `answer` and records the request.
+    async fn answering(answer: &'static str) -> (u16, tokio::task::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let served = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.ends_with(b"\r\n\r\n") {
+                let n = socket.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buf[..n]);
+            }
+            socket.write_all(answer.as_bytes()).await.unwrap();
+            String::from_utf8(request).unwrap()
+        });
+        (port, served)
+    }
+
+    #[tokio::test]
+    async fn ready_is_success_and_the_wildcard_host_is_asked_on_the_loopback() {
+        let (port, served) = answering(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 18\r\n\r\n{\"status\":\"ready\"}",
+        )
+        .await;
+        healthcheck("0.0.0.0", port).await.unwrap();
+        let request = served.await.unwrap();
+        assert!(request.starts_with("GET /readyz HTTP/1.1\r\n"), "{request}");
+        assert!(
+            request.contains(&format!("Host: 127.0.0.1:{port}\r\n")),
+            "{request}"
+        );
+    }
+
+    #[tokio::test]
+    async fn unready_is_a_failure_that_says_what_is_missing() {
+        let (port, _served) = answering(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 28\r\n\r\n{\"unavailable\":[\"rabbitmq\"]}",
+        )
+        .await;
+        let err = healthcheck("127.0.0.1", port).await.unwrap_err();
+        let message = format!("{err:#}");
+        assert!(message.contains("503"), "{message}");
+        assert!(message.contains("rabbitmq"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_and_not_http_are_failures() {
+        let closed = {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let err = healthcheck("127.0.0.1", closed).await.unwrap_err();
+        assert!(format!("{err:#}").contains("could not connect"), "{err:#}");
+
+        let (port, _served) = answering("SSH-2.0-OpenSSH\r\n").await;
+        let err = healthcheck("127.0.0.1", port).await.unwrap_err();
+        assert!(
+            format!("{err:#}").contains("did not answer with HTTP"),
+            "{err:#}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_is_a_failure_within_the_limit() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let _held = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(socket);
+        });
+        let started = std::time::Instant::now();
+        let err = healthcheck("127.0.0.1", port).await.unwrap_err();
+        assert!(
+            format!("{err:#}").contains("did not answer within"),
+            "{err:#}"
+        );
+        assert!(started.elapsed() < HEALTHCHECK_LIMIT + Duration::from_secs(2));
+    }
+}

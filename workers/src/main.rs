@@ -1,5 +1,5 @@
 use anyhow::Context;
-use bibliomq_core::{config::Settings, db, shutdown, telemetry};
+use bibliomq_core::{config::Settings, db, ops, shutdown, telemetry};
 use clap::{Parser, Subcommand};
 
 /// bibliomq task and library workers.
@@ -16,6 +16,9 @@ enum Command {
     Run,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Ask this machine's worker operations server for `/readyz`: exit 0
+    /// when it answers 200, 1 otherwise (for container healthchecks).
+    Healthcheck,
 }
 
 #[tokio::main]
@@ -24,6 +27,9 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     telemetry::init(settings.log_format);
     match cli.command.unwrap_or(Command::Run) {
+        Command::Healthcheck => {
+            ops::healthcheck(&settings.worker.ops_host, settings.worker.ops_port).await
+        }
         Command::Migrate => {
             let applied = db::migrate_database(&settings.database).await?;
             tracing::info!(?applied, "migrations up to date");
