@@ -10,6 +10,8 @@
 //! - [`app`]: the API and workers spawned in-process on port 0.
 //! - [`edge`]: the ZeroMQ edge and TCP gateways spawned in-process, and a
 //!   line client for the gateways.
+//! - [`process`]: the `bibliomq-workers` binary as a child process, for
+//!   races and restarts across real processes.
 //! - [`proxy`]: a TCP proxy whose connections a test can cut, to play a
 //!   broker or database going away without disturbing other tests.
 //! - [`rabbit`]: looking into queues (message counts, dead letters).
@@ -21,10 +23,12 @@ pub mod app;
 pub mod browser;
 pub mod edge;
 pub mod env;
+pub mod process;
 pub mod proxy;
 pub mod rabbit;
 
 pub use app::{TestApp, spawn_app};
 pub use edge::{LineClient, TestEdge};
 pub use env::TestEnv;
+pub use process::WorkerProcess;
 pub use proxy::TcpProxy;

@@ -69,3 +69,41 @@ pub async fn publish_raw(
     assert!(confirm.is_ack(), "the broker refused the test's message");
     let _ = conn.close(200, "bye".into()).await;
 }
+
+/// Consumers subscribed to `queue` now, as the queue itself counts them
+/// (the management API's figure lags by its statistics interval); `None`
+/// while the queue does not exist or the broker does not answer.
+pub async fn consumer_count(amqp_url: &str, queue: &str) -> Option<u32> {
+    let conn = Connection::connect(amqp_url, ConnectionProperties::default())
+        .await
+        .ok()?;
+    let ch = conn.create_channel().await.ok()?;
+    let declared = ch
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    let _ = conn.close(200, "bye".into()).await;
+    declared.ok().map(|q| q.consumer_count())
+}
+
+/// Waits until `queue` has exactly `n` consumers; fails the test otherwise.
+pub async fn wait_for_consumers(amqp_url: &str, queue: &str, n: u32) {
+    let last = std::sync::Mutex::new(None);
+    let seen = crate::app::wait_until(crate::app::DEADLINE, || async {
+        let count = consumer_count(amqp_url, queue).await;
+        *last.lock().unwrap() = count;
+        (count == Some(n)).then_some(())
+    })
+    .await;
+    assert!(
+        seen.is_some(),
+        "{queue} never had {n} consumers; last count: {:?}",
+        last.lock().unwrap()
+    );
+}
