@@ -10,7 +10,7 @@ use bibliomq_core::{
     metrics::MessageOutcome,
 };
 use bibliomq_testkit::{
-    TestApp, TestEnv,
+    TestApp, TestEnv, WorkerProcess,
     app::{DEADLINE, Worker, wait_until},
     rabbit, spawn_app,
 };
@@ -42,6 +42,28 @@ async fn wait_settled(app: &TestApp, operation: &str) -> Value {
 
 async fn count(app: &TestApp, sql: &str) -> i64 {
     app.env.db().await.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// The API in this process and two `bibliomq-workers` processes, returned
+/// once both of them consume loan requests, so that a race among loans is
+/// decided across processes and not only across tasks of one runtime.
+async fn spawn_with_two_worker_processes() -> (TestApp, Vec<WorkerProcess>) {
+    let app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
+    let workers = WorkerProcess::start_many(&app.env.settings(), 2).await;
+    rabbit::wait_for_consumers(&app.env.amqp_url(), topology::LOANS_QUEUE, 2).await;
+    (app, workers)
+}
+
+/// Loan requests each worker process has taken from the queue.
+async fn loan_requests_per_process(workers: &[WorkerProcess]) -> Vec<u64> {
+    let mut consumed = Vec::new();
+    for w in workers {
+        consumed.push(
+            w.message_count(topology::LOANS_QUEUE, MessageOutcome::Consumed)
+                .await,
+        );
+    }
+    consumed
 }
 
 fn ts(v: &Value) -> chrono::DateTime<chrono::Utc> {
@@ -240,7 +262,7 @@ async fn a_patron_cannot_hold_more_than_five_loans() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_loans_of_three_copies_make_exactly_three_loans() {
-    let app = spawn_app().await;
+    let (app, workers) = spawn_with_two_worker_processes().await;
     let patrons = app.add_patrons("r", 50).await;
     app.add_title("9788450000016", "Tres ejemplares", &[2, 1])
         .await;
@@ -274,11 +296,17 @@ async fn fifty_concurrent_loans_of_three_copies_make_exactly_three_loans() {
         .filter_map(|(_, b)| b["loan"]["copy"].as_str())
         .collect();
     assert_eq!(copies.len(), 3);
+    let consumed = loan_requests_per_process(&workers).await;
+    assert_eq!(consumed.iter().sum::<u64>(), 50, "{consumed:?}");
+    assert!(
+        consumed.iter().all(|&n| n > 0),
+        "both worker processes take part in the race: {consumed:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loan_retried_with_the_same_idempotency_key_makes_one_loan() {
-    let app = spawn_app().await;
+    let (app, workers) = spawn_with_two_worker_processes().await;
     app.add_patrons("p", 2).await;
     app.add_title("9788450000016", "Reintentos", &[2, 2]).await;
     let send = |key: &'static str, patron: &'static str| {
@@ -306,6 +334,11 @@ async fn a_loan_retried_with_the_same_idempotency_key_makes_one_loan() {
     }
     assert_eq!(ids.len(), 1);
     assert_eq!(count(&app, "SELECT count(*) FROM loans").await, 2);
+    let consumed = loan_requests_per_process(&workers).await;
+    assert!(
+        consumed.iter().sum::<u64>() >= 2,
+        "the loans were made by the worker processes: {consumed:?}"
+    );
 
     let (status, reused) = body(
         app.http
