@@ -17,11 +17,11 @@ use std::{
 
 use aws_sdk_s3::{
     Client,
+    config::http::HttpResponse,
     config::{
         BehaviorVersion, Credentials, Region, RequestChecksumCalculation,
         ResponseChecksumValidation, retry::RetryConfig, timeout::TimeoutConfig,
     },
-    config::http::HttpResponse,
     error::{ProvideErrorMetadata, SdkError},
     presigning::PresigningConfig,
     primitives::ByteStream,
@@ -139,7 +139,10 @@ impl ObjectStore {
                     return Ok(value);
                 }
                 Err(e) if offset + 1 < count && node_unreachable(&e) => {
-                    tracing::debug!(node = index, "object storage node unreachable; trying the next");
+                    tracing::debug!(
+                        node = index,
+                        "object storage node unreachable; trying the next"
+                    );
                     offset += 1;
                 }
                 Err(e) => return Err(e),
@@ -296,9 +299,11 @@ impl ObjectStore {
                 return Ok(deleted);
             }
             for key in keys {
-                self.on_any_node(|client| client.delete_object().bucket(&self.bucket).key(&key).send())
-                    .await
-                    .map_err(unavailable)?;
+                self.on_any_node(|client| {
+                    client.delete_object().bucket(&self.bucket).key(&key).send()
+                })
+                .await
+                .map_err(unavailable)?;
                 deleted += 1;
             }
         }

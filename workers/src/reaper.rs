@@ -99,7 +99,9 @@ pub async fn run(
         match reap_once(&pool, &publisher, settings.reap_after).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(tasks = n, "published stranded tasks again"),
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "reaper pass failed; trying again later"),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "reaper pass failed; trying again later")
+            }
         }
     }
 }
@@ -109,7 +111,10 @@ async fn heartbeat(pool: &Pool, in_flight: &InFlight) -> anyhow::Result<()> {
     if ids.is_empty() {
         return Ok(());
     }
-    let client = pool.get().await.context("Failed to connect to PostgreSQL")?;
+    let client = pool
+        .get()
+        .await
+        .context("Failed to connect to PostgreSQL")?;
     store::heartbeat(&**client, &ids)
         .await
         .context("Failed to touch the running tasks")?;
@@ -123,7 +128,10 @@ pub async fn reap_once(
     publisher: &Publisher,
     older_than: Duration,
 ) -> anyhow::Result<usize> {
-    let mut client = pool.get().await.context("Failed to connect to PostgreSQL")?;
+    let mut client = pool
+        .get()
+        .await
+        .context("Failed to connect to PostgreSQL")?;
     let tx = client
         .transaction()
         .await

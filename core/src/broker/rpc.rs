@@ -125,7 +125,10 @@ impl RpcClient {
                     if !reconnected || Instant::now() >= deadline {
                         return Err(RpcError::Interrupted);
                     }
-                    tracing::debug!(attempt, "connection lost while waiting for the reply; asking again");
+                    tracing::debug!(
+                        attempt,
+                        "connection lost while waiting for the reply; asking again"
+                    );
                 }
                 Err(_) => {
                     self.lock_waiters().remove(&correlation_id);

@@ -89,10 +89,7 @@ impl Topology {
     /// Declares everything. Safe to run any number of times.
     pub async fn declare(&self, conn: &Connection) -> Result<(), lapin::Error> {
         let mut ch = conn.create_channel().await?;
-        let mut declarer = Declarer {
-            conn,
-            ch: &mut ch,
-        };
+        let mut declarer = Declarer { conn, ch: &mut ch };
         self.declare_on(&mut declarer).await?;
         let _ = ch.close(200, "topology declared".into()).await;
         Ok(())
@@ -101,7 +98,8 @@ impl Topology {
     async fn declare_on(&self, d: &mut Declarer<'_>) -> Result<(), lapin::Error> {
         d.exchange(TASKS_EXCHANGE, ExchangeKind::Topic).await?;
         d.exchange(RETRY_EXCHANGE, ExchangeKind::Direct).await?;
-        d.exchange(DEAD_LETTER_EXCHANGE, ExchangeKind::Topic).await?;
+        d.exchange(DEAD_LETTER_EXCHANGE, ExchangeKind::Topic)
+            .await?;
         d.exchange(EVENTS_EXCHANGE, ExchangeKind::Topic).await?;
 
         let mut args = dead_lettering(DEAD_LETTER_EXCHANGE);
@@ -113,7 +111,8 @@ impl Topology {
         d.bind(TASKS_QUEUE, TASKS_EXCHANGE, "task.#").await?;
 
         d.queue(TASKS_DEAD_QUEUE, quorum()).await?;
-        d.bind(TASKS_DEAD_QUEUE, DEAD_LETTER_EXCHANGE, "task.#").await?;
+        d.bind(TASKS_DEAD_QUEUE, DEAD_LETTER_EXCHANGE, "task.#")
+            .await?;
 
         for delay in &self.task_retry_delays {
             let name = retry_queue_name(*delay);
@@ -128,7 +127,8 @@ impl Topology {
         }
 
         d.exchange(RPC_EXCHANGE, ExchangeKind::Direct).await?;
-        d.exchange(CIRCULATION_EXCHANGE, ExchangeKind::Topic).await?;
+        d.exchange(CIRCULATION_EXCHANGE, ExchangeKind::Topic)
+            .await?;
         for (name, source, key) in [
             (LOANS_QUEUE, RPC_EXCHANGE, LOAN_REQUEST_KEY),
             (RENEWALS_QUEUE, CIRCULATION_EXCHANGE, "renewal.*"),
@@ -144,7 +144,8 @@ impl Topology {
         }
         d.queue(LIBRARY_DEAD_QUEUE, quorum()).await?;
         for key in [LOAN_REQUEST_KEY, "renewal.#", "return.#"] {
-            d.bind(LIBRARY_DEAD_QUEUE, DEAD_LETTER_EXCHANGE, key).await?;
+            d.bind(LIBRARY_DEAD_QUEUE, DEAD_LETTER_EXCHANGE, key)
+                .await?;
         }
         Ok(())
     }

@@ -73,7 +73,10 @@ pub async fn claim(db: &Client, ids: &[Uuid]) -> Result<Vec<(Uuid, i32)>, tokio_
 
 /// Tells the reaper these tasks are in a worker's hands: their rows look
 /// recently touched. Only `running` rows; finished ones are left alone.
-pub async fn heartbeat(db: &impl GenericClient, ids: &[Uuid]) -> Result<u64, tokio_postgres::Error> {
+pub async fn heartbeat(
+    db: &impl GenericClient,
+    ids: &[Uuid],
+) -> Result<u64, tokio_postgres::Error> {
     db.execute(
         "UPDATE tasks SET updated_at = now() WHERE id = ANY($1) AND state = 'running'",
         &[&ids],
@@ -130,7 +133,10 @@ pub async fn stranded(
 }
 
 /// Records that these tasks were published again.
-pub async fn mark_reaped(tx: &impl GenericClient, ids: &[Uuid]) -> Result<u64, tokio_postgres::Error> {
+pub async fn mark_reaped(
+    tx: &impl GenericClient,
+    ids: &[Uuid],
+) -> Result<u64, tokio_postgres::Error> {
     tx.execute(
         "UPDATE tasks SET reaped_at = now(), updated_at = now() WHERE id = ANY($1)",
         &[&ids],

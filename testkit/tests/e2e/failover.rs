@@ -102,7 +102,8 @@ async fn submissions_in_flight_when_the_broker_connection_goes_are_sent_again_on
     // Cut once the submissions are well under way.
     let metrics = app.api_metrics.clone();
     wait_until(DEADLINE, || async {
-        (metrics.publish_count(topology::TASKS_EXCHANGE, PublishOutcome::Confirmed) >= 100).then_some(())
+        (metrics.publish_count(topology::TASKS_EXCHANGE, PublishOutcome::Confirmed) >= 100)
+            .then_some(())
     })
     .await
     .expect("the submissions never got going");
@@ -146,7 +147,11 @@ async fn every_dead_lettering_queue_dead_letters_at_least_once() {
         let args = &q["arguments"];
         assert_eq!(args["x-queue-type"], "quorum", "{}", q["name"]);
         if args.get("x-dead-letter-exchange").is_some() {
-            assert_eq!(args["x-dead-letter-strategy"], "at-least-once", "{}", q["name"]);
+            assert_eq!(
+                args["x-dead-letter-strategy"], "at-least-once",
+                "{}",
+                q["name"]
+            );
             assert_eq!(args["x-overflow"], "reject-publish", "{}", q["name"]);
             checked += 1;
         }
