@@ -267,3 +267,44 @@ start_bench_stack() {
   done
   wait_http "$BENCH_URL/readyz" 60 "the benchmark API"
 }
+
+# The cluster of scripts/cluster, beside the single-node services above:
+# RabbitMQ nodes bqN@localhost (AMQP 5700+N, management 15700+N, Erlang
+# distribution 25700+N), PostgreSQL under pg_auto_failover (monitor 5441,
+# data nodes 5442 and 5443) and Garage nodes (S3 3900+10N, RPC 3901+10N,
+# admin 3903+10N).
+CLUSTER_DIR="$BIBLIOMQ_STATE_DIR/cluster"
+CLUSTER_NODES=(1 2 3)
+CLUSTER_PG_MONITOR_PORT=5441
+CLUSTER_PG_PORTS=(5442 5443)
+
+# cluster_urls VHOST DATABASE: sets CLUSTER_AMQP_URL (every node, comma
+# separated), CLUSTER_DATABASE_URL (both PostgreSQL nodes, the writable one
+# chosen by the client), CLUSTER_S3_ENDPOINT (every Garage node) and
+# CLUSTER_MGMT_URL (the management API of the first node that answers).
+cluster_urls() {
+  local vhost=${1//\//%2f} db=$2 n amqp=() s3=() hosts=()
+  for n in "${CLUSTER_NODES[@]}"; do
+    amqp+=("amqp://guest:guest@127.0.0.1:$((5700 + n))/$vhost?heartbeat=10")
+    s3+=("http://127.0.0.1:$((3900 + 10 * n))")
+  done
+  for n in "${CLUSTER_PG_PORTS[@]}"; do hosts+=("127.0.0.1:$n"); done
+  CLUSTER_AMQP_URL=$(IFS=,; echo "${amqp[*]}")
+  CLUSTER_S3_ENDPOINT=$(IFS=,; echo "${s3[*]}")
+  CLUSTER_DATABASE_URL="postgresql://postgres@$(IFS=,; echo "${hosts[*]}")/$db?target_session_attrs=read-write&connect_timeout=2"
+  CLUSTER_MGMT_URL="http://127.0.0.1:15701"
+  for n in "${CLUSTER_NODES[@]}"; do
+    if curl -fsS -m 2 -u guest:guest -o /dev/null "http://127.0.0.1:$((15700 + n))/api/overview" 2>/dev/null; then
+      CLUSTER_MGMT_URL="http://127.0.0.1:$((15700 + n))"
+      break
+    fi
+  done
+}
+
+# cluster_psql ARGS...: psql on the cluster's writable PostgreSQL node.
+cluster_psql() {
+  local hosts ports
+  hosts=$(printf '127.0.0.1,%.0s' "${CLUSTER_PG_PORTS[@]}")
+  ports=$(IFS=,; echo "${CLUSTER_PG_PORTS[*]}")
+  PGCONNECT_TIMEOUT=2 psql "host=${hosts%,} port=$ports user=postgres dbname=postgres target_session_attrs=read-write" "$@"
+}
