@@ -225,23 +225,43 @@ wait_http() {
 # start_bench_stack NAME: a release-built API (port 18080) and
 # $BIBLIOMQ_WORKERS workers on a vhost and database of their own, fresh each
 # time, so a benchmark neither disturbs nor is disturbed by scripts/up.
+# With BENCH_CLUSTER=1 the vhost and database are on the cluster of
+# scripts/cluster (started without its apps when down), and the cluster's
+# nodes join the processes whose memory is reported.
 # Sets BENCH_URL, BENCH_DB_URL and BENCH_PROCS (--process name=pid ...);
 # the processes stop when the calling script exits.
 start_bench_stack() {
-  local name=$1 vhost="bibliomq-$1" db="bibliomq_${1//-/_}" port=18080
-  "$BIBLIOMQ_ROOT/scripts/services" >/dev/null
+  local name=$1 vhost="bibliomq-$1" db="bibliomq_${1//-/_}" port=18080 mgmt psql_on
+  if [[ "${BENCH_CLUSTER:-}" == 1 ]]; then
+    "$BIBLIOMQ_ROOT/scripts/cluster" up --services-only >/dev/null
+    cluster_urls "$vhost" "$db"
+    mgmt=$CLUSTER_MGMT_URL
+    psql_on=(cluster_psql)
+  else
+    "$BIBLIOMQ_ROOT/scripts/services" >/dev/null
+    mgmt="http://127.0.0.1:15672"
+    psql_on=(psql -h 127.0.0.1 -U postgres -d postgres)
+  fi
   log "building (release)"
   cargo build --locked --release --bins
   BENCH_BIN="$CARGO_TARGET_DIR/release"
-  curl -fsS -u guest:guest -X DELETE "http://127.0.0.1:15672/api/vhosts/$vhost" >/dev/null 2>&1 || true
+  curl -fsS -u guest:guest -X DELETE "$mgmt/api/vhosts/$vhost" >/dev/null 2>&1 || true
   curl -fsS -u guest:guest -X PUT -H 'content-type: application/json' -d '{}' \
-    "http://127.0.0.1:15672/api/vhosts/$vhost" >/dev/null
+    "$mgmt/api/vhosts/$vhost" >/dev/null
   curl -fsS -u guest:guest -X PUT -H 'content-type: application/json' \
-    -d '{"configure":".*","write":".*","read":".*"}' "http://127.0.0.1:15672/api/permissions/$vhost/guest" >/dev/null
-  psql -h 127.0.0.1 -U postgres -d postgres -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" 2>/dev/null
+    -d '{"configure":".*","write":".*","read":".*"}' "$mgmt/api/permissions/$vhost/guest" >/dev/null
+  "${psql_on[@]}" -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" 2>/dev/null
 
-  export BIBLIOMQ_AMQP_URL="amqp://guest:guest@127.0.0.1:5672/$vhost"
-  export BIBLIOMQ_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db"
+  if [[ "${BENCH_CLUSTER:-}" == 1 ]]; then
+    export BIBLIOMQ_AMQP_URL="$CLUSTER_AMQP_URL"
+    export BIBLIOMQ_DATABASE_URL="$CLUSTER_DATABASE_URL"
+    export BIBLIOMQ_S3_ENDPOINT="$CLUSTER_S3_ENDPOINT"
+    export BIBLIOMQ_S3_REGION=garage
+    export BIBLIOMQ_RABBITMQ_MGMT_URL="$mgmt"
+  else
+    export BIBLIOMQ_AMQP_URL="amqp://guest:guest@127.0.0.1:5672/$vhost"
+    export BIBLIOMQ_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db"
+  fi
   export BIBLIOMQ_API_PORT=$port
   # Any free port: the bench's workers must not collide with scripts/up's.
   export BIBLIOMQ_WORKER_OPS_PORT=0
@@ -266,6 +286,21 @@ start_bench_stack() {
     BENCH_PROCS+=(--process "workers-$i=$!")
   done
   wait_http "$BENCH_URL/readyz" 60 "the benchmark API"
+  if [[ "${BENCH_CLUSTER:-}" == 1 ]]; then
+    # The memory of each RabbitMQ and Garage node (one process each; a
+    # PostgreSQL node's memory is spread over its backends). The CPU
+    # accounting already counts every RabbitMQ, PostgreSQL and Garage
+    # process on the machine.
+    local procs
+    procs=$("$BIBLIOMQ_ROOT/scripts/cluster" status --json | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+rows = [("rabbitmq-" + r["node"].split("@")[0], r["pid"]) for r in s["rabbitmq"]]
+rows += [("garage-" + r["name"], r["pid"]) for r in s["garage"]]
+print(" ".join(f"{n}={p}" for n, p in rows if p))')
+    local p
+    for p in $procs; do BENCH_PROCS+=(--process "$p"); done
+  fi
 }
 
 # The cluster of scripts/cluster, beside the single-node services above:
