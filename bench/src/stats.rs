@@ -2,18 +2,10 @@
 
 use std::time::Duration;
 
-/// The `p`-th percentile (0..=100) of sorted samples, nearest rank.
+/// The `p`-th percentile (0..=100) of sorted samples, nearest rank (the
+/// client's, so the bench and `bibliomq run` count alike); zero when empty.
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+    bibliomq_client::replay::stats::percentile(sorted, p).unwrap_or_default()
 }
 
 pub fn ms(d: Duration) -> f64 {

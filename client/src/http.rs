@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{Method, RequestBuilder, Response, StatusCode, header::HeaderMap};
 use serde_json::{Value, json};
 
@@ -168,17 +169,15 @@ async fn api_failure(response: Response) -> Failure {
 }
 
 /// Percent-encodes one path segment (ids, ISBNs and patron ids are plain,
-/// but whatever a person types must not change the path).
+/// but whatever a person types must not change the path): everything but
+/// RFC 3986's unreserved characters, `/` included.
 pub fn segment(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    for b in raw.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    utf8_percent_encode(raw, SEGMENT).to_string()
 }
 
 #[cfg(test)]

@@ -5,8 +5,11 @@
 use std::{sync::OnceLock, time::Duration};
 
 use bibliomq_core::config::Settings;
+use percent_encoding::{percent_decode_str, utf8_percent_encode};
 use serde::Serialize;
 use serde_json::Value;
+
+use super::SEGMENT;
 
 /// What the dashboard shows of one queue.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -110,7 +113,7 @@ impl Management {
 
     /// Queues of our vhost, by name, and the vhost's overall rates.
     pub async fn figures(&self) -> Result<VhostFigures, ManagementError> {
-        let vhost = encode_component(&self.vhost);
+        let vhost = utf8_percent_encode(&self.vhost, SEGMENT).to_string();
         let queues_path = format!(
             "queues/{vhost}?columns=name,type,messages_ready,messages_unacknowledged,consumers,message_stats"
         );
@@ -161,44 +164,11 @@ pub fn vhost_of(amqp_url: &str) -> String {
     let rest = amqp_url.split_once("://").map_or(amqp_url, |(_, r)| r);
     let rest = rest.split(['?', '#']).next().unwrap_or_default();
     match rest.split_once('/') {
-        Some((_, path)) if !path.is_empty() => decode_component(path),
+        Some((_, path)) if !path.is_empty() => {
+            percent_decode_str(path).decode_utf8_lossy().into_owned()
+        }
         _ => "/".to_owned(),
     }
-}
-
-fn decode_component(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Percent-encodes everything but unreserved characters (so `/` too).
-fn encode_component(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            b => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -222,9 +192,15 @@ mod tests {
 
     #[test]
     fn vhosts_are_encoded_as_one_path_segment() {
-        assert_eq!(encode_component("/"), "%2F");
-        assert_eq!(encode_component("a b/c"), "a%20b%2Fc");
-        assert_eq!(encode_component("bibliomq-test-1_ab"), "bibliomq-test-1_ab");
+        assert_eq!(utf8_percent_encode("/", SEGMENT).to_string(), "%2F");
+        assert_eq!(
+            utf8_percent_encode("a b/c", SEGMENT).to_string(),
+            "a%20b%2Fc"
+        );
+        assert_eq!(
+            utf8_percent_encode("bibliomq-test-1_ab", SEGMENT).to_string(),
+            "bibliomq-test-1_ab"
+        );
     }
 
     #[test]

@@ -22,8 +22,20 @@ pub mod objects;
 pub mod pages;
 
 use axum::Router;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 
 use crate::{AppState, routes::Routes};
+
+/// What a URL path segment may carry as it is: the unreserved characters of
+/// RFC 3986; everything else (`/` included) is percent-encoded.
+pub(crate) const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// A path of segments: as [`SEGMENT`], but `/` stays.
+pub(crate) const PATH: &AsciiSet = &SEGMENT.remove(b'/');
 
 /// `/` and the pages under `/ui`.
 pub fn pages() -> Router<AppState> {

@@ -11,9 +11,11 @@ use axum::{
     routing::get,
 };
 use bibliomq_core::storage::{ObjectInfo, StorageError};
+use percent_encoding::utf8_percent_encode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::PATH;
 use crate::{AppState, error::ApiError, extract::QueryParams, routes::Routes};
 
 /// Most objects one page lists.
@@ -62,7 +64,7 @@ fn object_json(o: &ObjectInfo) -> Value {
         "key": o.key,
         "size": o.size,
         "last_modified": o.last_modified,
-        "download": format!("/v1/objects/{}", encode_path(&o.key)),
+        "download": format!("/v1/objects/{}", utf8_percent_encode(&o.key, PATH)),
     })
 }
 
@@ -233,18 +235,6 @@ fn file_name(key: &str) -> String {
     }
 }
 
-/// Percent-encodes a key for a URL path, keeping its `/`s.
-fn encode_path(key: &str) -> String {
-    key.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
-                (b as char).to_string()
-            }
-            b => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,6 +248,9 @@ mod tests {
 
     #[test]
     fn keys_are_encoded_but_keep_their_slashes() {
-        assert_eq!(encode_path("results/a b+c.json"), "results/a%20b%2Bc.json");
+        assert_eq!(
+            utf8_percent_encode("results/a b+c.json", PATH).to_string(),
+            "results/a%20b%2Bc.json"
+        );
     }
 }

@@ -37,13 +37,20 @@ pub struct Record {
     pub at: Duration,
 }
 
-/// Nearest-rank percentile of sorted values (`p` from 0 to 100).
-pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+/// Nearest-rank percentile of sorted values (`p` from 0 to 100); `None`
+/// when there are none. The one percentile of the workspace: the replay's
+/// summary and `bibliomq-bench` both call it.
+pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
     if sorted.is_empty() {
         return None;
     }
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+    sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
 }
 
 /// Counts and latency percentiles (milliseconds) of a set of operations.
@@ -354,7 +361,7 @@ mod tests {
         assert_eq!(percentile(&v, 99.0), Some(99.0));
         assert_eq!(percentile(&v, 100.0), Some(100.0));
         assert_eq!(percentile(&[7.0], 50.0), Some(7.0));
-        assert_eq!(percentile(&[], 50.0), None);
+        assert_eq!(percentile::<f64>(&[], 50.0), None);
     }
 
     #[test]
