@@ -112,21 +112,7 @@ impl LoanServer {
                             tracing::debug!(error = %e, "loan batch met another; one by one");
                             let mut answers = Vec::with_capacity(items.len());
                             for it in &items {
-                                let one = || {
-                                    store::apply_loan(
-                                        &**client,
-                                        it.op,
-                                        &it.key,
-                                        &it.fingerprint,
-                                        &it.isbn,
-                                        &it.patron,
-                                        &it.branch,
-                                        now,
-                                        due,
-                                        max,
-                                        &it.correlation_id,
-                                    )
-                                };
+                                let one = || store::apply_loan(&**client, it, now, due, max);
                                 // The twin with the same key may have just
                                 // committed; the second try then replays it.
                                 let answer = match one().await {

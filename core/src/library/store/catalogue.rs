@@ -1,0 +1,204 @@
+//! The catalogue: a title with its copies, and search by title.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::GenericClient;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BookView {
+    pub isbn: String,
+    pub title: String,
+    pub authors: Vec<String>,
+    pub published_year: Option<i32>,
+    /// Per branch: copies, how many are available, and when the next one is due back.
+    pub branches: Vec<BranchAvailability>,
+    pub copies: Vec<CopyView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BranchAvailability {
+    pub branch: String,
+    pub total: i64,
+    pub available: i64,
+    pub next_due_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CopyView {
+    pub barcode: String,
+    pub branch: String,
+    pub status: String,
+    pub due_at: Option<DateTime<Utc>>,
+    pub loan_id: Option<Uuid>,
+}
+
+/// A title with its copies per branch, each with status and due date.
+pub async fn book(
+    db: &impl GenericClient,
+    isbn: &str,
+) -> Result<Option<BookView>, tokio_postgres::Error> {
+    let Some(t) = db
+        .query_opt(
+            "SELECT isbn, title, authors, published_year FROM titles WHERE isbn = $1",
+            &[&isbn],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let copies: Vec<CopyView> = db
+        .query(
+            "SELECT c.barcode, c.branch, c.status, l.due_at, l.id
+               FROM copies c LEFT JOIN loans l ON l.copy_id = c.id AND l.returned_at IS NULL
+              WHERE c.isbn = $1 ORDER BY c.branch, c.barcode",
+            &[&isbn],
+        )
+        .await?
+        .iter()
+        .map(|r| CopyView {
+            barcode: r.get(0),
+            branch: r.get(1),
+            status: r.get(2),
+            due_at: r.get(3),
+            loan_id: r.get(4),
+        })
+        .collect();
+    let mut per_branch: BTreeMap<String, BranchAvailability> = BTreeMap::new();
+    for c in &copies {
+        let entry = per_branch
+            .entry(c.branch.clone())
+            .or_insert_with(|| BranchAvailability {
+                branch: c.branch.clone(),
+                total: 0,
+                available: 0,
+                next_due_at: None,
+            });
+        entry.total += 1;
+        if c.status == "available" {
+            entry.available += 1;
+        }
+        if let Some(due) = c.due_at {
+            entry.next_due_at = Some(entry.next_due_at.map_or(due, |d| d.min(due)));
+        }
+    }
+    Ok(Some(BookView {
+        isbn: t.get(0),
+        title: t.get(1),
+        authors: t.get(2),
+        published_year: t.get(3),
+        branches: per_branch.into_values().collect(),
+        copies,
+    }))
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BookSummary {
+    pub isbn: String,
+    pub title: String,
+    pub authors: Vec<String>,
+    pub published_year: Option<i32>,
+    pub total_copies: i64,
+    pub available_copies: i64,
+    pub available_by_branch: BTreeMap<String, i64>,
+}
+
+/// Escapes LIKE's wildcards so user text matches literally.
+fn like_literal(word: &str) -> String {
+    word.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
+/// Titles whose title contains every word, ignoring case and accents
+/// ("quijote" finds "Don Quijote de la Mancha"). Closest matches first.
+pub async fn search(
+    db: &impl GenericClient,
+    words: &[String],
+    limit: i64,
+) -> Result<Vec<BookSummary>, tokio_postgres::Error> {
+    let patterns: Vec<String> = words
+        .iter()
+        .map(|w| format!("%{}%", like_literal(w)))
+        .collect();
+    let phrase = words.join(" ");
+    // One LIKE per word keeps the trigram index usable.
+    let mut conditions = Vec::new();
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&phrase, &limit];
+    for (i, p) in patterns.iter().enumerate() {
+        conditions.push(format!(
+            "library_fold(t.title) LIKE library_fold(${})",
+            i + 3
+        ));
+        params.push(p);
+    }
+    let sql = format!(
+        "SELECT t.isbn, t.title, t.authors, t.published_year
+           FROM titles t
+          WHERE {}
+          ORDER BY (library_fold(t.title) = library_fold($1)) DESC,
+                   similarity(library_fold(t.title), library_fold($1)) DESC, t.title, t.isbn
+          LIMIT $2",
+        conditions.join(" AND ")
+    );
+    let rows = db.query(&sql, &params).await?;
+    let isbns: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let counts = db
+        .query(
+            "SELECT isbn, branch, count(*), count(*) FILTER (WHERE status = 'available')
+               FROM copies WHERE isbn = ANY($1) GROUP BY isbn, branch",
+            &[&isbns],
+        )
+        .await?;
+    let mut per_title: BTreeMap<String, (i64, i64, BTreeMap<String, i64>)> = BTreeMap::new();
+    for c in &counts {
+        let entry = per_title.entry(c.get(0)).or_default();
+        let (total, available): (i64, i64) = (c.get(2), c.get(3));
+        entry.0 += total;
+        entry.1 += available;
+        entry.2.insert(c.get(1), available);
+    }
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let isbn: String = r.get(0);
+            let (total_copies, available_copies, available_by_branch) =
+                per_title.remove(&isbn).unwrap_or_default();
+            BookSummary {
+                isbn,
+                title: r.get(1),
+                authors: r.get(2),
+                published_year: r.get(3),
+                total_copies,
+                available_copies,
+                available_by_branch,
+            }
+        })
+        .collect())
+}
+
+/// Titles a loan "by title" could mean: an exact match (ignoring case and
+/// accents) if there is one, else every title containing all the words.
+pub async fn resolve_title(
+    db: &impl GenericClient,
+    query: &str,
+) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
+    let exact = db
+        .query(
+            "SELECT isbn, title FROM titles WHERE library_fold(title) = library_fold($1)
+              ORDER BY isbn LIMIT 10",
+            &[&query],
+        )
+        .await?;
+    if !exact.is_empty() {
+        return Ok(exact.iter().map(|r| (r.get(0), r.get(1))).collect());
+    }
+    let words: Vec<String> = query.split_whitespace().map(str::to_owned).collect();
+    Ok(search(db, &words, 10)
+        .await?
+        .into_iter()
+        .map(|b| (b.isbn, b.title))
+        .collect())
+}

@@ -1,0 +1,278 @@
+//! Writes: operations recorded as pending, and the calls to the PL/pgSQL
+//! circulation functions that settle loans, renewals and returns (one at a
+//! time, or a batch in one transaction).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tokio_postgres::{GenericClient, Row};
+use uuid::Uuid;
+
+use super::OpenLoan;
+use crate::library::{Rules, message::OperationKind};
+
+/// Withdraws a pending operation that never reached the broker.
+pub async fn delete_pending(
+    db: &impl GenericClient,
+    id: Uuid,
+) -> Result<(), tokio_postgres::Error> {
+    db.execute(
+        "DELETE FROM operations WHERE id = $1 AND state = 'pending'",
+        &[&id],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Runs `library_loan`: the whole loan in one transaction (the batch's
+/// fallback when batches meet each other).
+pub async fn apply_loan(
+    db: &impl GenericClient,
+    item: &LoanItem,
+    now: DateTime<Utc>,
+    due: DateTime<Utc>,
+    max_loans: i32,
+) -> Result<Value, tokio_postgres::Error> {
+    let row = db
+        .query_one(
+            "SELECT library_loan($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &[
+                &item.op,
+                &item.key,
+                &item.fingerprint,
+                &item.isbn,
+                &item.patron,
+                &item.branch,
+                &now,
+                &due,
+                &max_loans,
+                &item.correlation_id,
+            ],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Settles a pending renewal; `None` when it was settled already (a duplicate).
+pub async fn apply_renewal(
+    db: &impl GenericClient,
+    op: Uuid,
+    now: DateTime<Utc>,
+    rules: &Rules,
+) -> Result<Option<Value>, tokio_postgres::Error> {
+    let extension = rules.renewal_extension.num_seconds();
+    let row = db
+        .query_one(
+            "SELECT library_renew($1, $2, $3::bigint * interval '1 second', $4)",
+            &[&op, &now, &extension, &rules.max_renewals],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Settles a pending return; `None` when it was settled already (a duplicate).
+pub async fn apply_return(
+    db: &impl GenericClient,
+    op: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Option<Value>, tokio_postgres::Error> {
+    let row = db
+        .query_one("SELECT library_return($1, $2)", &[&op, &now])
+        .await?;
+    Ok(row.get(0))
+}
+
+/// One loan request, as the batch function takes it.
+#[derive(Debug, Clone)]
+pub struct LoanItem {
+    pub op: Uuid,
+    pub key: String,
+    pub fingerprint: String,
+    pub isbn: String,
+    pub patron: String,
+    pub branch: String,
+    pub correlation_id: String,
+}
+
+/// Runs many loans in one transaction (`library_loan_batch`); the answers
+/// come back in the order of `items`.
+pub async fn apply_loans(
+    db: &deadpool_postgres::Client,
+    items: &[LoanItem],
+    now: DateTime<Utc>,
+    due: DateTime<Utc>,
+    max_loans: i32,
+) -> Result<Vec<Value>, tokio_postgres::Error> {
+    let ops: Vec<Uuid> = items.iter().map(|i| i.op).collect();
+    let keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
+    let fingerprints: Vec<&str> = items.iter().map(|i| i.fingerprint.as_str()).collect();
+    let isbns: Vec<&str> = items.iter().map(|i| i.isbn.as_str()).collect();
+    let patrons: Vec<&str> = items.iter().map(|i| i.patron.as_str()).collect();
+    let branches: Vec<&str> = items.iter().map(|i| i.branch.as_str()).collect();
+    let correlations: Vec<&str> = items.iter().map(|i| i.correlation_id.as_str()).collect();
+    let statement = db
+        .prepare_cached(
+            "SELECT op, outcome FROM library_loan_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .await?;
+    let rows = db
+        .query(
+            &statement,
+            &[
+                &ops,
+                &keys,
+                &fingerprints,
+                &isbns,
+                &patrons,
+                &branches,
+                &now,
+                &due,
+                &max_loans,
+                &correlations,
+            ],
+        )
+        .await?;
+    let mut by_op: HashMap<Uuid, Value> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    Ok(ops
+        .iter()
+        .map(|op| by_op.remove(op).unwrap_or(Value::Null))
+        .collect())
+}
+
+/// Settles many renewals in one transaction. `None` for those already
+/// settled (duplicates); answers in the order of `ops`.
+pub async fn apply_renewals(
+    db: &deadpool_postgres::Client,
+    ops: &[Uuid],
+    now: DateTime<Utc>,
+    rules: &Rules,
+) -> Result<Vec<Option<Value>>, tokio_postgres::Error> {
+    let extension = rules.renewal_extension.num_seconds();
+    let statement = db
+        .prepare_cached(
+            "SELECT op, outcome FROM library_renew_batch($1, $2, $3::bigint * interval '1 second', $4)",
+        )
+        .await?;
+    let rows = db
+        .query(&statement, &[&ops, &now, &extension, &rules.max_renewals])
+        .await?;
+    Ok(in_order(ops, &rows))
+}
+
+/// Settles many returns in one transaction, like [`apply_renewals`].
+pub async fn apply_returns(
+    db: &deadpool_postgres::Client,
+    ops: &[Uuid],
+    now: DateTime<Utc>,
+) -> Result<Vec<Option<Value>>, tokio_postgres::Error> {
+    let statement = db
+        .prepare_cached("SELECT op, outcome FROM library_return_batch($1, $2)")
+        .await?;
+    let rows = db.query(&statement, &[&ops, &now]).await?;
+    Ok(in_order(ops, &rows))
+}
+
+fn in_order(ops: &[Uuid], rows: &[Row]) -> Vec<Option<Value>> {
+    let mut by_op: HashMap<Uuid, Option<Value>> =
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    ops.iter().map(|op| by_op.remove(op).flatten()).collect()
+}
+
+/// A renewal or return to record as `pending`: the loan by id, or by ISBN
+/// and patron.
+#[derive(Debug, Clone)]
+pub struct PendingRequest {
+    pub id: Uuid,
+    pub kind: OperationKind,
+    pub loan_id: Option<Uuid>,
+    pub isbn: Option<String>,
+    pub patron: Option<String>,
+    pub branch: String,
+    pub requested_at: DateTime<Utc>,
+    pub correlation_id: String,
+}
+
+/// Records many renewals and returns at once, each with the open loan it
+/// names (by id, or by ISBN and patron), in one statement.
+/// `None` for a request whose loan is not open; the answers come in the
+/// order of `requests`.
+pub async fn record_requests(
+    db: &deadpool_postgres::Client,
+    requests: &[PendingRequest],
+) -> Result<Vec<Option<OpenLoan>>, tokio_postgres::Error> {
+    let ids: Vec<Uuid> = requests.iter().map(|r| r.id).collect();
+    let kinds: Vec<&str> = requests.iter().map(|r| r.kind.as_str()).collect();
+    let loans: Vec<Option<Uuid>> = requests.iter().map(|r| r.loan_id).collect();
+    let isbns: Vec<Option<&str>> = requests.iter().map(|r| r.isbn.as_deref()).collect();
+    let patrons: Vec<Option<&str>> = requests.iter().map(|r| r.patron.as_deref()).collect();
+    let branches: Vec<&str> = requests.iter().map(|r| r.branch.as_str()).collect();
+    let at: Vec<DateTime<Utc>> = requests.iter().map(|r| r.requested_at).collect();
+    let correlations: Vec<&str> = requests.iter().map(|r| r.correlation_id.as_str()).collect();
+    // A prepared statement rather than a function: its plan is kept per
+    // connection instead of being made on every call.
+    let statement = db
+        .prepare_cached(
+            "WITH picked AS (
+                SELECT u.op, u.kind, u.branch, u.at, u.corr,
+                       coalesce(by_id.id, by_book.id) AS loan_id,
+                       coalesce(by_id.isbn, by_book.isbn) AS isbn,
+                       coalesce(by_id.patron_id, by_book.patron_id) AS patron,
+                       coalesce(by_id.due_at, by_book.due_at) AS due_at
+                  FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[],
+                              $6::text[], $7::timestamptz[], $8::text[])
+                       AS u(op, kind, loan, isbn, patron, branch, at, corr)
+                  LEFT JOIN LATERAL (
+                       SELECT l.id, c.isbn, l.patron_id, l.due_at
+                         FROM loans l JOIN copies c ON c.id = l.copy_id
+                        WHERE l.id = u.loan AND l.returned_at IS NULL) by_id ON true
+                  LEFT JOIN LATERAL (
+                       SELECT l.id, c.isbn, l.patron_id, l.due_at
+                         FROM loans l JOIN copies c ON c.id = l.copy_id
+                        WHERE u.loan IS NULL AND l.patron_id = u.patron AND c.isbn = u.isbn
+                          AND l.returned_at IS NULL
+                        ORDER BY l.due_at LIMIT 1) by_book ON true
+             ), recorded AS (
+                INSERT INTO operations (id, kind, state, loan_id, isbn, patron_id, branch,
+                                        requested_at, correlation_id)
+                SELECT p.op, p.kind, 'pending', p.loan_id, p.isbn, p.patron, p.branch, p.at, p.corr
+                  FROM picked p WHERE p.loan_id IS NOT NULL
+                 -- Loan order, as the workers lock loans: no deadlock between them.
+                 ORDER BY p.loan_id
+                RETURNING id
+             )
+             SELECT p.op, p.loan_id, p.isbn, p.patron, p.due_at
+               FROM picked p JOIN recorded r ON r.id = p.op",
+        )
+        .await?;
+    let rows = db
+        .query(
+            &statement,
+            &[
+                &ids,
+                &kinds,
+                &loans,
+                &isbns,
+                &patrons,
+                &branches,
+                &at,
+                &correlations,
+            ],
+        )
+        .await?;
+    let mut by_op: HashMap<Uuid, OpenLoan> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                OpenLoan {
+                    loan_id: r.get(1),
+                    isbn: r.get(2),
+                    patron: r.get(3),
+                    due_at: r.get(4),
+                },
+            )
+        })
+        .collect();
+    Ok(ids.iter().map(|id| by_op.remove(id)).collect())
+}
