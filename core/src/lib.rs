@@ -22,6 +22,7 @@
 //! - [`ops`]: `/metrics`, `/healthz`, `/readyz`, and the small server that
 //!   serves them for processes without an HTTP API of their own.
 //! - [`error`]: the command layer's errors (caller's mistake vs our failure).
+//! - [`words`]: enums that travel as fixed words (states, outcomes).
 
 pub mod batch;
 pub mod broker;
@@ -38,3 +39,4 @@ pub mod shutdown;
 pub mod storage;
 pub mod tasks;
 pub mod telemetry;
+pub mod words;

@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use bibliomq_core::commands::{CirculationRequest, Commands, LoanRequest, OperationAccepted};
+use bibliomq_core::{
+    commands::{CirculationRequest, Commands, LoanRequest, OperationAccepted},
+    library::message::OperationState,
+};
 use serde_json::{Map, Value, json};
 
 use crate::{
@@ -111,7 +114,7 @@ async fn settle(commands: &Commands, request: &Request, accepted: OperationAccep
     let mut pause = Duration::from_millis(5);
     loop {
         let op = commands.operation(accepted.operation_id).await?;
-        if op.state != "pending" || tokio::time::Instant::now() + pause >= deadline {
+        if op.state != OperationState::Pending || tokio::time::Instant::now() + pause >= deadline {
             let mut reply = fields(json!(op));
             reply.insert("operation_id".into(), json!(accepted.operation_id));
             if let Some(due) = accepted.tentative_due_at {

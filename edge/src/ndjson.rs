@@ -12,7 +12,7 @@
 
 use std::{future::Future, time::Duration};
 
-use bibliomq_core::{commands::Commands, telemetry};
+use bibliomq_core::{commands::Commands, tasks::TaskState, telemetry};
 use serde::Serialize;
 use serde_json::Value;
 use tracing::Instrument;
@@ -175,11 +175,11 @@ async fn run(
         .task_wait_timeout
         .min(limit.saturating_sub(Duration::from_millis(500)));
     match outcome::submit_and_wait(commands, action, payload, correlation_id, wait).await? {
-        Progress::Finished(task) if task.state == "succeeded" => {
+        Progress::Finished(task) if task.state == TaskState::Succeeded => {
             outcome::result_value(commands, &task).await
         }
         Progress::Finished(task) => Err(outcome::failure(&task)),
-        Progress::Unfinished { id, state } => Err(outcome::still_going(id, &state, wait)),
+        Progress::Unfinished { id, state } => Err(outcome::still_going(id, state, wait)),
     }
 }
 

@@ -8,7 +8,7 @@ use bibliomq_core::{
     commands::Commands,
     error::CommandError,
     storage,
-    tasks::store::{TaskRecord, is_final},
+    tasks::{TaskState, store::TaskRecord},
 };
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
@@ -26,7 +26,7 @@ pub enum Progress {
     /// Succeeded, failed or dead.
     Finished(Box<TaskRecord>),
     /// Still queued or running when the wait ended.
-    Unfinished { id: Uuid, state: String },
+    Unfinished { id: Uuid, state: TaskState },
 }
 
 /// Submits `action` with `payload` (validation is the command layer's) and
@@ -42,7 +42,7 @@ pub async fn submit_and_wait(
         .submit_task(action, payload, correlation_id)
         .await?;
     match commands.wait_for_task(submitted.id, wait).await {
-        Ok(task) if is_final(&task.state) => Ok(Progress::Finished(Box::new(task))),
+        Ok(task) if task.state.is_final() => Ok(Progress::Finished(Box::new(task))),
         Ok(task) => Ok(Progress::Unfinished {
             id: task.id,
             state: task.state,
@@ -54,7 +54,7 @@ pub async fn submit_and_wait(
             tracing::warn!(error = %e, task_id = %submitted.id, "could not follow the submitted task");
             Ok(Progress::Unfinished {
                 id: submitted.id,
-                state: submitted.state.to_owned(),
+                state: submitted.state,
             })
         }
     }
@@ -74,7 +74,7 @@ pub fn task_fields(task: &TaskRecord) -> Map<String, Value> {
     fields.insert("action".into(), json!(task.action));
     fields.insert("state".into(), json!(task.state));
     fields.insert("attempts".into(), json!(task.attempts));
-    if task.state == "succeeded" {
+    if task.state == TaskState::Succeeded {
         match &task.result_object {
             Some(object) => {
                 fields.insert("result_object".into(), json!(object));
@@ -149,7 +149,7 @@ pub fn failure(task: &TaskRecord) -> WireError {
 }
 
 /// A task still going when the gateway stopped waiting.
-pub fn still_going(id: Uuid, state: &str, waited: Duration) -> WireError {
+pub fn still_going(id: Uuid, state: TaskState, waited: Duration) -> WireError {
     WireError::new(
         "not_finished",
         format!(

@@ -6,7 +6,7 @@
 
 use std::{future::Future, time::Duration};
 
-use bibliomq_core::{commands::Commands, telemetry};
+use bibliomq_core::{commands::Commands, tasks::TaskState, telemetry};
 use serde_json::Value;
 use tracing::Instrument;
 
@@ -125,11 +125,11 @@ async fn run(
         .min(limit.saturating_sub(Duration::from_millis(500)));
     let payload = Value::String(numbers);
     match outcome::submit_and_wait(commands, ACTION, payload, correlation_id, wait).await? {
-        Progress::Finished(task) if task.state == "succeeded" => {
+        Progress::Finished(task) if task.state == TaskState::Succeeded => {
             outcome::result_value(commands, &task).await
         }
         Progress::Finished(task) => Err(outcome::failure(&task)),
-        Progress::Unfinished { id, state } => Err(outcome::still_going(id, &state, wait)),
+        Progress::Unfinished { id, state } => Err(outcome::still_going(id, state, wait)),
     }
 }
 

@@ -22,13 +22,13 @@ use std::sync::LazyLock;
 use axum::{Json, routing::get};
 use bibliomq_core::{
     broker::topology::EVENTS_EXCHANGE,
-    commands::{SEARCH_MAX_LIMIT, SEARCH_MAX_WORDS},
-    tasks::{Action, store::STATES},
+    commands::{CIRCULATION_MAX_MINUTES, SEARCH_MAX_LIMIT, SEARCH_MAX_WORDS},
+    tasks::{Action, TaskState},
 };
 use serde_json::{Map, Value, json};
 
 use super::Routes;
-use crate::ui::{dashboard, events, objects};
+use crate::ui::{events, objects};
 
 pub fn routes() -> Routes {
     Routes::new().route("/openapi.json", get(serve))
@@ -253,7 +253,7 @@ fn task_paths() -> (Value, Value, Value) {
             "tags": ["tasks"], "operationId": "listTasks",
             "summary": "Tasks, newest first",
             "parameters": [
-                query_param("state", "Only tasks in this state.", json!({"type": "string", "enum": STATES})),
+                query_param("state", "Only tasks in this state.", json!({"type": "string", "enum": TaskState::ALL})),
                 query_param("action", "Only tasks of this action.", json!({"type": "string", "enum": actions})),
                 query_param("limit", "At most this many (1 to 500, default 50).", json!({"type": "integer", "minimum": 1, "maximum": 500})),
                 query_param("before", "Page on: tasks older than this id (`next_before` of the previous page).", json!({"type": "string", "format": "uuid"}))
@@ -485,8 +485,8 @@ fn web_feed_paths() -> (Value, Value, Value, Value) {
         "description": "From the circulation history: the configured branches in their order (quiet ones too), then any other branch found there.",
         "parameters": [query_param(
             "minutes",
-            &format!("The window, ending now (1 to {}, default 30).", dashboard::MAX_MINUTES),
-            json!({"type": "integer", "minimum": 1, "maximum": dashboard::MAX_MINUTES})
+            &format!("The window, ending now (1 to {}, default 30).", CIRCULATION_MAX_MINUTES),
+            json!({"type": "integer", "minimum": 1, "maximum": CIRCULATION_MAX_MINUTES})
         )],
         "responses": {
             "200": ok("One series per branch, oldest minute first, and totals per kind and outcome.", "DashboardCirculation"),
@@ -671,7 +671,7 @@ fn task_schemas(add: &mut impl FnMut(&str, Value)) {
             json!({
                 "id": uuid(),
                 "action": action,
-                "state": {"type": "string", "enum": STATES},
+                "state": {"type": "string", "enum": TaskState::ALL},
                 "attempts": integer(),
                 "correlation_id": nullable(string()),
                 "created_at": time(),
@@ -894,9 +894,9 @@ fn web_schemas(add: &mut impl FnMut(&str, Value)) {
             &[],
         ),
     );
-    let by_state: Map<String, Value> = STATES
+    let by_state: Map<String, Value> = TaskState::ALL
         .iter()
-        .map(|s| ((*s).to_owned(), count.clone()))
+        .map(|s| (s.as_str().to_owned(), count.clone()))
         .collect();
     add(
         "DashboardTasks",

@@ -8,7 +8,10 @@ use axum::{
     response::{IntoResponse, Redirect, Response},
     routing::get,
 };
-use bibliomq_core::{commands::SubmittedTask, tasks::store::TaskRecord};
+use bibliomq_core::{
+    commands::SubmittedTask,
+    tasks::{TaskState, store::TaskRecord},
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -131,9 +134,9 @@ async fn result(
     QueryParams(q): QueryParams<ResultQuery>,
 ) -> Result<Response, ApiError> {
     let task = state.commands.task(parse_id(&id)?).await?;
-    match task.state.as_str() {
-        "succeeded" => {}
-        "failed" | "dead" => {
+    match task.state {
+        TaskState::Succeeded => {}
+        TaskState::Failed | TaskState::Dead => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "task_failed",

@@ -1,6 +1,7 @@
 //! The command layer: every transport (HTTP, ZeroMQ, TCP) calls these and
 //! nothing else, so each rule and each validation exists exactly once.
 
+mod dashboard;
 mod library;
 mod tasks;
 
@@ -8,6 +9,10 @@ use std::sync::Arc;
 
 use deadpool_postgres::Pool;
 
+pub use dashboard::{
+    BranchSeries, CIRCULATION_DEFAULT_MINUTES, CIRCULATION_MAX_MINUTES, Circulation, KindCount,
+    TaskCounts,
+};
 pub use library::{
     CirculationRequest, LoanReceipt, LoanRequest, OperationAccepted, SEARCH_MAX_LIMIT,
     SEARCH_MAX_WORDS,

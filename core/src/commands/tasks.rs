@@ -13,7 +13,7 @@ use crate::{
     error::{CommandError, Invalid},
     storage::ObjectBody,
     tasks::{
-        Action, TaskMessage, TaskRequest,
+        Action, TaskMessage, TaskRequest, TaskState,
         store::{self, ListFilter, NewTask, TaskRecord},
     },
 };
@@ -37,7 +37,7 @@ pub(super) fn inserter(pool: Pool) -> TaskInserter {
 pub struct SubmittedTask {
     pub id: Uuid,
     pub action: Action,
-    pub state: &'static str,
+    pub state: TaskState,
 }
 
 /// Most tasks one list call returns.
@@ -102,7 +102,7 @@ impl Commands {
         Ok(SubmittedTask {
             id,
             action,
-            state: "queued",
+            state: TaskState::Queued,
         })
     }
 
@@ -124,7 +124,7 @@ impl Commands {
         let mut pause = std::time::Duration::from_millis(2);
         loop {
             let task = self.task(id).await?;
-            if store::is_final(&task.state) || tokio::time::Instant::now() >= deadline {
+            if task.state.is_final() || tokio::time::Instant::now() >= deadline {
                 return Ok(task);
             }
             tokio::time::sleep(pause.min(deadline - tokio::time::Instant::now())).await;
@@ -139,19 +139,10 @@ impl Commands {
         limit: Option<i64>,
         before: Option<Uuid>,
     ) -> Result<Vec<TaskRecord>, CommandError> {
-        if let Some(s) = state
-            && !store::STATES.contains(&s)
-        {
-            return Err(Invalid::field(
-                "invalid_state",
-                "state",
-                format!(
-                    "unknown state `{s}`; expected one of {}",
-                    store::STATES.join(", ")
-                ),
-            )
-            .into());
-        }
+        let state = state
+            .map(str::parse::<TaskState>)
+            .transpose()
+            .map_err(|e| Invalid::field("invalid_state", "state", e.to_string()))?;
         let action = action.map(str::parse::<Action>).transpose()?;
         let limit = limit.unwrap_or(50);
         if !(1..=LIST_MAX).contains(&limit) {
@@ -166,7 +157,7 @@ impl Commands {
         Ok(store::list(
             &**client,
             &ListFilter {
-                state: state.map(str::to_owned),
+                state,
                 action: action.map(|a| a.as_str().to_owned()),
                 limit,
                 before,

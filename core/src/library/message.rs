@@ -30,24 +30,30 @@ pub struct CirculationMessage {
     pub requested_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OperationKind {
-    Loan,
-    Renewal,
-    Return,
-}
+crate::words::word_enum!(
+    "operation state",
+    /// A renewal or return is `pending` until a worker settles it as
+    /// `applied` or `rejected`; loans are settled at once. The settled two
+    /// are also the outcomes in the circulation history.
+    pub enum OperationState {
+        Pending = "pending",
+        Applied = "applied",
+        Rejected = "rejected",
+    }
+);
+
+crate::words::word_enum!(
+    "operation kind",
+    /// What an operation does; its word is also the routing key prefix on
+    /// the circulation exchange.
+    pub enum OperationKind {
+        Loan = "loan",
+        Renewal = "renewal",
+        Return = "return",
+    }
+);
 
 impl OperationKind {
-    /// Also the routing key prefix on the circulation exchange.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Loan => "loan",
-            Self::Renewal => "renewal",
-            Self::Return => "return",
-        }
-    }
-
     /// Event routing key prefix of an applied operation.
     pub fn applied_event(self) -> &'static str {
         match self {

@@ -16,6 +16,27 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use message::TaskMessage;
+
+crate::words::word_enum!(
+    "task state",
+    /// States a task goes through: `queued` → `running` → `succeeded` |
+    /// `failed`, back to `queued` while it waits for a retry, `dead` when it
+    /// gives up.
+    pub enum TaskState {
+        Queued = "queued",
+        Running = "running",
+        Succeeded = "succeeded",
+        Failed = "failed",
+        Dead = "dead",
+    }
+);
+
+impl TaskState {
+    /// True for the states a task never leaves.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Dead)
+    }
+}
 pub use run::{ContentType, TaskFailure, TaskOutput, run};
 
 use crate::error::Invalid;

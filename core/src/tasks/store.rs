@@ -8,16 +8,8 @@ use serde_json::Value;
 use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
+use super::TaskState;
 use crate::storage::StoredObject;
-
-/// States a task goes through: `queued` → `running` → `succeeded` | `failed`,
-/// back to `queued` while it waits for a retry, `dead` when it gives up.
-pub const STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "dead"];
-
-/// True for the states a task never leaves.
-pub fn is_final(state: &str) -> bool {
-    matches!(state, "succeeded" | "failed" | "dead")
-}
 
 #[derive(Debug, Clone)]
 pub struct NewTask {
@@ -204,12 +196,12 @@ pub async fn finish(db: &Client, outcomes: &[Finish]) -> Result<Vec<bool>, tokio
     for o in outcomes {
         ids.push(o.id());
         let (state, error) = match o {
-            Finish::Succeeded { .. } => ("succeeded", None),
-            Finish::Failed { error, .. } => ("failed", Some(error.as_str())),
-            Finish::Retrying { error, .. } => ("queued", Some(error.as_str())),
-            Finish::Dead { error, .. } => ("dead", Some(error.as_str())),
+            Finish::Succeeded { .. } => (TaskState::Succeeded, None),
+            Finish::Failed { error, .. } => (TaskState::Failed, Some(error.as_str())),
+            Finish::Retrying { error, .. } => (TaskState::Queued, Some(error.as_str())),
+            Finish::Dead { error, .. } => (TaskState::Dead, Some(error.as_str())),
         };
-        states.push(state);
+        states.push(state.as_str());
         errors.push(error);
         match o {
             Finish::Succeeded {
@@ -287,7 +279,7 @@ pub async fn finish(db: &Client, outcomes: &[Finish]) -> Result<Vec<bool>, tokio
 pub struct TaskRecord {
     pub id: Uuid,
     pub action: String,
-    pub state: String,
+    pub state: TaskState,
     pub attempts: i32,
     pub correlation_id: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -369,7 +361,7 @@ pub async fn get(db: &Client, id: Uuid) -> Result<Option<TaskRecord>, tokio_post
 
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
-    pub state: Option<String>,
+    pub state: Option<TaskState>,
     pub action: Option<String>,
     pub limit: i64,
     /// Only tasks created before this one (for paging).
@@ -392,7 +384,12 @@ pub async fn list(
                   ORDER BY created_at DESC, id DESC
                   LIMIT $3"
             ),
-            &[&filter.state, &filter.action, &filter.limit, &filter.before],
+            &[
+                &filter.state.map(TaskState::as_str),
+                &filter.action,
+                &filter.limit,
+                &filter.before,
+            ],
         )
         .await?;
     Ok(rows
@@ -408,7 +405,7 @@ pub async fn list(
 /// Count of tasks per state, for dashboards.
 pub async fn count_by_state(
     db: &impl GenericClient,
-) -> Result<Vec<(String, i64)>, tokio_postgres::Error> {
+) -> Result<Vec<(TaskState, i64)>, tokio_postgres::Error> {
     let rows = db
         .query(
             "SELECT state, count(*) FROM tasks GROUP BY state ORDER BY state",

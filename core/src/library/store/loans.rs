@@ -7,7 +7,10 @@ use serde_json::Value;
 use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
-use crate::library::Rules;
+use crate::library::{
+    Rules,
+    message::{OperationKind, OperationState},
+};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LoanView {
@@ -187,8 +190,8 @@ pub async fn find_loan_by_id(
 #[derive(Debug, Clone, Serialize)]
 pub struct OperationView {
     pub id: Uuid,
-    pub kind: String,
-    pub state: String,
+    pub kind: OperationKind,
+    pub state: OperationState,
     /// Why it was rejected: a stable code.
     pub reason: Option<String>,
     pub loan_id: Option<Uuid>,

@@ -6,14 +6,17 @@
 //! - [`catalogue`]: titles, their copies per branch, search by title.
 //! - [`loans`]: loans and operations as the API shows them, and the open loan
 //!   a renewal or return names.
+//! - [`history`]: the circulation history, counted per minute.
 //! - [`settle`]: recording operations as pending and the circulation
 //!   functions that settle loans, renewals and returns.
 
 mod catalogue;
+mod history;
 mod loans;
 mod settle;
 
 pub use catalogue::*;
+pub use history::*;
 pub use loans::*;
 pub use settle::*;
 
