@@ -7,14 +7,18 @@
 //! - [`error`]: the one error type and its JSON body.
 //! - [`extract`]: the JSON body extractor that reports bad input in that body.
 //! - [`middleware`]: correlation ids, request timeouts.
-//! - [`routes`]: one module per resource.
+//! - [`routing`]: a router that remembers its paths, built by each module below.
+//! - [`routes`]: one module per resource, and the whole router.
+//! - [`openapi`]: `GET /openapi.json`, the description of the API.
 //! - [`ui`]: the web front desk, task page, dashboard and object browser,
 //!   and the JSON routes only they need (live events, queue figures, objects).
 
 pub mod error;
 pub mod extract;
 pub mod middleware;
+pub mod openapi;
 pub mod routes;
+pub mod routing;
 pub mod ui;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};

@@ -6,26 +6,19 @@
 //! calls the command layer and returns the reply's fields; every rule and
 //! validation stays in the command layer, the edge only reads fields.
 
-use std::time::Duration;
-
-use bibliomq_core::{commands::Commands, telemetry};
+use bibliomq_core::commands::Commands;
 use futures::future::BoxFuture;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use crate::request::{Reply, Request};
 use crate::{
     library,
     outcome::{self, Progress},
     wire::{WireError, to_text},
 };
-
-/// Largest request accepted, in bytes.
-pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
-
-/// What a handler returns: the reply's fields, `"ok": true` added by the dispatcher.
-pub type Reply = Result<Map<String, Value>, WireError>;
 
 /// A handler: owned arguments, so it can run in a task of its own.
 pub type Handler = fn(Commands, Request) -> BoxFuture<'static, Reply>;
@@ -78,120 +71,6 @@ pub const ROUTES: &[Route] = &[
 pub fn route(action: &str) -> Option<&'static Route> {
     let wanted = action.trim().to_lowercase();
     ROUTES.iter().find(|r| r.names.contains(&wanted.as_str()))
-}
-
-/// A parsed request: the action as sent, the other fields, and the correlation
-/// id (the client's `correlation_id` when it is usable, a fresh one otherwise).
-#[derive(Debug, Clone)]
-pub struct Request {
-    pub action: String,
-    pub fields: Map<String, Value>,
-    pub correlation_id: String,
-    /// When the reply is due; handlers that wait stop waiting before it.
-    pub deadline: Instant,
-}
-
-impl Request {
-    /// Reads the request frame. Only the envelope is checked here: a JSON
-    /// object with a string `action`.
-    pub fn parse(body: &[u8], deadline: Instant) -> Result<Self, WireError> {
-        if body.len() > MAX_REQUEST_BYTES {
-            return Err(WireError::new(
-                "payload_too_large",
-                format!(
-                    "the request is {} bytes; at most {MAX_REQUEST_BYTES} are accepted",
-                    body.len()
-                ),
-            ));
-        }
-        let value: Value = serde_json::from_slice(body).map_err(|e| {
-            WireError::new(
-                "malformed_json",
-                format!("the request is not valid JSON: {e}"),
-            )
-        })?;
-        let Value::Object(mut fields) = value else {
-            return Err(WireError::new(
-                "invalid_request",
-                "the request must be a JSON object such as {\"action\": \"task\", ...}",
-            ));
-        };
-        let action = match fields.remove("action") {
-            Some(Value::String(a)) => a,
-            Some(_) => {
-                return Err(WireError::new("invalid_field", "`action` must be a string")
-                    .with_field("action"));
-            }
-            None => {
-                return Err(
-                    WireError::new("missing_field", "the request has no `action`")
-                        .with_field("action"),
-                );
-            }
-        };
-        let correlation_id = fields
-            .get("correlation_id")
-            .and_then(Value::as_str)
-            .and_then(telemetry::sanitize_correlation_id)
-            .unwrap_or_else(telemetry::new_correlation_id);
-        Ok(Self {
-            action,
-            fields,
-            correlation_id,
-            deadline,
-        })
-    }
-
-    /// An optional string field, under its name or one of its aliases.
-    pub fn opt_str(&self, names: &[&str]) -> Result<Option<String>, WireError> {
-        for name in names {
-            match self.fields.get(*name) {
-                None | Some(Value::Null) => {}
-                Some(Value::String(s)) => return Ok(Some(s.clone())),
-                Some(_) => {
-                    return Err(WireError::new(
-                        "invalid_field",
-                        format!("`{name}` must be a string"),
-                    )
-                    .with_field(*name));
-                }
-            }
-        }
-        Ok(None)
-    }
-
-    /// A required string field, under its name or one of its aliases.
-    pub fn str_any(&self, names: &[&str]) -> Result<String, WireError> {
-        self.opt_str(names)?.ok_or_else(|| {
-            WireError::new(
-                "missing_field",
-                format!("the request has no `{}`", names[0]),
-            )
-            .with_field(names[0])
-        })
-    }
-
-    /// A required string field.
-    pub fn str(&self, name: &str) -> Result<&str, WireError> {
-        match self.fields.get(name) {
-            Some(Value::String(s)) => Ok(s),
-            Some(_) => Err(
-                WireError::new("invalid_field", format!("`{name}` must be a string"))
-                    .with_field(name),
-            ),
-            None => Err(
-                WireError::new("missing_field", format!("the request has no `{name}`"))
-                    .with_field(name),
-            ),
-        }
-    }
-
-    /// Time left before the reply is due, less a margin to send it in.
-    pub fn time_left(&self) -> Duration {
-        self.deadline
-            .saturating_duration_since(Instant::now())
-            .saturating_sub(Duration::from_millis(250))
-    }
 }
 
 /// Answers one request frame; never fails, every outcome is a reply (JSON text).
@@ -359,7 +238,10 @@ mod tests {
             ("missing_field", Some("action"))
         );
         assert_eq!(parse("{\"action\": 7}").unwrap_err().code, "invalid_field");
-        let big = format!("{{\"action\": \"{}\"}}", "x".repeat(MAX_REQUEST_BYTES));
+        let big = format!(
+            "{{\"action\": \"{}\"}}",
+            "x".repeat(crate::request::MAX_REQUEST_BYTES)
+        );
         assert_eq!(parse(&big).unwrap_err().code, "payload_too_large");
     }
 

@@ -13,7 +13,8 @@
 //!
 //! # Layout
 //! - [`requests`]: the ROUTER socket: envelopes, one task per request, timeouts.
-//! - [`dispatch`]: request parsing and the table from action name to handler.
+//! - [`request`]: one request read and checked, and what a handler returns.
+//! - [`dispatch`]: the table from action name to handler, and the task actions.
 //! - [`library`]: the library actions (look-ups, loans, renewals, returns).
 //! - [`events`]: the PUB socket fed from RabbitMQ.
 //! - [`lines`]: the line-oriented TCP server both gateways share.
@@ -29,6 +30,7 @@ pub mod lines;
 pub mod ndjson;
 pub mod outcome;
 pub mod pipe;
+pub mod request;
 pub mod requests;
 pub mod wire;
 

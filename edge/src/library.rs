@@ -11,7 +11,7 @@ use bibliomq_core::{
 use serde_json::{Map, Value, json};
 
 use crate::{
-    dispatch::{Reply, Request},
+    request::{Reply, Request},
     wire::WireError,
 };
 

@@ -1,45 +1,19 @@
-//! Routes, one module per resource.
+//! Routes, one module per resource, and the whole router: these, the
+//! OpenAPI document's route ([`crate::openapi`]) and the web pages and their
+//! JSON routes ([`crate::ui`]). Those two modules only build [`Routes`];
+//! neither looks back at this one.
 
 mod health;
 mod library;
-mod openapi;
 mod tasks;
 
-use axum::{Router, http::StatusCode, response::IntoResponse, routing::MethodRouter};
+use axum::{Router, http::StatusCode, response::IntoResponse};
 
-use crate::{AppState, error::ApiError, middleware};
-
-pub use openapi::document as openapi_document;
-
-/// Routes that remember the paths they serve, so a test can check that
-/// every one of them is in the OpenAPI document (`paths()`).
-#[derive(Default)]
-pub struct Routes {
-    router: Router<AppState>,
-    paths: Vec<String>,
-}
-
-impl Routes {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    pub fn route(mut self, path: &str, method_router: MethodRouter<AppState>) -> Self {
-        self.router = self.router.route(path, method_router);
-        self.paths.push(path.to_owned());
-        self
-    }
-
-    pub fn merge(mut self, other: Routes) -> Self {
-        self.router = self.router.merge(other.router);
-        self.paths.extend(other.paths);
-        self
-    }
-}
+use crate::{AppState, error::ApiError, middleware, routing::Routes};
 
 /// Open to anyone: health, readiness, metrics, the API description.
 fn open_routes() -> Routes {
-    health::routes().merge(openapi::routes())
+    health::routes().merge(crate::openapi::routes())
 }
 
 /// Under `/v1`, behind the bearer token when one is configured: the API

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::management::{Management, ManagementError};
-use crate::{AppState, error::ApiError, extract::QueryParams, routes::Routes};
+use crate::{AppState, error::ApiError, extract::QueryParams, routing::Routes};
 
 pub fn routes() -> Routes {
     Routes::new()

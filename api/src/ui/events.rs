@@ -21,7 +21,7 @@ use futures::{Stream, StreamExt, stream};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::{AppState, error::ApiError, extract::QueryParams, routes::Routes};
+use crate::{AppState, error::ApiError, extract::QueryParams, routing::Routes};
 
 /// Most patterns one stream may follow.
 pub const MAX_KEYS: usize = 16;

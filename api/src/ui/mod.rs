@@ -24,7 +24,7 @@ pub mod pages;
 use axum::Router;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 
-use crate::{AppState, routes::Routes};
+use crate::{AppState, routing::Routes};
 
 /// What a URL path segment may carry as it is: the unreserved characters of
 /// RFC 3986; everything else (`/` included) is percent-encoded.

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::PATH;
-use crate::{AppState, error::ApiError, extract::QueryParams, routes::Routes};
+use crate::{AppState, error::ApiError, extract::QueryParams, routing::Routes};
 
 /// Most objects one page lists.
 pub const MAX_LIMIT: i32 = 1_000;

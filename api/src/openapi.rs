@@ -27,7 +27,7 @@ use bibliomq_core::{
 };
 use serde_json::{Map, Value, json};
 
-use super::Routes;
+use crate::routing::Routes;
 use crate::ui::{events, objects};
 
 pub fn routes() -> Routes {
