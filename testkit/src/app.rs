@@ -155,6 +155,40 @@ impl TestApp {
             .unwrap()
     }
 
+    /// `GET path`: the status and the JSON body (`null` when the body is not JSON).
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        status_and_json(self.get(path).await).await
+    }
+
+    /// `POST path` with a JSON body: the status and the JSON answer (`null`
+    /// when the answer is not JSON).
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        status_and_json(self.post_json(path, body).await).await
+    }
+
+    /// A count from the test's database (`SELECT count(*) ...`).
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.env
+            .db()
+            .await
+            .query_one(sql, &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// Polls `GET /v1/operations/{id}` until a worker has settled the
+    /// operation (applied or rejected) and returns it.
+    pub async fn wait_for_operation(&self, id: &str) -> Value {
+        let path = format!("/v1/operations/{id}");
+        wait_until(DEADLINE, || async {
+            let (_, op) = self.get_json(&path).await;
+            (op["state"] != "pending").then_some(op)
+        })
+        .await
+        .unwrap_or_else(|| panic!("operation {id} stayed pending"))
+    }
+
     /// Submits a task and returns its id; fails the test unless it was accepted.
     pub async fn submit(&self, action: &str, payload: Value) -> Uuid {
         let resp = self
@@ -310,6 +344,12 @@ impl Drop for KillableWorker {
             rt.shutdown_background();
         }
     }
+}
+
+/// The status of an answer and its JSON body (`null` when it is not JSON).
+pub async fn status_and_json(resp: reqwest::Response) -> (u16, Value) {
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
 }
 
 /// Calls `probe` until it returns `Some` or `deadline` passes. Polls quickly

@@ -27,7 +27,7 @@ pub mod process;
 pub mod proxy;
 pub mod rabbit;
 
-pub use app::{TestApp, spawn_app};
+pub use app::{TestApp, spawn_app, status_and_json};
 pub use edge::{LineClient, TestEdge};
 pub use env::TestEnv;
 pub use process::WorkerProcess;

@@ -16,10 +16,6 @@ use sha2::{Digest, Sha256};
 
 const QUIJOTE: &str = "9788437604947";
 
-async fn api(app: &TestApp, path: &str) -> Value {
-    app.get(path).await.json().await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_librarian_finds_a_book_then_lends_renews_and_returns_it_in_the_browser() {
     let app = spawn_app().await;
@@ -60,7 +56,7 @@ async fn a_librarian_finds_a_book_then_lends_renews_and_returns_it_in_the_browse
     browser.choose("#loan-branch", "central").await;
     browser.click("#loan-form button[type=submit]").await;
     let lent = browser.wait_text("#loan-out.ok", "Lent").await;
-    let loans = api(&app, "/v1/patrons/ana/loans").await;
+    let loans = app.get_json("/v1/patrons/ana/loans").await.1;
     let loan = loans["loans"][0].clone();
     assert_eq!(loan["isbn"], QUIJOTE, "{loans}");
     let copy = loan["copy"].as_str().unwrap().to_owned();
@@ -93,7 +89,10 @@ async fn a_librarian_finds_a_book_then_lends_renews_and_returns_it_in_the_browse
         .click(&format!("{copy_row} button[aria-label^='Renew']"))
         .await;
     let renewed = browser.wait_text("#copy-out.ok", "Renewed").await;
-    let after = api(&app, &format!("/v1/loans/{}", loan["id"].as_str().unwrap())).await;
+    let after = app
+        .get_json(&format!("/v1/loans/{}", loan["id"].as_str().unwrap()))
+        .await
+        .1;
     assert_eq!(after["renewals"], 1, "{after}");
     assert_ne!(after["due_at"], loan["due_at"]);
     let new_due = browser
@@ -110,7 +109,10 @@ async fn a_librarian_finds_a_book_then_lends_renews_and_returns_it_in_the_browse
         .await;
     browser.wait_text("#copy-out.ok", "Returned").await;
     browser.wait_text(&copy_row, "available").await;
-    let after = api(&app, &format!("/v1/loans/{}", loan["id"].as_str().unwrap())).await;
+    let after = app
+        .get_json(&format!("/v1/loans/{}", loan["id"].as_str().unwrap()))
+        .await
+        .1;
     assert!(after["returned_at"].is_string(), "{after}");
     browser.screenshot("book-returned").await;
     browser.close().await;
@@ -149,7 +151,7 @@ async fn a_task_submitted_in_the_browser_is_watched_to_success_and_its_result_do
         )
         .await;
     let id = browser.text("#task-card dd.mono a").await;
-    let task = api(&app, &format!("/v1/tasks/{id}")).await;
+    let task = app.get_json(&format!("/v1/tasks/{id}")).await.1;
     assert_eq!(task["state"], "succeeded", "{task}");
     browser.wait_text("#recent-tasks tbody", &id[..8]).await;
     browser.screenshot("task-succeeded").await;

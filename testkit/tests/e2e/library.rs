@@ -12,7 +12,7 @@ use bibliomq_core::{
 use bibliomq_testkit::{
     TestApp, TestEnv, WorkerProcess,
     app::{DEADLINE, Worker, wait_until},
-    rabbit, spawn_app,
+    rabbit, spawn_app, status_and_json,
 };
 use futures::future::join_all;
 use serde_json::{Value, json};
@@ -20,29 +20,6 @@ use serde_json::{Value, json};
 const QUIJOTE: &str = "9788437604947";
 const SOMBRA: &str = "9788497592208";
 const CRIMEN: &str = "9780140449266";
-
-async fn body(resp: reqwest::Response) -> (u16, Value) {
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
-async fn loan(app: &TestApp, book: Value) -> (u16, Value) {
-    body(app.post_json("/v1/loans", &book).await).await
-}
-
-async fn wait_settled(app: &TestApp, operation: &str) -> Value {
-    let path = format!("/v1/operations/{operation}");
-    wait_until(DEADLINE, || async {
-        let op: Value = app.get(&path).await.json().await.unwrap();
-        (op["state"] != "pending").then_some(op)
-    })
-    .await
-    .unwrap_or_else(|| panic!("operation {operation} stayed pending"))
-}
-
-async fn count(app: &TestApp, sql: &str) -> i64 {
-    app.env.db().await.query_one(sql, &[]).await.unwrap().get(0)
-}
 
 /// The API in this process and two `bibliomq-workers` processes, returned
 /// once both of them consume loan requests, so that a race among loans is
@@ -87,7 +64,7 @@ async fn a_loan_is_answered_at_once_with_the_copy_branch_and_due_date() {
             .starts_with("/v1/loans/")
     );
     assert!(resp.headers().contains_key("idempotency-key"));
-    let (status, body) = body(resp).await;
+    let (status, body) = status_and_json(resp).await;
     assert_eq!(status, 201, "{body}");
     let loan = &body["loan"];
     assert_eq!(loan["title"], "Don Quijote de la Mancha");
@@ -144,17 +121,19 @@ async fn a_loan_prefers_the_requested_branch_and_falls_back_to_another() {
         .await;
     app.add_title("9788450000023", "Uno en cada sucursal", &[1, 1])
         .await;
-    let (_, first) = loan(
-        &app,
-        json!({"isbn": "9788450000023", "patron": "p1", "branch": "norte"}),
-    )
-    .await;
+    let (_, first) = app
+        .post(
+            "/v1/loans",
+            &json!({"isbn": "9788450000023", "patron": "p1", "branch": "norte"}),
+        )
+        .await;
     assert_eq!(first["loan"]["branch"], "norte");
-    let (status, elsewhere) = loan(
-        &app,
-        json!({"isbn": "9788450000016", "patron": "p2", "branch": "norte"}),
-    )
-    .await;
+    let (status, elsewhere) = app
+        .post(
+            "/v1/loans",
+            &json!({"isbn": "9788450000016", "patron": "p2", "branch": "norte"}),
+        )
+        .await;
     assert_eq!(status, 201, "{elsewhere}");
     assert_eq!(elsewhere["loan"]["branch"], "central");
 }
@@ -163,18 +142,20 @@ async fn a_loan_prefers_the_requested_branch_and_falls_back_to_another() {
 async fn a_loan_by_title_ignores_case_and_accents() {
     let app = spawn_app().await;
     app.seed(0, 20).await;
-    let (status, by_title) = loan(
-        &app,
-        json!({"title": "QUIJOTE", "patron": "luis", "branch": "central"}),
-    )
-    .await;
+    let (status, by_title) = app
+        .post(
+            "/v1/loans",
+            &json!({"title": "QUIJOTE", "patron": "luis", "branch": "central"}),
+        )
+        .await;
     assert_eq!(status, 201, "{by_title}");
     assert_eq!(by_title["loan"]["isbn"], QUIJOTE);
-    let (status, accented) = loan(
-        &app,
-        json!({"title": "sómbra del VIENTO", "patron": "luis", "branch": "central"}),
-    )
-    .await;
+    let (status, accented) = app
+        .post(
+            "/v1/loans",
+            &json!({"title": "sómbra del VIENTO", "patron": "luis", "branch": "central"}),
+        )
+        .await;
     assert_eq!(status, 201, "{accented}");
     assert_eq!(accented["loan"]["isbn"], SOMBRA);
 
@@ -182,11 +163,12 @@ async fn a_loan_by_title_ignores_case_and_accents() {
         .await;
     app.add_title("9788450000047", "El camino del sur", &[1, 1])
         .await;
-    let (status, ambiguous) = loan(
-        &app,
-        json!({"title": "camino", "patron": "luis", "branch": "central"}),
-    )
-    .await;
+    let (status, ambiguous) = app
+        .post(
+            "/v1/loans",
+            &json!({"title": "camino", "patron": "luis", "branch": "central"}),
+        )
+        .await;
     assert_eq!(
         (status, ambiguous["error"]["code"].as_str()),
         (409, Some("ambiguous_title")),
@@ -196,11 +178,12 @@ async fn a_loan_by_title_ignores_case_and_accents() {
         ambiguous["error"]["candidates"].as_array().unwrap().len(),
         2
     );
-    let (status, missing) = loan(
-        &app,
-        json!({"title": "libro que no existe", "patron": "luis", "branch": "central"}),
-    )
-    .await;
+    let (status, missing) = app
+        .post(
+            "/v1/loans",
+            &json!({"title": "libro que no existe", "patron": "luis", "branch": "central"}),
+        )
+        .await;
     assert_eq!(
         (status, missing["error"]["code"].as_str()),
         (404, Some("title_not_found"))
@@ -213,16 +196,18 @@ async fn loaning_a_title_with_no_copy_left_says_when_the_earliest_is_due() {
     app.add_patrons("p", 2).await;
     app.add_title("9788450000016", "El último ejemplar", &[1, 0])
         .await;
-    let (_, first) = loan(
-        &app,
-        json!({"isbn": "9788450000016", "patron": "p1", "branch": "central"}),
-    )
-    .await;
-    let (status, refused) = loan(
-        &app,
-        json!({"isbn": "9788450000016", "patron": "p2", "branch": "central"}),
-    )
-    .await;
+    let (_, first) = app
+        .post(
+            "/v1/loans",
+            &json!({"isbn": "9788450000016", "patron": "p1", "branch": "central"}),
+        )
+        .await;
+    let (status, refused) = app
+        .post(
+            "/v1/loans",
+            &json!({"isbn": "9788450000016", "patron": "p2", "branch": "central"}),
+        )
+        .await;
     assert_eq!(status, 409, "{refused}");
     assert_eq!(refused["error"]["code"], "not_available");
     assert_eq!(
@@ -245,11 +230,12 @@ async fn a_patron_cannot_hold_more_than_five_loans() {
         let isbn = bibliomq_core::library::Isbn::from_prefix12(&format!("97884500001{i}")).unwrap();
         app.add_title(isbn.as_str(), &format!("Tomo {i}"), &[1, 1])
             .await;
-        let (status, answer) = loan(
-            &app,
-            json!({"isbn": isbn.as_str(), "patron": "p1", "branch": "central"}),
-        )
-        .await;
+        let (status, answer) = app
+            .post(
+                "/v1/loans",
+                &json!({"isbn": isbn.as_str(), "patron": "p1", "branch": "central"}),
+            )
+            .await;
         if i < 5 {
             assert_eq!(status, 201, "{answer}");
         } else {
@@ -267,10 +253,9 @@ async fn fifty_concurrent_loans_of_three_copies_make_exactly_three_loans() {
     app.add_title("9788450000016", "Tres ejemplares", &[2, 1])
         .await;
     let answers = join_all(patrons.iter().map(|p| {
-        loan(
-            &app,
-            json!({"isbn": "9788450000016", "patron": p, "branch": "central"}),
-        )
+        let request = json!({"isbn": "9788450000016", "patron": p, "branch": "central"});
+        let app = &app;
+        async move { app.post("/v1/loans", &request).await }
     }))
     .await;
     let won = answers.iter().filter(|(s, _)| *s == 201).count();
@@ -280,15 +265,13 @@ async fn fifty_concurrent_loans_of_three_copies_make_exactly_three_loans() {
         .count();
     assert_eq!((won, refused), (3, 47), "{answers:?}");
     assert_eq!(
-        count(&app, "SELECT count(*) FROM loans WHERE returned_at IS NULL").await,
+        app.count("SELECT count(*) FROM loans WHERE returned_at IS NULL")
+            .await,
         3
     );
     assert_eq!(
-        count(
-            &app,
-            "SELECT count(*) FROM copies WHERE status = 'available'"
-        )
-        .await,
+        app.count("SELECT count(*) FROM copies WHERE status = 'available'")
+            .await,
         0
     );
     let copies: std::collections::HashSet<&str> = answers
@@ -316,10 +299,10 @@ async fn a_loan_retried_with_the_same_idempotency_key_makes_one_loan() {
             .json(&json!({"isbn": "9788450000016", "patron": patron, "branch": "central"}))
             .send()
     };
-    let (s1, first) = body(send("key-1", "p1").await.unwrap()).await;
+    let (s1, first) = status_and_json(send("key-1", "p1").await.unwrap()).await;
     let resp = send("key-1", "p1").await.unwrap();
     assert_eq!(resp.headers()["idempotent-replayed"], "true");
-    let (s2, again) = body(resp).await;
+    let (s2, again) = status_and_json(resp).await;
     assert_eq!((s1, s2), (201, 201));
     assert_eq!(first["loan"]["id"], again["loan"]["id"]);
     assert_eq!(again["replayed"], true);
@@ -328,19 +311,19 @@ async fn a_loan_retried_with_the_same_idempotency_key_makes_one_loan() {
     let answers = join_all((0..10).map(|_| send("key-2", "p2"))).await;
     let mut ids = std::collections::HashSet::new();
     for a in answers {
-        let (s, b) = body(a.unwrap()).await;
+        let (s, b) = status_and_json(a.unwrap()).await;
         assert_eq!(s, 201, "{b}");
         ids.insert(b["loan"]["id"].as_str().unwrap().to_owned());
     }
     assert_eq!(ids.len(), 1);
-    assert_eq!(count(&app, "SELECT count(*) FROM loans").await, 2);
+    assert_eq!(app.count("SELECT count(*) FROM loans").await, 2);
     let consumed = loan_requests_per_process(&workers).await;
     assert!(
         consumed.iter().sum::<u64>() >= 2,
         "the loans were made by the worker processes: {consumed:?}"
     );
 
-    let (status, reused) = body(
+    let (status, reused) = status_and_json(
         app.http
             .post(app.url("/v1/loans"))
             .header("idempotency-key", "key-1")
@@ -361,7 +344,7 @@ async fn a_loan_request_delivered_twice_makes_one_loan() {
     let app = spawn_app().await;
     app.add_patrons("p", 1).await;
     app.add_title("9788450000016", "Duplicados", &[2, 2]).await;
-    let (_, first) = body(
+    let (_, first) = status_and_json(
         app.http
             .post(app.url("/v1/loans"))
             .header("idempotency-key", "dup-1")
@@ -406,7 +389,7 @@ async fn a_loan_request_delivered_twice_makes_one_loan() {
     })
     .await
     .expect("the second delivery was never settled");
-    assert_eq!(count(&app, "SELECT count(*) FROM loans").await, 1);
+    assert_eq!(app.count("SELECT count(*) FROM loans").await, 1);
     assert!(first["loan"]["id"].is_string());
 }
 
@@ -465,7 +448,7 @@ async fn bad_loan_requests_get_clear_errors_and_change_nothing() {
         ),
     ];
     for (request, status, code, field) in cases {
-        let (got, answer) = loan(&app, request.clone()).await;
+        let (got, answer) = app.post("/v1/loans", &request).await;
         assert_eq!(
             (got, answer["error"]["code"].as_str()),
             (status, Some(code)),
@@ -475,7 +458,7 @@ async fn bad_loan_requests_get_clear_errors_and_change_nothing() {
             assert_eq!(answer["error"]["field"], field, "{request} → {answer}");
         }
     }
-    let (status, answer) = body(
+    let (status, answer) = status_and_json(
         app.http
             .post(app.url("/v1/loans"))
             .header("content-type", "application/json")
@@ -489,7 +472,7 @@ async fn bad_loan_requests_get_clear_errors_and_change_nothing() {
         (status, answer["error"]["code"].as_str()),
         (400, Some("malformed_json"))
     );
-    let (status, answer) = body(
+    let (status, answer) = status_and_json(
         app.post_json(
             "/v1/renewals",
             &json!({"isbn": "123", "patron": "ana", "branch": "central"}),
@@ -501,7 +484,7 @@ async fn bad_loan_requests_get_clear_errors_and_change_nothing() {
         (status, answer["error"]["code"].as_str()),
         (422, Some("invalid_isbn"))
     );
-    let (status, answer) = body(
+    let (status, answer) = status_and_json(
         app.post_json(
             "/v1/returns",
             &json!({"isbn": QUIJOTE, "patron": "ana", "branch": "central"}),
@@ -513,7 +496,7 @@ async fn bad_loan_requests_get_clear_errors_and_change_nothing() {
         (status, answer["error"]["code"].as_str()),
         (404, Some("loan_not_found"))
     );
-    let (status, answer) = body(
+    let (status, answer) = status_and_json(
         app.post_json(
             "/v1/returns",
             &json!({"isbn": QUIJOTE, "patron": "nadie", "branch": "central"}),
@@ -526,10 +509,11 @@ async fn bad_loan_requests_get_clear_errors_and_change_nothing() {
         (404, Some("patron_not_found"))
     );
 
-    assert_eq!(count(&app, "SELECT count(*) FROM loans").await, 0);
-    assert_eq!(count(&app, "SELECT count(*) FROM operations").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM loans").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM operations").await, 0);
     assert_eq!(
-        count(&app, "SELECT count(*) FROM copies WHERE status = 'on_loan'").await,
+        app.count("SELECT count(*) FROM copies WHERE status = 'on_loan'")
+            .await,
         0
     );
 }
@@ -538,11 +522,12 @@ async fn bad_loan_requests_get_clear_errors_and_change_nothing() {
 async fn a_renewal_is_accepted_at_once_and_applied_by_a_worker() {
     let app = spawn_app().await;
     app.seed(0, 20).await;
-    let (_, lent) = loan(
-        &app,
-        json!({"isbn": CRIMEN, "patron": "marta", "branch": "central"}),
-    )
-    .await;
+    let (_, lent) = app
+        .post(
+            "/v1/loans",
+            &json!({"isbn": CRIMEN, "patron": "marta", "branch": "central"}),
+        )
+        .await;
     let resp = app
         .post_json(
             "/v1/renewals",
@@ -555,7 +540,7 @@ async fn a_renewal_is_accepted_at_once_and_applied_by_a_worker() {
             .unwrap()
             .starts_with("/v1/operations/")
     );
-    let (status, accepted) = body(resp).await;
+    let (status, accepted) = status_and_json(resp).await;
     assert_eq!(status, 202, "{accepted}");
     assert_eq!(accepted["state"], "pending");
     assert_eq!(accepted["loan_id"], lent["loan"]["id"]);
@@ -565,7 +550,9 @@ async fn a_renewal_is_accepted_at_once_and_applied_by_a_worker() {
         chrono::Duration::days(7)
     );
 
-    let op = wait_settled(&app, accepted["operation_id"].as_str().unwrap()).await;
+    let op = app
+        .wait_for_operation(accepted["operation_id"].as_str().unwrap())
+        .await;
     assert_eq!(op["state"], "applied", "{op}");
     assert_eq!(op["kind"], "renewal");
     assert_eq!(ts(&op["outcome"]["due_at"]), tentative);
@@ -579,7 +566,7 @@ async fn a_renewal_is_accepted_at_once_and_applied_by_a_worker() {
     assert_eq!(ts(&mine["loans"][0]["due_at"]), tentative);
 
     // By loan id works the same.
-    let (status, by_id) = body(
+    let (status, by_id) = status_and_json(
         app.post_json(
             "/v1/renewals",
             &json!({"loan_id": lent["loan"]["id"], "branch": "norte"}),
@@ -588,7 +575,9 @@ async fn a_renewal_is_accepted_at_once_and_applied_by_a_worker() {
     )
     .await;
     assert_eq!(status, 202, "{by_id}");
-    let op = wait_settled(&app, by_id["operation_id"].as_str().unwrap()).await;
+    let op = app
+        .wait_for_operation(by_id["operation_id"].as_str().unwrap())
+        .await;
     assert_eq!(op["state"], "applied");
     assert_eq!(op["branch"], "norte");
 }
@@ -597,15 +586,17 @@ async fn a_renewal_is_accepted_at_once_and_applied_by_a_worker() {
 async fn a_third_renewal_is_rejected_with_its_reason() {
     let app = spawn_app().await;
     app.seed(0, 20).await;
-    loan(
-        &app,
-        json!({"isbn": QUIJOTE, "patron": "jorge", "branch": "central"}),
+    app.post(
+        "/v1/loans",
+        &json!({"isbn": QUIJOTE, "patron": "jorge", "branch": "central"}),
     )
     .await;
     let renewal = json!({"isbn": QUIJOTE, "patron": "jorge", "branch": "central"});
     for expected in ["applied", "applied", "rejected"] {
-        let (_, accepted) = body(app.post_json("/v1/renewals", &renewal).await).await;
-        let op = wait_settled(&app, accepted["operation_id"].as_str().unwrap()).await;
+        let (_, accepted) = app.post("/v1/renewals", &renewal).await;
+        let op = app
+            .wait_for_operation(accepted["operation_id"].as_str().unwrap())
+            .await;
         assert_eq!(op["state"], expected, "{op}");
         if expected == "rejected" {
             assert_eq!(op["reason"], "renewal_limit_reached");
@@ -617,11 +608,9 @@ async fn a_third_renewal_is_rejected_with_its_reason() {
             );
         }
     }
-    let history = count(
-        &app,
-        "SELECT count(*) FROM circulation_history WHERE kind = 'renewal'",
-    )
-    .await;
+    let history = app
+        .count("SELECT count(*) FROM circulation_history WHERE kind = 'renewal'")
+        .await;
     assert_eq!(history, 3);
 }
 
@@ -630,9 +619,9 @@ async fn an_overdue_loan_cannot_be_renewed() {
     let clock = ManualClock::starting_at(chrono::Utc::now());
     let app = TestApp::spawn_with_clock(TestEnv::new().await, |_| {}, 1, clock.clock()).await;
     app.seed(0, 20).await;
-    loan(
-        &app,
-        json!({"isbn": SOMBRA, "patron": "lucia", "branch": "norte"}),
+    app.post(
+        "/v1/loans",
+        &json!({"isbn": SOMBRA, "patron": "lucia", "branch": "norte"}),
     )
     .await;
     clock.advance(chrono::Duration::days(15));
@@ -643,7 +632,7 @@ async fn an_overdue_loan_cannot_be_renewed() {
         .await
         .unwrap();
     assert_eq!(mine["loans"][0]["overdue"], true);
-    let (_, accepted) = body(
+    let (_, accepted) = status_and_json(
         app.post_json(
             "/v1/renewals",
             &json!({"isbn": SOMBRA, "patron": "lucia", "branch": "norte"}),
@@ -651,7 +640,9 @@ async fn an_overdue_loan_cannot_be_renewed() {
         .await,
     )
     .await;
-    let op = wait_settled(&app, accepted["operation_id"].as_str().unwrap()).await;
+    let op = app
+        .wait_for_operation(accepted["operation_id"].as_str().unwrap())
+        .await;
     assert_eq!(op["state"], "rejected", "{op}");
     assert_eq!(op["reason"], "overdue");
 }
@@ -660,12 +651,13 @@ async fn an_overdue_loan_cannot_be_renewed() {
 async fn a_return_closes_the_loan_and_frees_the_copy() {
     let app = spawn_app().await;
     app.seed(0, 20).await;
-    let (_, lent) = loan(
-        &app,
-        json!({"isbn": CRIMEN, "patron": "pablo", "branch": "central"}),
-    )
-    .await;
-    let (status, accepted) = body(
+    let (_, lent) = app
+        .post(
+            "/v1/loans",
+            &json!({"isbn": CRIMEN, "patron": "pablo", "branch": "central"}),
+        )
+        .await;
+    let (status, accepted) = status_and_json(
         app.post_json(
             "/v1/returns",
             &json!({"isbn": CRIMEN, "patron": "pablo", "branch": "norte"}),
@@ -675,7 +667,9 @@ async fn a_return_closes_the_loan_and_frees_the_copy() {
     .await;
     assert_eq!(status, 202, "{accepted}");
     assert!(accepted.get("tentative_due_at").is_none());
-    let op = wait_settled(&app, accepted["operation_id"].as_str().unwrap()).await;
+    let op = app
+        .wait_for_operation(accepted["operation_id"].as_str().unwrap())
+        .await;
     assert_eq!(op["state"], "applied", "{op}");
     assert_eq!(op["outcome"]["overdue"], false);
 
@@ -708,7 +702,7 @@ async fn a_return_closes_the_loan_and_frees_the_copy() {
     assert!(all["loans"][0]["returned_at"].is_string());
 
     // Returning it again: nothing open to return.
-    let (status, again) = body(
+    let (status, again) = status_and_json(
         app.post_json(
             "/v1/returns",
             &json!({"loan_id": lent["loan"]["id"], "branch": "central"}),
@@ -768,15 +762,16 @@ async fn renewals_and_returns_travel_by_operation_and_branch_and_outcomes_are_an
     .await;
     let mut events = watch(&app.env, topology::EVENTS_EXCHANGE, &["#"]).await;
 
-    let (_, lent) = loan(
-        &app,
-        json!({"isbn": QUIJOTE, "patron": "sofia", "branch": "central"}),
-    )
-    .await;
+    let (_, lent) = app
+        .post(
+            "/v1/loans",
+            &json!({"isbn": QUIJOTE, "patron": "sofia", "branch": "central"}),
+        )
+        .await;
     let loaned = next_event(&mut events, "loaned.central").await;
     assert_eq!(loaned["loan"]["id"], lent["loan"]["id"]);
 
-    let (_, renewal) = body(
+    let (_, renewal) = status_and_json(
         app.post_json(
             "/v1/renewals",
             &json!({"isbn": QUIJOTE, "patron": "sofia", "branch": "norte"}),
@@ -789,7 +784,7 @@ async fn renewals_and_returns_travel_by_operation_and_branch_and_outcomes_are_an
     let renewed = next_event(&mut events, "renewed.norte").await;
     assert_eq!(renewed["operation_id"], renewal["operation_id"]);
 
-    let (_, returned) = body(
+    let (_, returned) = status_and_json(
         app.post_json(
             "/v1/returns",
             &json!({"isbn": QUIJOTE, "patron": "sofia", "branch": "central"}),
@@ -803,11 +798,12 @@ async fn renewals_and_returns_travel_by_operation_and_branch_and_outcomes_are_an
     assert_eq!(done["operation_id"], returned["operation_id"]);
 
     // A rejection is announced too, with its reason.
-    let (_, lent) = loan(
-        &app,
-        json!({"isbn": QUIJOTE, "patron": "sofia", "branch": "central"}),
-    )
-    .await;
+    let (_, lent) = app
+        .post(
+            "/v1/loans",
+            &json!({"isbn": QUIJOTE, "patron": "sofia", "branch": "central"}),
+        )
+        .await;
     for _ in 0..3 {
         app.post_json(
             "/v1/renewals",
@@ -824,12 +820,12 @@ async fn a_duplicated_renewal_message_applies_once() {
     let app = spawn_app().await;
     app.seed(0, 20).await;
     let mut circulation = watch(&app.env, topology::CIRCULATION_EXCHANGE, &["renewal.*"]).await;
-    loan(
-        &app,
-        json!({"isbn": QUIJOTE, "patron": "diego", "branch": "central"}),
+    app.post(
+        "/v1/loans",
+        &json!({"isbn": QUIJOTE, "patron": "diego", "branch": "central"}),
     )
     .await;
-    let (_, accepted) = body(
+    let (_, accepted) = status_and_json(
         app.post_json(
             "/v1/renewals",
             &json!({"isbn": QUIJOTE, "patron": "diego", "branch": "central"}),
@@ -838,7 +834,8 @@ async fn a_duplicated_renewal_message_applies_once() {
     )
     .await;
     let copy = next_event(&mut circulation, "renewal.central").await;
-    wait_settled(&app, accepted["operation_id"].as_str().unwrap()).await;
+    app.wait_for_operation(accepted["operation_id"].as_str().unwrap())
+        .await;
 
     // The same message again, as after a consumer died between its commit
     // and its ack.
@@ -865,11 +862,8 @@ async fn a_duplicated_renewal_message_applies_once() {
         .unwrap();
     assert_eq!(mine["loans"][0]["renewals"], 1, "applied twice: {mine}");
     assert_eq!(
-        count(
-            &app,
-            "SELECT count(*) FROM circulation_history WHERE kind = 'renewal'"
-        )
-        .await,
+        app.count("SELECT count(*) FROM circulation_history WHERE kind = 'renewal'")
+            .await,
         1
     );
 }
@@ -878,9 +872,9 @@ async fn a_duplicated_renewal_message_applies_once() {
 async fn the_history_is_append_only() {
     let app = spawn_app().await;
     app.seed(0, 20).await;
-    loan(
-        &app,
-        json!({"isbn": QUIJOTE, "patron": "elena", "branch": "central"}),
+    app.post(
+        "/v1/loans",
+        &json!({"isbn": QUIJOTE, "patron": "elena", "branch": "central"}),
     )
     .await;
     let db = app.env.db().await;
@@ -939,17 +933,17 @@ async fn the_catalogue_is_searched_without_case_or_accents() {
     );
     let none: Value = app.get("/v1/books?title=zzzz").await.json().await.unwrap();
     assert!(none["books"].as_array().unwrap().is_empty());
-    let (status, err) = body(app.get("/v1/books?title=").await).await;
+    let (status, err) = app.get_json("/v1/books?title=").await;
     assert_eq!(
         (status, err["error"]["field"].as_str()),
         (422, Some("title"))
     );
-    let (status, err) = body(app.get("/v1/books/12345").await).await;
+    let (status, err) = app.get_json("/v1/books/12345").await;
     assert_eq!(
         (status, err["error"]["code"].as_str()),
         (422, Some("invalid_isbn"))
     );
-    let (status, _) = body(app.get("/v1/patrons/nadie/loans").await).await;
+    let (status, _) = app.get_json("/v1/patrons/nadie/loans").await;
     assert_eq!(status, 404);
     let branches: Value = app.get("/v1/branches").await.json().await.unwrap();
     assert_eq!(branches["branches"][0]["code"], "central");
@@ -998,7 +992,9 @@ async fn the_demo_catalogue_is_large_and_the_same_every_time() {
             .unwrap();
         assert_eq!(book["branches"].as_array().unwrap().len(), 2, "{book}");
     }
-    let overdue = count(&a, "SELECT count(*) FROM loans WHERE due_at < now()").await;
+    let overdue = a
+        .count("SELECT count(*) FROM loans WHERE due_at < now()")
+        .await;
     assert!(overdue > 0);
 }
 
@@ -1019,7 +1015,7 @@ async fn a_loan_nobody_answers_times_out_and_is_never_made_behind_the_callers_ba
             .json(&json!({"isbn": QUIJOTE, "patron": "carmen", "branch": "central"}))
             .send()
     };
-    let (status, answer) = body(request().await.unwrap()).await;
+    let (status, answer) = status_and_json(request().await.unwrap()).await;
     assert_eq!(
         (status, answer["error"]["code"].as_str()),
         (504, Some("timeout")),
@@ -1043,10 +1039,10 @@ async fn a_loan_nobody_answers_times_out_and_is_never_made_behind_the_callers_ba
     })
     .await
     .unwrap();
-    assert_eq!(count(&app, "SELECT count(*) FROM loans").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM loans").await, 0);
 
     // Retrying with the same key now makes the loan, once.
-    let (status, answer) = body(request().await.unwrap()).await;
+    let (status, answer) = status_and_json(request().await.unwrap()).await;
     assert_eq!(status, 201, "{answer}");
-    assert_eq!(count(&app, "SELECT count(*) FROM loans").await, 1);
+    assert_eq!(app.count("SELECT count(*) FROM loans").await, 1);
 }

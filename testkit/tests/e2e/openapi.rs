@@ -288,16 +288,6 @@ async fn wait_task(app: &TestApp, id: &str) {
     app.wait_for_task(id).await;
 }
 
-async fn wait_operation(app: &TestApp, id: &str) {
-    let path = format!("/v1/operations/{id}");
-    wait_until(DEADLINE, || async {
-        let op: Value = app.get(&path).await.json().await.unwrap();
-        (op["state"] != "pending").then_some(())
-    })
-    .await
-    .unwrap_or_else(|| panic!("operation {id} stayed pending"));
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_operation_answers_as_documented() {
     let app = TestApp::spawn(
@@ -484,7 +474,7 @@ async fn every_documented_operation_answers_as_documented() {
     let renewal = renewal["operation_id"].as_str().unwrap().to_owned();
     c.check(call(Method::GET, format!("/v1/operations/{renewal}")), 200)
         .await;
-    wait_operation(&app, &renewal).await;
+    app.wait_for_operation(&renewal).await;
     c.check(call(Method::GET, format!("/v1/operations/{renewal}")), 200)
         .await;
     c.check(
@@ -512,7 +502,8 @@ async fn every_documented_operation_answers_as_documented() {
             202,
         )
         .await;
-    wait_operation(&app, returned["operation_id"].as_str().unwrap()).await;
+    app.wait_for_operation(returned["operation_id"].as_str().unwrap())
+        .await;
     c.check(
         call(
             Method::GET,

@@ -111,12 +111,12 @@ async fn the_event_stream_follows_only_the_keys_asked_for() {
     app.seed(0, 10).await;
     let mut stream = EventStream::open(&app, "loaned.norte,rejected.#").await;
     app.submit("sum", json!([1])).await;
-    let (status, _) = post(
-        &app,
-        "/v1/loans",
-        json!({"isbn": "9788437604947", "patron": "ana", "branch": "norte"}),
-    )
-    .await;
+    let (status, _) = app
+        .post(
+            "/v1/loans",
+            &json!({"isbn": "9788437604947", "patron": "ana", "branch": "norte"}),
+        )
+        .await;
     assert_eq!(status, 201);
     let (_, data) = stream.next_event().await.unwrap();
     let first: Value = serde_json::from_str(&data).unwrap();
@@ -173,22 +173,10 @@ async fn an_open_event_stream_does_not_keep_the_api_from_stopping() {
     );
 }
 
-async fn post(app: &TestApp, path: &str, body: Value) -> (u16, Value) {
-    let response = app.post_json(path, &body).await;
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
-async fn get_json(app: &TestApp, path: &str) -> (u16, Value) {
-    let response = app.get(path).await;
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_lists_our_vhosts_queues_with_their_consumers() {
     let app = spawn_app().await;
-    let (status, body) = get_json(&app, "/v1/dashboard/queues").await;
+    let (status, body) = app.get_json("/v1/dashboard/queues").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["vhost"], app.env.vhost);
     let tasks = body["queues"]
@@ -200,7 +188,7 @@ async fn the_dashboard_lists_our_vhosts_queues_with_their_consumers() {
     assert_eq!(tasks["type"], "quorum");
     // The worker's consumer shows once the management API has caught up.
     let consumers = wait_until(DEADLINE, || async {
-        let (_, body) = get_json(&app, "/v1/dashboard/queues").await;
+        let (_, body) = app.get_json("/v1/dashboard/queues").await;
         let q = body["queues"]
             .as_array()?
             .iter()
@@ -219,7 +207,7 @@ async fn the_dashboard_counts_tasks_in_every_state() {
     let second = app.submit("fib", json!(5)).await;
     app.wait_for_task(first).await;
     app.wait_for_task(second).await;
-    let (status, body) = get_json(&app, "/v1/dashboard/tasks").await;
+    let (status, body) = app.get_json("/v1/dashboard/tasks").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body["by_state"],
@@ -232,29 +220,29 @@ async fn the_dashboard_counts_tasks_in_every_state() {
 async fn circulation_per_minute_counts_each_settled_operation_by_branch() {
     let app = spawn_app().await;
     app.seed(0, 10).await;
-    let (status, lent) = post(
-        &app,
-        "/v1/loans",
-        json!({"isbn": "9788437604947", "patron": "ana", "branch": "central"}),
-    )
-    .await;
+    let (status, lent) = app
+        .post(
+            "/v1/loans",
+            &json!({"isbn": "9788437604947", "patron": "ana", "branch": "central"}),
+        )
+        .await;
     assert_eq!(status, 201, "{lent}");
-    let (status, refused) = post(
-        &app,
-        "/v1/loans",
-        json!({"isbn": "9788437604947", "patron": "nobody-here", "branch": "norte"}),
-    )
-    .await;
+    let (status, refused) = app
+        .post(
+            "/v1/loans",
+            &json!({"isbn": "9788437604947", "patron": "nobody-here", "branch": "norte"}),
+        )
+        .await;
     assert_eq!(status, 404, "{refused}");
-    let (status, accepted) = post(
-        &app,
-        "/v1/returns",
-        json!({"loan_id": lent["loan"]["id"], "branch": "norte"}),
-    )
-    .await;
+    let (status, accepted) = app
+        .post(
+            "/v1/returns",
+            &json!({"loan_id": lent["loan"]["id"], "branch": "norte"}),
+        )
+        .await;
     assert_eq!(status, 202, "{accepted}");
     let body = wait_until(DEADLINE, || async {
-        let (_, body) = get_json(&app, "/v1/dashboard/circulation?minutes=5").await;
+        let (_, body) = app.get_json("/v1/dashboard/circulation?minutes=5").await;
         let norte = body["branches"]
             .as_array()?
             .iter()
@@ -311,8 +299,9 @@ async fn the_object_browser_lists_a_stored_result_and_downloads_it_byte_exact() 
         .unwrap();
 
     for order in ["key", "newest"] {
-        let (status, listing) =
-            get_json(&app, &format!("/v1/objects?prefix=results/&order={order}")).await;
+        let (status, listing) = app
+            .get_json(&format!("/v1/objects?prefix=results/&order={order}"))
+            .await;
         assert_eq!(status, 200, "{listing}");
         let keys: Vec<&str> = listing["objects"]
             .as_array()
@@ -330,17 +319,19 @@ async fn the_object_browser_lists_a_stored_result_and_downloads_it_byte_exact() 
             assert_eq!(keys[0], "results/zz-later.json", "the newest first");
         }
     }
-    let (_, first) = get_json(&app, "/v1/objects?prefix=results/&order=key&limit=1").await;
+    let (_, first) = app
+        .get_json("/v1/objects?prefix=results/&order=key&limit=1")
+        .await;
     assert_eq!(first["objects"].as_array().unwrap().len(), 1);
     let cursor = first["next_cursor"]
         .as_str()
         .expect("a second page")
         .to_owned();
-    let (_, second) = get_json(
-        &app,
-        &format!("/v1/objects?prefix=results/&order=key&limit=1&cursor={cursor}"),
-    )
-    .await;
+    let (_, second) = app
+        .get_json(&format!(
+            "/v1/objects?prefix=results/&order=key&limit=1&cursor={cursor}"
+        ))
+        .await;
     assert_ne!(second["objects"][0]["key"], first["objects"][0]["key"]);
     assert!(second["next_cursor"].is_null(), "{second}");
 
