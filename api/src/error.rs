@@ -1,5 +1,6 @@
-//! The API's one error type: each variant knows its status code, and the
-//! body is always `{"error": {"code", "message", "field"?, ...}}`.
+//! The API's one error type: a status and the error body every transport
+//! shares ([`ErrorBody`]), answered as `{"error": {"code", "message",
+//! "field"?, ...}}`.
 
 use axum::{
     Json,
@@ -7,36 +8,37 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use bibliomq_core::error::{CommandError, Invalid};
-use serde_json::{Value, json};
+use bibliomq_core::error::{CommandError, ErrorBody, Invalid};
+use serde::Serialize;
+use serde_json::Value;
 
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    code: &'static str,
-    message: String,
-    field: Option<String>,
-    details: Option<Value>,
+    body: ErrorBody,
+}
+
+/// What an error answer's body is.
+#[derive(Debug, Serialize)]
+pub struct ErrorAnswer {
+    pub error: ErrorBody,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
-            code,
-            message: message.into(),
-            field: None,
-            details: None,
+            body: ErrorBody::new(code, message),
         }
     }
 
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
-        self.field = Some(field.into());
+        self.body = self.body.with_field(field);
         self
     }
 
     pub fn with_details(mut self, details: Value) -> Self {
-        self.details = Some(details);
+        self.body = self.body.with_details(details);
         self
     }
 
@@ -53,33 +55,24 @@ impl From<Invalid> for ApiError {
     fn from(i: Invalid) -> Self {
         Self {
             status: StatusCode::UNPROCESSABLE_ENTITY,
-            code: i.code,
-            message: i.message,
-            field: i.field,
-            details: None,
+            body: i.into(),
         }
     }
 }
 
 impl From<CommandError> for ApiError {
     fn from(e: CommandError) -> Self {
-        let code = e.code();
-        let message = e.public_message();
-        match e {
-            CommandError::Invalid(i) => i.into(),
-            CommandError::NotFound { .. } => Self::new(StatusCode::NOT_FOUND, code, message),
-            CommandError::Conflict { details, .. } => Self {
-                details,
-                ..Self::new(StatusCode::CONFLICT, code, message)
-            },
-            CommandError::Unavailable(_) => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
-            }
-            CommandError::Timeout(_) => Self::new(StatusCode::GATEWAY_TIMEOUT, code, message),
-            CommandError::Internal(err) => {
-                tracing::error!(error = %format!("{err:#}"), "internal error");
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, code, message)
-            }
+        let status = match &e {
+            CommandError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            CommandError::NotFound { .. } => StatusCode::NOT_FOUND,
+            CommandError::Conflict { .. } => StatusCode::CONFLICT,
+            CommandError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            CommandError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            CommandError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self {
+            status,
+            body: e.into(),
         }
     }
 }
@@ -149,19 +142,10 @@ impl From<PathRejection> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut error = json!({ "code": self.code, "message": self.message });
-        if let Some(field) = self.field {
-            error["field"] = Value::String(field);
-        }
-        if let Some(Value::Object(details)) = self.details {
-            for (k, v) in details {
-                error[k] = v;
-            }
-        }
         if self.status.is_server_error() {
-            tracing::warn!(status = %self.status, code = self.code, "request failed");
+            tracing::warn!(status = %self.status, code = self.body.code, "request failed");
         }
-        let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+        let mut response = (self.status, Json(ErrorAnswer { error: self.body })).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()

@@ -2,6 +2,95 @@
 //! them into its own representation; none invents its own validation errors.
 
 use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// The error object of every transport: the HTTP API answers
+/// `{"error": ErrorBody}`, the ZeroMQ edge `{"ok": false, "error": ErrorBody}`
+/// and the line gateways put its message and code on their lines. Serialised
+/// as `{"code", "message", "field"?, ...details}`, in that order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ErrorBody {
+    /// Stable machine-readable code, e.g. `not_available`.
+    pub code: &'static str,
+    pub message: String,
+    /// The request field at fault, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// Further members of the error object (a conflict's details, such as
+    /// `earliest_due_at`).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub details: Option<Box<Map<String, Value>>>,
+}
+
+impl ErrorBody {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            field: None,
+            details: None,
+        }
+    }
+
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    /// Adds the members of `details` (an object; anything else is dropped).
+    /// The error's own members win over details of the same name.
+    pub fn with_details(mut self, details: Value) -> Self {
+        if let Value::Object(mut map) = details {
+            for own in ["code", "message", "field"] {
+                map.remove(own);
+            }
+            self.details = Some(Box::new(map));
+        }
+        self
+    }
+}
+
+/// The body a client sees for a command error. Our own failures are logged
+/// here, with their cause, and reach the client without it.
+impl From<CommandError> for ErrorBody {
+    fn from(e: CommandError) -> Self {
+        let code = e.code();
+        let message = e.public_message();
+        match e {
+            CommandError::Invalid(invalid) => Self {
+                field: invalid.field,
+                ..Self::new(code, message)
+            },
+            CommandError::Conflict { details, .. } => {
+                let body = Self::new(code, message);
+                match details {
+                    Some(details) => body.with_details(details),
+                    None => body,
+                }
+            }
+            CommandError::Internal(err) => {
+                tracing::error!(error = %format!("{err:#}"), "internal error");
+                Self::new(code, message)
+            }
+            CommandError::Unavailable(_) => {
+                tracing::warn!(%message, "a dependency is unavailable");
+                Self::new(code, message)
+            }
+            CommandError::NotFound { .. } | CommandError::Timeout(_) => Self::new(code, message),
+        }
+    }
+}
+
+impl From<Invalid> for ErrorBody {
+    fn from(i: Invalid) -> Self {
+        Self {
+            code: i.code,
+            message: i.message,
+            field: i.field,
+            details: None,
+        }
+    }
+}
 
 /// A request that cannot be carried out as given: the caller's mistake.
 /// Nothing was changed.

@@ -119,7 +119,7 @@ async fn answer(commands: Commands, line: Result<String, BadLine>) -> Answer {
     match tokio::time::timeout(limit, run).await {
         Ok(Ok(data)) => done(id, data),
         Ok(Err(e)) => error(id, &e),
-        Err(_) => error(id, &WireError::timeout(limit)),
+        Err(_) => error(id, &crate::wire::timeout(limit)),
     }
 }
 

@@ -69,7 +69,7 @@ async fn answer(commands: Commands, line: Result<String, BadLine>) -> String {
     match tokio::time::timeout(limit, run).await {
         Ok(Ok(value)) => format!("RESULT|{id}|{}", one_line(&text_of(&value))),
         Ok(Err(e)) => error(&id, &e.message),
-        Err(_) => error(&id, &WireError::timeout(limit).message),
+        Err(_) => error(&id, &crate::wire::timeout(limit).message),
     }
 }
 

@@ -109,7 +109,7 @@ async fn answer(
                 Ok(reply) => reply,
                 Err(_) => {
                     tracing::warn!("a ZeroMQ request timed out");
-                    error_reply(&WireError::timeout(request_timeout))
+                    error_reply(&crate::wire::timeout(request_timeout))
                 }
             }
         }

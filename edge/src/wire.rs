@@ -1,87 +1,25 @@
-//! The edge's one error type, as every protocol shows it: a stable code and
-//! a message, plus the field at fault when there is one. Command errors keep
-//! the code and public message the command layer gives them; the edge adds
-//! only errors of its own transport (unreadable request, unknown action).
+//! The edge's errors, as every protocol shows them: the error body of the
+//! whole system ([`ErrorBody`]: a stable code and a message, plus the field
+//! at fault when there is one), the same type the HTTP API answers with.
+//! Command errors keep the code and public message the command layer gives
+//! them; the edge adds only errors of its own transport (unreadable request,
+//! unknown action, no answer in time).
 
-use bibliomq_core::error::CommandError;
+pub use bibliomq_core::error::ErrorBody;
 use serde::Serialize;
-use serde_json::{Map, Value};
 
-/// Serialised as `{"code", "message", "field"?, ...details}`, in that order.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct WireError {
-    pub code: &'static str,
-    pub message: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-    /// Extra members of the error object (a conflict's details).
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub details: Option<Box<Map<String, Value>>>,
-}
+/// The edge's name for the error body, kept for the protocol modules.
+pub type WireError = ErrorBody;
 
-impl WireError {
-    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            field: None,
-            details: None,
-        }
-    }
-
-    pub fn with_field(mut self, field: impl Into<String>) -> Self {
-        self.field = Some(field.into());
-        self
-    }
-
-    /// The request did not arrive in time for an answer.
-    pub fn timeout(limit: std::time::Duration) -> Self {
-        Self::new(
-            "timeout",
-            format!(
-                "no answer within {} ms; the request may still take effect",
-                limit.as_millis()
-            ),
-        )
-    }
-}
-
-impl From<CommandError> for WireError {
-    fn from(e: CommandError) -> Self {
-        let code = e.code();
-        let message = e.public_message();
-        match e {
-            CommandError::Invalid(invalid) => Self {
-                code,
-                message,
-                field: invalid.field,
-                details: None,
-            },
-            CommandError::Conflict { details, .. } => Self {
-                details: match details {
-                    Some(Value::Object(mut map)) => {
-                        // The error's own members win over details of the same name.
-                        for own in ["code", "message", "field"] {
-                            map.remove(own);
-                        }
-                        Some(Box::new(map))
-                    }
-                    _ => None,
-                },
-                ..Self::new(code, message)
-            },
-            CommandError::Internal(err) => {
-                // The cause goes to the log only; the client sees the generic message.
-                tracing::error!(error = %format!("{err:#}"), "internal error");
-                Self::new(code, message)
-            }
-            CommandError::Unavailable(_) => {
-                tracing::warn!(%message, "a dependency is unavailable");
-                Self::new(code, message)
-            }
-            CommandError::NotFound { .. } | CommandError::Timeout(_) => Self::new(code, message),
-        }
-    }
+/// The request did not get its answer in time.
+pub fn timeout(limit: std::time::Duration) -> WireError {
+    WireError::new(
+        "timeout",
+        format!(
+            "no answer within {} ms; the request may still take effect",
+            limit.as_millis()
+        ),
+    )
 }
 
 /// `value` as compact JSON text, keys in the order the types declare them.
@@ -101,7 +39,7 @@ pub fn one_line(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use bibliomq_core::error::Invalid;
+    use bibliomq_core::error::{CommandError, Invalid};
     use serde_json::json;
 
     use super::*;
