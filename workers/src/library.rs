@@ -20,14 +20,17 @@ use bibliomq_core::{
     db::DbFailure,
     library::{
         Rules,
-        message::{CirculationMessage, LoanRequestMessage, OperationKind},
+        message::{
+            CirculationEvent, CirculationEventType, CirculationMessage, LoanRequestMessage,
+            OperationKind, OperationState,
+        },
+        outcome::{LoanOutcome, Settlement},
         store::{self, LoanItem},
     },
     metrics::{ActionLabels, MessageOutcome, Metrics, OperationLabels},
 };
 use deadpool_postgres::Pool;
 use lapin::{BasicProperties, message::Delivery};
-use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -83,8 +86,8 @@ impl LibraryDeps {
 
 use bibliomq_core::db::is_contention;
 
-type LoanBatcher = Batcher<LoanItem, Value, DbFailure>;
-type SettleBatcher = Batcher<Uuid, Option<Value>, DbFailure>;
+type LoanBatcher = Batcher<LoanItem, LoanOutcome, DbFailure>;
+type SettleBatcher = Batcher<Uuid, Option<Settlement>, DbFailure>;
 
 pub struct LoanServer {
     deps: Arc<LibraryDeps>,
@@ -143,11 +146,7 @@ impl LoanServer {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "unreadable loan request; dead-lettering it");
-                self.reply(
-                    &delivery,
-                    &json!({"outcome": "error", "code": "malformed_request"}),
-                )
-                .await;
+                self.reply(&delivery, &LoanOutcome::Error).await;
                 deps.settle(self.queue, &delivery, Settle::DeadLetter).await;
                 return;
             }
@@ -171,59 +170,70 @@ impl LoanServer {
                 correlation_id: correlation_id.clone(),
             })
             .await;
-        let reply = match outcome {
-            Ok(mut v) => {
-                bibliomq_core::library::normalize_times(&mut v);
-                v
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "loan transaction failed; answering unavailable");
-                json!({"outcome": "error", "code": "unavailable"})
-            }
-        };
+        let reply = outcome.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "loan transaction failed; answering unavailable");
+            LoanOutcome::Error
+        });
         self.reply(&delivery, &reply).await;
         deps.settle(self.queue, &delivery, Settle::Ack).await;
 
-        let replayed = reply["replayed"].as_bool().unwrap_or(false);
-        let result = reply["outcome"].as_str().unwrap_or("error");
-        if result == "error" || result == "not_found" || replayed {
-            return;
-        }
-        let branch = reply["loan"]["branch"]
-            .as_str()
-            .unwrap_or(&request.branch)
-            .to_owned();
-        deps.count("loan", &branch, result, started);
-        let (key, kind) = if result == "loaned" {
-            (format!("loaned.{branch}"), "loaned")
-        } else {
-            (format!("rejected.loan.{}", request.branch), "rejected")
+        // Replays, bad input and failures changed nothing: no event, no count.
+        let (event, branch, loan, refusal) = match reply {
+            LoanOutcome::Loaned {
+                replayed: false,
+                loan,
+            } => (
+                CirculationEventType::Loaned,
+                loan.branch.clone(),
+                Some(loan),
+                None,
+            ),
+            LoanOutcome::Rejected(refusal) => (
+                CirculationEventType::Rejected,
+                request.branch.clone(),
+                None,
+                Some(refusal),
+            ),
+            LoanOutcome::Loaned { replayed: true, .. }
+            | LoanOutcome::NotFound(_)
+            | LoanOutcome::Error => return,
         };
-        announce(
-            &deps.publisher,
-            key,
-            json!({
-                "type": kind,
-                "operation": "loan",
-                "operation_id": request.operation_id,
-                "branch": branch,
-                "isbn": request.isbn,
-                "patron": request.patron,
-                "loan": reply.get("loan"),
-                "reason": reply.get("code"),
-                "message": reply.get("message"),
-                "correlation_id": correlation_id,
-                "at": now,
-            }),
-        );
+        let counted = match &refusal {
+            Some(_) => OperationState::Rejected.as_str(),
+            None => "loaned",
+        };
+        deps.count("loan", &branch, counted, started);
+        let event = CirculationEvent {
+            event,
+            operation: OperationKind::Loan,
+            operation_id: request.operation_id,
+            loan_id: loan.as_ref().map(|l| l.id),
+            branch,
+            isbn: request.isbn,
+            patron: request.patron,
+            loan,
+            outcome: None,
+            reason: refusal.as_ref().map(|r| r.code().to_owned()),
+            message: refusal.as_ref().map(|r| r.message()),
+            correlation_id,
+            at: now,
+        };
+        announce(&deps.publisher, event.routing_key(), &event);
     }
 
     /// Sends the answer to the caller's reply-to. A caller that gave up is
     /// gone; the answer stays stored under the idempotency key.
-    async fn reply(&self, delivery: &Delivery, body: &Value) {
+    async fn reply(&self, delivery: &Delivery, body: &LoanOutcome) {
         let props = &delivery.properties;
         let Some(reply_to) = props.reply_to().as_ref() else {
             return;
+        };
+        let body = match serde_json::to_vec(body) {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::error!(error = %e, "could not serialise the loan reply");
+                return;
+            }
         };
         let mut reply = BasicProperties::default().with_content_type("application/json".into());
         if let Some(id) = props.correlation_id() {
@@ -232,13 +242,7 @@ impl LoanServer {
         if let Err(e) = self
             .deps
             .publisher
-            .publish(
-                "",
-                reply_to.as_str(),
-                body.to_string().as_bytes(),
-                reply,
-                false,
-            )
+            .publish("", reply_to.as_str(), &body, reply, false)
             .await
         {
             tracing::warn!(error = %e, "could not send the loan reply");
@@ -325,10 +329,7 @@ impl CirculationWorker {
         let now = deps.clock.now();
         let applied = self.settle.submit(message.operation_id).await;
         let outcome = match applied {
-            Ok(Some(mut outcome)) => {
-                bibliomq_core::library::normalize_times(&mut outcome);
-                outcome
-            }
+            Ok(Some(outcome)) => outcome,
             Ok(None) => {
                 tracing::info!("operation already settled; acking the duplicate");
                 deps.metrics.message(self.queue, MessageOutcome::Duplicate);
@@ -349,45 +350,33 @@ impl CirculationWorker {
         };
         deps.settle(self.queue, &delivery, Settle::Ack).await;
 
-        let op = message.kind.as_str();
-        let rejected = outcome
-            .get("code")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        let (key, kind) = match &rejected {
-            None => (
-                format!("{}.{}", message.kind.applied_event(), message.branch),
-                message.kind.applied_event(),
-            ),
-            Some(_) => (format!("rejected.{op}.{}", message.branch), "rejected"),
+        let refusal = outcome.refusal().cloned();
+        let (event, state) = match &refusal {
+            None => (message.kind.applied_event(), OperationState::Applied),
+            Some(_) => (CirculationEventType::Rejected, OperationState::Rejected),
         };
         deps.count(
-            op,
+            message.kind.as_str(),
             &message.branch,
-            if rejected.is_some() {
-                "rejected"
-            } else {
-                "applied"
-            },
+            state.as_str(),
             started,
         );
-        announce(
-            &deps.publisher,
-            key,
-            json!({
-                "type": kind,
-                "operation": op,
-                "operation_id": message.operation_id,
-                "loan_id": message.loan_id,
-                "branch": message.branch,
-                "isbn": message.isbn,
-                "patron": message.patron,
-                "reason": rejected,
-                "outcome": outcome,
-                "correlation_id": headers::correlation_id(&delivery.properties),
-                "at": now,
-            }),
-        );
+        let event = CirculationEvent {
+            event,
+            operation: message.kind,
+            operation_id: message.operation_id,
+            loan_id: Some(message.loan_id),
+            branch: message.branch,
+            isbn: message.isbn,
+            patron: message.patron,
+            loan: None,
+            outcome: Some(outcome),
+            reason: refusal.as_ref().map(|r| r.code().to_owned()),
+            message: refusal.as_ref().map(|r| r.message()),
+            correlation_id: headers::correlation_id(&delivery.properties),
+            at: now,
+        };
+        announce(&deps.publisher, event.routing_key(), &event);
     }
 }
 

@@ -20,13 +20,12 @@ use bibliomq_core::{
     metrics::{ActionLabels, MessageOutcome, Metrics, TaskLabels},
     storage::{ObjectStore, StorageError},
     tasks::{
-        Action, TaskMessage, TaskOutput, TaskRequest,
+        Action, TaskEvent, TaskMessage, TaskOutput, TaskRequest, TaskState,
         store::{self, Finish, FinishedResult},
     },
 };
 use deadpool_postgres::Pool;
 use lapin::{message::Delivery, types::AMQPValue};
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -173,8 +172,8 @@ impl TaskWorker {
             },
         };
         let state = match &finish {
-            Finish::Succeeded { .. } => "succeeded",
-            _ => "failed",
+            Finish::Succeeded { .. } => TaskState::Succeeded,
+            _ => TaskState::Failed,
         };
         let error = match &finish {
             Finish::Failed { error, .. } => Some(error.clone()),
@@ -322,7 +321,8 @@ impl TaskWorker {
             Err(_) => self.settle(delivery, Settle::DeadLetter).await,
         }
         if matches!(recorded, Ok(true)) {
-            self.announce(message, "dead", 0, Some(&error)).await;
+            self.announce(message, TaskState::Dead, 0, Some(&error))
+                .await;
         }
     }
 
@@ -356,7 +356,7 @@ impl TaskWorker {
     async fn announce(
         &self,
         message: &TaskMessage,
-        state: &str,
+        state: TaskState,
         attempts: i32,
         error: Option<&str>,
     ) {
@@ -364,19 +364,11 @@ impl TaskWorker {
             .tasks_finished
             .get_or_create(&TaskLabels {
                 action: message.action.clone(),
-                state: state.to_owned(),
+                state: state.as_str().to_owned(),
             })
             .inc();
-        let event = json!({
-            "type": format!("task.{state}"),
-            "task_id": message.id,
-            "action": message.action,
-            "state": state,
-            "attempts": attempts,
-            "error": error,
-            "at": chrono::Utc::now(),
-        });
-        crate::events::announce(&self.publisher, format!("task.{state}"), event);
+        let event = TaskEvent::new(message, state, attempts, error, chrono::Utc::now());
+        crate::events::announce(&self.publisher, event.event.clone(), &event);
     }
 }
 

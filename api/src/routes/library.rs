@@ -79,25 +79,18 @@ async fn loan(
             &correlation_id,
         )
         .await?;
-    let mut response = (
-        StatusCode::CREATED,
-        Json(json!({
-            "loan": receipt.loan,
-            "replayed": receipt.replayed,
-            "idempotency_key": receipt.idempotency_key,
-        })),
-    )
-        .into_response();
+    let location = format!("/v1/loans/{}", receipt.loan.id);
+    let key = receipt.idempotency_key.clone();
+    let replayed = receipt.replayed;
+    let mut response = (StatusCode::CREATED, Json(receipt)).into_response();
     let h = response.headers_mut();
-    if let Some(id) = receipt.loan["id"].as_str()
-        && let Ok(v) = HeaderValue::from_str(&format!("/v1/loans/{id}"))
-    {
+    if let Ok(v) = HeaderValue::from_str(&location) {
         h.insert(header::LOCATION, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&receipt.idempotency_key) {
+    if let Ok(v) = HeaderValue::from_str(&key) {
         h.insert(IDEMPOTENCY_KEY, v);
     }
-    if receipt.replayed {
+    if replayed {
         h.insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)

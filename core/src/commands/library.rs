@@ -16,7 +16,8 @@ use crate::{
     error::{CommandError, Invalid},
     library::{
         BranchCode, Isbn, PatronId,
-        message::{CirculationMessage, LoanRequestMessage, OperationKind},
+        message::{CirculationMessage, LoanRequestMessage, OperationKind, OperationState},
+        outcome::{LoanMade, LoanOutcome},
         store::{
             self, BookSummary, BookView, LoanLookup, LoanView, OperationView, PatronLoans,
             PendingRequest,
@@ -68,7 +69,7 @@ pub struct LoanRequest {
 /// A loan that was made (or, with `replayed`, made earlier for the same key).
 #[derive(Debug, Clone, Serialize)]
 pub struct LoanReceipt {
-    pub loan: Value,
+    pub loan: LoanMade,
     pub replayed: bool,
     pub idempotency_key: String,
 }
@@ -87,7 +88,7 @@ pub struct CirculationRequest {
 pub struct OperationAccepted {
     pub operation_id: Uuid,
     pub kind: OperationKind,
-    pub state: &'static str,
+    pub state: OperationState,
     pub loan_id: Uuid,
     pub branch: String,
     /// Renewals: the due date the loan will have if the renewal is applied.
@@ -198,9 +199,8 @@ impl Commands {
                     "the connection to the message broker broke while waiting; retry with the same Idempotency-Key ({key})"
                 )),
             })?;
-        let mut reply: Value = serde_json::from_slice(&reply)
+        let reply: LoanOutcome = serde_json::from_slice(&reply)
             .map_err(|e| anyhow::anyhow!("unreadable loan reply: {e}"))?;
-        crate::library::normalize_times(&mut reply);
         loan_outcome(reply, key)
     }
 
@@ -356,7 +356,7 @@ impl Commands {
         Ok(OperationAccepted {
             operation_id: id,
             kind,
-            state: "pending",
+            state: OperationState::Pending,
             loan_id: loan.loan_id,
             branch: branch.to_string(),
             tentative_due_at: (kind == OperationKind::Renewal)
@@ -408,13 +408,9 @@ impl Commands {
 
     pub async fn operation(&self, id: Uuid) -> Result<OperationView, CommandError> {
         let client = self.pool().get().await?;
-        let mut op = store::operation(&**client, id).await?.ok_or_else(|| {
+        store::operation(&**client, id).await?.ok_or_else(|| {
             CommandError::not_found("operation_not_found", format!("no operation with id {id}"))
-        })?;
-        if let Some(outcome) = op.outcome.as_mut() {
-            crate::library::normalize_times(outcome);
-        }
-        Ok(op)
+        })
     }
 
     pub async fn book(&self, isbn: &str) -> Result<BookView, CommandError> {
@@ -491,47 +487,28 @@ impl Commands {
 }
 
 /// Turns the loan worker's reply into the command's answer.
-fn loan_outcome(reply: Value, key: String) -> Result<LoanReceipt, CommandError> {
-    let text = |field: &str| reply[field].as_str().unwrap_or_default().to_owned();
-    match reply["outcome"].as_str() {
-        Some("loaned") => Ok(LoanReceipt {
-            loan: reply["loan"].clone(),
-            replayed: reply["replayed"].as_bool().unwrap_or(false),
+fn loan_outcome(reply: LoanOutcome, key: String) -> Result<LoanReceipt, CommandError> {
+    match reply {
+        LoanOutcome::Loaned { loan, replayed } => Ok(LoanReceipt {
+            loan,
+            replayed,
             idempotency_key: key,
         }),
-        Some("rejected") => {
-            let code = match reply["code"].as_str() {
-                Some("not_available") => "not_available",
-                Some("loan_limit_reached") => "loan_limit_reached",
-                Some("idempotency_key_reused") => "idempotency_key_reused",
-                _ => "loan_rejected",
-            };
-            let mut details = reply.clone();
-            if let Value::Object(m) = &mut details {
-                for field in ["outcome", "code", "message"] {
-                    m.remove(field);
-                }
-                m.insert("idempotency_key".to_owned(), Value::String(key));
-            }
+        LoanOutcome::Rejected(refusal) => {
+            let mut details = refusal.details().unwrap_or_else(|| json!({}));
+            details["idempotency_key"] = Value::String(key);
             Err(CommandError::Conflict {
-                code,
-                message: text("message"),
+                code: refusal.code(),
+                message: refusal.message(),
                 details: Some(details),
             })
         }
-        Some("not_found") => Err(CommandError::NotFound {
-            code: if reply["code"] == "patron_not_found" {
-                "patron_not_found"
-            } else {
-                "title_not_found"
-            },
-            message: text("message"),
+        LoanOutcome::NotFound(refusal) => Err(CommandError::NotFound {
+            code: refusal.code(),
+            message: refusal.message(),
         }),
-        Some("error") => Err(CommandError::Unavailable(format!(
+        LoanOutcome::Error => Err(CommandError::Unavailable(format!(
             "the loan service could not reach its database; nothing was lent. Retry with the same Idempotency-Key ({key})"
-        ))),
-        _ => Err(CommandError::Internal(anyhow::anyhow!(
-            "unexpected loan reply: {reply}"
         ))),
     }
 }

@@ -29,6 +29,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "task_reaper",
         include_str!("../../../migrations/0004_task_reaper.sql"),
     ),
+    (
+        5,
+        "outcome_codes",
+        include_str!("../../../migrations/0005_outcome_codes.sql"),
+    ),
 ];
 
 /// Arbitrary constant: the advisory lock that serialises concurrent runners

@@ -54,12 +54,60 @@ crate::words::word_enum!(
 );
 
 impl OperationKind {
-    /// Event routing key prefix of an applied operation.
-    pub fn applied_event(self) -> &'static str {
+    /// The event of an applied operation.
+    pub fn applied_event(self) -> CirculationEventType {
         match self {
-            Self::Loan => "loaned",
-            Self::Renewal => "renewed",
-            Self::Return => "returned",
+            Self::Loan => CirculationEventType::Loaned,
+            Self::Renewal => CirculationEventType::Renewed,
+            Self::Return => CirculationEventType::Returned,
+        }
+    }
+}
+
+crate::words::word_enum!(
+    "circulation event",
+    /// The `type` of a circulation event; also the first word of its routing key.
+    pub enum CirculationEventType {
+        Loaned = "loaned",
+        Renewed = "renewed",
+        Returned = "returned",
+        Rejected = "rejected",
+    }
+);
+
+/// An outcome event of the library on `bibliomq.events`, published after
+/// the change is committed: `loaned.<branch>`, `renewed.<branch>`,
+/// `returned.<branch>` or `rejected.<operation>.<branch>`. Every event has
+/// every member; those that do not apply are `null`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CirculationEvent {
+    #[serde(rename = "type")]
+    pub event: CirculationEventType,
+    pub operation: OperationKind,
+    pub operation_id: Uuid,
+    pub loan_id: Option<Uuid>,
+    pub branch: String,
+    pub isbn: String,
+    pub patron: String,
+    /// Loans: the loan made.
+    pub loan: Option<super::outcome::LoanMade>,
+    /// Renewals and returns: what changed, or the refusal.
+    pub outcome: Option<super::outcome::Settlement>,
+    /// Refusals: the code and its message.
+    pub reason: Option<String>,
+    pub message: Option<String>,
+    pub correlation_id: String,
+    pub at: DateTime<Utc>,
+}
+
+impl CirculationEvent {
+    /// The routing key it is published with.
+    pub fn routing_key(&self) -> String {
+        match self.event {
+            CirculationEventType::Rejected => {
+                format!("rejected.{}.{}", self.operation, self.branch)
+            }
+            applied => format!("{applied}.{}", self.branch),
         }
     }
 }

@@ -4,8 +4,11 @@
 //! The rules themselves run inside PostgreSQL functions (see
 //! `migrations/0002_library.sql`), one transaction each under row locks, with
 //! the numbers from [`Rules`]; due dates are computed here, in one place.
+//! What the functions answer (codes and data) is typed in [`outcome`], where
+//! the messages are written.
 
 pub mod message;
+pub mod outcome;
 pub mod seed;
 pub mod store;
 
@@ -220,38 +223,9 @@ impl Rules {
     }
 }
 
-/// Rewrites every RFC 3339 timestamp inside `value` the way the rest of the
-/// API writes them (`...Z`). JSON built by PostgreSQL says `+00:00`.
-pub fn normalize_times(value: &mut serde_json::Value) {
-    match value {
-        serde_json::Value::String(s) => {
-            if s.len() >= 20
-                && s.as_bytes().get(10) == Some(&b'T')
-                && let Ok(t) = DateTime::parse_from_rfc3339(s)
-            {
-                *s = t
-                    .with_timezone(&Utc)
-                    .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
-            }
-        }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(normalize_times),
-        serde_json::Value::Object(map) => map.values_mut().for_each(normalize_times),
-        _ => {}
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn timestamps_from_postgres_read_like_the_others() {
-        let mut v =
-            serde_json::json!({"due_at": "2026-12-06T08:51:14.943089+00:00", "title": "Tomo 2"});
-        normalize_times(&mut v);
-        assert_eq!(v["due_at"], "2026-12-06T08:51:14.943089Z");
-        assert_eq!(v["title"], "Tomo 2");
-    }
 
     #[test]
     fn isbn_13_check_digits_are_verified() {

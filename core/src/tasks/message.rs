@@ -22,3 +22,38 @@ impl TaskMessage {
         format!("task.{}", self.action)
     }
 }
+
+/// A task's outcome event on `bibliomq.events`: `task.succeeded`,
+/// `task.failed` or `task.dead`, published once the outcome is recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskEvent {
+    /// `task.<state>`, the routing key too.
+    #[serde(rename = "type")]
+    pub event: String,
+    pub task_id: Uuid,
+    pub action: String,
+    pub state: super::TaskState,
+    pub attempts: i32,
+    pub error: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+impl TaskEvent {
+    pub fn new(
+        message: &TaskMessage,
+        state: super::TaskState,
+        attempts: i32,
+        error: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            event: format!("task.{state}"),
+            task_id: message.id,
+            action: message.action.clone(),
+            state,
+            attempts,
+            error: error.map(str::to_owned),
+            at,
+        }
+    }
+}

@@ -15,7 +15,7 @@ use std::{fmt, str::FromStr, time::Duration};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use message::TaskMessage;
+pub use message::{TaskEvent, TaskMessage};
 
 crate::words::word_enum!(
     "task state",

@@ -3,13 +3,13 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::Value;
-use tokio_postgres::{GenericClient, Row};
+use tokio_postgres::{GenericClient, Row, types::Json};
 use uuid::Uuid;
 
 use crate::library::{
     Rules,
     message::{OperationKind, OperationState},
+    outcome::Settlement,
 };
 
 #[derive(Debug, Clone, Serialize)]
@@ -200,8 +200,8 @@ pub struct OperationView {
     pub branch: String,
     pub requested_at: DateTime<Utc>,
     pub settled_at: Option<DateTime<Utc>>,
-    /// What it did (new due date, ...) or the rejection's message.
-    pub outcome: Option<Value>,
+    /// What it did (new due date, ...) or why it was refused.
+    pub outcome: Option<Settlement>,
 }
 
 pub async fn operation(
@@ -215,7 +215,10 @@ pub async fn operation(
             &[&id],
         )
         .await?;
-    Ok(row.map(|r| OperationView {
+    let Some(r) = row else {
+        return Ok(None);
+    };
+    Ok(Some(OperationView {
         id: r.get(0),
         kind: r.get(1),
         state: r.get(2),
@@ -226,6 +229,6 @@ pub async fn operation(
         branch: r.get(7),
         requested_at: r.get(8),
         settled_at: r.get(9),
-        outcome: r.get(10),
+        outcome: r.try_get::<_, Option<Json<Settlement>>>(10)?.map(|j| j.0),
     }))
 }

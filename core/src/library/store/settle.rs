@@ -5,12 +5,15 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
-use tokio_postgres::{GenericClient, Row};
+use tokio_postgres::{GenericClient, Row, types::Json};
 use uuid::Uuid;
 
 use super::OpenLoan;
-use crate::library::{Rules, message::OperationKind};
+use crate::library::{
+    Rules,
+    message::OperationKind,
+    outcome::{LoanOutcome, Settlement},
+};
 
 /// Withdraws a pending operation that never reached the broker.
 pub async fn delete_pending(
@@ -33,7 +36,7 @@ pub async fn apply_loan(
     now: DateTime<Utc>,
     due: DateTime<Utc>,
     max_loans: i32,
-) -> Result<Value, tokio_postgres::Error> {
+) -> Result<LoanOutcome, tokio_postgres::Error> {
     let row = db
         .query_one(
             "SELECT library_loan($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -51,7 +54,7 @@ pub async fn apply_loan(
             ],
         )
         .await?;
-    Ok(row.get(0))
+    Ok(row.try_get::<_, Json<LoanOutcome>>(0)?.0)
 }
 
 /// Settles a pending renewal; `None` when it was settled already (a duplicate).
@@ -60,7 +63,7 @@ pub async fn apply_renewal(
     op: Uuid,
     now: DateTime<Utc>,
     rules: &Rules,
-) -> Result<Option<Value>, tokio_postgres::Error> {
+) -> Result<Option<Settlement>, tokio_postgres::Error> {
     let extension = rules.renewal_extension.num_seconds();
     let row = db
         .query_one(
@@ -68,7 +71,7 @@ pub async fn apply_renewal(
             &[&op, &now, &extension, &rules.max_renewals],
         )
         .await?;
-    Ok(row.get(0))
+    Ok(row.try_get::<_, Option<Json<Settlement>>>(0)?.map(|j| j.0))
 }
 
 /// Settles a pending return; `None` when it was settled already (a duplicate).
@@ -76,11 +79,11 @@ pub async fn apply_return(
     db: &impl GenericClient,
     op: Uuid,
     now: DateTime<Utc>,
-) -> Result<Option<Value>, tokio_postgres::Error> {
+) -> Result<Option<Settlement>, tokio_postgres::Error> {
     let row = db
         .query_one("SELECT library_return($1, $2)", &[&op, &now])
         .await?;
-    Ok(row.get(0))
+    Ok(row.try_get::<_, Option<Json<Settlement>>>(0)?.map(|j| j.0))
 }
 
 /// One loan request, as the batch function takes it.
@@ -103,7 +106,7 @@ pub async fn apply_loans(
     now: DateTime<Utc>,
     due: DateTime<Utc>,
     max_loans: i32,
-) -> Result<Vec<Value>, tokio_postgres::Error> {
+) -> Result<Vec<LoanOutcome>, tokio_postgres::Error> {
     let ops: Vec<Uuid> = items.iter().map(|i| i.op).collect();
     let keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
     let fingerprints: Vec<&str> = items.iter().map(|i| i.fingerprint.as_str()).collect();
@@ -133,10 +136,16 @@ pub async fn apply_loans(
             ],
         )
         .await?;
-    let mut by_op: HashMap<Uuid, Value> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let mut by_op = HashMap::with_capacity(rows.len());
+    for r in &rows {
+        let Json(outcome) = r.try_get::<_, Json<LoanOutcome>>(1)?;
+        by_op.insert(r.try_get::<_, Uuid>(0)?, outcome);
+    }
+    // Every item has its row; one missing would be our bug, answered as an
+    // error the caller may retry rather than as a loan.
     Ok(ops
         .iter()
-        .map(|op| by_op.remove(op).unwrap_or(Value::Null))
+        .map(|op| by_op.remove(op).unwrap_or(LoanOutcome::Error))
         .collect())
 }
 
@@ -147,7 +156,7 @@ pub async fn apply_renewals(
     ops: &[Uuid],
     now: DateTime<Utc>,
     rules: &Rules,
-) -> Result<Vec<Option<Value>>, tokio_postgres::Error> {
+) -> Result<Vec<Option<Settlement>>, tokio_postgres::Error> {
     let extension = rules.renewal_extension.num_seconds();
     let statement = db
         .prepare_cached(
@@ -157,7 +166,7 @@ pub async fn apply_renewals(
     let rows = db
         .query(&statement, &[&ops, &now, &extension, &rules.max_renewals])
         .await?;
-    Ok(in_order(ops, &rows))
+    in_order(ops, &rows)
 }
 
 /// Settles many returns in one transaction, like [`apply_renewals`].
@@ -165,18 +174,21 @@ pub async fn apply_returns(
     db: &deadpool_postgres::Client,
     ops: &[Uuid],
     now: DateTime<Utc>,
-) -> Result<Vec<Option<Value>>, tokio_postgres::Error> {
+) -> Result<Vec<Option<Settlement>>, tokio_postgres::Error> {
     let statement = db
         .prepare_cached("SELECT op, outcome FROM library_return_batch($1, $2)")
         .await?;
     let rows = db.query(&statement, &[&ops, &now]).await?;
-    Ok(in_order(ops, &rows))
+    in_order(ops, &rows)
 }
 
-fn in_order(ops: &[Uuid], rows: &[Row]) -> Vec<Option<Value>> {
-    let mut by_op: HashMap<Uuid, Option<Value>> =
-        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    ops.iter().map(|op| by_op.remove(op).flatten()).collect()
+fn in_order(ops: &[Uuid], rows: &[Row]) -> Result<Vec<Option<Settlement>>, tokio_postgres::Error> {
+    let mut by_op = HashMap::with_capacity(rows.len());
+    for r in rows {
+        let outcome = r.try_get::<_, Option<Json<Settlement>>>(1)?;
+        by_op.insert(r.try_get::<_, Uuid>(0)?, outcome.map(|j| j.0));
+    }
+    Ok(ops.iter().map(|op| by_op.remove(op).flatten()).collect())
 }
 
 /// A renewal or return to record as `pending`: the loan by id, or by ISBN
