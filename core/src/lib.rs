@@ -21,9 +21,11 @@
 //! - [`metrics`]: Prometheus counters and histograms, one set per process.
 //! - [`ops`]: `/metrics`, `/healthz`, `/readyz`, and the small server that
 //!   serves them for processes without an HTTP API of their own.
+//! - [`answers`]: the HTTP API's answers, one struct each.
 //! - [`error`]: the command layer's errors (caller's mistake vs our failure).
 //! - [`words`]: enums that travel as fixed words (states, outcomes).
 
+pub mod answers;
 pub mod batch;
 pub mod broker;
 pub mod clock;

@@ -8,9 +8,12 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use bibliomq_core::commands::{CirculationRequest, LoanRequest, OperationAccepted};
+use bibliomq_core::{
+    answers::{BookSearch, BranchList, OperationAcceptedAnswer},
+    commands::{CirculationRequest, LoanRequest, OperationAccepted},
+    library::store::{BookView, LoanView, OperationView, PatronLoans},
+};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::Routes;
 use crate::{
@@ -99,9 +102,9 @@ async fn loan(
 async fn show_loan(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<LoanView>, ApiError> {
     let id = super::parse_uuid(&id, "a loan id", "invalid_loan_id")?;
-    Ok(Json(json!(state.commands.loan_view(id).await?)))
+    Ok(Json(state.commands.loan_view(id).await?))
 }
 
 #[derive(Deserialize)]
@@ -124,10 +127,9 @@ impl From<CirculationBody> for CirculationRequest {
     }
 }
 
-fn accepted(op: &OperationAccepted) -> Response {
-    let location = format!("/v1/operations/{}", op.operation_id);
-    let mut body = json!(op);
-    body["links"] = json!({ "self": location });
+fn accepted(op: OperationAccepted) -> Response {
+    let body = OperationAcceptedAnswer::from(op);
+    let location = body.links.this.clone();
     let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, v);
@@ -143,7 +145,7 @@ async fn renew(
     JsonBody(body): JsonBody<CirculationBody>,
 ) -> Result<Response, ApiError> {
     let op = state.commands.renew(body.into(), &correlation_id).await?;
-    Ok(accepted(&op))
+    Ok(accepted(op))
 }
 
 /// `202 Accepted`: the return is queued (`return.<branch>`).
@@ -156,22 +158,22 @@ async fn return_loan(
         .commands
         .return_loan(body.into(), &correlation_id)
         .await?;
-    Ok(accepted(&op))
+    Ok(accepted(op))
 }
 
 async fn operation(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OperationView>, ApiError> {
     let id = super::parse_uuid(&id, "an operation id", "invalid_operation_id")?;
-    Ok(Json(json!(state.commands.operation(id).await?)))
+    Ok(Json(state.commands.operation(id).await?))
 }
 
 async fn book(
     State(state): State<AppState>,
     Path(isbn): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(state.commands.book(&isbn).await?)))
+) -> Result<Json<BookView>, ApiError> {
+    Ok(Json(state.commands.book(&isbn).await?))
 }
 
 #[derive(Deserialize)]
@@ -186,11 +188,11 @@ struct SearchQuery {
 async fn search(
     State(state): State<AppState>,
     QueryParams(q): QueryParams<SearchQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BookSearch>, ApiError> {
     let query = q.title.or(q.q).unwrap_or_default();
     let limit = super::parse_limit(q.limit.as_deref())?;
     let books = state.commands.search_books(&query, limit).await?;
-    Ok(Json(json!({ "query": query, "books": books })))
+    Ok(Json(BookSearch { query, books }))
 }
 
 #[derive(Deserialize)]
@@ -204,21 +206,15 @@ async fn patron_loans(
     State(state): State<AppState>,
     Path(id): Path<String>,
     QueryParams(q): QueryParams<PatronLoansQuery>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(
+) -> Result<Json<PatronLoans>, ApiError> {
+    Ok(Json(
         state
             .commands
             .patron_loans(&id, q.all.unwrap_or(false))
-            .await?
-    )))
+            .await?,
+    ))
 }
 
-async fn branches(State(state): State<AppState>) -> Json<Value> {
-    let list: Vec<Value> = state
-        .commands
-        .branches()
-        .iter()
-        .map(|b| json!({"code": b.code, "name": b.name}))
-        .collect();
-    Json(json!({ "branches": list }))
+async fn branches(State(state): State<AppState>) -> Json<BranchList> {
+    Json(BranchList::from(state.commands.branches()))
 }

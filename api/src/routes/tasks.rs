@@ -9,8 +9,8 @@ use axum::{
     routing::get,
 };
 use bibliomq_core::{
-    commands::SubmittedTask,
-    tasks::{TaskState, store::TaskRecord},
+    answers::{TaskAccepted, TaskAnswer, TaskList},
+    tasks::TaskState,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -50,33 +50,11 @@ async fn submit(
         .submit_task(&req.action, req.payload, &correlation_id)
         .await?;
     let location = format!("/v1/tasks/{}", submitted.id);
-    let mut response = (StatusCode::ACCEPTED, Json(accepted_body(&submitted))).into_response();
+    let mut response = (StatusCode::ACCEPTED, Json(TaskAccepted::from(&submitted))).into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, v);
     }
     Ok(response)
-}
-
-fn accepted_body(t: &SubmittedTask) -> Value {
-    json!({
-        "id": t.id,
-        "action": t.action,
-        "state": t.state,
-        "links": links(t.id),
-    })
-}
-
-fn links(id: Uuid) -> Value {
-    json!({
-        "self": format!("/v1/tasks/{id}"),
-        "result": format!("/v1/tasks/{id}/result"),
-    })
-}
-
-fn task_json(t: &TaskRecord) -> Value {
-    let mut v = serde_json::to_value(t).unwrap_or_else(|_| json!({}));
-    v["links"] = links(t.id);
-    v
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
@@ -86,9 +64,9 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
 async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TaskAnswer>, ApiError> {
     let task = state.commands.task(parse_id(&id)?).await?;
-    Ok(Json(task_json(&task)))
+    Ok(Json(task.into()))
 }
 
 #[derive(Deserialize)]
@@ -103,7 +81,7 @@ struct ListQuery {
 async fn list(
     State(state): State<AppState>,
     QueryParams(q): QueryParams<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TaskList>, ApiError> {
     let limit = super::parse_limit(q.limit.as_deref())?;
     let before = q.before.as_deref().map(parse_id).transpose()?;
     let tasks = state
@@ -113,10 +91,10 @@ async fn list(
     let next = (tasks.len() as i64 == limit.unwrap_or(50))
         .then(|| tasks.last().map(|t| t.id))
         .flatten();
-    Ok(Json(json!({
-        "tasks": tasks.iter().map(task_json).collect::<Vec<_>>(),
-        "next_before": next,
-    })))
+    Ok(Json(TaskList {
+        tasks: tasks.into_iter().map(TaskAnswer::from).collect(),
+        next_before: next,
+    }))
 }
 
 #[derive(Deserialize)]

@@ -18,8 +18,8 @@ use axum::{
 };
 use bibliomq_core::broker::{events::EventMessage, topology};
 use futures::{Stream, StreamExt, stream};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::{AppState, error::ApiError, extract::QueryParams, routing::Routes};
 
@@ -99,7 +99,7 @@ async fn stream_events(
         })?;
     let ready = Event::default()
         .event("ready")
-        .data(json!({ "keys": keys }).to_string());
+        .data(to_line(&StreamReady { keys: &keys }));
     let events = stream::unfold(rx, |mut rx| async move {
         let message = rx.recv().await?;
         Some((Ok(to_event(&message)), rx))
@@ -110,10 +110,32 @@ async fn stream_events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
+/// The data of the stream's first event, `ready`: the patterns followed.
+#[derive(Serialize)]
+struct StreamReady<'a> {
+    keys: &'a [String],
+}
+
+/// The data of every other event: its routing key and its body (JSON, or
+/// the text when the body is not JSON).
+#[derive(Serialize)]
+struct StreamEvent<'a> {
+    routing_key: &'a str,
+    event: Value,
+}
+
+fn to_line(data: &impl Serialize) -> String {
+    // Plain structs of strings and JSON values always serialise.
+    serde_json::to_string(data).unwrap_or_default()
+}
+
 fn to_event(message: &EventMessage) -> Event {
     let event = serde_json::from_slice::<Value>(&message.body)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&message.body).into_owned()));
-    Event::default().data(json!({ "routing_key": message.routing_key, "event": event }).to_string())
+    Event::default().data(to_line(&StreamEvent {
+        routing_key: &message.routing_key,
+        event,
+    }))
 }
 
 #[cfg(test)]

@@ -11,9 +11,9 @@ use axum::{
     routing::get,
 };
 use bibliomq_core::storage::{ObjectInfo, StorageError};
+use chrono::{DateTime, Utc};
 use percent_encoding::utf8_percent_encode;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use super::PATH;
 use crate::{AppState, error::ApiError, extract::QueryParams, routing::Routes};
@@ -59,13 +59,39 @@ fn unavailable(e: StorageError) -> ApiError {
     }
 }
 
-fn object_json(o: &ObjectInfo) -> Value {
-    json!({
-        "key": o.key,
-        "size": o.size,
-        "last_modified": o.last_modified,
-        "download": format!("/v1/objects/{}", utf8_percent_encode(&o.key, PATH)),
-    })
+/// One object of a listing, with where to download it.
+#[derive(Debug, Serialize)]
+pub struct ObjectEntry {
+    pub key: String,
+    pub size: i64,
+    pub last_modified: Option<DateTime<Utc>>,
+    pub download: String,
+}
+
+impl From<&ObjectInfo> for ObjectEntry {
+    fn from(o: &ObjectInfo) -> Self {
+        Self {
+            key: o.key.clone(),
+            size: o.size,
+            last_modified: o.last_modified,
+            download: format!("/v1/objects/{}", utf8_percent_encode(&o.key, PATH)),
+        }
+    }
+}
+
+/// A page of `GET /v1/objects`. Newest-first pages also say how many keys
+/// were scanned and whether that was all of them.
+#[derive(Debug, Serialize)]
+pub struct ObjectPage {
+    pub bucket: String,
+    pub prefix: String,
+    pub order: &'static str,
+    pub objects: Vec<ObjectEntry>,
+    pub next_cursor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scanned: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scan_complete: Option<bool>,
 }
 
 /// A page of objects under `prefix`: by key (S3's own order, paged from the
@@ -74,7 +100,7 @@ fn object_json(o: &ObjectInfo) -> Value {
 async fn list(
     State(state): State<AppState>,
     QueryParams(q): QueryParams<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ObjectPage>, ApiError> {
     let prefix = q.prefix.unwrap_or_default();
     let limit = q.limit.unwrap_or(50);
     if !(1..=MAX_LIMIT).contains(&limit) {
@@ -96,13 +122,15 @@ async fn list(
                 .truncated
                 .then(|| page.objects.last().map(|o| o.key.clone()))
                 .flatten();
-            Ok(Json(json!({
-                "bucket": store.bucket(),
-                "prefix": prefix,
-                "order": "key",
-                "objects": page.objects.iter().map(object_json).collect::<Vec<_>>(),
-                "next_cursor": next,
-            })))
+            Ok(Json(ObjectPage {
+                bucket: store.bucket().to_owned(),
+                prefix,
+                order: "key",
+                objects: page.objects.iter().map(ObjectEntry::from).collect(),
+                next_cursor: next,
+                scanned: None,
+                scan_complete: None,
+            }))
         }
         "newest" => {
             let offset = match q.cursor.as_deref() {
@@ -123,22 +151,22 @@ async fn list(
                     .then_with(|| b.key.cmp(&a.key))
             });
             let limit = usize::try_from(limit).unwrap_or(50);
-            let page: Vec<Value> = all
+            let page: Vec<ObjectEntry> = all
                 .iter()
                 .skip(offset)
                 .take(limit)
-                .map(object_json)
+                .map(ObjectEntry::from)
                 .collect();
             let next = (offset + limit < all.len()).then(|| (offset + limit).to_string());
-            Ok(Json(json!({
-                "bucket": store.bucket(),
-                "prefix": prefix,
-                "order": "newest",
-                "objects": page,
-                "next_cursor": next,
-                "scanned": all.len(),
-                "scan_complete": complete,
-            })))
+            Ok(Json(ObjectPage {
+                bucket: store.bucket().to_owned(),
+                prefix,
+                order: "newest",
+                objects: page,
+                next_cursor: next,
+                scanned: Some(all.len()),
+                scan_complete: Some(complete),
+            }))
         }
         other => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -1,0 +1,130 @@
+//! The HTTP API's answers, one struct each, built from the command layer's
+//! types. Handlers return these (never JSON built by hand), so what a
+//! client gets is what these types say.
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::{
+    commands::{OperationAccepted, SubmittedTask},
+    config::Branch,
+    library::store::BookSummary,
+    tasks::{Action, TaskState, store::TaskRecord},
+};
+
+/// Where to follow a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TaskLinks {
+    #[serde(rename = "self")]
+    pub this: String,
+    pub result: String,
+}
+
+impl TaskLinks {
+    pub fn of(id: Uuid) -> Self {
+        Self {
+            this: format!("/v1/tasks/{id}"),
+            result: format!("/v1/tasks/{id}/result"),
+        }
+    }
+}
+
+/// `202` to `POST /v1/tasks`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskAccepted {
+    pub id: Uuid,
+    pub action: Action,
+    pub state: TaskState,
+    pub links: TaskLinks,
+}
+
+impl From<&SubmittedTask> for TaskAccepted {
+    fn from(t: &SubmittedTask) -> Self {
+        Self {
+            id: t.id,
+            action: t.action,
+            state: t.state,
+            links: TaskLinks::of(t.id),
+        }
+    }
+}
+
+/// A task, with its links: `GET /v1/tasks/{id}` and each item of a list.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskAnswer {
+    #[serde(flatten)]
+    pub task: TaskRecord,
+    pub links: TaskLinks,
+}
+
+impl From<TaskRecord> for TaskAnswer {
+    fn from(task: TaskRecord) -> Self {
+        let links = TaskLinks::of(task.id);
+        Self { task, links }
+    }
+}
+
+/// `GET /v1/tasks`: newest first; `next_before` pages on (absent on the last page).
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskList {
+    pub tasks: Vec<TaskAnswer>,
+    pub next_before: Option<Uuid>,
+}
+
+/// Where to follow an operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OperationLinks {
+    #[serde(rename = "self")]
+    pub this: String,
+}
+
+/// `202` to `POST /v1/renewals` and `POST /v1/returns`.
+#[derive(Debug, Clone, Serialize)]
+pub struct OperationAcceptedAnswer {
+    #[serde(flatten)]
+    pub accepted: OperationAccepted,
+    pub links: OperationLinks,
+}
+
+impl From<OperationAccepted> for OperationAcceptedAnswer {
+    fn from(accepted: OperationAccepted) -> Self {
+        let links = OperationLinks {
+            this: format!("/v1/operations/{}", accepted.operation_id),
+        };
+        Self { accepted, links }
+    }
+}
+
+/// `GET /v1/books?title=`: the words searched for and the titles found.
+#[derive(Debug, Clone, Serialize)]
+pub struct BookSearch {
+    pub query: String,
+    pub books: Vec<BookSummary>,
+}
+
+/// One branch: its code and name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BranchAnswer {
+    pub code: String,
+    pub name: String,
+}
+
+/// `GET /v1/branches`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BranchList {
+    pub branches: Vec<BranchAnswer>,
+}
+
+impl From<&[Branch]> for BranchList {
+    fn from(branches: &[Branch]) -> Self {
+        Self {
+            branches: branches
+                .iter()
+                .map(|b| BranchAnswer {
+                    code: b.code.clone(),
+                    name: b.name.clone(),
+                })
+                .collect(),
+        }
+    }
+}
