@@ -4,7 +4,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod browser;
+mod cluster;
+mod contract;
 mod edge;
+mod failover;
 mod library;
 mod openapi;
 mod ops;
