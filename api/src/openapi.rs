@@ -19,25 +19,72 @@
 
 use std::sync::LazyLock;
 
-use axum::{Json, routing::get};
+use axum::{Json, extract::State, routing::get};
 use bibliomq_core::{
     broker::topology::EVENTS_EXCHANGE,
     commands::{CIRCULATION_MAX_MINUTES, SEARCH_MAX_LIMIT, SEARCH_MAX_WORDS},
-    tasks::{Action, TaskState},
+    tasks::{Action, FIB_MAX, PRIMES_MAX, SLEEP_MAX_MS, SUM_MAX_ITEMS, TaskState},
 };
 use serde_json::{Map, Value, json};
 
-use crate::routing::Routes;
 use crate::ui::{events, objects};
+use crate::{AppState, routing::Routes};
 
 pub fn routes() -> Routes {
     Routes::new().route("/openapi.json", get(serve))
 }
 
-async fn serve() -> Json<Value> {
-    // Built once: it never changes while the process runs.
+async fn serve(State(state): State<AppState>) -> Json<Value> {
+    // The fixed part is built once; the configured branches go in per answer.
     static DOCUMENT: LazyLock<Value> = LazyLock::new(document);
-    Json(DOCUMENT.clone())
+    let branches: Vec<&str> = state
+        .settings
+        .library
+        .branches
+        .iter()
+        .map(|b| b.code.as_str())
+        .collect();
+    Json(with_branches(DOCUMENT.clone(), &branches))
+}
+
+/// The document with `branch` in request bodies limited to the configured
+/// branch codes, as the server limits it.
+pub fn with_branches(mut doc: Value, branches: &[&str]) -> Value {
+    for schema in ["LoanRequest", "CirculationRequest"] {
+        if let Some(branch) =
+            doc.pointer_mut(&format!("/components/schemas/{schema}/properties/branch"))
+        {
+            branch["enum"] = json!(branches);
+        }
+    }
+    doc
+}
+
+/// What `Isbn::parse` takes, short of the check digit (which a pattern
+/// cannot say): an ISBN-13 starting 978 or 979, or an ISBN-10, hyphens
+/// allowed between digits.
+const ISBN_PATTERN: &str = "^(97[89](-?[0-9]){10}|[0-9](-?[0-9]){8}-?[0-9Xx])$";
+
+/// White space as Rust's `trim` and `split_whitespace` read it, for a
+/// regex character class (a regex's `\s` differs from it in two characters).
+const SPACE: &str =
+    "\\t\\n\\u000b\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000";
+
+/// Text PostgreSQL can store: no U+0000.
+const NO_NUL: &str = "^[^\\u0000]*$";
+
+/// What `PatronId::parse` takes.
+const PATRON_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$";
+
+/// An ISBN: the pattern says its digits; the format `isbn` says its check
+/// digit is right too (a format JSON Schema validators pass over, which the
+/// contract fuzzer is taught in `testkit/tests/e2e/schemathesis_hooks.py`).
+fn isbn() -> Value {
+    json!({"type": "string", "format": "isbn", "pattern": ISBN_PATTERN})
+}
+
+fn patron() -> Value {
+    json!({"type": "string", "pattern": PATRON_PATTERN})
 }
 
 /// The document, as served.
@@ -228,7 +275,7 @@ fn health_paths() -> (Value, Value, Value, Value) {
 }
 
 fn task_paths() -> (Value, Value, Value) {
-    let id = path_param("id", "The task id.", json!({"type": "string"}));
+    let id = path_param("id", "The task id.", uuid());
     let actions: Vec<&str> = Action::ALL.iter().map(|a| a.as_str()).collect();
     let collection = json!({
         "post": v1(json!({
@@ -306,7 +353,7 @@ fn loan_paths() -> (Value, Value) {
         "parameters": [{
             "name": "Idempotency-Key", "in": "header", "required": false,
             "description": "Your key for safe retries: the same key answers with the same loan (`replayed`). One is made when absent and returned.",
-            "schema": {"type": "string", "minLength": 1, "maxLength": 200}
+            "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[!-~]+$"}
         }],
         "requestBody": body("LoanRequest"),
         "responses": {
@@ -330,7 +377,7 @@ fn loan_paths() -> (Value, Value) {
     let one = json!({"get": v1(json!({
         "tags": ["library"], "operationId": "getLoan",
         "summary": "A loan",
-        "parameters": [path_param("id", "The loan id.", json!({"type": "string"}))],
+        "parameters": [path_param("id", "The loan id.", uuid())],
         "responses": {
             "200": ok("The loan.", "Loan"),
             "400": error("The id is not a UUID (`invalid_loan_id`)."),
@@ -366,7 +413,7 @@ fn circulation_paths() -> (Value, Value, Value) {
     let operation = json!({"get": v1(json!({
         "tags": ["library"], "operationId": "getOperation",
         "summary": "A renewal's or return's state and outcome",
-        "parameters": [path_param("id", "The operation id.", json!({"type": "string"}))],
+        "parameters": [path_param("id", "The operation id.", uuid())],
         "responses": {
             "200": ok("`pending`, then `applied` (with `outcome`) or `rejected` (with `reason`).", "Operation"),
             "400": error("The id is not a UUID (`invalid_operation_id`)."),
@@ -386,8 +433,16 @@ fn catalogue_paths() -> (Value, Value, Value, Value) {
         "tags": ["library"], "operationId": "searchBooks",
         "summary": "Titles containing every word, ignoring case and accents",
         "parameters": [
-            query_param("title", &format!("1 to {SEARCH_MAX_WORDS} words of the title."), json!({"type": "string"})),
-            query_param("q", "The same as `title`.", json!({"type": "string"})),
+            {
+                "name": "title", "in": "query", "required": true,
+                "description": format!("1 to {SEARCH_MAX_WORDS} words of the title (up to 100 characters each)."),
+                "schema": search_words()
+            },
+            {
+                "name": "q", "in": "query", "required": false, "deprecated": true,
+                "description": "The same as `title`, which wins when both are given.",
+                "schema": search_words()
+            },
             query_param("limit", &format!("At most this many (1 to {SEARCH_MAX_LIMIT}, default 20)."), json!({"type": "integer", "minimum": 1, "maximum": SEARCH_MAX_LIMIT}))
         ],
         "responses": {
@@ -400,7 +455,7 @@ fn catalogue_paths() -> (Value, Value, Value, Value) {
     let book = json!({"get": v1(json!({
         "tags": ["library"], "operationId": "getBook",
         "summary": "A title, its copies per branch and when the next one is due back",
-        "parameters": [path_param("isbn", "ISBN-13 (or ISBN-10; hyphens allowed).", json!({"type": "string"}))],
+        "parameters": [path_param("isbn", "ISBN-13 (or ISBN-10; hyphens allowed).", isbn())],
         "responses": {
             "200": ok("The title.", "Book"),
             "404": error("Not in the catalogue (`title_not_found`)."),
@@ -412,7 +467,7 @@ fn catalogue_paths() -> (Value, Value, Value, Value) {
         "tags": ["library"], "operationId": "getPatronLoans",
         "summary": "A patron's loans, soonest due first",
         "parameters": [
-            path_param("id", "The patron id.", json!({"type": "string"})),
+            path_param("id", "The patron id.", patron()),
             query_param("all", "Returned loans too.", json!({"type": "boolean"}))
         ],
         "responses": {
@@ -504,19 +559,19 @@ fn object_paths() -> (Value, Value) {
         "summary": "Objects in the results bucket, a page at a time",
         "description": "Only keys under the server's BIBLIOMQ_S3_KEY_PREFIX are listed, and they are shown without it.",
         "parameters": [
-            query_param("prefix", "Only keys starting with this (after the server's own prefix), such as `results/2025/05/`.", json!({"type": "string"})),
+            query_param("prefix", "Only keys starting with this (after the server's own prefix), such as `results/2025/05/`; no control characters.", plain_text()),
             query_param(
                 "order",
                 &format!("`key` (the default: S3's own order) or `newest` (last modified first, from a scan of at most {} keys: narrow it with `prefix`).", objects::NEWEST_SCAN),
                 json!({"type": "string", "enum": ["key", "newest"]})
             ),
             query_param("limit", &format!("At most this many (1 to {}, default 50).", objects::MAX_LIMIT), json!({"type": "integer", "minimum": 1, "maximum": objects::MAX_LIMIT})),
-            query_param("cursor", "Page on: `next_cursor` of the previous page, with the same `prefix` and `order`.", json!({"type": "string"}))
+            query_param("cursor", "Page on: `next_cursor` of the previous page, with the same `prefix` and `order` (empty: the first page).", plain_text())
         ],
         "responses": {
             "200": ok("A page of objects.", "ObjectList"),
             "400": error("An unknown parameter, or `limit` not a whole number (`invalid_query`)."),
-            "422": error("A bad `limit`, `order` or `cursor` (`invalid_limit`, `invalid_order`, `invalid_cursor`), with `field`."),
+            "422": error("A bad `limit`, `order`, `prefix` or `cursor` (`invalid_limit`, `invalid_order`, `invalid_prefix`, `invalid_cursor`), with `field`."),
             "503": unavailable()
         }
     }))});
@@ -552,6 +607,73 @@ fn nullable(schema: Value) -> Value {
         s["type"] = json!([t, "null"]);
     }
     s
+}
+
+/// What a title search takes: 1 to `SEARCH_MAX_WORDS` words of up to 100
+/// characters, split on white space as Rust's `split_whitespace` reads it
+/// (spelled out: a regex's `\s` differs from it in two characters).
+fn search_words() -> Value {
+    let space = SPACE;
+    let word = format!("[^{space}\\u0000-\\u001f\\u007f-\\u009f]{{1,100}}");
+    json!({
+        "type": "string",
+        "pattern": format!("^[{space}]*{word}([{space}]+{word}){{0,{}}}[{space}]*$", SEARCH_MAX_WORDS - 1)
+    })
+}
+
+/// What `TaskRequest::parse` takes for one action, as a branch of the
+/// submission's `oneOf`. Stricter than the parser where a schema cannot say
+/// exactly what it takes (numbers in `sum`, the CSV of `report`).
+fn payload_of(action: Action) -> Value {
+    let number = "-?[0-9]{1,15}(\\.[0-9]{1,15})?";
+    let text = json!({"type": "string", "pattern": NO_NUL});
+    let schema = match action {
+        Action::Echo => schema_ref("JsonWithoutNul"),
+        Action::Upper => text.clone(),
+        Action::Sum => json!({"anyOf": [
+            {"type": "string", "pattern": format!("^\\s*{number}(\\s*[,;]\\s*{number})*\\s*$")},
+            {"type": "array", "minItems": 1, "maxItems": SUM_MAX_ITEMS, "items": {"anyOf": [
+                {"type": "integer", "minimum": -999_999_999_999_999_i64, "maximum": 999_999_999_999_999_i64},
+                {"type": "string", "pattern": format!("^{number}$")}
+            ]}}
+        ]}),
+        Action::Fib => json!({"type": "integer", "minimum": 0, "maximum": FIB_MAX}),
+        Action::Sleep => json!({"type": "integer", "minimum": 0, "maximum": SLEEP_MAX_MS}),
+        Action::Greet => {
+            let name = json!({"type": "string", "maxLength": 100,
+                "pattern": format!("^[{SPACE}]*[^{SPACE}\\u0000][^\\u0000]{{0,99}}$")});
+            json!({"anyOf": [
+                name,
+                {"type": "object", "required": ["name"], "additionalProperties": false,
+                 "properties": {"name": name, "language": {"type": "string", "enum": ["en", "es"]}}}
+            ]})
+        }
+        Action::Primes => json!({"type": "integer", "minimum": 2, "maximum": PRIMES_MAX}),
+        Action::Wordcount => {
+            json!({"type": "string", "allOf": [{"pattern": format!("[^{SPACE}]")}, {"pattern": NO_NUL}]})
+        }
+        Action::Report => json!({
+            "type": "object", "required": ["csv", "group_by"], "additionalProperties": false,
+            "properties": {
+                "csv": {"type": "string", "pattern": NO_NUL, "description": "A header line naming `group_by` (and `sum`), then rows; `sum`'s column holds numbers."},
+                "group_by": {"type": "string", "minLength": 1, "pattern": NO_NUL},
+                "sum": {"type": "string", "minLength": 1, "pattern": NO_NUL}
+            }
+        }),
+    };
+    let mut required = vec!["action"];
+    if action != Action::Echo {
+        required.push("payload");
+    }
+    json!({
+        "required": required,
+        "properties": {"action": {"const": action.as_str()}, "payload": schema}
+    })
+}
+
+/// Text without control characters.
+fn plain_text() -> Value {
+    json!({"type": "string", "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"})
 }
 
 fn string() -> Value {
@@ -624,6 +746,18 @@ fn schemas() -> Value {
             &[],
         ),
     );
+    add(
+        "JsonWithoutNul",
+        json!({
+            "description": "Any JSON value without the character U+0000 in a string or key (the database cannot store it).",
+            "anyOf": [
+                {"type": ["null", "boolean", "number"]},
+                {"type": "string", "pattern": NO_NUL},
+                {"type": "array", "items": schema_ref("JsonWithoutNul")},
+                {"type": "object", "propertyNames": {"pattern": NO_NUL}, "additionalProperties": schema_ref("JsonWithoutNul")}
+            ]
+        }),
+    );
     task_schemas(&mut add);
     library_schemas(&mut add);
     web_schemas(&mut add);
@@ -643,7 +777,8 @@ fn task_schemas(add: &mut impl FnMut(&str, Value)) {
             "properties": {
                 "action": action,
                 "payload": {"description": "What the action works on, e.g. `\"1,2,3\"` for sum, `30` for fib, a string for upper."}
-            }
+            },
+            "oneOf": Action::ALL.iter().map(|a| payload_of(*a)).collect::<Vec<_>>()
         }),
     );
     add(
@@ -709,8 +844,14 @@ fn library_schemas(add: &mut impl FnMut(&str, Value)) {
             "required": ["patron", "branch"],
             "additionalProperties": false,
             "description": "Give `isbn` or `title`, not both.",
+            "oneOf": [
+                {"required": ["isbn"], "not": {"required": ["title"]}},
+                {"required": ["title"], "not": {"required": ["isbn"]}}
+            ],
             "properties": {
-                "isbn": string(), "title": string(), "patron": string(),
+                "isbn": isbn(),
+                "title": {"type": "string", "minLength": 1, "maxLength": 300, "pattern": format!("^[^\\u0000-\\u001f\\u007f-\\u009f]*[^{SPACE}\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$")},
+                "patron": patron(),
                 "branch": {"type": "string", "description": "A branch code, see /v1/branches."}
             }
         }),
@@ -755,7 +896,14 @@ fn library_schemas(add: &mut impl FnMut(&str, Value)) {
             "required": ["branch"],
             "additionalProperties": false,
             "description": "Give `loan_id`, or `isbn` and `patron`.",
-            "properties": {"loan_id": string(), "isbn": string(), "patron": string(), "branch": string()}
+            "oneOf": [
+                {"required": ["loan_id"], "not": {"anyOf": [{"required": ["isbn"]}, {"required": ["patron"]}]}},
+                {"required": ["isbn", "patron"], "not": {"required": ["loan_id"]}}
+            ],
+            "properties": {
+                "loan_id": uuid(), "isbn": isbn(), "patron": patron(),
+                "branch": {"type": "string", "description": "A branch code, see /v1/branches."}
+            }
         }),
     );
     add(

@@ -41,6 +41,24 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
+/// Keys have no control characters; object storage refuses listings that
+/// ask for them, so they are refused here, as the caller's mistake.
+fn plain_text(text: &str, field: &'static str) -> Result<(), ApiError> {
+    if text.chars().any(char::is_control) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            if field == "cursor" {
+                "invalid_cursor"
+            } else {
+                "invalid_prefix"
+            },
+            format!("`{field}` cannot hold control characters"),
+        )
+        .with_field(field));
+    }
+    Ok(())
+}
+
 fn unavailable(e: StorageError) -> ApiError {
     match e {
         StorageError::NotFound => ApiError::new(
@@ -102,6 +120,12 @@ async fn list(
     QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<ObjectPage>, ApiError> {
     let prefix = q.prefix.unwrap_or_default();
+    plain_text(&prefix, "prefix")?;
+    // An empty cursor is the first page, as no cursor is.
+    let cursor = q.cursor.filter(|c| !c.is_empty());
+    if let Some(c) = &cursor {
+        plain_text(c, "cursor")?;
+    }
     let limit = q.limit.unwrap_or(50);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::new(
@@ -115,7 +139,7 @@ async fn list(
     match q.order.as_deref().unwrap_or("key") {
         "key" => {
             let page = store
-                .list(&prefix, q.cursor.as_deref(), limit)
+                .list(&prefix, cursor.as_deref(), limit)
                 .await
                 .map_err(unavailable)?;
             let next = page
@@ -133,7 +157,7 @@ async fn list(
             }))
         }
         "newest" => {
-            let offset = match q.cursor.as_deref() {
+            let offset = match cursor.as_deref() {
                 None => 0,
                 Some(c) => c.parse::<usize>().map_err(|_| {
                     ApiError::new(

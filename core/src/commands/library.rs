@@ -206,7 +206,7 @@ impl Commands {
 
     async fn resolve_title(&self, title: &str) -> Result<Isbn, CommandError> {
         let title = title.trim();
-        if title.is_empty() || title.chars().count() > 300 {
+        if title.is_empty() || title.chars().count() > 300 || title.chars().any(char::is_control) {
             return Err(Invalid::field(
                 "invalid_title",
                 "title",
@@ -433,7 +433,9 @@ impl Commands {
         let words: Vec<String> = query.split_whitespace().map(str::to_owned).collect();
         if words.is_empty()
             || words.len() > SEARCH_MAX_WORDS
-            || words.iter().any(|w| w.chars().count() > 100)
+            || words
+                .iter()
+                .any(|w| w.chars().count() > 100 || w.chars().any(char::is_control))
         {
             return Err(Invalid::field(
                 "invalid_query",

@@ -18,6 +18,17 @@ use crate::{
     },
 };
 
+/// True when a string or key anywhere in `value` holds U+0000, which
+/// PostgreSQL's `jsonb` cannot store.
+fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
+}
+
 /// Group-commits the `queued` rows of submissions arriving at the same time.
 pub type TaskInserter = Batcher<NewTask, (), DbFailure>;
 
@@ -54,6 +65,14 @@ impl Commands {
         correlation_id: &str,
     ) -> Result<SubmittedTask, CommandError> {
         let action: Action = action.parse()?;
+        if holds_nul(&payload) {
+            return Err(Invalid::field(
+                "invalid_payload",
+                "payload",
+                "the payload cannot hold the character U+0000 (the database cannot store it)",
+            )
+            .into());
+        }
         TaskRequest::parse(action, &payload)?;
         let id = Uuid::now_v7();
         tracing::Span::current().record("task_id", tracing::field::display(id));

@@ -221,7 +221,12 @@ fn string<'a>(v: &'a Value, field: &str) -> Result<&'a str, Invalid> {
 /// An integer in `min..=max`, given as a JSON number or a numeric string.
 fn integer(v: &Value, field: &str, min: u64, max: u64) -> Result<u64, Invalid> {
     let n = match v {
-        Value::Number(n) => n.as_u64(),
+        // `30.0` is the whole number 30, as JSON Schema's `integer` says.
+        Value::Number(n) => n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && (0.0..=9_007_199_254_740_992.0).contains(f))
+                .map(|f| f as u64)
+        }),
         Value::String(s) => s.trim().parse::<u64>().ok(),
         _ => None,
     }
