@@ -105,6 +105,11 @@ struct Record {
     loan_answers: Vec<(Instant, u16)>,
     /// The longest a request waited for its answer (the API never hangs).
     slowest_answer: Duration,
+    /// Lines sent to the edge's NDJSON gateway: answered done / with an error.
+    edge_done: u32,
+    edge_errors: u32,
+    /// The longest the edge took to answer a line.
+    edge_slowest: Duration,
     loan_refusals: u32,
     /// Loan requests asked again with their key after a 503/504.
     loan_retries: u32,
@@ -320,6 +325,45 @@ async fn the_cluster_loses_nothing_when_nodes_die_under_load() {
         }));
     }
 
+    // The edge, a line at a time over its NDJSON gateway: every line must
+    // get an answer (the outcome, or an error) within its request timeout,
+    // whatever node is down.
+    {
+        let (record, stop) = (record.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+            let stream = tokio::net::TcpStream::connect("127.0.0.1:5557")
+                .await
+                .expect("the edge's NDJSON gateway is not listening");
+            let (read, mut write) = stream.into_split();
+            let mut lines = BufReader::new(read).lines();
+            let mut id = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                id += 1;
+                let sent = Instant::now();
+                let line = json!({"id": id, "action": "sum", "payload": "1,2"}).to_string() + "\n";
+                write.write_all(line.as_bytes()).await.unwrap();
+                let answer = tokio::time::timeout(Duration::from_secs(15), lines.next_line())
+                    .await
+                    .expect("the edge did not answer a line within 15 s")
+                    .unwrap()
+                    .expect("the edge closed the connection");
+                let answer: Value = serde_json::from_str(&answer).unwrap();
+                assert_eq!(answer["id"], id, "{answer}");
+                {
+                    let mut r = record.lock().unwrap();
+                    if answer["status"] == "done" {
+                        r.edge_done += 1;
+                    } else {
+                        r.edge_errors += 1;
+                    }
+                    r.edge_slowest = r.edge_slowest.max(sent.elapsed());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }));
+    }
+
     // 1. The RabbitMQ node that leads bibliomq.tasks.
     let accepted_by = |n: usize| {
         let record = record.clone();
@@ -527,6 +571,13 @@ async fn the_cluster_loses_nothing_when_nodes_die_under_load() {
         record.loan_retries,
         record.slowest.as_secs_f64(),
         record.slowest_answer.as_secs_f64(),
+    );
+    assert!(record.edge_done > 0, "the edge never answered a task");
+    eprintln!(
+        "edge: {} lines answered with the outcome, {} with an error, slowest {:.2} s",
+        record.edge_done,
+        record.edge_errors,
+        record.edge_slowest.as_secs_f64()
     );
     eprintln!(
         "bibliomq.tasks leader killed: first 202 after {:.2} s ({rabbit_refused} refused before it); \
