@@ -141,11 +141,16 @@ fn leader_of(queue: &str) -> Value {
         .clone()
 }
 
+/// GET a JSON answer; `None` on any failure (for polling).
+async fn get_json(http: &reqwest::Client, url: &str) -> Option<Value> {
+    http.get(url).send().await.ok()?.json().await.ok()
+}
+
 /// Waits until RabbitMQ itself counts three running nodes.
 async fn three_rabbitmq_nodes(http: &reqwest::Client) -> bool {
     wait_until(Duration::from_secs(120), || async {
-        let nodes: Vec<Value> = http
-            .get("http://127.0.0.1:15701/api/nodes")
+        let request = http.get("http://127.0.0.1:15701/api/nodes");
+        let nodes: Value = request
             .basic_auth("guest", Some("guest"))
             .send()
             .await
@@ -153,7 +158,8 @@ async fn three_rabbitmq_nodes(http: &reqwest::Client) -> bool {
             .json()
             .await
             .ok()?;
-        (nodes.iter().filter(|n| n["running"] == true).count() == 3).then_some(())
+        let running = nodes.as_array()?.iter().filter(|n| n["running"] == true);
+        (running.count() == 3).then_some(())
     })
     .await
     .is_some()
@@ -532,27 +538,15 @@ async fn the_cluster_loses_nothing_when_nodes_die_under_load() {
 
     // The large result was stored with a Garage node down, and comes back.
     let big_done = wait_until(Duration::from_secs(120), || async {
-        let t: Value = http
-            .get(format!("{API}/v1/tasks/{big_id}"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let t = get_json(&http, &format!("{API}/v1/tasks/{big_id}")).await?;
         (t["state"] == "succeeded").then_some(t)
     })
     .await
     .expect("the large result was never stored");
     assert!(big_done["result_object"].is_object(), "{big_done}");
-    let fetched: Value = http
-        .get(format!("{API}/v1/tasks/{big_id}/result"))
-        .send()
+    let fetched = get_json(&http, &format!("{API}/v1/tasks/{big_id}/result"))
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .expect("the large result could not be fetched");
     assert_eq!(fetched["count"], 148_933);
 
     let (rabbit_gap, rabbit_refused) = recovery(&record.answers, rabbit_killed, 202);
