@@ -504,7 +504,7 @@ fn web_feed_paths() -> (Value, Value, Value, Value) {
         "parameters": [query_param(
             "keys",
             "Comma-separated topic patterns: dot-separated words, `*` for one word, `#` for any number (`task.*,loaned.#`). Every event when absent.",
-            json!({"type": "string"})
+            keys_pattern()
         )],
         "responses": {
             "200": {
@@ -668,6 +668,20 @@ fn payload_of(action: Action) -> Value {
     json!({
         "required": required,
         "properties": {"action": {"const": action.as_str()}, "payload": schema}
+    })
+}
+
+/// What `?keys=` of the event stream takes: 1 to `events::MAX_KEYS`
+/// comma-separated patterns of dot-separated words (letters, digits, `-`,
+/// `_`), `*` or `#`. Stricter than the server on lengths (up to 8 words of
+/// 16 characters, where the server takes 255 bytes), which a regex can
+/// bound only word by word.
+fn keys_pattern() -> Value {
+    let word = "(\\*|#|[A-Za-z0-9_-]{1,16})";
+    let key = format!("{word}(\\.{word}){{0,7}}");
+    json!({
+        "type": "string",
+        "pattern": format!("^ *{key}( *, *{key}){{0,{}}} *$", events::MAX_KEYS - 1)
     })
 }
 

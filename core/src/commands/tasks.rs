@@ -211,3 +211,18 @@ impl Commands {
             .map_err(|e| CommandError::Unavailable(e.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::holds_nul;
+
+    #[test]
+    fn a_nul_anywhere_in_a_payload_is_found() {
+        assert!(!holds_nul(&json!({"a": ["b", 1, null]})));
+        assert!(holds_nul(&json!("a\0b")));
+        assert!(holds_nul(&json!([{"x": "\0"}])));
+        assert!(holds_nul(&json!({"k\0": 1})));
+    }
+}

@@ -396,6 +396,14 @@ mod tests {
     }
 
     #[test]
+    fn a_whole_number_written_with_a_fraction_is_that_number() {
+        assert_eq!(parse("fib", json!(30.0)).unwrap(), TaskRequest::Fib(30));
+        assert!(parse("fib", json!(30.5)).is_err());
+        assert!(parse("fib", json!(-0.5)).is_err());
+        assert!(parse("sleep", json!(1e300)).is_err());
+    }
+
+    #[test]
     fn wrong_payload_types_are_refused() {
         assert!(parse("upper", json!(5)).is_err());
         assert!(parse("fib", json!("many")).is_err());
