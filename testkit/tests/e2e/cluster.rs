@@ -161,6 +161,29 @@ async fn get_json(http: &reqwest::Client, url: &str) -> Option<Value> {
     http.get(url).send().await.ok()?.json().await.ok()
 }
 
+/// Waits until each bibliomq queue on the cluster has all three members online.
+async fn every_member_online(http: &reqwest::Client) -> bool {
+    wait_until(Duration::from_secs(120), || async {
+        let request = http.get("http://127.0.0.1:15701/api/queues/%2f");
+        let queues: Value = request
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let queues = queues.as_array()?;
+        let all = queues
+            .iter()
+            .filter(|q| q["type"] == "quorum")
+            .all(|q| q["online"].as_array().is_some_and(|o| o.len() == 3));
+        (all && !queues.is_empty()).then_some(())
+    })
+    .await
+    .is_some()
+}
+
 /// Waits until RabbitMQ itself counts three running nodes.
 async fn three_rabbitmq_nodes(http: &reqwest::Client) -> bool {
     wait_until(Duration::from_secs(120), || async {
@@ -425,6 +448,12 @@ async fn the_cluster_loses_nothing_when_nodes_die_under_load() {
     assert!(
         three_rabbitmq_nodes(&http).await,
         "the killed RabbitMQ node did not rejoin"
+    );
+    // A node counted as running may still be bringing its queue members
+    // back; losing another node before they are is losing two of three.
+    assert!(
+        every_member_online(&http).await,
+        "the rejoined node's queue members never came back online"
     );
     let leader = leader_of("bibliomq.loans");
     let loans_killed = Instant::now();
