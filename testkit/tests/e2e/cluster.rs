@@ -161,18 +161,21 @@ async fn get_json(http: &reqwest::Client, url: &str) -> Option<Value> {
     http.get(url).send().await.ok()?.json().await.ok()
 }
 
+/// GET from the cluster's management API (through bq1); `None` on any failure.
+async fn management(http: &reqwest::Client, path: &str) -> Option<Value> {
+    let request = http.get(format!("http://127.0.0.1:15701/api/{path}"));
+    let response = request
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .ok()?;
+    response.json().await.ok()
+}
+
 /// Waits until each bibliomq queue on the cluster has all three members online.
 async fn every_member_online(http: &reqwest::Client) -> bool {
     wait_until(Duration::from_secs(120), || async {
-        let request = http.get("http://127.0.0.1:15701/api/queues/%2f");
-        let queues: Value = request
-            .basic_auth("guest", Some("guest"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let queues = management(http, "queues/%2f").await?;
         let queues = queues.as_array()?;
         let all = queues
             .iter()
@@ -187,15 +190,7 @@ async fn every_member_online(http: &reqwest::Client) -> bool {
 /// Waits until RabbitMQ itself counts three running nodes.
 async fn three_rabbitmq_nodes(http: &reqwest::Client) -> bool {
     wait_until(Duration::from_secs(120), || async {
-        let request = http.get("http://127.0.0.1:15701/api/nodes");
-        let nodes: Value = request
-            .basic_auth("guest", Some("guest"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let nodes = management(http, "nodes").await?;
         let running = nodes.as_array()?.iter().filter(|n| n["running"] == true);
         (running.count() == 3).then_some(())
     })
