@@ -1,10 +1,18 @@
-//! Request/reply over RabbitMQ with direct reply-to.
+//! Request/reply over RabbitMQ.
 //!
-//! One channel per connection both publishes the requests (with confirms)
-//! and consumes `amq.rabbitmq.reply-to`, as direct reply-to requires.
-//! Replies are matched to callers by correlation id. Direct reply-to is
+//! One channel per connection publishes the requests (with confirms) and
+//! consumes the replies from an exclusive, server-named queue of its own.
+//! Replies are matched to callers by correlation id. Replies are
 //! at-most-once: a reply can be lost, so every call has a timeout and the
 //! requests carry idempotency keys that make a retry safe.
+//!
+//! Why not direct reply-to (`amq.rabbitmq.reply-to`): on RabbitMQ 3.10 a
+//! reply addressed to a channel on a cluster node that has gone down
+//! crashes the *replying* connection (the server fails to decode the
+//! address). After a node's loss, every request still queued for the
+//! callers that were connected to it would take a worker's connection down
+//! with it, again on each redelivery. A reply to an exclusive queue that
+//! went with its node is merely unroutable, and dropped.
 //!
 //! The client relies on that: a request that was not confirmed, or whose
 //! connection broke before the reply came (a node of the cluster went away),
@@ -22,7 +30,8 @@ use std::{
 use futures::StreamExt;
 use lapin::{
     BasicProperties, Channel, Confirmation,
-    options::{BasicPublishOptions, ConfirmSelectOptions},
+    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
+    types::{FieldTable, ShortString},
 };
 use tokio::sync::oneshot;
 
@@ -32,8 +41,6 @@ use super::{
     Broker, PublishError,
     publisher::{RECONNECT_GRACE, before_resending},
 };
-
-const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RpcError {
@@ -50,10 +57,18 @@ pub enum RpcError {
 
 type Waiters = HashMap<String, (u64, oneshot::Sender<Vec<u8>>)>;
 
+/// The channel requests go out on, and the queue its replies come back to.
+#[derive(Clone)]
+struct ReplyChannel {
+    generation: u64,
+    channel: Channel,
+    reply_to: ShortString,
+}
+
 #[derive(Clone)]
 pub struct RpcClient {
     broker: Broker,
-    channel: Arc<tokio::sync::Mutex<Option<(u64, Channel)>>>,
+    channel: Arc<tokio::sync::Mutex<Option<ReplyChannel>>>,
     waiters: Arc<Mutex<Waiters>>,
     generation: Arc<AtomicU64>,
     confirm_timeout: Duration,
@@ -84,9 +99,7 @@ impl RpcClient {
         let started = Instant::now();
         let deadline = started + timeout;
         let correlation_id = uuid::Uuid::new_v4().simple().to_string();
-        let properties = properties
-            .with_reply_to(REPLY_TO.into())
-            .with_correlation_id(correlation_id.as_str().into());
+        let properties = properties.with_correlation_id(correlation_id.as_str().into());
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -149,7 +162,12 @@ impl RpcClient {
         correlation_id: &str,
         deadline: Instant,
     ) -> Result<oneshot::Receiver<Vec<u8>>, PublishError> {
-        let (generation, channel) = self.channel().await?;
+        let ReplyChannel {
+            generation,
+            channel,
+            reply_to,
+        } = self.channel().await?;
+        let properties = properties.with_reply_to(reply_to);
         let (tx, rx) = oneshot::channel();
         self.lock_waiters()
             .insert(correlation_id.to_owned(), (generation, tx));
@@ -191,18 +209,32 @@ impl RpcClient {
         }
     }
 
-    async fn channel(&self) -> Result<(u64, Channel), PublishError> {
+    async fn channel(&self) -> Result<ReplyChannel, PublishError> {
         let mut slot = self.channel.lock().await;
-        if let Some((generation, ch)) = slot.as_ref()
-            && ch.status().connected()
+        if let Some(current) = slot.as_ref()
+            && current.channel.status().connected()
         {
-            return Ok((*generation, ch.clone()));
+            return Ok(current.clone());
         }
         *slot = None;
         let conn = self.broker.current().ok_or(PublishError::Unavailable)?;
         let ch = conn.create_channel().await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
-        let mut replies = super::consume_unacked(&ch, REPLY_TO).await?;
+        // Server-named, so no two callers share one; exclusive and
+        // auto-deleted, so it goes with this connection (or its node).
+        let queue = ch
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let reply_to = queue.name().clone();
+        let mut replies = super::consume_unacked(&ch, reply_to.as_str()).await?;
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let waiters = self.waiters.clone();
         tokio::spawn(async move {
@@ -225,7 +257,12 @@ impl RpcClient {
             };
             w.retain(|_, (g, _)| *g != generation);
         });
-        *slot = Some((generation, ch.clone()));
-        Ok((generation, ch))
+        let current = ReplyChannel {
+            generation,
+            channel: ch,
+            reply_to,
+        };
+        *slot = Some(current.clone());
+        Ok(current)
     }
 }
