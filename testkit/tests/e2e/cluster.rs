@@ -93,16 +93,24 @@ async fn database(url: &str) -> tokio_postgres::Client {
 }
 
 /// What the load saw.
+/// One request: when it was sent, when it was answered, and how.
+#[derive(Clone, Copy)]
+struct Answer {
+    sent: Instant,
+    answered: Instant,
+    status: u16,
+}
+
 #[derive(Default)]
 struct Record {
     /// Tasks answered 202.
     accepted: Vec<Uuid>,
-    /// (sent at, status): every submission, to see outages and recoveries.
-    answers: Vec<(Instant, u16)>,
+    /// Every submission, to see outages and recoveries.
+    answers: Vec<Answer>,
     /// Loan ids answered 201, and 409 refusals.
     loans: Vec<String>,
-    /// (sent at, status): every loan request, first tries and retries.
-    loan_answers: Vec<(Instant, u16)>,
+    /// Every loan request, first tries and retries.
+    loan_answers: Vec<Answer>,
     /// The longest a request waited for its answer (the API never hangs).
     slowest_answer: Duration,
     /// Lines sent to the edge's NDJSON gateway: answered done / with an error.
@@ -116,32 +124,45 @@ struct Record {
     slowest: Duration,
 }
 
-/// How long after `at` requests were answered `ok` again for good: the
-/// time to the first `ok` after the last refusal between `at` and `until`,
-/// the next fault (a request sent just after a kill may still get through
-/// before the outage bites), and how many were refused in that time.
+/// How long after the fault at `at` requests were answered `ok` again for
+/// good: the time to the first `ok` sent after the last refusal, counting
+/// the requests sent after `at` and answered before `until` (the next
+/// fault, which cannot have touched them); and how many were refused.
+/// `None` if no `ok` came after the last refusal in that window.
 fn recovery(
-    answers: &[(Instant, u16)],
+    answers: &[Answer],
     at: Instant,
     until: Instant,
     ok: impl Fn(u16) -> bool,
-) -> (Duration, usize) {
-    // Requests sent in the last seconds before the next fault may be hit
-    // by it (a loan waits up to 5 s for its reply): they are not counted.
-    let until = until - Duration::from_secs(5);
-    let mut after: Vec<_> = answers
+) -> (Option<Duration>, usize) {
+    let mut after: Vec<&Answer> = answers
         .iter()
-        .filter(|(t, _)| *t >= at && *t < until)
+        .filter(|a| a.sent >= at && a.answered < until)
         .collect();
-    after.sort_by_key(|(t, _)| *t);
-    let last_refusal = after.iter().rposition(|(_, s)| !ok(*s));
-    let refused = after.iter().filter(|(_, s)| !ok(*s)).count();
+    after.sort_by_key(|a| a.sent);
+    let last_refusal = after.iter().rposition(|a| !ok(a.status));
+    let refused = after.iter().filter(|a| !ok(a.status)).count();
     let resumed = after
         .iter()
         .skip(last_refusal.map_or(0, |i| i + 1))
-        .find(|(_, s)| ok(*s))
-        .map_or(Duration::MAX, |(t, _)| *t - at);
+        .find(|a| ok(a.status))
+        .map(|a| a.sent - at);
     (resumed, refused)
+}
+
+/// Whether, since `at`, the last `streak` requests sent were all answered
+/// `ok`: the service is back after a fault.
+fn back_after(answers: &[Answer], at: Instant, streak: usize, ok: impl Fn(u16) -> bool) -> bool {
+    let mut after: Vec<&Answer> = answers.iter().filter(|a| a.sent >= at).collect();
+    after.sort_by_key(|a| a.sent);
+    after.len() >= streak && after.iter().rev().take(streak).all(|a| ok(a.status))
+}
+
+fn seconds(gap: Option<Duration>) -> String {
+    gap.map_or_else(
+        || "never (within the window)".to_owned(),
+        |d| format!("{:.2} s", d.as_secs_f64()),
+    )
 }
 
 /// The RabbitMQ node that leads `queue`.
@@ -293,7 +314,11 @@ async fn the_cluster_loses_nothing_when_nodes_die_under_load() {
                 );
                 {
                     let mut r = record.lock().unwrap();
-                    r.answers.push((sent, status));
+                    r.answers.push(Answer {
+                        sent,
+                        answered: Instant::now(),
+                        status,
+                    });
                     r.slowest_answer = r.slowest_answer.max(sent.elapsed());
                     // Latency from when the request was due, not when it went.
                     r.slowest = r
@@ -334,7 +359,11 @@ async fn the_cluster_loses_nothing_when_nodes_die_under_load() {
                     let answer: Value = resp.json().await.unwrap_or(Value::Null);
                     {
                         let mut r = record.lock().unwrap();
-                        r.loan_answers.push((sent, status));
+                        r.loan_answers.push(Answer {
+                            sent,
+                            answered: Instant::now(),
+                            status,
+                        });
                         r.slowest_answer = r.slowest_answer.max(sent.elapsed());
                     }
                     match status {
@@ -426,6 +455,29 @@ async fn the_cluster_loses_nothing_when_nodes_die_under_load() {
             .expect("the loans stalled");
         }
     };
+    // After a fault: the load is answered `ok` again (so the next fault
+    // does not land inside this one's outage, and its recovery is seen).
+    let tasks_back = |at: Instant| {
+        let record = record.clone();
+        async move {
+            wait_until(Duration::from_secs(90), || async {
+                back_after(&record.lock().unwrap().answers, at, 50, |s| s == 202).then_some(())
+            })
+            .await
+            .expect("task submissions were never answered 202 again");
+        }
+    };
+    let loans_back = |at: Instant| {
+        let record = record.clone();
+        async move {
+            wait_until(Duration::from_secs(90), || async {
+                let r = record.lock().unwrap();
+                back_after(&r.loan_answers, at, 20, |s| s == 201 || s == 409).then_some(())
+            })
+            .await
+            .expect("loans were never answered again");
+        }
+    };
     accepted_by(300).await;
     let leader = leader_of("bibliomq.tasks");
     let rabbit_killed = Instant::now();
@@ -436,6 +488,7 @@ async fn the_cluster_loses_nothing_when_nodes_die_under_load() {
     );
     let n = record.lock().unwrap().accepted.len();
     accepted_by(n + 300).await;
+    tasks_back(rabbit_killed).await;
 
     // 1b. The node comes back under load and rejoins; then the node that
     //     leads bibliomq.loans goes (two nodes must stay for a majority).
@@ -459,6 +512,7 @@ async fn the_cluster_loses_nothing_when_nodes_die_under_load() {
     );
     let n = settled(&record.lock().unwrap());
     loans_by(n + 100).await;
+    loans_back(loans_killed).await;
 
     // 2. The PostgreSQL primary: its keeper and its postmaster, as a
     //    machine's loss would take both.
@@ -478,6 +532,7 @@ async fn the_cluster_loses_nothing_when_nodes_die_under_load() {
     eprintln!("killed the PostgreSQL primary on port {}", primary["port"]);
     let n = record.lock().unwrap().accepted.len();
     accepted_by(n + 300).await;
+    tasks_back(pg_killed).await;
 
     // 3. A Garage node: the first endpoint, where requests go first.
     let s = status();
@@ -601,7 +656,7 @@ async fn the_cluster_loses_nothing_when_nodes_die_under_load() {
          slowest answer {:.2} s",
         elapsed.as_secs_f64(),
         record.accepted.len(),
-        record.answers.iter().filter(|(_, s)| *s != 202).count(),
+        record.answers.iter().filter(|a| a.status != 202).count(),
         retried,
         record.loans.len(),
         record.loan_refusals,
@@ -617,12 +672,12 @@ async fn the_cluster_loses_nothing_when_nodes_die_under_load() {
         record.edge_slowest.as_secs_f64()
     );
     eprintln!(
-        "bibliomq.tasks leader killed: 202s for good after {:.2} s ({rabbit_refused} refused); \
-         bibliomq.loans leader killed: answers for good after {:.2} s ({loans_refused} answered 503/504); \
-         PostgreSQL primary killed: 202s for good after {:.2} s ({pg_refused} refused)",
-        rabbit_gap.as_secs_f64(),
-        loans_gap.as_secs_f64(),
-        pg_gap.as_secs_f64()
+        "bibliomq.tasks leader killed: 202s for good after {} ({rabbit_refused} refused); \
+         bibliomq.loans leader killed: answers for good after {} ({loans_refused} answered 503/504); \
+         PostgreSQL primary killed: 202s for good after {} ({pg_refused} refused)",
+        seconds(rabbit_gap),
+        seconds(loans_gap),
+        seconds(pg_gap)
     );
 
     // The killed nodes come back and rejoin.
