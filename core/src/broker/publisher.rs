@@ -7,6 +7,11 @@
 //! a new leader), is sent again — on the new connection, perhaps to another
 //! node of the cluster — until the confirm timeout runs out. The first copy
 //! may have arrived after all, so consumers deduplicate.
+//!
+//! A channel that got a refusal is closed and the message sent again on a
+//! new one: on RabbitMQ 3.10, a channel whose quorum queue changed leader
+//! while it had publishes pending can go on refusing every later publish to
+//! that queue, while a new channel on the same connection is served.
 
 use std::{sync::Arc, time::Duration};
 
@@ -81,7 +86,8 @@ pub(crate) async fn before_resending(
 #[derive(Clone)]
 pub struct Publisher {
     broker: Broker,
-    channel: Arc<Mutex<Option<Channel>>>,
+    channel: Arc<Mutex<Option<(u64, Channel)>>>,
+    generation: Arc<std::sync::atomic::AtomicU64>,
     confirm_timeout: Duration,
     metrics: Metrics,
 }
@@ -91,6 +97,7 @@ impl Publisher {
         Self {
             broker,
             channel: Arc::new(Mutex::new(None)),
+            generation: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             confirm_timeout,
             metrics,
         }
@@ -150,7 +157,7 @@ impl Publisher {
         mandatory: bool,
         deadline: Instant,
     ) -> Result<(), PublishError> {
-        let channel = self.channel().await?;
+        let (generation, channel) = self.channel().await?;
         let confirm = async {
             let pending = channel
                 .basic_publish(
@@ -172,22 +179,44 @@ impl Publisher {
         match outcome? {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
             Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable(routing_key.to_owned())),
-            Confirmation::Nack(_) => Err(PublishError::Nacked),
+            Confirmation::Nack(_) => {
+                let mut slot = self.channel.lock().await;
+                if slot.as_ref().is_some_and(|(g, _)| *g == generation) {
+                    *slot = None;
+                    retire(channel);
+                }
+                Err(PublishError::Nacked)
+            }
         }
     }
 
-    async fn channel(&self) -> Result<Channel, PublishError> {
+    async fn channel(&self) -> Result<(u64, Channel), PublishError> {
         let mut slot = self.channel.lock().await;
-        if let Some(ch) = slot.as_ref()
+        if let Some((generation, ch)) = slot.as_ref()
             && ch.status().connected()
         {
-            return Ok(ch.clone());
+            return Ok((*generation, ch.clone()));
         }
         *slot = None;
         let conn = self.broker.current().ok_or(PublishError::Unavailable)?;
         let ch = conn.create_channel().await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
-        *slot = Some(ch.clone());
-        Ok(ch)
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        *slot = Some((generation, ch.clone()));
+        Ok((generation, ch))
     }
+}
+
+/// Closes a channel that refused a publish, in the background: publishes
+/// still pending on it fail as broken and are sent again on a new channel.
+pub(crate) fn retire(channel: Channel) {
+    tokio::spawn(async move {
+        let closing = channel.close(200, "refused a publish; replaced".into());
+        if let Err(e) = tokio::time::timeout(Duration::from_secs(5), closing).await {
+            tracing::debug!(error = %e, "a retired channel did not close in time");
+        }
+    });
 }

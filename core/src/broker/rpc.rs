@@ -39,7 +39,7 @@ use tokio::time::Instant;
 
 use super::{
     Broker, PublishError,
-    publisher::{RECONNECT_GRACE, before_resending},
+    publisher::{RECONNECT_GRACE, before_resending, retire},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -193,7 +193,16 @@ impl RpcClient {
             Ok(Ok(Confirmation::Ack(Some(_)))) => {
                 Err(PublishError::Unroutable(routing_key.to_owned()))
             }
-            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
+            Ok(Ok(Confirmation::Nack(_))) => {
+                // See `publisher`: a channel that refused once may refuse
+                // for good; the next try goes out on a new one.
+                let mut slot = self.channel.lock().await;
+                if slot.as_ref().is_some_and(|c| c.generation == generation) {
+                    *slot = None;
+                    retire(channel.clone());
+                }
+                Err(PublishError::Nacked)
+            }
         };
         if let Err(e) = confirmed {
             self.lock_waiters().remove(correlation_id);
