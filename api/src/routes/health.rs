@@ -59,10 +59,26 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     probes.check().await.into_response()
 }
 
+/// What `/openapi.json` answers: an OpenAPI document, whose own schema is
+/// the OpenAPI specification's.
+struct OpenApiDocument;
+
+impl utoipa::PartialSchema for OpenApiDocument {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::Object)
+            .required("openapi")
+            .required("paths")
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for OpenApiDocument {}
+
 /// This document
 #[utoipa::path(
     get, path = "/openapi.json", tag = "operations", operation_id = "openapi",
-    responses((status = 200, description = "The OpenAPI 3.1 description of this API.", body = Object))
+    responses((status = 200, description = "The OpenAPI 3.1 description of this API.", body = inline(OpenApiDocument)))
 )]
 async fn openapi(Extension(Document(document)): Extension<Document>) -> Json<Value> {
     Json(Value::clone(&document))

@@ -57,16 +57,14 @@ struct LoanBody {
 /// An id from the path.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
-#[allow(dead_code)]
 struct IdPath {
-    /// The loan's, operation's or patron's id.
+    /// The loan's or operation's id.
     #[param(value_type = uuid::Uuid)]
     id: String,
 }
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
-#[allow(dead_code)]
 struct PatronPath {
     /// The patron id.
     #[param(value_type = bibliomq_core::schema::Patron, inline)]
@@ -75,7 +73,6 @@ struct PatronPath {
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
-#[allow(dead_code)]
 struct IsbnPath {
     /// ISBN-13 (or ISBN-10; hyphens allowed).
     #[param(value_type = bibliomq_core::schema::Isbn, inline)]
@@ -175,7 +172,7 @@ async fn loan(
 )]
 async fn show_loan(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path(IdPath { id }): Path<IdPath>,
 ) -> Result<Json<LoanView>, ApiError> {
     let id = super::parse_uuid(&id, "a loan id", "invalid_loan_id")?;
     Ok(Json(state.commands.loan_view(id).await?))
@@ -294,7 +291,7 @@ async fn return_loan(
 )]
 async fn operation(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path(IdPath { id }): Path<IdPath>,
 ) -> Result<Json<OperationView>, ApiError> {
     let id = super::parse_uuid(&id, "an operation id", "invalid_operation_id")?;
     Ok(Json(state.commands.operation(id).await?))
@@ -313,7 +310,7 @@ async fn operation(
 )]
 async fn book(
     State(state): State<AppState>,
-    Path(isbn): Path<String>,
+    Path(IsbnPath { isbn }): Path<IsbnPath>,
 ) -> Result<Json<BookView>, ApiError> {
     Ok(Json(state.commands.book(&isbn).await?))
 }
@@ -391,7 +388,7 @@ struct PatronLoansQuery {
 )]
 async fn patron_loans(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path(PatronPath { id }): Path<PatronPath>,
     QueryParams(q): QueryParams<PatronLoansQuery>,
 ) -> Result<Json<PatronLoans>, ApiError> {
     Ok(Json(

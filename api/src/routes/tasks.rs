@@ -45,11 +45,10 @@ struct SubmitTask {
     payload: Value,
 }
 
-/// The task id.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
-#[allow(dead_code)]
 struct TaskId {
+    /// The task id.
     #[param(value_type = uuid::Uuid)]
     id: String,
 }
@@ -104,7 +103,7 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
 )]
 async fn show(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path(TaskId { id }): Path<TaskId>,
 ) -> Result<Json<TaskAnswer>, ApiError> {
     let task = state.commands.task(parse_id(&id)?).await?;
     Ok(Json(task.into()))
@@ -188,7 +187,7 @@ struct ResultQuery {
 )]
 async fn result(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path(TaskId { id }): Path<TaskId>,
     QueryParams(q): QueryParams<ResultQuery>,
 ) -> Result<Response, ApiError> {
     let task = state.commands.task(parse_id(&id)?).await?;

@@ -57,21 +57,25 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
-/// The order of a listing.
-#[derive(ToSchema)]
-#[schema(rename_all = "lowercase")]
-#[allow(dead_code)]
-enum ObjectOrder {
-    Key,
-    Newest,
+/// The order of a listing: `key` or `newest`.
+struct ObjectOrder;
+
+impl utoipa::PartialSchema for ObjectOrder {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .enum_values(Some(["key", "newest"]))
+            .into()
+    }
 }
 
-/// The key as listed (without the server's prefix), `/`s and all: written
-/// as they are or as `%2F`.
+impl ToSchema for ObjectOrder {}
+
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
-#[allow(dead_code)]
 struct KeyPath {
+    /// The key as listed (without the server's prefix), `/`s and all:
+    /// written as they are or as `%2F`.
     key: String,
 }
 
@@ -142,7 +146,7 @@ impl From<&ObjectInfo> for ObjectEntry {
 pub struct ObjectPage {
     pub bucket: String,
     pub prefix: String,
-    #[schema(value_type = ObjectOrder)]
+    #[schema(value_type = ObjectOrder, inline)]
     pub order: &'static str,
     pub objects: Vec<ObjectEntry>,
     /// Pass as `cursor` for the next page; null on the last.
@@ -313,7 +317,7 @@ struct DownloadQuery {
 )]
 async fn download(
     State(state): State<AppState>,
-    Path(key): Path<String>,
+    Path(KeyPath { key }): Path<KeyPath>,
     QueryParams(q): QueryParams<DownloadQuery>,
 ) -> Result<Response, ApiError> {
     let store = state.commands.store();
