@@ -51,16 +51,16 @@ impl Readiness {
         self.rabbitmq && self.postgres && self.s3
     }
 
-    /// The names of the dependencies that did not answer.
-    pub fn unavailable(&self) -> Vec<&'static str> {
+    /// The dependencies that did not answer.
+    pub fn unavailable(&self) -> Vec<Dependency> {
         [
-            ("rabbitmq", self.rabbitmq),
-            ("postgres", self.postgres),
-            ("s3", self.s3),
+            (Dependency::Rabbitmq, self.rabbitmq),
+            (Dependency::Postgres, self.postgres),
+            (Dependency::S3, self.s3),
         ]
         .into_iter()
         .filter(|(_, ok)| !ok)
-        .map(|(name, _)| name)
+        .map(|(dependency, _)| dependency)
         .collect()
     }
 
@@ -138,11 +138,7 @@ impl From<Readiness> for ReadinessAnswer {
                 postgres: CheckResult::of(r.postgres),
                 s3: CheckResult::of(r.s3),
             },
-            unavailable: r
-                .unavailable()
-                .into_iter()
-                .filter_map(|name| name.parse().ok())
-                .collect(),
+            unavailable: r.unavailable(),
         }
     }
 }
