@@ -166,11 +166,11 @@ fn close_answers(doc: &mut Value) {
             schema = merge_parts(&parts, &schemas, &mut merged_away);
         }
         if name == "ErrorBody" {
-            // The error object carries details beside its own members
-            // (`ErrorBody::details`, flattened), so it stays open.
-            schema["additionalProperties"] = Value::Bool(true);
+            // The details (`ErrorBody::details`, flattened) are typed, so the
+            // error object is closed like any answer: these are all the
+            // members it may have.
             schema["description"] = json!(
-                "Some errors add details: `candidates` (ambiguous_title), `earliest_due_at` (not_available), `idempotency_key`, `state` (result_not_ready, task_failed), ..."
+                "Some errors add details: `candidates` (ambiguous_title), `earliest_due_at` (not_available), `open_loans` and `max_loans` (loan_limit_reached), `idempotency_key` (a refused loan), `state` (result_not_ready, task_failed)."
             );
         }
         close(&mut schema);
@@ -207,6 +207,12 @@ fn merge_parts(
                 schemas.get(name).cloned().unwrap_or_default()
             }
             None => part.clone(),
+        };
+        // A flattened field with a description of its own is written as a
+        // `oneOf` of one object (`ErrorBody`'s details): that object.
+        let part = match part["oneOf"].as_array() {
+            Some(only) if only.len() == 1 => only[0].clone(),
+            _ => part,
         };
         if let Some(p) = part["properties"].as_object() {
             properties.extend(p.clone());

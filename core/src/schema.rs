@@ -6,12 +6,15 @@
 //! document says what the server enforces.
 
 use utoipa::openapi::{
-    KnownFormat, ObjectBuilder, RefOr, Schema, SchemaFormat, Type,
-    schema::{AdditionalProperties, ArrayBuilder},
+    AllOfBuilder, KnownFormat, ObjectBuilder, OneOfBuilder, RefOr, Schema, SchemaFormat, Type,
+    schema::{AdditionalProperties, ArrayBuilder, SchemaType},
 };
 
 use crate::{
-    library::message::{OperationKind, OperationState},
+    library::{
+        message::{OperationKind, OperationState},
+        outcome::RefusalCode,
+    },
     tasks::TaskState,
 };
 
@@ -190,4 +193,100 @@ text_schema! {
         .schema_type(Type::String)
         .content_media_type("application/octet-stream")
         .into();
+}
+
+/// One fixed word.
+pub fn word(word: &str) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some([word]))
+}
+
+/// `oneOf` the given schemas.
+pub fn one_of(choices: impl IntoIterator<Item = Schema>) -> OneOfBuilder {
+    choices
+        .into_iter()
+        .fold(OneOfBuilder::new(), |one_of, choice| one_of.item(choice))
+}
+
+/// An object schema with one more required member, `name`, the word `tag`
+/// (the tag of an internally tagged enum's variant).
+pub fn tagged(schema: RefOr<Schema>, name: &str, tag: &str) -> Schema {
+    match schema {
+        RefOr::T(Schema::Object(mut object)) => {
+            object.properties.insert(name.to_owned(), word(tag).into());
+            object.required.push(name.to_owned());
+            object.title = Some(tag.to_owned());
+            Schema::Object(object)
+        }
+        other => AllOfBuilder::new()
+            .item(other)
+            .item(
+                ObjectBuilder::new()
+                    .property(name, word(tag))
+                    .required(name),
+            )
+            .into(),
+    }
+}
+
+/// A [`Refusal`](crate::library::outcome::Refusal) of each of `codes`, as
+/// its serialiser writes it: `code`, `message` and the data members of that
+/// code, each present (`null` when not known); with `outcome` too when
+/// given (a refused operation's outcome).
+pub fn refusals(codes: &[RefusalCode], outcome: Option<&str>) -> Vec<Schema> {
+    let nullable =
+        |ty: Type| ObjectBuilder::new().schema_type(SchemaType::from_iter([ty, Type::Null]));
+    let text = || nullable(Type::String);
+    let time =
+        || nullable(Type::String).format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)));
+    let int64 = || Some(SchemaFormat::KnownFormat(KnownFormat::Int64));
+    let count = || {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(int64())
+    };
+    codes
+        .iter()
+        .map(|code| {
+            let data: Vec<(&str, ObjectBuilder)> = match code {
+                RefusalCode::IdempotencyKeyReused | RefusalCode::NotOnLoan => vec![],
+                RefusalCode::PatronNotFound => vec![("patron", text())],
+                RefusalCode::TitleNotFound => vec![("isbn", text())],
+                RefusalCode::LoanLimitReached => vec![
+                    ("patron", text()),
+                    ("open_loans", count()),
+                    ("max_loans", count()),
+                ],
+                RefusalCode::NotAvailable => vec![("title", text()), ("earliest_due_at", time())],
+                RefusalCode::Overdue => vec![("due_at", time())],
+                RefusalCode::RenewalLimitReached => {
+                    vec![("renewals", nullable(Type::Integer).format(int64()))]
+                }
+            };
+            let mut object = ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .title(Some(code.as_str()));
+            if let Some(outcome) = outcome {
+                object = object
+                    .property("outcome", word(outcome))
+                    .required("outcome");
+            }
+            object = object
+                .property("code", word(code.as_str()))
+                .required("code")
+                .property(
+                    "message",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .description(Some("What a person reads.")),
+                )
+                .required("message");
+            data.into_iter()
+                .fold(object, |o, (name, schema)| {
+                    o.property(name, schema).required(name)
+                })
+                .into()
+        })
+        .collect()
 }

@@ -241,7 +241,9 @@ mod tests {
                 json!(4),
                 WireError::new("invalid_payload", "bad")
                     .with_field("payload")
-                    .with_details(json!({"extra": 1}))
+                    .with_details(bibliomq_core::error::ErrorDetails::RefusedLoan {
+                        idempotency_key: "k".into()
+                    })
             )),
             r#"{"id":4,"status":"error","result":{"ok":false,"error":"bad","code":"invalid_payload"}}"#
         );

@@ -291,12 +291,16 @@ mod tests {
 
     #[test]
     fn a_failed_request_reads_back_as_the_error_body() {
-        let error = ErrorBody::new("not_available", "none left")
-            .with_details(json!({"earliest_due_at": "2026-01-08T00:00:00Z"}));
+        let error = ErrorBody::new("not_available", "none left").with_details(
+            bibliomq_core::error::ErrorDetails::NotAvailable {
+                earliest_due_at: Some(at("2026-01-08T00:00:00Z")),
+                idempotency_key: "k-1".into(),
+            },
+        );
         let text = crate::wire::to_text(&ZmqReply::failed(error));
         assert_eq!(
             text,
-            r#"{"ok":false,"error":{"code":"not_available","message":"none left","earliest_due_at":"2026-01-08T00:00:00Z"}}"#
+            r#"{"ok":false,"error":{"code":"not_available","message":"none left","earliest_due_at":"2026-01-08T00:00:00Z","idempotency_key":"k-1"}}"#
         );
     }
 }

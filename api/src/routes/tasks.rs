@@ -9,10 +9,11 @@ use axum::{
 };
 use bibliomq_core::{
     answers::{TaskAccepted, TaskAnswer, TaskList},
+    error::ErrorDetails,
     tasks::{Action, TaskState},
 };
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -203,7 +204,7 @@ async fn result(
                     task.error.as_deref().unwrap_or("no reason recorded")
                 ),
             )
-            .with_details(json!({ "state": task.state })));
+            .with_details(ErrorDetails::TaskState { state: task.state }));
         }
         other => {
             return Err(ApiError::new(
@@ -211,7 +212,7 @@ async fn result(
                 "result_not_ready",
                 format!("the task is {other}; its result is not ready yet"),
             )
-            .with_details(json!({ "state": other })));
+            .with_details(ErrorDetails::TaskState { state: other }));
         }
     }
     let content_type = task

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::library::{
     Rules,
     message::{OperationKind, OperationState},
-    outcome::Settlement,
+    outcome::{OperationOutcome, RefusalCode, Settlement},
 };
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -195,9 +195,9 @@ pub struct OperationView {
     pub id: Uuid,
     pub kind: OperationKind,
     pub state: OperationState,
-    /// Why it was rejected: a stable code.
+    /// Why it was rejected: the refusal's code.
     #[schema(required = true)]
-    pub reason: Option<String>,
+    pub reason: Option<RefusalCode>,
     #[schema(required = true)]
     pub loan_id: Option<Uuid>,
     #[schema(required = true)]
@@ -208,9 +208,10 @@ pub struct OperationView {
     pub requested_at: DateTime<Utc>,
     #[schema(required = true)]
     pub settled_at: Option<DateTime<Utc>>,
-    /// What it did (new due date, ...) or why it was refused (`code` and `message`).
-    #[schema(required = true, value_type = Option<Object>)]
-    pub outcome: Option<Settlement>,
+    /// What it did (new due date, ...) or why it was refused (`code` and
+    /// `message`); null while pending.
+    #[schema(required = true)]
+    pub outcome: Option<OperationOutcome>,
 }
 
 pub async fn operation(
@@ -231,13 +232,15 @@ pub async fn operation(
         id: r.get(0),
         kind: r.get(1),
         state: r.get(2),
-        reason: r.get(3),
+        reason: r.try_get(3)?,
         loan_id: r.get(4),
         isbn: r.get(5),
         patron: r.get(6),
         branch: r.get(7),
         requested_at: r.get(8),
         settled_at: r.get(9),
-        outcome: r.try_get::<_, Option<Json<Settlement>>>(10)?.map(|j| j.0),
+        outcome: r
+            .try_get::<_, Option<Json<Settlement>>>(10)?
+            .map(|j| OperationOutcome::from(j.0)),
     }))
 }
