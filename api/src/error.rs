@@ -8,9 +8,8 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use bibliomq_core::error::{CommandError, ErrorBody, Invalid};
+use bibliomq_core::error::{CommandError, ErrorBody, ErrorDetails, Invalid};
 use serde::Serialize;
-use serde_json::Value;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -18,8 +17,10 @@ pub struct ApiError {
     body: ErrorBody,
 }
 
-/// What an error answer's body is.
-#[derive(Debug, Serialize)]
+/// What an error answer's body is. Some errors add details to `error`
+/// ([`bibliomq_core::error::ErrorDetails`]).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
 pub struct ErrorAnswer {
     pub error: ErrorBody,
 }
@@ -37,7 +38,7 @@ impl ApiError {
         self
     }
 
-    pub fn with_details(mut self, details: Value) -> Self {
+    pub fn with_details(mut self, details: ErrorDetails) -> Self {
         self.body = self.body.with_details(details);
         self
     }

@@ -1,25 +1,89 @@
 //! The errors of the command layer. Each transport (HTTP, ZeroMQ, TCP) turns
 //! them into its own representation; none invents its own validation errors.
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{Map, Value};
+
+use crate::tasks::TaskState;
 
 /// The error object of every transport: the HTTP API answers
 /// `{"error": ErrorBody}`, the ZeroMQ edge `{"ok": false, "error": ErrorBody}`
 /// and the line gateways put its message and code on their lines. Serialised
 /// as `{"code", "message", "field"?, ...details}`, in that order.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// Stable machine-readable code, e.g. `not_available`.
+    #[schema(value_type = String)]
     pub code: &'static str,
+    /// What went wrong and what to do, for people.
     pub message: String,
     /// The request field at fault, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub field: Option<String>,
-    /// Further members of the error object (a conflict's details, such as
-    /// `earliest_due_at`).
+    /// Further members of the error object: what the error is about.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub details: Option<Box<Map<String, Value>>>,
+    #[schema(inline, value_type = ErrorDetailMembers)]
+    pub details: Option<Box<ErrorDetails>>,
+}
+
+/// What some errors carry beside code, message and field, as members of the
+/// error object: one variant per kind of error that has any.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum ErrorDetails {
+    /// `ambiguous_title`: the titles the words match.
+    Candidates { candidates: Vec<TitleCandidate> },
+    /// A refused loan (`not_available`): when a copy is due back, if any
+    /// is; and the loan's idempotency key.
+    NotAvailable {
+        earliest_due_at: Option<DateTime<Utc>>,
+        idempotency_key: String,
+    },
+    /// A refused loan (`loan_limit_reached`): the patron's loans and the
+    /// limit; and the loan's idempotency key.
+    LoanLimitReached {
+        open_loans: i64,
+        max_loans: i64,
+        idempotency_key: String,
+    },
+    /// Any other refused loan: its idempotency key, to retry with.
+    RefusedLoan { idempotency_key: String },
+    /// `task_failed`, `result_not_ready`: the task's state.
+    TaskState { state: TaskState },
+}
+
+/// A title that matched the words of a loan request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct TitleCandidate {
+    pub isbn: String,
+    pub title: String,
+}
+
+/// The members [`ErrorDetails`] may add, for the OpenAPI document: each
+/// optional, and present only with the errors named. (Only its schema is
+/// used: an untagged enum flattened into the error object has no derived
+/// schema a client could read.)
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorDetailMembers {
+    /// `ambiguous_title`: the titles the words match.
+    #[schema(nullable = false)]
+    candidates: Option<Vec<TitleCandidate>>,
+    /// `not_available`: when the first copy is due back (null when none is known).
+    earliest_due_at: Option<DateTime<Utc>>,
+    /// `loan_limit_reached`: the patron's open loans.
+    #[schema(nullable = false)]
+    open_loans: Option<i64>,
+    /// `loan_limit_reached`: the most a patron may hold.
+    #[schema(nullable = false)]
+    max_loans: Option<i64>,
+    /// A refused loan: the idempotency key to retry with.
+    #[schema(nullable = false)]
+    idempotency_key: Option<String>,
+    /// `task_failed`, `result_not_ready`: the task's state.
+    #[schema(nullable = false)]
+    state: Option<TaskState>,
 }
 
 impl ErrorBody {
@@ -37,15 +101,9 @@ impl ErrorBody {
         self
     }
 
-    /// Adds the members of `details` (an object; anything else is dropped).
-    /// The error's own members win over details of the same name.
-    pub fn with_details(mut self, details: Value) -> Self {
-        if let Value::Object(mut map) = details {
-            for own in ["code", "message", "field"] {
-                map.remove(own);
-            }
-            self.details = Some(Box::new(map));
-        }
+    /// Adds what the error is about.
+    pub fn with_details(mut self, details: ErrorDetails) -> Self {
+        self.details = Some(Box::new(details));
         self
     }
 }
@@ -138,7 +196,7 @@ pub enum CommandError {
     Conflict {
         code: &'static str,
         message: String,
-        details: Option<serde_json::Value>,
+        details: Option<ErrorDetails>,
     },
     /// A dependency (message broker, database, object storage) is unreachable.
     #[error("{0}")]

@@ -8,8 +8,7 @@
 
 use bibliomq_core::commands::Commands;
 use futures::future::BoxFuture;
-use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -17,6 +16,7 @@ use crate::request::{Reply, Request};
 use crate::{
     library,
     outcome::{self, Progress},
+    reply::{Answer, TaskReply, ZmqReply},
     wire::{WireError, to_text},
 };
 
@@ -91,7 +91,7 @@ async fn answer(
 ) -> (&'static str, &'static str, String) {
     let request = match Request::parse(body, deadline) {
         Ok(r) => r,
-        Err(e) => return ("unknown", e.code, error_reply(&e)),
+        Err(e) => return ("unknown", e.code, error_reply(e)),
     };
     let Some(route) = route(&request.action) else {
         let known: Vec<&str> = ROUTES
@@ -107,7 +107,7 @@ async fn answer(
             ),
         )
         .with_field("action");
-        return ("unknown", e.code, error_reply(&e));
+        return ("unknown", e.code, error_reply(e));
     };
     let span = tracing::info_span!(
         "zmq_request",
@@ -117,30 +117,19 @@ async fn answer(
     let reply = tracing::Instrument::instrument((route.handler)(commands, request), span).await;
     let action = route.names[0];
     match reply {
-        Ok(fields) => (action, "ok", ok_reply(fields)),
-        Err(e) => (action, e.code, error_reply(&e)),
+        Ok(answer) => (action, "ok", ok_reply(answer)),
+        Err(e) => (action, e.code, error_reply(e)),
     }
 }
 
-/// `{"ok": true, ...fields}`, `ok` first.
-pub fn ok_reply(fields: Map<String, Value>) -> String {
-    #[derive(Serialize)]
-    struct Ok {
-        ok: bool,
-        #[serde(flatten)]
-        fields: Map<String, Value>,
-    }
-    to_text(&Ok { ok: true, fields })
+/// `{"ok": true, ...answer}`, `ok` first.
+pub fn ok_reply(answer: Answer) -> String {
+    to_text(&ZmqReply::answered(answer))
 }
 
 /// `{"ok": false, "error": {"code", "message", ...}}`.
-pub fn error_reply(error: &WireError) -> String {
-    #[derive(Serialize)]
-    struct Failed<'a> {
-        ok: bool,
-        error: &'a WireError,
-    }
-    to_text(&Failed { ok: false, error })
+pub fn error_reply(error: WireError) -> String {
+    to_text(&ZmqReply::failed(error))
 }
 
 /// `{"action": "task", "task": "fib", "payload": 30}`: submit, wait up to
@@ -169,14 +158,8 @@ async fn task(commands: Commands, request: Request) -> Reply {
                 e
             })?;
     Ok(match progress {
-        Progress::Finished(task) => outcome::task_fields(&task),
-        Progress::Unfinished { id, state } => {
-            let mut fields = Map::new();
-            fields.insert("id".into(), json!(id));
-            fields.insert("action".into(), json!(action.trim().to_ascii_lowercase()));
-            fields.insert("state".into(), json!(state));
-            fields
-        }
+        Progress::Finished(task) => Answer::Task(TaskReply::from(&*task)),
+        Progress::Unfinished(progress) => Answer::TaskProgress(progress),
     })
 }
 
@@ -191,7 +174,7 @@ async fn task_status(commands: Commands, request: Request) -> Reply {
         .with_field("id")
     })?;
     let task = commands.task(id).await?;
-    Ok(outcome::task_fields(&task))
+    Ok(Answer::Task(TaskReply::from(&task)))
 }
 
 #[cfg(test)]
@@ -256,12 +239,17 @@ mod tests {
 
     #[test]
     fn replies_put_ok_first_and_errors_in_a_fixed_order() {
-        let mut fields = Map::new();
-        fields.insert("state".into(), json!("queued"));
-        fields.insert("id".into(), json!("x"));
-        assert_eq!(ok_reply(fields), r#"{"ok":true,"id":"x","state":"queued"}"#);
+        let progress = crate::reply::TaskProgress {
+            id: Uuid::nil(),
+            action: bibliomq_core::tasks::Action::Fib,
+            state: bibliomq_core::tasks::TaskState::Queued,
+        };
         assert_eq!(
-            error_reply(&WireError::new("timeout", "late").with_field("task")),
+            ok_reply(Answer::TaskProgress(progress)),
+            r#"{"ok":true,"id":"00000000-0000-0000-0000-000000000000","action":"fib","state":"queued"}"#
+        );
+        assert_eq!(
+            error_reply(WireError::new("timeout", "late").with_field("task")),
             r#"{"ok":false,"error":{"code":"timeout","message":"late","field":"task"}}"#
         );
     }

@@ -19,8 +19,9 @@
 //! - [`events`]: the PUB socket fed from RabbitMQ.
 //! - [`lines`]: the line-oriented TCP server both gateways share.
 //! - [`ndjson`], [`pipe`]: the two gateway protocols.
-//! - [`outcome`]: submitting a task and waiting for its outcome, and how a
-//!   task's row is shown.
+//! - [`outcome`]: submitting a task and waiting for its outcome, and a
+//!   finished task's result for the line gateways.
+//! - [`reply`]: the ZeroMQ replies, one type each.
 //! - [`wire`]: the one error type of every protocol.
 
 pub mod dispatch;
@@ -30,6 +31,7 @@ pub mod lines;
 pub mod ndjson;
 pub mod outcome;
 pub mod pipe;
+pub mod reply;
 pub mod request;
 pub mod requests;
 pub mod wire;

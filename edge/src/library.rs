@@ -5,12 +5,14 @@
 use std::time::Duration;
 
 use bibliomq_core::{
+    answers::BookSearch,
     commands::{CirculationRequest, Commands, LoanRequest, OperationAccepted},
     library::message::OperationState,
 };
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 use crate::{
+    reply::{Answer, BookReply, OperationReply},
     request::{Reply, Request},
     wire::WireError,
 };
@@ -19,17 +21,6 @@ const ISBN: &[&str] = &["isbn"];
 const TITLE: &[&str] = &["title", "titulo", "título"];
 const PATRON: &[&str] = &["patron", "usuario", "socio"];
 const BRANCH: &[&str] = &["branch", "sede", "sucursal"];
-
-fn fields(value: Value) -> Map<String, Value> {
-    match value {
-        Value::Object(map) => map,
-        other => {
-            let mut map = Map::new();
-            map.insert("result".into(), other);
-            map
-        }
-    }
-}
 
 /// `CONSULTA`: by `isbn` (the book with its copies) or by `title` (matching titles).
 pub async fn query(commands: Commands, request: Request) -> Reply {
@@ -48,13 +39,16 @@ pub async fn query(commands: Commands, request: Request) -> Reply {
 pub async fn query_isbn(commands: Commands, request: Request) -> Reply {
     let isbn = request.str_any(ISBN)?;
     let book = commands.book(&isbn).await?;
-    Ok(fields(json!({ "book": book })))
+    Ok(Answer::Book(BookReply { book }))
 }
 
 pub async fn query_title(commands: Commands, request: Request) -> Reply {
     let title = request.str_any(TITLE)?;
     let books = commands.search_books(&title, None).await?;
-    Ok(fields(json!({ "query": title, "books": books })))
+    Ok(Answer::Books(BookSearch {
+        query: title,
+        books,
+    }))
 }
 
 /// `PRESTAMO`: answered at once — the loan, or why not.
@@ -71,11 +65,7 @@ pub async fn loan(commands: Commands, request: Request) -> Reply {
             &request.correlation_id,
         )
         .await?;
-    Ok(fields(json!({
-        "loan": receipt.loan,
-        "replayed": receipt.replayed,
-        "idempotency_key": receipt.idempotency_key,
-    })))
+    Ok(Answer::Loan(receipt))
 }
 
 fn circulation(request: &Request) -> Result<CirculationRequest, WireError> {
@@ -108,19 +98,18 @@ pub async fn return_loan(commands: Commands, request: Request) -> Reply {
 async fn settle(commands: &Commands, request: &Request, accepted: OperationAccepted) -> Reply {
     let wait = matches!(request.fields.get("wait"), Some(Value::Bool(true)));
     if !wait {
-        return Ok(fields(json!(accepted)));
+        return Ok(Answer::Accepted(accepted));
     }
     let deadline = tokio::time::Instant::now() + request.time_left();
     let mut pause = Duration::from_millis(5);
     loop {
         let op = commands.operation(accepted.operation_id).await?;
         if op.state != OperationState::Pending || tokio::time::Instant::now() + pause >= deadline {
-            let mut reply = fields(json!(op));
-            reply.insert("operation_id".into(), json!(accepted.operation_id));
-            if let Some(due) = accepted.tentative_due_at {
-                reply.insert("tentative_due_at".into(), json!(due));
-            }
-            return Ok(reply);
+            return Ok(Answer::Operation(OperationReply {
+                operation: op,
+                operation_id: accepted.operation_id,
+                tentative_due_at: accepted.tentative_due_at,
+            }));
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(50));

@@ -23,45 +23,61 @@ use crate::{
     wire::{WireError, to_text},
 };
 
-/// An answer line: `{"id", "status", "result"}`, in that order.
+/// An answer line: `{"id", "status", "result"}`, in that order; the
+/// status is `done` or `error` as the result is.
 #[derive(Debug, Serialize)]
-struct Answer {
-    id: Value,
-    status: &'static str,
-    result: AnswerResult,
+pub struct Answer {
+    pub id: Value,
+    pub status: Status,
+    pub result: AnswerResult,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Done,
+    Error,
+}
+
+/// `{"ok": true, "data"}` or `{"ok": false, "error", "code"}`.
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
-enum AnswerResult {
+pub enum AnswerResult {
     Done {
         ok: bool,
         data: Value,
     },
+    /// The system's error body, in this protocol's older shape: its
+    /// message as `error`, then its `code` (the field and details, which
+    /// the shape has no place for, are left out).
     Error {
         ok: bool,
-        error: String,
-        code: &'static str,
+        #[serde(flatten, serialize_with = "legacy_error")]
+        error: WireError,
     },
+}
+
+fn legacy_error<S: serde::Serializer>(e: &WireError, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(2))?;
+    map.serialize_entry("error", &e.message)?;
+    map.serialize_entry("code", e.code)?;
+    map.end()
 }
 
 fn done(id: Value, data: Value) -> Answer {
     Answer {
         id,
-        status: "done",
+        status: Status::Done,
         result: AnswerResult::Done { ok: true, data },
     }
 }
 
-fn error(id: Value, e: &WireError) -> Answer {
+fn error(id: Value, error: WireError) -> Answer {
     Answer {
         id,
-        status: "error",
-        result: AnswerResult::Error {
-            ok: false,
-            error: e.message.clone(),
-            code: e.code,
-        },
+        status: Status::Error,
+        result: AnswerResult::Error { ok: false, error },
     }
 }
 
@@ -105,12 +121,12 @@ async fn answer(commands: Commands, line: Result<String, BadLine>) -> Answer {
                 BadReason::TooLong => "line_too_long",
                 BadReason::NotUtf8 => "malformed_json",
             };
-            return error(Value::Null, &WireError::new(code, bad.message()));
+            return error(Value::Null, WireError::new(code, bad.message()));
         }
     };
     let (id, action, payload) = match parse(&line) {
         Ok(request) => request,
-        Err((id, e)) => return error(id, &e),
+        Err((id, e)) => return error(id, e),
     };
     let correlation_id = telemetry::new_correlation_id();
     let span = tracing::info_span!("ndjson_request", %action, %correlation_id);
@@ -118,8 +134,8 @@ async fn answer(commands: Commands, line: Result<String, BadLine>) -> Answer {
     let run = run(&commands, &action, payload, &correlation_id, limit).instrument(span);
     match tokio::time::timeout(limit, run).await {
         Ok(Ok(data)) => done(id, data),
-        Ok(Err(e)) => error(id, &e),
-        Err(_) => error(id, &crate::wire::timeout(limit)),
+        Ok(Err(e)) => error(id, e),
+        Err(_) => error(id, crate::wire::timeout(limit)),
     }
 }
 
@@ -179,7 +195,7 @@ async fn run(
             outcome::result_value(commands, &task).await
         }
         Progress::Finished(task) => Err(outcome::failure(&task)),
-        Progress::Unfinished { id, state } => Err(outcome::still_going(id, state, wait)),
+        Progress::Unfinished(progress) => Err(outcome::still_going(&progress, wait)),
     }
 }
 
@@ -221,7 +237,14 @@ mod tests {
             r#"{"id":1,"status":"done","result":{"ok":true,"data":"HOLA"}}"#
         );
         assert_eq!(
-            to_text(&error(json!(4), &WireError::new("invalid_payload", "bad"))),
+            to_text(&error(
+                json!(4),
+                WireError::new("invalid_payload", "bad")
+                    .with_field("payload")
+                    .with_details(bibliomq_core::error::ErrorDetails::RefusedLoan {
+                        idempotency_key: "k".into()
+                    })
+            )),
             r#"{"id":4,"status":"error","result":{"ok":false,"error":"bad","code":"invalid_payload"}}"#
         );
     }

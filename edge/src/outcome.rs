@@ -1,19 +1,16 @@
 //! Running a task through the real pipeline for a client that waits for the
-//! answer: submit through the command layer, wait for the outcome, and turn
-//! the task's row into what the protocols send back.
+//! answer: submit through the command layer, wait for the outcome, and, for
+//! the line gateways, the result itself or why there is none.
 
 use std::time::Duration;
 
-use bibliomq_core::{
-    commands::Commands,
-    error::CommandError,
-    storage,
-    tasks::{TaskState, store::TaskRecord},
-};
-use serde_json::{Map, Value, json};
-use uuid::Uuid;
+use bibliomq_core::{commands::Commands, error::CommandError, storage, tasks::store::TaskRecord};
+use serde_json::Value;
 
-use crate::wire::WireError;
+use crate::{
+    reply::{TaskProgress, result_path},
+    wire::WireError,
+};
 
 /// Largest stored (object storage) result the line gateways inline in an
 /// answer. Their clients read one line per answer; beyond this they are sent
@@ -26,7 +23,7 @@ pub enum Progress {
     /// Succeeded, failed or dead.
     Finished(Box<TaskRecord>),
     /// Still queued or running when the wait ended.
-    Unfinished { id: Uuid, state: TaskState },
+    Unfinished(TaskProgress),
 }
 
 /// Submits `action` with `payload` (validation is the command layer's) and
@@ -43,60 +40,23 @@ pub async fn submit_and_wait(
         .await?;
     match commands.wait_for_task(submitted.id, wait).await {
         Ok(task) if task.state.is_final() => Ok(Progress::Finished(Box::new(task))),
-        Ok(task) => Ok(Progress::Unfinished {
+        Ok(task) => Ok(Progress::Unfinished(TaskProgress {
             id: task.id,
+            action: submitted.action,
             state: task.state,
-        }),
+        })),
         // The task was accepted and will run; only following it failed. Say
         // what is certain (it is queued) rather than report an error for
         // work that is going ahead.
         Err(e) => {
             tracing::warn!(error = %e, task_id = %submitted.id, "could not follow the submitted task");
-            Ok(Progress::Unfinished {
+            Ok(Progress::Unfinished(TaskProgress {
                 id: submitted.id,
+                action: submitted.action,
                 state: submitted.state,
-            })
+            }))
         }
     }
-}
-
-/// The HTTP path a task's result can be downloaded from.
-pub fn result_path(id: Uuid) -> String {
-    format!("/v1/tasks/{id}/result")
-}
-
-/// A task as the ZeroMQ replies show it: id, action, state, attempts, and
-/// the result inline, or where a large one is stored and its HTTP path, or
-/// why the task failed.
-pub fn task_fields(task: &TaskRecord) -> Map<String, Value> {
-    let mut fields = Map::new();
-    fields.insert("id".into(), json!(task.id));
-    fields.insert("action".into(), json!(task.action));
-    fields.insert("state".into(), json!(task.state));
-    fields.insert("attempts".into(), json!(task.attempts));
-    if task.state == TaskState::Succeeded {
-        match &task.result_object {
-            Some(object) => {
-                fields.insert("result_object".into(), json!(object));
-                fields.insert("result_path".into(), json!(result_path(task.id)));
-            }
-            None => {
-                fields.insert("result".into(), task.result.clone().unwrap_or(Value::Null));
-            }
-        }
-        if let Some(content_type) = &task.result_content_type {
-            fields.insert("content_type".into(), json!(content_type));
-        }
-    }
-    if let Some(error) = &task.error {
-        // Named apart from `error`, which in a reply means the request failed.
-        fields.insert("task_error".into(), json!(error));
-    }
-    fields.insert("created_at".into(), json!(task.created_at));
-    if let Some(finished) = task.finished_at {
-        fields.insert("finished_at".into(), json!(finished));
-    }
-    fields
 }
 
 /// The result of a succeeded task as a value, fetched from object storage
@@ -149,7 +109,8 @@ pub fn failure(task: &TaskRecord) -> WireError {
 }
 
 /// A task still going when the gateway stopped waiting.
-pub fn still_going(id: Uuid, state: TaskState, waited: Duration) -> WireError {
+pub fn still_going(progress: &TaskProgress, waited: Duration) -> WireError {
+    let TaskProgress { id, state, .. } = progress;
     WireError::new(
         "not_finished",
         format!(

@@ -4,14 +4,14 @@
 //! The numbers are read by the `sum` task's own rules (command layer).
 //! Answers come in the order of the lines (see [`crate::lines`]).
 
-use std::{future::Future, time::Duration};
+use std::{fmt, future::Future, time::Duration};
 
 use bibliomq_core::{commands::Commands, tasks::TaskState, telemetry};
 use serde_json::Value;
 use tracing::Instrument;
 
 use crate::{
-    lines::{BadLine, LineProtocol},
+    lines::{BadLine, BadReason, LineProtocol},
     outcome::{self, Progress},
     wire::{WireError, one_line},
 };
@@ -20,6 +20,24 @@ use crate::{
 const ACTION: &str = "sum";
 /// The id of an answer to a line whose id cannot be read.
 const NO_ID: &str = "-";
+
+/// An answer line: `RESULT|<id>|<value>` or `ERROR|<id>|<message>` (the
+/// message of the system's error body; this protocol has no place for its
+/// code).
+#[derive(Debug, PartialEq)]
+pub enum Answer {
+    Result { id: String, value: Value },
+    Error { id: String, error: WireError },
+}
+
+impl fmt::Display for Answer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Result { id, value } => write!(f, "RESULT|{id}|{}", one_line(&text_of(value))),
+            Self::Error { id, error } => write!(f, "ERROR|{id}|{}", one_line(&error.message)),
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct Pipe {
@@ -49,27 +67,39 @@ impl LineProtocol for Pipe {
         line: Result<String, BadLine>,
     ) -> impl Future<Output = String> + Send + 'static {
         let commands = self.commands.clone();
-        async move { answer(commands, line).await }
+        async move { answer(commands, line).await.to_string() }
     }
 }
 
-async fn answer(commands: Commands, line: Result<String, BadLine>) -> String {
+async fn answer(commands: Commands, line: Result<String, BadLine>) -> Answer {
     let line = match line {
         Ok(line) => line,
-        Err(bad) => return error(&id_of(&bad.head), &bad.message()),
+        Err(bad) => {
+            let code = match bad.reason {
+                BadReason::TooLong => "line_too_long",
+                BadReason::NotUtf8 => "invalid_request",
+            };
+            return Answer::Error {
+                id: id_of(&bad.head),
+                error: WireError::new(code, bad.message()),
+            };
+        }
     };
     let (id, numbers) = match parse(&line) {
         Ok(request) => request,
-        Err((id, message)) => return error(&id, &message),
+        Err((id, message)) => return error(id, message),
     };
     let correlation_id = telemetry::new_correlation_id();
     let span = tracing::info_span!("pipe_request", %id, %correlation_id);
     let limit = commands.settings().edge.request_timeout;
     let run = run(&commands, numbers, &correlation_id, limit).instrument(span);
     match tokio::time::timeout(limit, run).await {
-        Ok(Ok(value)) => format!("RESULT|{id}|{}", one_line(&text_of(&value))),
-        Ok(Err(e)) => error(&id, &e.message),
-        Err(_) => error(&id, &crate::wire::timeout(limit).message),
+        Ok(Ok(value)) => Answer::Result { id, value },
+        Ok(Err(error)) => Answer::Error { id, error },
+        Err(_) => Answer::Error {
+            id,
+            error: crate::wire::timeout(limit),
+        },
     }
 }
 
@@ -129,7 +159,7 @@ async fn run(
             outcome::result_value(commands, &task).await
         }
         Progress::Finished(task) => Err(outcome::failure(&task)),
-        Progress::Unfinished { id, state } => Err(outcome::still_going(id, state, wait)),
+        Progress::Unfinished(progress) => Err(outcome::still_going(&progress, wait)),
     }
 }
 
@@ -141,8 +171,12 @@ fn text_of(value: &Value) -> String {
     }
 }
 
-fn error(id: &str, message: &str) -> String {
-    format!("ERROR|{id}|{}", one_line(message))
+/// A line that is not a `TASK` line: the error body of an unreadable request.
+fn error(id: String, message: String) -> Answer {
+    Answer::Error {
+        id,
+        error: WireError::new("invalid_request", message),
+    }
 }
 
 #[cfg(test)]
@@ -178,12 +212,30 @@ mod tests {
     }
 
     #[test]
+    fn answers_are_the_result_or_the_error_body_s_message() {
+        let result = Answer::Result {
+            id: "7".into(),
+            value: serde_json::json!(15),
+        };
+        assert_eq!(result.to_string(), "RESULT|7|15");
+        let failed = Answer::Error {
+            id: "8".into(),
+            error: WireError::new("invalid_payload", "item 1 is not a number: \"x\"")
+                .with_field("payload"),
+        };
+        assert_eq!(failed.to_string(), r#"ERROR|8|item 1 is not a number: "x""#);
+    }
+
+    #[test]
     fn results_and_errors_are_single_lines() {
         assert_eq!(text_of(&serde_json::json!(15)), "15");
         assert_eq!(
             text_of(&serde_json::json!("18446744073709551616")),
             "18446744073709551616"
         );
-        assert_eq!(error("3", "bad\nthing"), "ERROR|3|bad thing");
+        assert_eq!(
+            error("3".into(), "bad\nthing".into()).to_string(),
+            "ERROR|3|bad thing"
+        );
     }
 }

@@ -10,13 +10,14 @@ use bibliomq_core::telemetry;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use crate::wire::WireError;
+use crate::{reply::Answer, wire::WireError};
 
 /// Largest request accepted, in bytes.
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 
-/// What a handler returns: the reply's fields, `"ok": true` added by the dispatcher.
-pub type Reply = Result<Map<String, Value>, WireError>;
+/// What a handler returns: its answer (`"ok": true` added by the
+/// dispatcher) or the error to reply with.
+pub type Reply = Result<Answer, WireError>;
 
 /// A parsed request: the action as sent, the other fields, and the correlation
 /// id (the client's `correlation_id` when it is usable, a fresh one otherwise).

@@ -109,15 +109,15 @@ async fn answer(
                 Ok(reply) => reply,
                 Err(_) => {
                     tracing::warn!("a ZeroMQ request timed out");
-                    error_reply(&crate::wire::timeout(request_timeout))
+                    error_reply(crate::wire::timeout(request_timeout))
                 }
             }
         }
-        [] => error_reply(&WireError::new(
+        [] => error_reply(WireError::new(
             "invalid_request",
             "the request is empty; send one JSON object",
         )),
-        _ => error_reply(&WireError::new(
+        _ => error_reply(WireError::new(
             "invalid_request",
             "send the request as a single frame holding one JSON object",
         )),

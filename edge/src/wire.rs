@@ -39,8 +39,7 @@ pub fn one_line(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use bibliomq_core::error::{CommandError, Invalid};
-    use serde_json::json;
+    use bibliomq_core::error::{CommandError, ErrorDetails, Invalid};
 
     use super::*;
 
@@ -65,14 +64,17 @@ mod tests {
     #[test]
     fn conflict_details_join_the_error_object() {
         let e: WireError = CommandError::Conflict {
-            code: "no_copy_available",
+            code: "not_available",
             message: "none left".into(),
-            details: Some(json!({"branch": "norte", "code": "ignored"})),
+            details: Some(ErrorDetails::NotAvailable {
+                earliest_due_at: None,
+                idempotency_key: "k-1".into(),
+            }),
         }
         .into();
         assert_eq!(
             to_text(&e),
-            r#"{"code":"no_copy_available","message":"none left","branch":"norte"}"#
+            r#"{"code":"not_available","message":"none left","earliest_due_at":null,"idempotency_key":"k-1"}"#
         );
     }
 }

@@ -6,40 +6,70 @@ use axum::{
     extract::{Path, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Redirect, Response},
-    routing::get,
 };
 use bibliomq_core::{
     answers::{TaskAccepted, TaskAnswer, TaskList},
-    tasks::TaskState,
+    error::ErrorDetails,
+    tasks::{Action, TaskState},
 };
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::Routes;
 use crate::{
     AppState,
-    error::ApiError,
+    error::{ApiError, ErrorAnswer},
     extract::{JsonBody, QueryParams},
     middleware::CorrelationId,
 };
 
 pub fn routes() -> Routes {
     Routes::new()
-        .route("/tasks", get(list).post(submit))
-        .route("/tasks/{id}", get(show))
-        .route("/tasks/{id}/result", get(result))
+        .routes(routes!(list, submit))
+        .routes(routes!(show))
+        .routes(routes!(result))
 }
 
-#[derive(Deserialize)]
+/// A task to run. What `payload` may be depends on `action`: the document
+/// says so action by action ([`crate::openapi`]).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = TaskSubmission)]
 struct SubmitTask {
+    #[schema(value_type = Action)]
     action: String,
+    /// What the action works on, e.g. `"1,2,3"` for sum, `30` for fib, a string for upper.
     #[serde(default)]
     payload: Value,
 }
 
-/// `202 Accepted` once RabbitMQ has confirmed the task message.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct TaskId {
+    /// The task id.
+    #[param(value_type = uuid::Uuid)]
+    id: String,
+}
+
+/// Submit a task
+///
+/// Answered once RabbitMQ has confirmed the message.
+#[utoipa::path(
+    post, path = "/tasks", tag = "tasks", operation_id = "submitTask",
+    request_body = SubmitTask,
+    responses(
+        (status = 202, description = "Queued; follow it at `Location`.", body = TaskAccepted,
+            headers(("Location" = String, description = "The task's path."))),
+        (status = 400, description = "The body is not JSON (`malformed_json`).", body = ErrorAnswer),
+        (status = 413, description = "The body is larger than BIBLIOMQ_API_BODY_LIMIT (`payload_too_large`).", body = ErrorAnswer),
+        (status = 415, description = "No `Content-Type: application/json` (`unsupported_media_type`).", body = ErrorAnswer),
+        (status = 422, description = "Unknown action or a payload the action cannot take (`unknown_action`, `invalid_payload`, `invalid_field`), with `field`.", body = ErrorAnswer),
+        (status = 503, description = "RabbitMQ, PostgreSQL or object storage unreachable (`unavailable`); nothing changed.", body = ErrorAnswer),
+    )
+)]
 async fn submit(
     State(state): State<AppState>,
     Extension(CorrelationId(correlation_id)): Extension<CorrelationId>,
@@ -61,23 +91,54 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     super::parse_uuid(raw, "a task id", "invalid_task_id")
 }
 
+/// A task's state, attempts, timestamps, error and result
+#[utoipa::path(
+    get, path = "/tasks/{id}", tag = "tasks", operation_id = "getTask",
+    params(TaskId),
+    responses(
+        (status = 200, description = "The task; `result` inline when small, `result_object` when stored in the bucket.", body = TaskAnswer),
+        (status = 400, description = "The id is not a UUID (`invalid_task_id`).", body = ErrorAnswer),
+        (status = 404, description = "No such task (`task_not_found`).", body = ErrorAnswer),
+        (status = 503, description = "RabbitMQ, PostgreSQL or object storage unreachable (`unavailable`).", body = ErrorAnswer),
+    )
+)]
 async fn show(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path(TaskId { id }): Path<TaskId>,
 ) -> Result<Json<TaskAnswer>, ApiError> {
     let task = state.commands.task(parse_id(&id)?).await?;
     Ok(Json(task.into()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only tasks in this state.
+    #[param(value_type = Option<TaskState>, inline)]
     state: Option<String>,
+    /// Only tasks of this action.
+    #[param(value_type = Option<Action>, inline)]
     action: Option<String>,
+    /// At most this many (1 to 500, default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
     limit: Option<String>,
+    /// Page on: tasks older than this id (`next_before` of the previous page).
+    #[param(value_type = Option<uuid::Uuid>)]
     before: Option<String>,
 }
 
+/// Tasks, newest first
+#[utoipa::path(
+    get, path = "/tasks", tag = "tasks", operation_id = "listTasks",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of tasks.", body = TaskList),
+        (status = 400, description = "`before` is not a task id (`invalid_task_id`), or an unknown parameter (`invalid_query`).", body = ErrorAnswer),
+        (status = 422, description = "Bad `state`, `action` or `limit`.", body = ErrorAnswer),
+        (status = 503, description = "RabbitMQ, PostgreSQL or object storage unreachable (`unavailable`).", body = ErrorAnswer),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     QueryParams(q): QueryParams<ListQuery>,
@@ -97,18 +158,37 @@ async fn list(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ResultQuery {
-    /// `true`: answer with a redirect to a presigned object-storage link.
+    /// Answer with a redirect to a presigned object-storage link (large results only).
     redirect: Option<bool>,
 }
 
-/// The result itself: inline results from PostgreSQL, large ones streamed
-/// from object storage (or a redirect to a presigned link with `?redirect=true`).
+/// The result itself
+///
+/// Inline results come from PostgreSQL; large ones are streamed from object
+/// storage with `x-content-sha256`, or with `?redirect=true` answered by a
+/// redirect to a presigned link.
+#[utoipa::path(
+    get, path = "/tasks/{id}/result", tag = "tasks", operation_id = "getTaskResult",
+    params(TaskId, ResultQuery),
+    responses(
+        (status = 200, description = "The result: JSON, or CSV for `report`.",
+            content((Value = "application/json"), (String = "text/csv")),
+            headers(("x-content-sha256" = String, description = "SHA-256 of a stored result."))),
+        (status = 307, description = "Redirect to a presigned link (`?redirect=true`, stored results).",
+            headers(("Location" = String))),
+        (status = 400, description = "The id is not a UUID (`invalid_task_id`).", body = ErrorAnswer),
+        (status = 404, description = "No such task (`task_not_found`), or the stored result is missing (`result_missing`).", body = ErrorAnswer),
+        (status = 409, description = "Not finished (`result_not_ready`) or finished without a result (`task_failed`); `state` says which.", body = ErrorAnswer),
+        (status = 503, description = "RabbitMQ, PostgreSQL or object storage unreachable (`unavailable`).", body = ErrorAnswer),
+    )
+)]
 async fn result(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path(TaskId { id }): Path<TaskId>,
     QueryParams(q): QueryParams<ResultQuery>,
 ) -> Result<Response, ApiError> {
     let task = state.commands.task(parse_id(&id)?).await?;
@@ -124,7 +204,7 @@ async fn result(
                     task.error.as_deref().unwrap_or("no reason recorded")
                 ),
             )
-            .with_details(json!({ "state": task.state })));
+            .with_details(ErrorDetails::TaskState { state: task.state }));
         }
         other => {
             return Err(ApiError::new(
@@ -132,7 +212,7 @@ async fn result(
                 "result_not_ready",
                 format!("the task is {other}; its result is not ready yet"),
             )
-            .with_details(json!({ "state": other })));
+            .with_details(ErrorDetails::TaskState { state: other }));
         }
     }
     let content_type = task

@@ -3,7 +3,6 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -13,11 +12,11 @@ use crate::{
     broker::{headers, rpc::RpcError, topology},
     config::Branch,
     db::DbFailure,
-    error::{CommandError, Invalid},
+    error::{CommandError, ErrorDetails, Invalid, TitleCandidate},
     library::{
         BranchCode, Isbn, PatronId,
         message::{CirculationMessage, LoanRequestMessage, OperationKind, OperationState},
-        outcome::{LoanMade, LoanOutcome},
+        outcome::{LoanMade, LoanOutcome, Refusal},
         store::{
             self, BookSummary, BookView, LoanLookup, LoanView, OperationView, PatronLoans,
             PendingRequest,
@@ -67,7 +66,7 @@ pub struct LoanRequest {
 }
 
 /// A loan that was made (or, with `replayed`, made earlier for the same key).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LoanReceipt {
     pub loan: LoanMade,
     pub replayed: bool,
@@ -84,15 +83,19 @@ pub struct CirculationRequest {
 }
 
 /// A renewal or return accepted for processing.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = AcceptedOperation)]
 pub struct OperationAccepted {
     pub operation_id: Uuid,
+    #[schema(schema_with = crate::schema::renewal_or_return)]
     pub kind: OperationKind,
+    #[schema(schema_with = crate::schema::pending)]
     pub state: OperationState,
     pub loan_id: Uuid,
     pub branch: String,
     /// Renewals: the due date the loan will have if the renewal is applied.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub tentative_due_at: Option<DateTime<Utc>>,
 }
 
@@ -228,9 +231,15 @@ impl Commands {
                     "`{title}` matches {} titles; give the ISBN or more words",
                     many.len()
                 ),
-                details: Some(json!({
-                    "candidates": many.iter().map(|(isbn, t)| json!({"isbn": isbn, "title": t})).collect::<Vec<_>>()
-                })),
+                details: Some(ErrorDetails::Candidates {
+                    candidates: many
+                        .iter()
+                        .map(|(isbn, title)| TitleCandidate {
+                            isbn: isbn.clone(),
+                            title: title.clone(),
+                        })
+                        .collect(),
+                }),
             }),
         }
     }
@@ -488,6 +497,29 @@ impl Commands {
     }
 }
 
+/// What a refused loan's error carries: what the refusal is about (when a
+/// copy may come back, the loan limit) and the key to retry with.
+fn refusal_details(refusal: &Refusal, idempotency_key: String) -> ErrorDetails {
+    match refusal {
+        Refusal::NotAvailable {
+            earliest_due_at, ..
+        } => ErrorDetails::NotAvailable {
+            earliest_due_at: *earliest_due_at,
+            idempotency_key,
+        },
+        Refusal::LoanLimitReached {
+            open_loans,
+            max_loans,
+            ..
+        } => ErrorDetails::LoanLimitReached {
+            open_loans: *open_loans,
+            max_loans: *max_loans,
+            idempotency_key,
+        },
+        _ => ErrorDetails::RefusedLoan { idempotency_key },
+    }
+}
+
 /// Turns the loan worker's reply into the command's answer.
 fn loan_outcome(reply: LoanOutcome, key: String) -> Result<LoanReceipt, CommandError> {
     match reply {
@@ -496,15 +528,11 @@ fn loan_outcome(reply: LoanOutcome, key: String) -> Result<LoanReceipt, CommandE
             replayed,
             idempotency_key: key,
         }),
-        LoanOutcome::Rejected(refusal) => {
-            let mut details = refusal.details().unwrap_or_else(|| json!({}));
-            details["idempotency_key"] = Value::String(key);
-            Err(CommandError::Conflict {
-                code: refusal.code(),
-                message: refusal.message(),
-                details: Some(details),
-            })
-        }
+        LoanOutcome::Rejected(refusal) => Err(CommandError::Conflict {
+            code: refusal.code(),
+            message: refusal.message(),
+            details: Some(refusal_details(&refusal, key)),
+        }),
         LoanOutcome::NotFound(refusal) => Err(CommandError::NotFound {
             code: refusal.code(),
             message: refusal.message(),

@@ -94,7 +94,7 @@ pub struct CirculationEvent {
     /// Renewals and returns: what changed, or the refusal.
     pub outcome: Option<super::outcome::Settlement>,
     /// Refusals: the code and its message.
-    pub reason: Option<String>,
+    pub reason: Option<super::outcome::RefusalCode>,
     pub message: Option<String>,
     pub correlation_id: String,
     pub at: DateTime<Utc>,

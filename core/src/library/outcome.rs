@@ -8,11 +8,15 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize, ser::SerializeMap};
-use serde_json::{Value, json};
+
+use utoipa::PartialSchema;
 use uuid::Uuid;
 
+use crate::schema;
+
 /// A loan as it was made.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = NewLoan)]
 pub struct LoanMade {
     pub id: Uuid,
     pub isbn: String,
@@ -25,6 +29,21 @@ pub struct LoanMade {
     pub due_at: DateTime<Utc>,
     pub renewals: i32,
 }
+
+crate::words::word_enum!(
+    "refusal code",
+    /// The stable code of a [`Refusal`]: an operation's `reason`.
+    pub enum RefusalCode {
+        IdempotencyKeyReused = "idempotency_key_reused",
+        PatronNotFound = "patron_not_found",
+        TitleNotFound = "title_not_found",
+        LoanLimitReached = "loan_limit_reached",
+        NotAvailable = "not_available",
+        NotOnLoan = "not_on_loan",
+        Overdue = "overdue",
+        RenewalLimitReached = "renewal_limit_reached",
+    }
+);
 
 /// Why a loan, renewal or return was refused: a stable code (the `code`
 /// member) and the data its message needs. Serialised with its message.
@@ -71,17 +90,21 @@ fn when(t: &DateTime<Utc>) -> String {
 }
 
 impl Refusal {
-    pub fn code(&self) -> &'static str {
+    pub fn reason(&self) -> RefusalCode {
         match self {
-            Self::IdempotencyKeyReused => "idempotency_key_reused",
-            Self::PatronNotFound { .. } => "patron_not_found",
-            Self::TitleNotFound { .. } => "title_not_found",
-            Self::LoanLimitReached { .. } => "loan_limit_reached",
-            Self::NotAvailable { .. } => "not_available",
-            Self::NotOnLoan => "not_on_loan",
-            Self::Overdue { .. } => "overdue",
-            Self::RenewalLimitReached { .. } => "renewal_limit_reached",
+            Self::IdempotencyKeyReused => RefusalCode::IdempotencyKeyReused,
+            Self::PatronNotFound { .. } => RefusalCode::PatronNotFound,
+            Self::TitleNotFound { .. } => RefusalCode::TitleNotFound,
+            Self::LoanLimitReached { .. } => RefusalCode::LoanLimitReached,
+            Self::NotAvailable { .. } => RefusalCode::NotAvailable,
+            Self::NotOnLoan => RefusalCode::NotOnLoan,
+            Self::Overdue { .. } => RefusalCode::Overdue,
+            Self::RenewalLimitReached { .. } => RefusalCode::RenewalLimitReached,
         }
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.reason().as_str()
     }
 
     /// What a person reads: the one place these messages are written.
@@ -131,22 +154,6 @@ impl Refusal {
             ),
         }
     }
-
-    /// Members an error answer carries besides code and message, as they
-    /// have always been: when a copy may come back, and the loan limit.
-    pub fn details(&self) -> Option<Value> {
-        match self {
-            Self::NotAvailable {
-                earliest_due_at, ..
-            } => Some(json!({ "earliest_due_at": earliest_due_at })),
-            Self::LoanLimitReached {
-                open_loans,
-                max_loans,
-                ..
-            } => Some(json!({ "open_loans": open_loans, "max_loans": max_loans })),
-            _ => None,
-        }
-    }
 }
 
 impl Serialize for Refusal {
@@ -183,6 +190,21 @@ impl Serialize for Refusal {
     }
 }
 
+/// One object per code: `code` (that one word), `message`, and the data
+/// members [`Refusal`]'s serialiser writes for it, each present (`null`
+/// when not known).
+impl utoipa::PartialSchema for Refusal {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        schema::one_of(schema::refusals(RefusalCode::ALL, None))
+            .description(Some(
+                "Why an operation was refused: a stable `code`, its `message`, and what the refusal is about.",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Refusal {}
+
 /// What `library_loan` answers (and what the loan worker replies). Stored
 /// with the operation, so a retry with the same key gets it again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -203,7 +225,7 @@ pub enum LoanOutcome {
 }
 
 /// A renewal applied.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Renewed {
     pub loan_id: Uuid,
     pub previous_due_at: DateTime<Utc>,
@@ -213,7 +235,7 @@ pub struct Renewed {
 }
 
 /// A return applied.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Returned {
     pub loan_id: Uuid,
     pub copy: String,
@@ -245,8 +267,102 @@ impl Settlement {
     }
 }
 
+/// What a settled operation did, as clients see it (`GET
+/// /v1/operations/{id}`, the edge's `"wait": true` replies): tagged by
+/// its `outcome`. A loan's outcome is the loan worker's answer as it always
+/// was; renewals and returns read `renewed`, `returned` or `rejected`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum OperationOutcome {
+    /// A loan made (or, with `replayed`, made earlier for the same key).
+    Loaned { loan: LoanMade, replayed: bool },
+    /// A renewal applied: the new due date.
+    Renewed(Renewed),
+    /// A return applied.
+    Returned(Returned),
+    /// A rule refused it.
+    Rejected(Refusal),
+    /// The patron or the title does not exist (loans).
+    NotFound(Refusal),
+    /// The loan worker could not reach its database; nothing was lent.
+    Error,
+}
+
+/// One object per outcome, and per refusal code for the refused ones, each
+/// with its `outcome` word: written out rather than derived, because a
+/// derive would join the tag to the closed objects with `allOf`, which no
+/// object can satisfy.
+impl utoipa::PartialSchema for OperationOutcome {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::{ObjectBuilder, Ref, Type};
+        let mut objects = vec![
+            ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .title(Some("loaned"))
+                .property("outcome", schema::word("loaned"))
+                .required("outcome")
+                .property("loan", Ref::from_schema_name("NewLoan"))
+                .required("loan")
+                .property("replayed", ObjectBuilder::new().schema_type(Type::Boolean))
+                .required("replayed")
+                .into(),
+            schema::tagged(Renewed::schema(), "outcome", "renewed"),
+            schema::tagged(Returned::schema(), "outcome", "returned"),
+        ];
+        objects.extend(schema::refusals(RefusalCode::ALL, Some("rejected")));
+        objects.extend(schema::refusals(
+            &[RefusalCode::PatronNotFound, RefusalCode::TitleNotFound],
+            Some("not_found"),
+        ));
+        objects.push(
+            ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .title(Some("error"))
+                .property("outcome", schema::word("error"))
+                .required("outcome")
+                .into(),
+        );
+        schema::one_of(objects)
+            .description(Some(
+                "What a settled operation did, tagged by `outcome`: `loaned` (loans), `renewed`, `returned`, `rejected` (with the refusal's `code` and `message`), `not_found` (loans), `error` (loans).",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for OperationOutcome {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        schemas.push(("NewLoan".to_owned(), LoanMade::schema()));
+        <LoanMade as utoipa::ToSchema>::schemas(schemas);
+    }
+}
+
+impl From<Settlement> for OperationOutcome {
+    fn from(settled: Settlement) -> Self {
+        match settled {
+            Settlement::Loan(LoanOutcome::Loaned { loan, replayed }) => {
+                Self::Loaned { loan, replayed }
+            }
+            Settlement::Loan(LoanOutcome::Rejected(r)) | Settlement::Refused(r) => {
+                Self::Rejected(r)
+            }
+            Settlement::Loan(LoanOutcome::NotFound(r)) => Self::NotFound(r),
+            Settlement::Loan(LoanOutcome::Error) => Self::Error,
+            Settlement::Renewed(r) => Self::Renewed(r),
+            Settlement::Returned(r) => Self::Returned(r),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -308,5 +424,55 @@ mod tests {
             serde_json::to_value(&r).unwrap(),
             json!({"code": "not_on_loan", "message": "the loan is already closed"})
         );
+    }
+
+    #[test]
+    fn an_operation_outcome_is_tagged_and_a_loan_s_reads_as_before() {
+        let renewed = json!({"loan_id": Uuid::nil(), "previous_due_at": "2026-01-01T00:00:00+00:00",
+            "due_at": "2026-01-08T00:00:00+00:00", "renewals": 1, "copy": "NOR-1"});
+        let settled: Settlement = serde_json::from_value(renewed).unwrap();
+        let shown = serde_json::to_value(OperationOutcome::from(settled)).unwrap();
+        assert_eq!(
+            shown,
+            json!({"outcome": "renewed", "loan_id": Uuid::nil(),
+                "previous_due_at": "2026-01-01T00:00:00Z", "due_at": "2026-01-08T00:00:00Z",
+                "renewals": 1, "copy": "NOR-1"})
+        );
+
+        let refused: Settlement =
+            serde_json::from_value(json!({"code": "overdue", "due_at": "2026-01-01T00:00:00Z"}))
+                .unwrap();
+        assert_eq!(
+            serde_json::to_value(OperationOutcome::from(refused)).unwrap(),
+            json!({"outcome": "rejected", "code": "overdue", "due_at": "2026-01-01T00:00:00Z",
+                "message": "the loan was due 2026-01-01T00:00:00Z; overdue loans cannot be renewed"})
+        );
+
+        for stored in [
+            json!({"outcome": "rejected", "code": "loan_limit_reached", "patron": "ana",
+                "open_loans": 5, "max_loans": 5}),
+            json!({"outcome": "not_found", "code": "patron_not_found", "patron": "zed"}),
+        ] {
+            let settled: Settlement = serde_json::from_value(stored).unwrap();
+            let Settlement::Loan(loan) = &settled else {
+                panic!("{settled:?}")
+            };
+            assert_eq!(
+                serde_json::to_value(OperationOutcome::from(settled.clone())).unwrap(),
+                serde_json::to_value(loan).unwrap(),
+                "a loan's outcome is shown as the worker answered it"
+            );
+        }
+    }
+
+    #[test]
+    fn refusal_codes_are_the_words_of_the_reason() {
+        for code in RefusalCode::ALL {
+            let refusal: Refusal = serde_json::from_value(json!({"code": code.as_str(),
+                "open_loans": 1, "max_loans": 1}))
+            .unwrap();
+            assert_eq!(refusal.reason(), *code);
+            assert_eq!(refusal.code(), code.as_str());
+        }
     }
 }

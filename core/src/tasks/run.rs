@@ -6,7 +6,8 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use num_bigint::BigUint;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use super::{Decimal, Language, TaskRequest, report};
 
@@ -54,6 +55,15 @@ impl TaskOutput {
             content_type: ContentType::Json,
         }
     }
+
+    /// A result of a type of its own, as JSON.
+    fn typed(value: &impl Serialize) -> Self {
+        Self {
+            // Structs of numbers and strings always serialise.
+            bytes: Bytes::from(serde_json::to_vec(value).unwrap_or_default()),
+            content_type: ContentType::Json,
+        }
+    }
 }
 
 /// Why a task failed for good (retrying would not help).
@@ -79,9 +89,9 @@ pub async fn run(request: TaskRequest) -> Result<TaskOutput, TaskFailure> {
         }
         TaskRequest::Sleep(d) => {
             tokio::time::sleep(d).await;
-            Ok(TaskOutput::json(
-                &json!({ "slept_ms": u64::try_from(d.as_millis()).unwrap_or(u64::MAX) }),
-            ))
+            Ok(TaskOutput::typed(&Slept {
+                slept_ms: u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+            }))
         }
         TaskRequest::Sum(numbers) if numbers.len() <= 1_000 => sum(&numbers),
         other => blocking(move || run_heavy(other)).await,
@@ -202,15 +212,45 @@ fn wordcount(text: &str) -> TaskOutput {
     let mut counts: Vec<(String, u64)> = counts.into_iter().collect();
     counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     let unique = counts.len();
-    let counts: Vec<Value> = counts
+    let counts = counts
         .into_iter()
-        .map(|(word, count)| json!({ "word": word, "count": count }))
+        .map(|(word, count)| WordFrequency { count, word })
         .collect();
-    TaskOutput::json(&json!({ "words": total, "unique": unique, "counts": counts }))
+    TaskOutput::typed(&WordCount {
+        counts,
+        unique,
+        words: total,
+    })
+}
+
+// The results of `sleep` and `wordcount`. Members are declared in
+// alphabetical order: the order these results have always had, from when
+// they were JSON maps, so stored and new results read the same.
+
+/// `sleep`: how long it slept.
+#[derive(Debug, Serialize)]
+struct Slept {
+    slept_ms: u64,
+}
+
+/// `wordcount`: every word with its count, most frequent first.
+#[derive(Debug, Serialize)]
+struct WordCount {
+    counts: Vec<WordFrequency>,
+    unique: usize,
+    words: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct WordFrequency {
+    count: u64,
+    word: String,
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
     use crate::tasks::{Action, TaskRequest};
 
@@ -276,5 +316,17 @@ mod tests {
         assert_eq!(w["words"], json!(7));
         assert_eq!(w["unique"], json!(4));
         assert_eq!(w["counts"][0], json!({"word": "el", "count": 3}));
+        // Members in the order wordcount and sleep results have always had.
+        let out = run(TaskRequest::parse(Action::Wordcount, &json!("el El")).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            &out.bytes[..],
+            br#"{"counts":[{"count":2,"word":"el"}],"unique":1,"words":2}"#
+        );
+        let out = run(TaskRequest::parse(Action::Sleep, &json!(1)).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(&out.bytes[..], br#"{"slept_ms":1}"#);
     }
 }

@@ -9,10 +9,11 @@ use uuid::Uuid;
 use crate::library::{
     Rules,
     message::{OperationKind, OperationState},
-    outcome::Settlement,
+    outcome::{OperationOutcome, RefusalCode, Settlement},
 };
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Loan)]
 pub struct LoanView {
     pub id: Uuid,
     pub isbn: String,
@@ -23,6 +24,7 @@ pub struct LoanView {
     pub loaned_at: DateTime<Utc>,
     pub due_at: DateTime<Utc>,
     pub renewals: i32,
+    #[schema(required = true)]
     pub returned_at: Option<DateTime<Utc>>,
     pub overdue: bool,
 }
@@ -65,7 +67,7 @@ pub async fn loan(
     Ok(row.map(|r| loan_view(&r, now)))
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PatronLoans {
     pub patron: String,
     pub name: String,
@@ -187,21 +189,29 @@ pub async fn find_loan_by_id(
     })
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Operation)]
 pub struct OperationView {
     pub id: Uuid,
     pub kind: OperationKind,
     pub state: OperationState,
-    /// Why it was rejected: a stable code.
-    pub reason: Option<String>,
+    /// Why it was rejected: the refusal's code.
+    #[schema(required = true)]
+    pub reason: Option<RefusalCode>,
+    #[schema(required = true)]
     pub loan_id: Option<Uuid>,
+    #[schema(required = true)]
     pub isbn: Option<String>,
+    #[schema(required = true)]
     pub patron: Option<String>,
     pub branch: String,
     pub requested_at: DateTime<Utc>,
+    #[schema(required = true)]
     pub settled_at: Option<DateTime<Utc>>,
-    /// What it did (new due date, ...) or why it was refused.
-    pub outcome: Option<Settlement>,
+    /// What it did (new due date, ...) or why it was refused (`code` and
+    /// `message`); null while pending.
+    #[schema(required = true)]
+    pub outcome: Option<OperationOutcome>,
 }
 
 pub async fn operation(
@@ -222,13 +232,15 @@ pub async fn operation(
         id: r.get(0),
         kind: r.get(1),
         state: r.get(2),
-        reason: r.get(3),
+        reason: r.try_get(3)?,
         loan_id: r.get(4),
         isbn: r.get(5),
         patron: r.get(6),
         branch: r.get(7),
         requested_at: r.get(8),
         settled_at: r.get(9),
-        outcome: r.try_get::<_, Option<Json<Settlement>>>(10)?.map(|j| j.0),
+        outcome: r
+            .try_get::<_, Option<Json<Settlement>>>(10)?
+            .map(|j| OperationOutcome::from(j.0)),
     }))
 }
