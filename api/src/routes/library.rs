@@ -65,18 +65,18 @@ struct IdPath {
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
-struct PatronPath {
+pub(super) struct PatronPath {
     /// The patron id.
     #[param(value_type = bibliomq_core::schema::Patron, inline)]
-    id: String,
+    pub(super) id: String,
 }
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
-struct IsbnPath {
+pub(super) struct IsbnPath {
     /// ISBN-13 (or ISBN-10; hyphens allowed).
     #[param(value_type = bibliomq_core::schema::Isbn, inline)]
-    isbn: String,
+    pub(super) isbn: String,
 }
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";

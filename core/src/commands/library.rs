@@ -119,7 +119,7 @@ impl Commands {
         &self.settings().library.branches
     }
 
-    fn branch(&self, raw: &str) -> Result<BranchCode, Invalid> {
+    pub(super) fn branch(&self, raw: &str) -> Result<BranchCode, Invalid> {
         BranchCode::parse(raw, &self.settings().library)
     }
 

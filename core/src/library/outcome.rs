@@ -64,6 +64,13 @@ pub enum Refusal {
         #[serde(default)]
         renewals: Option<i64>,
     },
+    /// The patron is blocked: no loans or renewals until unblocked.
+    PatronBlocked {
+        #[serde(default)]
+        patron: Option<String>,
+        #[serde(default)]
+        reason: Option<String>,
+    },
 }
 
 /// A timestamp in messages: to the second, in UTC.
@@ -82,6 +89,7 @@ impl Refusal {
             Self::NotOnLoan => "not_on_loan",
             Self::Overdue { .. } => "overdue",
             Self::RenewalLimitReached { .. } => "renewal_limit_reached",
+            Self::PatronBlocked { .. } => "patron_blocked",
         }
     }
 
@@ -130,6 +138,11 @@ impl Refusal {
                 "the loan was already renewed {} times, the most allowed",
                 renewals.map_or_else(|| "the most".to_owned(), |n| n.to_string())
             ),
+            Self::PatronBlocked { patron, reason } => format!(
+                "patron {} is blocked ({}): no loans or renewals until unblocked",
+                patron.as_deref().unwrap_or("?"),
+                reason.as_deref().unwrap_or("no reason recorded")
+            ),
         }
     }
 
@@ -145,6 +158,9 @@ impl Refusal {
                 max_loans,
                 ..
             } => Some(json!({ "open_loans": open_loans, "max_loans": max_loans })),
+            Self::PatronBlocked { patron, reason } => {
+                Some(json!({ "patron": patron, "reason": reason }))
+            }
             _ => None,
         }
     }
@@ -178,6 +194,10 @@ impl Serialize for Refusal {
             Self::Overdue { due_at } => map.serialize_entry("due_at", due_at)?,
             Self::RenewalLimitReached { renewals } => {
                 map.serialize_entry("renewals", renewals)?;
+            }
+            Self::PatronBlocked { patron, reason } => {
+                map.serialize_entry("patron", patron)?;
+                map.serialize_entry("reason", reason)?;
             }
         }
         map.end()
