@@ -7,7 +7,9 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bibliomq_core::{
-    commands::{NewPatron, NewTitle, PatronEdit, PatronPage, TitleChange},
+    commands::{
+        IMPORT_MAX_ROWS, ImportReport, NewPatron, NewTitle, PatronEdit, PatronPage, TitleChange,
+    },
     library::store::{CopyRecord, PatronView, TitleView},
 };
 use serde::{Deserialize, Deserializer};
@@ -32,6 +34,112 @@ pub fn routes() -> Routes {
         .routes(routes!(withdraw_copy))
         .routes(routes!(add_patron, list_patrons))
         .routes(routes!(show_patron, change_patron))
+        .routes(routes!(import_titles))
+        .routes(routes!(import_patrons))
+}
+
+/// Up to `IMPORT_MAX_ROWS` of the schema `name`.
+fn rows_of(name: &str) -> utoipa::openapi::schema::Array {
+    utoipa::openapi::schema::ArrayBuilder::new()
+        .items(utoipa::openapi::Ref::from_schema_name(name))
+        .max_items(Some(IMPORT_MAX_ROWS))
+        .build()
+}
+
+fn title_rows() -> utoipa::openapi::schema::Array {
+    rows_of("NewTitle")
+}
+
+fn patron_rows() -> utoipa::openapi::schema::Array {
+    rows_of("NewPatron")
+}
+
+/// Titles to add or update, by ISBN.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = TitleImport)]
+struct TitleImportBody {
+    #[schema(schema_with = title_rows)]
+    rows: Vec<TitleBody>,
+}
+
+/// Patrons to add or update, by id.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = PatronImport)]
+struct PatronImportBody {
+    #[schema(schema_with = patron_rows)]
+    rows: Vec<PatronBody>,
+}
+
+/// Add or update titles in bulk (what `bibliomq import titles` sends)
+///
+/// Each row is checked as `POST /v1/titles` checks a title; refused rows
+/// are listed by their place (from 0) and change nothing; the others are
+/// written in one transaction. A row that is already so is counted
+/// `unchanged` and not written, so sending the same rows twice changes
+/// nothing. Copies are not touched.
+#[utoipa::path(
+    post, path = "/import/titles", tag = "catalogue", operation_id = "importTitles",
+    request_body(content = TitleImportBody),
+    responses(
+        (status = 200, description = "What each row did.", body = ImportReport),
+        (status = 400, description = "Malformed JSON.", body = ErrorAnswer),
+        (status = 413, description = "The body is larger than BIBLIOMQ_API_BODY_LIMIT (`payload_too_large`).", body = ErrorAnswer),
+        (status = 415, description = "No `Content-Type: application/json`.", body = ErrorAnswer),
+        (status = 422, description = "Too many rows, or a row of the wrong shape, with `field`.", body = ErrorAnswer),
+        (status = 503, description = "PostgreSQL unreachable (`unavailable`); nothing changed.", body = ErrorAnswer),
+    )
+)]
+async fn import_titles(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<TitleImportBody>,
+) -> Result<Json<ImportReport>, ApiError> {
+    let rows = body
+        .rows
+        .into_iter()
+        .map(|b| NewTitle {
+            isbn: b.isbn,
+            title: b.title,
+            authors: b.authors,
+            year: b.year,
+        })
+        .collect();
+    Ok(Json(state.commands.import_titles(rows).await?))
+}
+
+/// Add or update patrons in bulk (what `bibliomq import patrons` sends)
+///
+/// Each row is checked as `POST /v1/patrons` checks a patron; refused rows
+/// are listed by their place (from 0) and change nothing; the others are
+/// written in one transaction. Name and e-mail are set as given; whether a
+/// patron is blocked is kept. Sending the same rows twice changes nothing.
+#[utoipa::path(
+    post, path = "/import/patrons", tag = "patrons", operation_id = "importPatrons",
+    request_body(content = PatronImportBody),
+    responses(
+        (status = 200, description = "What each row did.", body = ImportReport),
+        (status = 400, description = "Malformed JSON.", body = ErrorAnswer),
+        (status = 413, description = "The body is larger than BIBLIOMQ_API_BODY_LIMIT (`payload_too_large`).", body = ErrorAnswer),
+        (status = 415, description = "No `Content-Type: application/json`.", body = ErrorAnswer),
+        (status = 422, description = "Too many rows, or a row of the wrong shape, with `field`.", body = ErrorAnswer),
+        (status = 503, description = "PostgreSQL unreachable (`unavailable`); nothing changed.", body = ErrorAnswer),
+    )
+)]
+async fn import_patrons(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<PatronImportBody>,
+) -> Result<Json<ImportReport>, ApiError> {
+    let rows = body
+        .rows
+        .into_iter()
+        .map(|b| NewPatron {
+            id: b.id,
+            name: b.name,
+            email: b.email,
+        })
+        .collect();
+    Ok(Json(state.commands.import_patrons(rows).await?))
 }
 
 fn created<T: serde::Serialize>(location: &str, body: T) -> Response {

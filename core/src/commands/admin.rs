@@ -384,3 +384,123 @@ impl Commands {
         })
     }
 }
+
+/// Most rows in one import request.
+pub const IMPORT_MAX_ROWS: usize = 1000;
+
+/// A row an import refused, by its place in the request (from 0).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RowRejected {
+    pub row: usize,
+    #[schema(value_type = String)]
+    pub code: &'static str,
+    pub message: String,
+    /// The column at fault, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub field: Option<String>,
+}
+
+/// What one import request did: rows created, updated, already so, and
+/// refused (with why). Refused rows change nothing; the others are
+/// written in one transaction.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct ImportReport {
+    pub created: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+    pub rejected: Vec<RowRejected>,
+}
+
+impl ImportReport {
+    fn reject(&mut self, row: usize, e: Invalid) {
+        self.rejected.push(RowRejected {
+            row,
+            code: e.code,
+            message: e.message,
+            field: e.field,
+        });
+    }
+
+    fn count(&mut self, done: store::Upserted) {
+        match done {
+            store::Upserted::Created => self.created += 1,
+            store::Upserted::Updated => self.updated += 1,
+            store::Upserted::Unchanged => self.unchanged += 1,
+        }
+    }
+}
+
+/// Checks every row; keeps the first of rows with the same key.
+fn checked<T, K: Eq + std::hash::Hash>(
+    report: &mut ImportReport,
+    rows: Vec<Result<T, Invalid>>,
+    key: impl Fn(&T) -> K,
+    what: &str,
+) -> Result<Vec<T>, Invalid> {
+    if rows.len() > IMPORT_MAX_ROWS {
+        return Err(Invalid::field(
+            "too_many_rows",
+            "rows",
+            format!("at most {IMPORT_MAX_ROWS} rows in one request"),
+        ));
+    }
+    let mut seen = std::collections::HashMap::new();
+    let mut good = Vec::new();
+    for (i, row) in rows.into_iter().enumerate() {
+        match row {
+            Err(e) => report.reject(i, e),
+            Ok(t) => match seen.get(&key(&t)) {
+                Some(first) => report.reject(
+                    i,
+                    Invalid::new(
+                        "duplicate_row",
+                        format!("the same {what} as row {first} of this request"),
+                    ),
+                ),
+                None => {
+                    seen.insert(key(&t), i);
+                    good.push(t);
+                }
+            },
+        }
+    }
+    Ok(good)
+}
+
+impl Commands {
+    /// Adds or updates titles (by ISBN); copies are not touched.
+    pub async fn import_titles(&self, rows: Vec<NewTitle>) -> Result<ImportReport, CommandError> {
+        let mut report = ImportReport::default();
+        let rows = rows.iter().map(NewTitle::check).collect();
+        let good = checked(&mut report, rows, |t: &TitleView| t.isbn.clone(), "ISBN")?;
+        let mut client = self.pool().get().await?;
+        let tx = client.transaction().await?;
+        for t in &good {
+            let done = store::upsert_title(&*tx, t).await?;
+            report.count(done);
+        }
+        tx.commit().await?;
+        Ok(report)
+    }
+
+    /// Adds or updates patrons (by id): name and e-mail; blocks are kept.
+    pub async fn import_patrons(&self, rows: Vec<NewPatron>) -> Result<ImportReport, CommandError> {
+        let mut report = ImportReport::default();
+        let rows = rows.iter().map(NewPatron::check).collect();
+        let good = checked(
+            &mut report,
+            rows,
+            |p: &PatronView| p.id.clone(),
+            "patron id",
+        )?;
+        let mut client = self.pool().get().await?;
+        let tx = client.transaction().await?;
+        for p in &good {
+            let done = store::upsert_patron(&*tx, p).await?;
+            report.count(done);
+        }
+        tx.commit().await?;
+        Ok(report)
+    }
+}

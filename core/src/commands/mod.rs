@@ -11,9 +11,9 @@ use std::sync::Arc;
 use deadpool_postgres::Pool;
 
 pub use admin::{
-    AUTHOR_MAX, AUTHORS_MAX, EMAIL_MAX, NAME_MAX, NewPatron, NewTitle, PATRON_QUERY_MAX,
-    PATRONS_DEFAULT_LIMIT, PATRONS_MAX_LIMIT, PatronEdit, PatronPage, REASON_MAX, TITLE_MAX,
-    TitleChange, YEAR_MAX, YEAR_MIN,
+    AUTHOR_MAX, AUTHORS_MAX, EMAIL_MAX, IMPORT_MAX_ROWS, ImportReport, NAME_MAX, NewPatron,
+    NewTitle, PATRON_QUERY_MAX, PATRONS_DEFAULT_LIMIT, PATRONS_MAX_LIMIT, PatronEdit, PatronPage,
+    REASON_MAX, RowRejected, TITLE_MAX, TitleChange, YEAR_MAX, YEAR_MIN,
 };
 pub use dashboard::{
     BranchSeries, CIRCULATION_DEFAULT_MINUTES, CIRCULATION_MAX_MINUTES, Circulation, KindCount,

@@ -387,3 +387,69 @@ async fn a_blocked_patron_can_neither_borrow_nor_renew_until_unblocked() {
         .await;
     assert_eq!(status, 201, "{lent}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_import_sent_twice_changes_nothing_the_second_time_and_names_each_refused_row() {
+    let app = spawn_app().await;
+    let rows = json!({"rows": [
+        {"isbn": ISBN10, "title": "Crime and Punishment", "authors": ["Fyodor Dostoevsky"], "year": 1866},
+        {"isbn": "9780140449137", "title": "Bad check digit"},
+        {"isbn": "9780306406157", "title": "Another"},
+        {"isbn": ISBN13, "title": "The same ISBN again"},
+    ]});
+    let (status, first) = app.post("/v1/import/titles", &rows).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(
+        (first["created"].as_u64(), first["updated"].as_u64()),
+        (Some(2), Some(0))
+    );
+    let rejected: Vec<(u64, &str)> = first["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["row"].as_u64().unwrap(), r["code"].as_str().unwrap()))
+        .collect();
+    assert_eq!(rejected, [(1, "invalid_isbn"), (3, "duplicate_row")]);
+
+    let before = app.count("SELECT count(*) FROM titles").await;
+    let (_, second) = app.post("/v1/import/titles", &rows).await;
+    assert_eq!(
+        (
+            second["created"].as_u64(),
+            second["updated"].as_u64(),
+            second["unchanged"].as_u64()
+        ),
+        (Some(0), Some(0), Some(2)),
+        "{second}"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM titles").await, before);
+
+    // A changed row is updated; a blocked patron stays blocked.
+    let (_, third) = app
+        .post(
+            "/v1/import/titles",
+            &json!({"rows": [{"isbn": ISBN13, "title": "Crime and Punishment", "year": 1867}]}),
+        )
+        .await;
+    assert_eq!(third["updated"], 1, "{third}");
+    app.post(
+        "/v1/import/patrons",
+        &json!({"rows": [{"id": "ivan", "name": "Ivan"}]}),
+    )
+    .await;
+    app.patch(
+        "/v1/patrons/ivan",
+        &json!({"blocked": {"reason": "lost a book"}}),
+    )
+    .await;
+    let (_, again) = app
+        .post(
+            "/v1/import/patrons",
+            &json!({"rows": [{"id": "ivan", "name": "Ivan K.", "email": "ivan@example.org"}]}),
+        )
+        .await;
+    assert_eq!(again["updated"], 1, "{again}");
+    let (_, ivan) = app.get_json("/v1/patrons/ivan").await;
+    assert_eq!(ivan["name"], "Ivan K.");
+    assert_eq!(ivan["blocked"]["reason"], "lost a book");
+}

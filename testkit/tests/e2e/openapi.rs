@@ -672,6 +672,32 @@ async fn every_documented_operation_answers_as_documented() {
     c.check(call(Method::GET, "/v1/patrons?limit=0"), 422).await;
     c.check(call(Method::GET, "/v1/patrons?colour=red"), 400)
         .await;
+    c.check(
+        call(Method::POST, "/v1/import/titles").json(json!({"rows": [
+            {"isbn": "9780306406157", "title": "Imported", "authors": ["A. B."], "year": 2001},
+            {"isbn": "9780306406158", "title": "Bad check digit"}
+        ]})),
+        200,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/import/titles").json(json!({"rows": [{"isbn": 1}]})),
+        422,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/import/patrons").json(json!({"rows": [
+            {"id": "imp1", "name": "Imported One"},
+            {"id": "imp2", "name": "  "}
+        ]})),
+        200,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/import/patrons").raw("application/json", "{"),
+        400,
+    )
+    .await;
 
     // The web pages' routes. The event stream: `ready`, then an outcome
     // event in the documented shape; then the connection is dropped.

@@ -331,3 +331,59 @@ pub async fn list_patrons(
         more,
     ))
 }
+
+/// What an upsert did to one row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upserted {
+    Created,
+    Updated,
+    /// The row was there already, exactly so.
+    Unchanged,
+}
+
+fn upserted(row: Option<Row>) -> Upserted {
+    match row.map(|r| r.get::<_, bool>(0)) {
+        None => Upserted::Unchanged,
+        Some(true) => Upserted::Created,
+        Some(false) => Upserted::Updated,
+    }
+}
+
+/// Adds a title or makes it as given; a row that is already so is not
+/// written at all (an import run twice changes nothing).
+pub async fn upsert_title(
+    db: &impl GenericClient,
+    t: &TitleView,
+) -> Result<Upserted, tokio_postgres::Error> {
+    let row = db
+        .query_opt(
+            "INSERT INTO titles AS t (isbn, title, authors, published_year) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (isbn) DO UPDATE
+                SET title = EXCLUDED.title, authors = EXCLUDED.authors,
+                    published_year = EXCLUDED.published_year
+              WHERE (t.title, t.authors, t.published_year)
+                    IS DISTINCT FROM (EXCLUDED.title, EXCLUDED.authors, EXCLUDED.published_year)
+             RETURNING (xmax = 0)",
+            &[&t.isbn, &t.title, &t.authors, &t.year],
+        )
+        .await?;
+    Ok(upserted(row))
+}
+
+/// Adds a patron or gives them the name and e-mail given (blocks stay as
+/// they are); a patron already so is not written.
+pub async fn upsert_patron(
+    db: &impl GenericClient,
+    p: &PatronView,
+) -> Result<Upserted, tokio_postgres::Error> {
+    let row = db
+        .query_opt(
+            "INSERT INTO patrons AS p (id, name, email) VALUES ($1, $2, $3)
+             ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, email = EXCLUDED.email
+              WHERE (p.name, p.email) IS DISTINCT FROM (EXCLUDED.name, EXCLUDED.email)
+             RETURNING (xmax = 0)",
+            &[&p.id, &p.name, &p.email],
+        )
+        .await?;
+    Ok(upserted(row))
+}
