@@ -635,7 +635,7 @@ async fn admin_commands_add_titles_copies_and_patrons_withdraw_block_show_and_li
             "--title",
             "Crime and Punishment",
             "--author",
-            "Fyodor Dostoevsky",
+            "F. Author",
             "--year",
             "1866",
         ],

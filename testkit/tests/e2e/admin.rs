@@ -13,7 +13,7 @@ async fn add_title_with_copies(app: &TestApp, isbn: &str, branches: &[&str]) -> 
     let (status, title) = app
         .post(
             "/v1/titles",
-            &json!({"isbn": isbn, "title": "Crime and Punishment", "authors": ["Fyodor Dostoevsky"], "year": 1866}),
+            &json!({"isbn": isbn, "title": "Crime and Punishment", "authors": ["F. Author"], "year": 1866}),
         )
         .await;
     assert_eq!(status, 201, "{title}");
@@ -99,7 +99,7 @@ async fn a_title_added_with_copies_through_the_api_is_lent_and_its_isbn_10_is_st
         .await;
     assert_eq!(status, 200, "{changed}");
     assert_eq!(changed["title"], "Crime and Punishment (annotated)");
-    assert_eq!(changed["authors"], json!(["Fyodor Dostoevsky"]));
+    assert_eq!(changed["authors"], json!(["F. Author"]));
     assert_eq!(changed["year"], 1866);
 }
 
@@ -242,7 +242,7 @@ async fn patrons_are_added_changed_shown_and_listed_a_page_at_a_time() {
         ("adm-c", "Carmen Díaz"),
         ("adm-b", "Bruno Sáez"),
         ("adm-d", "Diego Alonso"),
-        ("other", "Olga Pérez"),
+        ("other", "Olga P."),
     ] {
         let (status, p) = app
             .post("/v1/patrons", &json!({"id": id, "name": name}))
@@ -392,7 +392,7 @@ async fn a_blocked_patron_can_neither_borrow_nor_renew_until_unblocked() {
 async fn a_bulk_import_sent_twice_changes_nothing_the_second_time_and_names_each_refused_row() {
     let app = spawn_app().await;
     let rows = json!({"rows": [
-        {"isbn": ISBN10, "title": "Crime and Punishment", "authors": ["Fyodor Dostoevsky"], "year": 1866},
+        {"isbn": ISBN10, "title": "Crime and Punishment", "authors": ["F. Author"], "year": 1866},
         {"isbn": "9780140449137", "title": "Bad check digit"},
         {"isbn": "9780306406157", "title": "Another"},
         {"isbn": ISBN13, "title": "The same ISBN again"},
