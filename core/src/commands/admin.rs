@@ -504,3 +504,81 @@ impl Commands {
         Ok(report)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_fields_are_trimmed_and_bounded_and_refuse_control_characters() {
+        assert_eq!(label("  Olga ", "name", 10).unwrap(), "Olga");
+        for bad in ["", "   ", "a\u{0}b", "tab\tinside", "elevenchars"] {
+            let e = label(bad, "name", 10).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some("name"), "{bad:?}");
+        }
+        assert_eq!(label("ñandúñandú", "name", 10).unwrap(), "ñandúñandú");
+    }
+
+    #[test]
+    fn e_mail_addresses_and_barcodes_are_checked() {
+        assert!(email("olga@example.org").is_ok());
+        for bad in ["olga", "@x", "x@", "a@b@c", "o lga@x", "a@b\u{85}"] {
+            assert_eq!(email(bad).unwrap_err().code, "invalid_email", "{bad:?}");
+        }
+        assert!(barcode("NORTE-C12").is_ok());
+        for bad in ["", "-x", "a b", &"x".repeat(65)] {
+            assert_eq!(barcode(bad).unwrap_err().code, "invalid_barcode", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_year_is_a_whole_number_in_range_even_written_with_a_fraction() {
+        let n = |v: serde_json::Value| serde_json::from_value::<serde_json::Number>(v).unwrap();
+        assert_eq!(year(&n(serde_json::json!(1866))).unwrap(), 1866);
+        assert_eq!(year(&n(serde_json::json!(1866.0))).unwrap(), 1866);
+        for bad in [
+            serde_json::json!(1866.5),
+            serde_json::json!(2101),
+            serde_json::json!(-1),
+        ] {
+            assert_eq!(
+                year(&n(bad.clone())).unwrap_err().code,
+                "invalid_year",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_import_refuses_bad_and_repeated_rows_by_their_place() {
+        let rows = [
+            NewTitle {
+                isbn: "0-14-044913-2".into(),
+                title: "A".into(),
+                ..NewTitle::default()
+            },
+            NewTitle {
+                isbn: "9780140449137".into(),
+                title: "B".into(),
+                ..NewTitle::default()
+            },
+            NewTitle {
+                isbn: "9780140449136".into(),
+                title: "C".into(),
+                ..NewTitle::default()
+            },
+        ];
+        let mut report = ImportReport::default();
+        let checked_rows = rows.iter().map(NewTitle::check).collect();
+        let good = checked(
+            &mut report,
+            checked_rows,
+            |t: &TitleView| t.isbn.clone(),
+            "ISBN",
+        )
+        .unwrap();
+        assert_eq!(good.len(), 1);
+        let refused: Vec<(usize, &str)> = report.rejected.iter().map(|r| (r.row, r.code)).collect();
+        assert_eq!(refused, [(1, "invalid_isbn"), (2, "duplicate_row")]);
+    }
+}

@@ -321,6 +321,30 @@ mod tests {
     }
 
     #[test]
+    fn a_blocked_patron_s_refusal_reads_its_reason_into_the_message() {
+        let from_sql = json!({"outcome": "rejected", "code": "patron_blocked",
+            "patron": "ana", "reason": "unpaid fines"});
+        let outcome: LoanOutcome = serde_json::from_value(from_sql).unwrap();
+        let LoanOutcome::Rejected(refusal) = &outcome else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(refusal.code(), "patron_blocked");
+        assert_eq!(
+            refusal.message(),
+            "patron ana is blocked (unpaid fines): no loans or renewals until unblocked"
+        );
+        assert_eq!(
+            refusal.details(),
+            Some(json!({"patron": "ana", "reason": "unpaid fines"}))
+        );
+        let renewal: Settlement = serde_json::from_value(
+            json!({"code": "patron_blocked", "patron": "ana", "reason": "unpaid fines"}),
+        )
+        .unwrap();
+        assert_eq!(renewal.refusal(), Some(refusal));
+    }
+
+    #[test]
     fn unit_refusals_ignore_an_old_message() {
         let old = json!({"code": "not_on_loan", "message": "the loan is already closed"});
         let r: Refusal = serde_json::from_value(old).unwrap();
