@@ -45,6 +45,8 @@ use utoipa::OpenApi;
     tags(
         (name = "tasks", description = "Jobs run by the workers"),
         (name = "library", description = "Loans, renewals, returns and the catalogue"),
+        (name = "catalogue", description = "Adding and changing titles; adding and withdrawing copies"),
+        (name = "patrons", description = "Adding, changing, blocking and finding patrons"),
         (name = "web", description = "What the web pages show beyond the rest of the API: live events, dashboard figures, the results bucket"),
         (name = "operations", description = "Health, readiness, metrics, this document")
     )
@@ -68,7 +70,7 @@ pub fn finish(routes: utoipa::openapi::OpenApi) -> Value {
 /// The document with `branch` in request bodies limited to the configured
 /// branch codes, as the server limits it.
 pub fn with_branches(mut doc: Value, branches: &[&str]) -> Value {
-    for schema in ["LoanRequest", "CirculationRequest"] {
+    for schema in ["LoanRequest", "CirculationRequest", "NewCopy"] {
         if let Some(branch) =
             doc.pointer_mut(&format!("/components/schemas/{schema}/properties/branch"))
         {

@@ -84,6 +84,18 @@ pub enum Command {
     },
     /// The library's branches.
     Branches,
+    /// Add titles to the catalogue.
+    #[command(subcommand)]
+    Title(TitleCommand),
+    /// Add copies of a title; withdraw a copy.
+    #[command(subcommand)]
+    Copy(CopyCommand),
+    /// Add, block, unblock, show and list patrons.
+    #[command(subcommand)]
+    Patron(PatronCommand),
+    /// Import titles or patrons from a CSV file (see the README for the columns).
+    #[command(subcommand)]
+    Import(ImportCommand),
     /// Whether the API and its dependencies (RabbitMQ, PostgreSQL, S3) are ready.
     Status,
     /// Replay a request file: one operation per line (see `bibliomq run --help`).
@@ -128,6 +140,89 @@ pub enum TaskCommand {
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TitleCommand {
+    /// Add a title (an ISBN-10 is stored as its ISBN-13).
+    Add {
+        isbn: String,
+        #[arg(long)]
+        title: String,
+        /// An author; repeat for several.
+        #[arg(long = "author")]
+        authors: Vec<String>,
+        #[arg(long)]
+        year: Option<i32>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CopyCommand {
+    /// Add a copy of a title at a branch; a barcode is made when none is given.
+    Add {
+        isbn: String,
+        #[arg(long)]
+        branch: String,
+        #[arg(long)]
+        barcode: Option<String>,
+    },
+    /// Withdraw a copy: never lent again, its history kept.
+    Withdraw { barcode: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PatronCommand {
+    /// Add a patron.
+    Add {
+        id: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        email: Option<String>,
+    },
+    /// Block a patron: no loans or renewals until unblocked.
+    Block {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Unblock a patron.
+    Unblock { id: String },
+    /// A patron: name, e-mail, whether blocked and why.
+    Show { id: String },
+    /// Patrons in id order, whose id starts with QUERY or whose name contains it.
+    List {
+        query: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+        /// The cursor printed after the page before.
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Every page, not only the first.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// Titles: columns isbn, title, authors (separated by `;`), year.
+    Titles(ImportArgs),
+    /// Patrons: columns id, name, email.
+    Patrons(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The CSV file, with a header line.
+    pub file: PathBuf,
+    /// Rows sent in one request.
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]

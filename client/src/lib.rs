@@ -15,13 +15,17 @@
 //! - [`tasks`]: `task submit|get|list|result`.
 //! - [`library`]: `loan`, `renew`, `return`, `operation`, `book`, `search`,
 //!   `loans`, `branches`, `status`.
+//! - [`admin`]: `title add`, `copy add|withdraw`, `patron add|block|unblock|show|list`.
+//! - [`import`]: `import titles|patrons <file.csv>`, streamed in batches.
 //! - [`replay`]: `run <file>`: the request-file format, the paced concurrent
 //!   replay, its summary and its HTML report.
 
+pub mod admin;
 pub mod cli;
 pub mod error;
 pub mod follow;
 pub mod http;
+pub mod import;
 pub mod library;
 pub mod output;
 pub mod replay;
@@ -31,7 +35,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use cli::{Cli, Command, TaskCommand};
+use cli::{Cli, Command, CopyCommand, ImportCommand, PatronCommand, TaskCommand, TitleCommand};
 use error::{Failure, exit};
 use output::Output;
 
@@ -149,6 +153,57 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Search { words, limit } => library::search(&api, out, &words, limit).await,
         Command::Loans { patron, all } => library::loans(&api, out, &patron, all).await,
         Command::Branches => library::branches(&api, out).await,
+        Command::Title(TitleCommand::Add {
+            isbn,
+            title,
+            authors,
+            year,
+        }) => {
+            let fields = admin::TitleFields {
+                isbn: &isbn,
+                title: &title,
+                authors: &authors,
+                year,
+            };
+            admin::add_title(&api, out, &fields).await
+        }
+        Command::Copy(CopyCommand::Add {
+            isbn,
+            branch,
+            barcode,
+        }) => admin::add_copy(&api, out, &isbn, &branch, barcode.as_deref()).await,
+        Command::Copy(CopyCommand::Withdraw { barcode }) => {
+            admin::withdraw_copy(&api, out, &barcode).await
+        }
+        Command::Patron(p) => match p {
+            PatronCommand::Add { id, name, email } => {
+                admin::add_patron(&api, out, &id, &name, email.as_deref()).await
+            }
+            PatronCommand::Block { id, reason } => {
+                let mut change = serde_json::Map::new();
+                change.insert("blocked".into(), serde_json::json!({ "reason": reason }));
+                admin::change_patron(&api, out, &id, change).await
+            }
+            PatronCommand::Unblock { id } => {
+                let mut change = serde_json::Map::new();
+                change.insert("blocked".into(), serde_json::Value::Null);
+                admin::change_patron(&api, out, &id, change).await
+            }
+            PatronCommand::Show { id } => admin::show_patron(&api, out, &id).await,
+            PatronCommand::List {
+                query,
+                limit,
+                cursor,
+                all,
+            } => {
+                admin::list_patrons(&api, out, query.as_deref(), limit, cursor.as_deref(), all)
+                    .await
+            }
+        },
+        Command::Import(i) => match i {
+            ImportCommand::Titles(a) => import::run(&api, out, import::Kind::Titles, &a).await,
+            ImportCommand::Patrons(a) => import::run(&api, out, import::Kind::Patrons, &a).await,
+        },
         Command::Status => library::status(&api, out).await,
         Command::Run(args) => {
             seconds(args.wait_for.timeout, "--wait-timeout")?;

@@ -621,3 +621,191 @@ async fn the_client_sends_the_token_the_api_requires() {
     let ran = bibliomq(&app, &["status"]).await;
     assert_eq!(ran.code, 0, "readiness stays open: {ran}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_commands_add_titles_copies_and_patrons_withdraw_block_show_and_list() {
+    let app = spawn_app().await;
+
+    let ran = bibliomq(
+        &app,
+        &[
+            "title",
+            "add",
+            "0-14-044913-2",
+            "--title",
+            "Crime and Punishment",
+            "--author",
+            "F. Author",
+            "--year",
+            "1866",
+        ],
+    )
+    .await;
+    assert_eq!(ran.code, 0, "{ran}");
+    assert!(ran.stdout.contains("9780140449136"), "{ran}");
+    let ran = bibliomq(&app, &["title", "add", "9780140449137", "--title", "Bad"]).await;
+    assert_eq!(ran.code, 1, "{ran}");
+    assert!(
+        ran.stderr.contains("invalid_isbn") || ran.stderr.contains("check digit"),
+        "{ran}"
+    );
+
+    let ran = bibliomq(
+        &app,
+        &[
+            "--json",
+            "copy",
+            "add",
+            "9780140449136",
+            "--branch",
+            "norte",
+        ],
+    )
+    .await;
+    assert_eq!(ran.code, 0, "{ran}");
+    let barcode = ran.json()["barcode"].as_str().unwrap().to_owned();
+    let ran = bibliomq(
+        &app,
+        &[
+            "copy",
+            "add",
+            "9780140449136",
+            "--branch",
+            "central",
+            "--barcode",
+            "CEN-X1",
+        ],
+    )
+    .await;
+    assert_eq!(ran.code, 0, "{ran}");
+    assert!(ran.stdout.contains("CEN-X1"), "{ran}");
+    let ran = bibliomq(&app, &["copy", "withdraw", &barcode]).await;
+    assert_eq!(ran.code, 0, "{ran}");
+    assert!(ran.stdout.starts_with("withdrawn copy"), "{ran}");
+
+    let ran = bibliomq(
+        &app,
+        &[
+            "patron",
+            "add",
+            "lucia",
+            "--name",
+            "Lucía Prieto",
+            "--email",
+            "lucia@example.org",
+        ],
+    )
+    .await;
+    assert_eq!(ran.code, 0, "{ran}");
+    let ran = bibliomq(
+        &app,
+        &["patron", "block", "lucia", "--reason", "unpaid fines"],
+    )
+    .await;
+    assert_eq!(ran.code, 0, "{ran}");
+    let ran = bibliomq(&app, &["--json", "patron", "show", "lucia"]).await;
+    assert_eq!(ran.code, 0, "{ran}");
+    assert_eq!(ran.json()["blocked"]["reason"], "unpaid fines");
+    let ran = bibliomq(
+        &app,
+        &[
+            "loan",
+            "9780140449136",
+            "--patron",
+            "lucia",
+            "--branch",
+            "central",
+        ],
+    )
+    .await;
+    assert_eq!(ran.code, 1, "{ran}");
+    assert!(ran.stderr.contains("blocked"), "{ran}");
+    let ran = bibliomq(&app, &["patron", "unblock", "lucia"]).await;
+    assert_eq!(ran.code, 0, "{ran}");
+    assert!(ran.stdout.contains("not blocked"), "{ran}");
+
+    for id in ["luis", "luna"] {
+        let ran = bibliomq(&app, &["patron", "add", id, "--name", id]).await;
+        assert_eq!(ran.code, 0, "{ran}");
+    }
+    let ran = bibliomq(&app, &["patron", "list", "lu", "--limit", "2"]).await;
+    assert_eq!(ran.code, 0, "{ran}");
+    assert!(ran.stdout.contains("more: --cursor luis"), "{ran}");
+    let ran = bibliomq(
+        &app,
+        &["--json", "patron", "list", "lu", "--limit", "2", "--all"],
+    )
+    .await;
+    assert_eq!(ran.code, 0, "{ran}");
+    let ids: Vec<String> = ran.json()["patrons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["lucia", "luis", "luna"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_run_twice_changes_nothing_the_second_time_and_reports_rejects_by_line() {
+    let app = spawn_app().await;
+    let mut csv = String::from("isbn,title,authors,year\n");
+    for i in 0..25u32 {
+        let isbn = bibliomq_core::library::Isbn::from_prefix12(&format!("978000{i:06}")).unwrap();
+        csv.push_str(&format!(
+            "{isbn},Title {i},Author A; Author B,{}\n",
+            1900 + i
+        ));
+    }
+    // Lines 27, 28 and 29: a bad check digit, a year that is not one, no title.
+    csv.push_str("9780140449137,Bad,,\n");
+    csv.push_str("9780306406157,\"Quoted, with a comma\",,soon\n");
+    csv.push_str("9781234567897,,,\n");
+    let file = TempFile::with("titles.csv", &csv);
+
+    let ran = bibliomq(
+        &app,
+        &["--json", "import", "titles", file.path(), "--batch", "10"],
+    )
+    .await;
+    assert_eq!(ran.code, 1, "{ran}");
+    let first = ran.json();
+    assert_eq!(first["created"], 25, "{first}");
+    let lines: Vec<(u64, &str)> = first["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["line"].as_u64().unwrap(), r["code"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            (27, "invalid_isbn"),
+            (28, "invalid_year"),
+            (29, "missing_field")
+        ]
+    );
+
+    let ran = bibliomq(&app, &["import", "titles", file.path(), "--batch", "7"]).await;
+    assert_eq!(ran.code, 1, "{ran}");
+    assert!(
+        ran.stdout
+            .starts_with("titles: 0 created, 0 updated, 25 unchanged, 3 rejected"),
+        "{ran}"
+    );
+    assert!(ran.stdout.contains("line 27: invalid_isbn (isbn)"), "{ran}");
+
+    let patrons = TempFile::with(
+        "patrons.csv",
+        "id,name,email\nana2,Ana Two,ana2@example.org\nbeto,Beto,\nBad Id,X,\n",
+    );
+    let ran = bibliomq(&app, &["--json", "import", "patrons", patrons.path()]).await;
+    assert_eq!(ran.code, 1, "{ran}");
+    assert_eq!(ran.json()["created"], 2, "{ran}");
+    assert_eq!(ran.json()["rejected"][0]["line"], 4, "{ran}");
+    let ran = bibliomq(&app, &["--json", "import", "patrons", patrons.path()]).await;
+    assert_eq!(ran.json()["unchanged"], 2, "{ran}");
+
+    let ran = bibliomq(&app, &["import", "patrons", file.path()]).await;
+    assert_eq!(ran.code, 2, "{ran}");
+}

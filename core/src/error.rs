@@ -47,6 +47,12 @@ pub enum ErrorDetails {
         max_loans: i64,
         idempotency_key: String,
     },
+    /// A refused loan (`patron_blocked`): why the patron is blocked; and
+    /// the loan's idempotency key.
+    PatronBlocked {
+        reason: Option<String>,
+        idempotency_key: String,
+    },
     /// Any other refused loan: its idempotency key, to retry with.
     RefusedLoan { idempotency_key: String },
     /// `task_failed`, `result_not_ready`: the task's state.
@@ -81,6 +87,8 @@ pub struct ErrorDetailMembers {
     /// A refused loan: the idempotency key to retry with.
     #[schema(nullable = false)]
     idempotency_key: Option<String>,
+    /// `patron_blocked`: why the patron is blocked (null when no reason was recorded).
+    reason: Option<String>,
     /// `task_failed`, `result_not_ready`: the task's state.
     #[schema(nullable = false)]
     state: Option<TaskState>,

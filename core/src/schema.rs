@@ -44,6 +44,10 @@ text_schema! {
     Patron = patron();
     /// Text without control characters.
     PlainText = plain_text();
+    /// Text that must be a barcode.
+    Barcode = barcode();
+    /// Text that a patron search takes.
+    PatronQuery = patron_query();
 }
 
 /// What `Isbn::parse` takes, short of the check digit (which a pattern
@@ -106,6 +110,77 @@ pub fn title() -> Schema {
         .into()
 }
 
+/// What `commands::label` takes: 1 to `max` characters, not all white
+/// space, no control characters.
+pub fn label(max: usize) -> ObjectBuilder {
+    let plain = format!("[^{CONTROL}]");
+    text(format!("^{plain}*[^{SPACE}{CONTROL}]{plain}*$"))
+        .min_length(Some(1))
+        .max_length(Some(max))
+}
+
+/// A title as the catalogue stores it.
+pub fn title_text() -> Schema {
+    label(crate::commands::TITLE_MAX).into()
+}
+
+/// An author's name.
+pub fn author() -> Schema {
+    label(crate::commands::AUTHOR_MAX).into()
+}
+
+/// A title's authors.
+pub fn authors() -> Schema {
+    ArrayBuilder::new()
+        .items(label(crate::commands::AUTHOR_MAX))
+        .max_items(Some(crate::commands::AUTHORS_MAX))
+        .into()
+}
+
+/// A patron's name.
+pub fn person_name() -> Schema {
+    label(crate::commands::NAME_MAX).into()
+}
+
+/// Why a patron is blocked.
+pub fn reason() -> Schema {
+    label(crate::commands::REASON_MAX).into()
+}
+
+/// What `commands::email` takes.
+pub fn email() -> Schema {
+    let part = format!("[^@{SPACE}{CONTROL}]+");
+    text(format!("^{part}@{part}$"))
+        .max_length(Some(crate::commands::EMAIL_MAX))
+        .description(Some("An e-mail address: local@domain."))
+        .into()
+}
+
+/// What `commands::barcode` takes.
+pub const BARCODE_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$";
+
+pub fn barcode() -> Schema {
+    text(BARCODE_PATTERN)
+        .description(Some("A copy's barcode: letters, digits, `.`, `_` and `-`."))
+        .into()
+}
+
+/// A year of publication.
+pub fn year() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(crate::commands::YEAR_MIN))
+        .maximum(Some(crate::commands::YEAR_MAX))
+        .into()
+}
+
+/// What a patron search takes: up to 100 characters, no control characters.
+pub fn patron_query() -> Schema {
+    text(format!("^[^{CONTROL}]*$"))
+        .max_length(Some(crate::commands::PATRON_QUERY_MAX))
+        .into()
+}
+
 /// What a title search takes: 1 to `words` words of up to 100 characters,
 /// split on white space as Rust's `split_whitespace` reads it.
 pub fn search_words(words: usize) -> Schema {
@@ -128,6 +203,11 @@ pub fn copy_status() -> Schema {
         .schema_type(Type::String)
         .enum_values(Some(["available", "on_loan"]))
         .into()
+}
+
+/// A copy's status, withdrawn copies included.
+pub fn copy_record_status() -> Schema {
+    one_of_words(&["available", "on_loan", "withdrawn"])
 }
 
 fn count() -> ObjectBuilder {
@@ -263,6 +343,7 @@ pub fn refusals(codes: &[RefusalCode], outcome: Option<&str>) -> Vec<Schema> {
                 RefusalCode::RenewalLimitReached => {
                     vec![("renewals", nullable(Type::Integer).format(int64()))]
                 }
+                RefusalCode::PatronBlocked => vec![("patron", text()), ("reason", text())],
             };
             let mut object = ObjectBuilder::new()
                 .schema_type(Type::Object)

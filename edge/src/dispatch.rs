@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::request::{Reply, Request};
 use crate::{
-    library,
+    admin, library,
     outcome::{self, Progress},
     reply::{Answer, TaskReply, ZmqReply},
     wire::{WireError, to_text},
@@ -64,6 +64,39 @@ pub const ROUTES: &[Route] = &[
     Route {
         names: &["return", "devolucion", "devolución"],
         handler: |c, r| Box::pin(library::return_loan(c, r)),
+    },
+    // Catalogue and patron administration (see `crate::admin`).
+    Route {
+        names: &["title_add"],
+        handler: |c, r| Box::pin(admin::add_title(c, r)),
+    },
+    Route {
+        names: &["copy_add"],
+        handler: |c, r| Box::pin(admin::add_copy(c, r)),
+    },
+    Route {
+        names: &["copy_withdraw"],
+        handler: |c, r| Box::pin(admin::withdraw_copy(c, r)),
+    },
+    Route {
+        names: &["patron_add"],
+        handler: |c, r| Box::pin(admin::add_patron(c, r)),
+    },
+    Route {
+        names: &["patron_block"],
+        handler: |c, r| Box::pin(admin::block_patron(c, r)),
+    },
+    Route {
+        names: &["patron_unblock"],
+        handler: |c, r| Box::pin(admin::unblock_patron(c, r)),
+    },
+    Route {
+        names: &["patron_show"],
+        handler: |c, r| Box::pin(admin::show_patron(c, r)),
+    },
+    Route {
+        names: &["patron_list"],
+        handler: |c, r| Box::pin(admin::list_patrons(c, r)),
     },
 ];
 

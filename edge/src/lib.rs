@@ -16,6 +16,7 @@
 //! - [`request`]: one request read and checked, and what a handler returns.
 //! - [`dispatch`]: the table from action name to handler, and the task actions.
 //! - [`library`]: the library actions (look-ups, loans, renewals, returns).
+//! - [`admin`]: catalogue and patron administration (titles, copies, patrons).
 //! - [`events`]: the PUB socket fed from RabbitMQ.
 //! - [`lines`]: the line-oriented TCP server both gateways share.
 //! - [`ndjson`], [`pipe`]: the two gateway protocols.
@@ -24,6 +25,7 @@
 //! - [`reply`]: the ZeroMQ replies, one type each.
 //! - [`wire`]: the one error type of every protocol.
 
+pub mod admin;
 pub mod dispatch;
 pub mod events;
 pub mod library;

@@ -8,9 +8,9 @@
 
 use bibliomq_core::{
     answers::BookSearch,
-    commands::{LoanReceipt, OperationAccepted},
+    commands::{LoanReceipt, OperationAccepted, PatronPage},
     error::ErrorBody,
-    library::store::{BookView, OperationView},
+    library::store::{BookView, CopyRecord, OperationView, PatronView, TitleView},
     tasks::{
         Action, TaskState,
         store::{ResultObject, TaskRecord},
@@ -73,6 +73,14 @@ pub enum Answer {
     Accepted(OperationAccepted),
     /// `renew` and `return` with `wait`: the operation as it stood.
     Operation(OperationReply),
+    /// `title_add`: the title as stored.
+    Title { title: TitleView },
+    /// `copy_add`, `copy_withdraw`: the copy as it now stands.
+    Copy { copy: CopyRecord },
+    /// `patron_add`, `patron_block`, `patron_unblock`, `patron_show`.
+    Patron { patron: PatronView },
+    /// `patron_list`: the same page as `GET /v1/patrons`.
+    Patrons(PatronPage),
 }
 
 /// A task: id, action, state, attempts, and the result inline, or where a

@@ -166,6 +166,23 @@ impl TestApp {
         status_and_json(self.post_json(path, body).await).await
     }
 
+    /// `PATCH path` with a JSON body: the status and the JSON answer.
+    pub async fn patch(&self, path: &str, body: &Value) -> (u16, Value) {
+        let resp = self
+            .http
+            .patch(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        status_and_json(resp).await
+    }
+
+    /// `DELETE path`: the status and the JSON answer.
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        status_and_json(self.http.delete(self.url(path)).send().await.unwrap()).await
+    }
+
     /// A count from the test's database (`SELECT count(*) ...`).
     pub async fn count(&self, sql: &str) -> i64 {
         self.env

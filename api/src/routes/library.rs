@@ -65,18 +65,18 @@ struct IdPath {
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
-struct PatronPath {
+pub(super) struct PatronPath {
     /// The patron id.
     #[param(value_type = bibliomq_core::schema::Patron, inline)]
-    id: String,
+    pub(super) id: String,
 }
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
-struct IsbnPath {
+pub(super) struct IsbnPath {
     /// ISBN-13 (or ISBN-10; hyphens allowed).
     #[param(value_type = bibliomq_core::schema::Isbn, inline)]
-    isbn: String,
+    pub(super) isbn: String,
 }
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -104,7 +104,7 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
             )),
         (status = 400, description = "Malformed JSON or Idempotency-Key.", body = ErrorAnswer),
         (status = 404, description = "Unknown title or patron (`title_not_found`, `patron_not_found`).", body = ErrorAnswer),
-        (status = 409, description = "Refused by a rule: `not_available` (with `earliest_due_at`), `loan_limit_reached`, `ambiguous_title` (with `candidates`), `idempotency_key_reused`.", body = ErrorAnswer),
+        (status = 409, description = "Refused by a rule: `not_available` (with `earliest_due_at`), `loan_limit_reached`, `patron_blocked` (with `reason`), `ambiguous_title` (with `candidates`), `idempotency_key_reused`.", body = ErrorAnswer),
         (status = 413, description = "The body is larger than BIBLIOMQ_API_BODY_LIMIT (`payload_too_large`).", body = ErrorAnswer),
         (status = 415, description = "No `Content-Type: application/json`.", body = ErrorAnswer),
         (status = 422, description = "Invalid ISBN, patron, branch or title, with `field`.", body = ErrorAnswer),

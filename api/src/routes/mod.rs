@@ -4,6 +4,7 @@
 //! document ([`crate::openapi`] finishes it), plus the web pages themselves.
 //! Neither of those two modules looks back at this one.
 
+mod admin;
 mod health;
 mod library;
 mod tasks;
@@ -26,6 +27,7 @@ fn open_routes() -> Routes {
 fn v1_routes() -> Routes {
     tasks::routes()
         .merge(library::routes())
+        .merge(admin::routes())
         .merge(crate::ui::api_routes())
 }
 

@@ -118,7 +118,7 @@ impl Commands {
         &self.settings().library.branches
     }
 
-    fn branch(&self, raw: &str) -> Result<BranchCode, Invalid> {
+    pub(super) fn branch(&self, raw: &str) -> Result<BranchCode, Invalid> {
         BranchCode::parse(raw, &self.settings().library)
     }
 
@@ -514,6 +514,10 @@ fn refusal_details(refusal: &Refusal, idempotency_key: String) -> ErrorDetails {
         } => ErrorDetails::LoanLimitReached {
             open_loans: *open_loans,
             max_loans: *max_loans,
+            idempotency_key,
+        },
+        Refusal::PatronBlocked { reason, .. } => ErrorDetails::PatronBlocked {
+            reason: reason.clone(),
             idempotency_key,
         },
         _ => ErrorDetails::RefusedLoan { idempotency_key },

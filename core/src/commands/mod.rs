@@ -1,6 +1,7 @@
 //! The command layer: every transport (HTTP, ZeroMQ, TCP) calls these and
 //! nothing else, so each rule and each validation exists exactly once.
 
+mod admin;
 mod dashboard;
 mod library;
 mod tasks;
@@ -9,6 +10,11 @@ use std::sync::Arc;
 
 use deadpool_postgres::Pool;
 
+pub use admin::{
+    AUTHOR_MAX, AUTHORS_MAX, EMAIL_MAX, IMPORT_MAX_ROWS, ImportReport, NAME_MAX, NewPatron,
+    NewTitle, PATRON_QUERY_MAX, PATRONS_DEFAULT_LIMIT, PATRONS_MAX_LIMIT, PatronEdit, PatronPage,
+    REASON_MAX, RowRejected, TITLE_MAX, TitleChange, YEAR_MAX, YEAR_MIN,
+};
 pub use dashboard::{
     BranchSeries, CIRCULATION_DEFAULT_MINUTES, CIRCULATION_MAX_MINUTES, Circulation, KindCount,
     TaskCounts,

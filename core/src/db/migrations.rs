@@ -34,6 +34,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "outcome_codes",
         include_str!("../../../migrations/0005_outcome_codes.sql"),
     ),
+    (
+        7,
+        "library_admin",
+        include_str!("../../../migrations/0007_library_admin.sql"),
+    ),
 ];
 
 /// Arbitrary constant: the advisory lock that serialises concurrent runners

@@ -42,6 +42,7 @@ crate::words::word_enum!(
         NotOnLoan = "not_on_loan",
         Overdue = "overdue",
         RenewalLimitReached = "renewal_limit_reached",
+        PatronBlocked = "patron_blocked",
     }
 );
 
@@ -82,6 +83,13 @@ pub enum Refusal {
         #[serde(default)]
         renewals: Option<i64>,
     },
+    /// The patron is blocked: no loans or renewals until unblocked.
+    PatronBlocked {
+        #[serde(default)]
+        patron: Option<String>,
+        #[serde(default)]
+        reason: Option<String>,
+    },
 }
 
 /// A timestamp in messages: to the second, in UTC.
@@ -100,6 +108,7 @@ impl Refusal {
             Self::NotOnLoan => RefusalCode::NotOnLoan,
             Self::Overdue { .. } => RefusalCode::Overdue,
             Self::RenewalLimitReached { .. } => RefusalCode::RenewalLimitReached,
+            Self::PatronBlocked { .. } => RefusalCode::PatronBlocked,
         }
     }
 
@@ -152,6 +161,11 @@ impl Refusal {
                 "the loan was already renewed {} times, the most allowed",
                 renewals.map_or_else(|| "the most".to_owned(), |n| n.to_string())
             ),
+            Self::PatronBlocked { patron, reason } => format!(
+                "patron {} is blocked ({}): no loans or renewals until unblocked",
+                patron.as_deref().unwrap_or("?"),
+                reason.as_deref().unwrap_or("no reason recorded")
+            ),
         }
     }
 }
@@ -184,6 +198,10 @@ impl Serialize for Refusal {
             Self::Overdue { due_at } => map.serialize_entry("due_at", due_at)?,
             Self::RenewalLimitReached { renewals } => {
                 map.serialize_entry("renewals", renewals)?;
+            }
+            Self::PatronBlocked { patron, reason } => {
+                map.serialize_entry("patron", patron)?;
+                map.serialize_entry("reason", reason)?;
             }
         }
         map.end()
@@ -413,6 +431,26 @@ mod tests {
             ),
             "{settled:?}"
         );
+    }
+
+    #[test]
+    fn a_blocked_patron_s_refusal_reads_its_reason_into_the_message() {
+        let from_sql = json!({"outcome": "rejected", "code": "patron_blocked",
+            "patron": "ana", "reason": "unpaid fines"});
+        let outcome: LoanOutcome = serde_json::from_value(from_sql).unwrap();
+        let LoanOutcome::Rejected(refusal) = &outcome else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(refusal.code(), "patron_blocked");
+        assert_eq!(
+            refusal.message(),
+            "patron ana is blocked (unpaid fines): no loans or renewals until unblocked"
+        );
+        let renewal: Settlement = serde_json::from_value(
+            json!({"code": "patron_blocked", "patron": "ana", "reason": "unpaid fines"}),
+        )
+        .unwrap();
+        assert_eq!(renewal.refusal(), Some(refusal));
     }
 
     #[test]

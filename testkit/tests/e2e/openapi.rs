@@ -569,6 +569,136 @@ async fn every_documented_operation_answers_as_documented() {
         .await;
     c.check(call(Method::GET, "/v1/branches"), 200).await;
 
+    // Catalogue and patron administration.
+    let isbn = "978-0-14-044913-6";
+    c.check(
+        call(Method::POST, "/v1/titles").json(
+            json!({"isbn": isbn, "title": "Crime and Punishment (notes)", "authors": ["F. D."], "year": 1866}),
+        ),
+        201,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/titles").json(json!({"isbn": isbn, "title": "Again"})),
+        409,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/titles").json(json!({"isbn": "9780140449137", "title": "Bad"})),
+        422,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/titles").raw("application/json", "{"),
+        400,
+    )
+    .await;
+    c.check(
+        call(Method::PATCH, "/v1/titles/9780140449136").json(json!({"year": 1867})),
+        200,
+    )
+    .await;
+    c.check(
+        call(Method::PATCH, "/v1/titles/9780306406157").json(json!({"year": 1867})),
+        404,
+    )
+    .await;
+    let copy = c
+        .check(
+            call(Method::POST, "/v1/titles/9780140449136/copies").json(json!({"branch": "norte"})),
+            201,
+        )
+        .await;
+    c.check(
+        call(Method::POST, "/v1/titles/9780140449136/copies")
+            .json(json!({"branch": "norte", "barcode": copy["barcode"]})),
+        409,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/titles/9780306406157/copies").json(json!({"branch": "norte"})),
+        404,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/titles/9780140449136/copies").json(json!({"branch": "lejos"})),
+        422,
+    )
+    .await;
+    let barcode = copy["barcode"].as_str().unwrap();
+    c.check(call(Method::DELETE, format!("/v1/copies/{barcode}")), 200)
+        .await;
+    c.check(call(Method::DELETE, "/v1/copies/NO-SUCH-COPY"), 404)
+        .await;
+    c.check(call(Method::DELETE, "/v1/copies/no%20way"), 422)
+        .await;
+    c.check(
+        call(Method::POST, "/v1/patrons")
+            .json(json!({"id": "zoe", "name": "Zoe", "email": "zoe@example.org"})),
+        201,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/patrons").json(json!({"id": "zoe", "name": "Zoe"})),
+        409,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/patrons").json(json!({"id": "zoe2", "name": "Zoe", "email": "no"})),
+        422,
+    )
+    .await;
+    c.check(
+        call(Method::PATCH, "/v1/patrons/zoe").json(json!({"blocked": {"reason": "lost books"}})),
+        200,
+    )
+    .await;
+    c.check(
+        call(Method::PATCH, "/v1/patrons/zoe").json(json!({"blocked": null, "name": "Zoe Z"})),
+        200,
+    )
+    .await;
+    c.check(
+        call(Method::PATCH, "/v1/patrons/nadie").json(json!({"name": "X"})),
+        404,
+    )
+    .await;
+    c.check(call(Method::GET, "/v1/patrons/zoe"), 200).await;
+    c.check(call(Method::GET, "/v1/patrons/nadie"), 404).await;
+    c.check(call(Method::GET, "/v1/patrons/NO%20WAY"), 422)
+        .await;
+    c.check(call(Method::GET, "/v1/patrons?q=an&limit=2"), 200)
+        .await;
+    c.check(call(Method::GET, "/v1/patrons?limit=0"), 422).await;
+    c.check(call(Method::GET, "/v1/patrons?colour=red"), 400)
+        .await;
+    c.check(
+        call(Method::POST, "/v1/import/titles").json(json!({"rows": [
+            {"isbn": "9780306406157", "title": "Imported", "authors": ["A. B."], "year": 2001},
+            {"isbn": "9780306406158", "title": "Bad check digit"}
+        ]})),
+        200,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/import/titles").json(json!({"rows": [{"isbn": 1}]})),
+        422,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/import/patrons").json(json!({"rows": [
+            {"id": "imp1", "name": "Imported One"},
+            {"id": "imp2", "name": "  "}
+        ]})),
+        200,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/import/patrons").raw("application/json", "{"),
+        400,
+    )
+    .await;
+
     // The web pages' routes. The event stream: `ready`, then an outcome
     // event in the documented shape; then the connection is dropped.
     let mut stream = c

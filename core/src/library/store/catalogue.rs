@@ -61,7 +61,7 @@ pub async fn book(
         .query(
             "SELECT c.barcode, c.branch, c.status, l.due_at, l.id
                FROM copies c LEFT JOIN loans l ON l.copy_id = c.id AND l.returned_at IS NULL
-              WHERE c.isbn = $1 ORDER BY c.branch, c.barcode",
+              WHERE c.isbn = $1 AND c.status <> 'withdrawn' ORDER BY c.branch, c.barcode",
             &[&isbn],
         )
         .await?
@@ -157,7 +157,7 @@ pub async fn search(
     let counts = db
         .query(
             "SELECT isbn, branch, count(*), count(*) FILTER (WHERE status = 'available')
-               FROM copies WHERE isbn = ANY($1) GROUP BY isbn, branch",
+               FROM copies WHERE isbn = ANY($1) AND status <> 'withdrawn' GROUP BY isbn, branch",
             &[&isbns],
         )
         .await?;

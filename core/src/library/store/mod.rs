@@ -3,6 +3,7 @@
 //! migrations.
 //!
 //! # Layout
+//! - [`admin`]: adding and changing titles, copies and patrons.
 //! - [`catalogue`]: titles, their copies per branch, search by title.
 //! - [`loans`]: loans and operations as the API shows them, and the open loan
 //!   a renewal or return names.
@@ -10,11 +11,13 @@
 //! - [`settle`]: recording operations as pending and the circulation
 //!   functions that settle loans, renewals and returns.
 
+mod admin;
 mod catalogue;
 mod history;
 mod loans;
 mod settle;
 
+pub use admin::*;
 pub use catalogue::*;
 pub use history::*;
 pub use loans::*;

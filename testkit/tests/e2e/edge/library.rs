@@ -188,3 +188,70 @@ async fn a_sub_client_sees_the_outcomes_of_library_operations_made_over_http() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn titles_copies_and_patrons_are_administered_over_zeromq_as_over_http() {
+    let (_app, edge) = spawn_with_edge(|_| {}).await;
+    let endpoint = edge.request_endpoint();
+
+    let added = ask(
+        &endpoint,
+        json!({"action": "title_add", "isbn": "0-14-044913-2", "title": "Crime and Punishment", "authors": ["F. Author"], "year": 1866}),
+    )
+    .await;
+    assert_eq!(added["ok"], true, "{added}");
+    assert_eq!(added["title"]["isbn"], "9780140449136");
+    let bad = ask(
+        &endpoint,
+        json!({"action": "title_add", "isbn": "9780140449137", "title": "Bad"}),
+    )
+    .await;
+    assert_eq!(bad["error"]["code"], "invalid_isbn", "{bad}");
+    assert_eq!(bad["error"]["field"], "isbn");
+
+    let copy = ask(
+        &endpoint,
+        json!({"action": "copy_add", "isbn": "9780140449136", "branch": "norte"}),
+    )
+    .await;
+    assert_eq!(copy["copy"]["status"], "available", "{copy}");
+    let withdrawn = ask(
+        &endpoint,
+        json!({"action": "copy_withdraw", "barcode": copy["copy"]["barcode"]}),
+    )
+    .await;
+    assert_eq!(withdrawn["copy"]["status"], "withdrawn", "{withdrawn}");
+
+    let patron = ask(
+        &endpoint,
+        json!({"action": "patron_add", "id": "olga", "name": "Olga"}),
+    )
+    .await;
+    assert_eq!(patron["patron"]["id"], "olga", "{patron}");
+    let blocked = ask(
+        &endpoint,
+        json!({"action": "patron_block", "id": "olga", "reason": "lost books"}),
+    )
+    .await;
+    assert_eq!(
+        blocked["patron"]["blocked"]["reason"], "lost books",
+        "{blocked}"
+    );
+    let refused = ask(
+        &endpoint,
+        json!({"action": "prestamo", "isbn": "9780140449136", "usuario": "olga", "sede": "norte"}),
+    )
+    .await;
+    assert_eq!(refused["error"]["code"], "patron_blocked", "{refused}");
+    let open = ask(&endpoint, json!({"action": "patron_unblock", "id": "olga"})).await;
+    assert!(open["patron"]["blocked"].is_null(), "{open}");
+    let shown = ask(&endpoint, json!({"action": "patron_show", "id": "olga"})).await;
+    assert_eq!(shown["patron"]["name"], "Olga", "{shown}");
+    let listed = ask(
+        &endpoint,
+        json!({"action": "patron_list", "q": "ol", "limit": 5}),
+    )
+    .await;
+    assert_eq!(listed["patrons"][0]["id"], "olga", "{listed}");
+    assert!(listed["next_cursor"].is_null(), "{listed}");
+}
