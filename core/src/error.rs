@@ -50,6 +50,7 @@ pub enum ErrorDetails {
     /// A refused loan (`patron_blocked`): why the patron is blocked; and
     /// the loan's idempotency key.
     PatronBlocked {
+        patron: Option<String>,
         reason: Option<String>,
         idempotency_key: String,
     },
@@ -87,6 +88,9 @@ pub struct ErrorDetailMembers {
     /// A refused loan: the idempotency key to retry with.
     #[schema(nullable = false)]
     idempotency_key: Option<String>,
+    /// `patron_blocked`: the patron.
+    #[schema(nullable = false)]
+    patron: Option<String>,
     /// `patron_blocked`: why the patron is blocked (null when no reason was recorded).
     reason: Option<String>,
     /// `task_failed`, `result_not_ready`: the task's state.

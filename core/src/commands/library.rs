@@ -516,7 +516,8 @@ fn refusal_details(refusal: &Refusal, idempotency_key: String) -> ErrorDetails {
             max_loans: *max_loans,
             idempotency_key,
         },
-        Refusal::PatronBlocked { reason, .. } => ErrorDetails::PatronBlocked {
+        Refusal::PatronBlocked { patron, reason } => ErrorDetails::PatronBlocked {
+            patron: patron.clone(),
             reason: reason.clone(),
             idempotency_key,
         },

@@ -348,6 +348,7 @@ async fn a_blocked_patron_can_neither_borrow_nor_renew_until_unblocked() {
     assert_eq!(status, 409, "{refused}");
     assert_eq!(refused["error"]["code"], "patron_blocked");
     assert_eq!(refused["error"]["reason"], "unpaid fines");
+    assert_eq!(refused["error"]["patron"], "marta");
     assert!(
         refused["error"]["message"]
             .as_str()
