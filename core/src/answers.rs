@@ -6,7 +6,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::{
-    commands::{OperationAccepted, SubmittedTask},
+    commands::{OperationAccepted, SubmittedTask, TaskCancellation},
     config::Branch,
     library::store::BookSummary,
     tasks::{Action, TaskState, store::TaskRecord},
@@ -45,6 +45,27 @@ impl From<&SubmittedTask> for TaskAccepted {
             action: t.action,
             state: t.state,
             links: TaskLinks::of(t.id),
+        }
+    }
+}
+
+/// `200` (cancelled) or `202` (running, being stopped) to
+/// `POST /v1/tasks/{id}/cancel`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskCancelAnswer {
+    pub id: Uuid,
+    pub state: TaskState,
+    pub stopping: bool,
+    pub links: TaskLinks,
+}
+
+impl From<TaskCancellation> for TaskCancelAnswer {
+    fn from(c: TaskCancellation) -> Self {
+        Self {
+            id: c.id,
+            state: c.state,
+            stopping: c.stopping,
+            links: TaskLinks::of(c.id),
         }
     }
 }

@@ -136,6 +136,9 @@ pub struct TaskSettings {
     pub reap_after: Duration,
     /// How often each worker process looks for such tasks.
     pub reap_interval: Duration,
+    /// The longest time limit a request may ask for (`timeout_ms`); also
+    /// caps each action's own limit.
+    pub timeout_max: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -294,6 +297,7 @@ impl Settings {
                 drain_timeout: env.millis("DRAIN_TIMEOUT_MS", 30_000)?,
                 reap_after: env.millis("TASK_REAP_AFTER_MS", 600_000)?,
                 reap_interval: env.millis("TASK_REAP_INTERVAL_MS", 30_000)?,
+                timeout_max: env.millis("TASK_TIMEOUT_MAX_MS", 300_000)?,
             },
             library: LibrarySettings {
                 branches: env

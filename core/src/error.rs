@@ -57,7 +57,7 @@ impl From<CommandError> for ErrorBody {
         let code = e.code();
         let message = e.public_message();
         match e {
-            CommandError::Invalid(invalid) => Self {
+            CommandError::Invalid(invalid) | CommandError::OutOfBounds(invalid) => Self {
                 field: invalid.field,
                 ..Self::new(code, message)
             },
@@ -130,6 +130,11 @@ impl Invalid {
 pub enum CommandError {
     #[error(transparent)]
     Invalid(#[from] Invalid),
+    /// A request parameter beyond what this server is configured to accept
+    /// (e.g. a `timeout_ms` above the maximum): a malformed request, told
+    /// apart from [`CommandError::Invalid`] content (HTTP 400, not 422).
+    #[error(transparent)]
+    OutOfBounds(Invalid),
     /// What was asked for does not exist.
     #[error("{message}")]
     NotFound { code: &'static str, message: String },
@@ -170,7 +175,7 @@ impl CommandError {
     /// The stable code a client can switch on.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::Invalid(i) => i.code,
+            Self::Invalid(i) | Self::OutOfBounds(i) => i.code,
             Self::NotFound { code, .. } | Self::Conflict { code, .. } => code,
             Self::Unavailable(_) => "unavailable",
             Self::Timeout(_) => "timeout",

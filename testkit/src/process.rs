@@ -101,6 +101,7 @@ pub fn settings_env(settings: &Settings) -> Vec<(String, String)> {
         ("DRAIN_TIMEOUT_MS", ms(s.tasks.drain_timeout)),
         ("TASK_REAP_AFTER_MS", ms(s.tasks.reap_after)),
         ("TASK_REAP_INTERVAL_MS", ms(s.tasks.reap_interval)),
+        ("TASK_TIMEOUT_MAX_MS", ms(s.tasks.timeout_max)),
         ("BRANCHES", branches),
         ("LOAN_DAYS", s.library.loan_days.to_string()),
         ("RENEWAL_DAYS", s.library.renewal_days.to_string()),
@@ -432,6 +433,7 @@ mod tests {
         s.tasks.retry_factor = 2;
         s.tasks.reap_after = Duration::from_secs(90);
         s.tasks.reap_interval = Duration::from_millis(2_500);
+        s.tasks.timeout_max = Duration::from_millis(4_321);
         s.library.branches.reverse();
         s.library.loan_timeout = Duration::from_millis(1_500);
         s.worker.ops_port = 0;

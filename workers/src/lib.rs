@@ -8,10 +8,12 @@
 //! - [`events`]: outcome events published after commits.
 //! - [`reaper`]: heartbeats of running tasks; publishes again, once, a task
 //!   whose message was lost.
+//! - [`cancels`]: tells running tasks that a client cancelled them.
 //!
 //! Next to the consumers each worker process serves `/metrics`, `/healthz`
 //! and `/readyz` on its operations port ([`bibliomq_core::ops`]).
 
+pub mod cancels;
 pub mod consumer;
 pub mod events;
 pub mod library;
@@ -95,6 +97,11 @@ impl WorkerApp {
             in_flight.clone(),
         ));
         let reaper_stop = CancellationToken::new();
+        let cancel_watch = tokio::spawn(cancels::watch(
+            infra.pool.clone(),
+            in_flight.clone(),
+            reaper_stop.clone(),
+        ));
         let reaper = tokio::spawn(reaper::run(
             infra.pool.clone(),
             publisher.clone(),
@@ -162,6 +169,7 @@ impl WorkerApp {
         );
         reaper_stop.cancel();
         let _ = reaper.await;
+        let _ = cancel_watch.await;
         ops_stop.cancel();
         match ops.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "operations server"),

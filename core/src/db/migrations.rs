@@ -34,6 +34,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "outcome_codes",
         include_str!("../../../migrations/0005_outcome_codes.sql"),
     ),
+    (
+        6,
+        "task_control",
+        include_str!("../../../migrations/0006_task_control.sql"),
+    ),
 ];
 
 /// Arbitrary constant: the advisory lock that serialises concurrent runners

@@ -14,9 +14,26 @@ pub struct TaskMessage {
     pub action: String,
     pub payload: Value,
     pub submitted_at: DateTime<Utc>,
+    /// The time limit the client asked for (`timeout_ms`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 impl TaskMessage {
+    /// How long this task may run: the client's limit when it asked for one,
+    /// never more than the action's own limit or `max`.
+    pub fn time_limit(
+        &self,
+        action: super::Action,
+        max: std::time::Duration,
+    ) -> std::time::Duration {
+        let own = action.default_timeout().min(max);
+        match self.timeout_ms {
+            Some(ms) => own.min(std::time::Duration::from_millis(ms)),
+            None => own,
+        }
+    }
+
     /// Routing key on the tasks exchange: `task.<action>`.
     pub fn routing_key(&self) -> String {
         format!("task.{}", self.action)
@@ -24,7 +41,8 @@ impl TaskMessage {
 }
 
 /// A task's outcome event on `bibliomq.events`: `task.succeeded`,
-/// `task.failed` or `task.dead`, published once the outcome is recorded.
+/// `task.failed`, `task.dead` or `task.cancelled`, published once the
+/// outcome is recorded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskEvent {
     /// `task.<state>`, the routing key too.

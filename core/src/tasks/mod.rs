@@ -21,23 +21,36 @@ crate::words::word_enum!(
     "task state",
     /// States a task goes through: `queued` → `running` → `succeeded` |
     /// `failed`, back to `queued` while it waits for a retry, `dead` when it
-    /// gives up.
+    /// gives up, `cancelled` when a client cancelled it first.
     pub enum TaskState {
         Queued = "queued",
         Running = "running",
         Succeeded = "succeeded",
         Failed = "failed",
         Dead = "dead",
+        Cancelled = "cancelled",
     }
 );
 
 impl TaskState {
     /// True for the states a task never leaves.
     pub fn is_final(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Dead)
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Dead | Self::Cancelled
+        )
     }
 }
 pub use run::{ContentType, TaskFailure, TaskOutput, run};
+
+/// Error code of a task stopped by its time limit.
+pub const TIMEOUT_CODE: &str = "timeout";
+/// Error code of a task cancelled by a client.
+pub const CANCELLED_CODE: &str = "cancelled";
+/// How often a worker process looks for cancel requests of the tasks it is
+/// running (one query for all of them): a running task stops within about
+/// this long of its cancel.
+pub const CANCEL_POLL: Duration = Duration::from_millis(200);
 
 use crate::error::Invalid;
 
@@ -106,6 +119,21 @@ impl Action {
                 "{\"csv\": text, \"group_by\": column, \"sum\": column?}; a CSV summary per group"
             }
         }
+    }
+}
+
+impl Action {
+    /// The action's own time limit: a run past it is stopped and fails with
+    /// code `timeout`. A request may ask for less (`timeout_ms`).
+    pub fn default_timeout(self) -> Duration {
+        let secs = match self {
+            Self::Echo | Self::Upper | Self::Greet => 10,
+            // The longest sleep accepted, and room to spare.
+            Self::Sleep => SLEEP_MAX_MS / 1000 + 10,
+            Self::Sum | Self::Wordcount => 60,
+            Self::Fib | Self::Primes | Self::Report => 120,
+        };
+        Duration::from_secs(secs)
     }
 }
 
