@@ -44,7 +44,19 @@ async fn serve(State(state): State<AppState>) -> Json<Value> {
         .iter()
         .map(|b| b.code.as_str())
         .collect();
-    Json(with_branches(DOCUMENT.clone(), &branches))
+    let doc = with_branches(DOCUMENT.clone(), &branches);
+    Json(with_timeout_max(doc, state.settings.tasks.timeout_max))
+}
+
+/// The document with `timeout_ms` limited to the configured maximum, as the
+/// server limits it.
+pub fn with_timeout_max(mut doc: Value, max: std::time::Duration) -> Value {
+    if let Some(timeout) =
+        doc.pointer_mut("/components/schemas/TaskSubmission/properties/timeout_ms")
+    {
+        timeout["maximum"] = json!(u64::try_from(max.as_millis()).unwrap_or(u64::MAX));
+    }
+    doc
 }
 
 /// The document with `branch` in request bodies limited to the configured
@@ -204,7 +216,7 @@ fn location() -> Value {
 
 fn paths() -> Value {
     let (healthz, readyz, metrics, openapi) = health_paths();
-    let (tasks, task, result) = task_paths();
+    let (tasks, task, result, cancel) = task_paths();
     let (loans, loan) = loan_paths();
     let (renewals, returns, operation) = circulation_paths();
     let (books, book, patron_loans, branches) = catalogue_paths();
@@ -219,6 +231,7 @@ fn paths() -> Value {
         ("/v1/tasks", tasks),
         ("/v1/tasks/{id}", task),
         ("/v1/tasks/{id}/result", result),
+        ("/v1/tasks/{id}/cancel", cancel),
         ("/v1/loans", loans),
         ("/v1/loans/{id}", loan),
         ("/v1/renewals", renewals),
@@ -274,7 +287,7 @@ fn health_paths() -> (Value, Value, Value, Value) {
     )
 }
 
-fn task_paths() -> (Value, Value, Value) {
+fn task_paths() -> (Value, Value, Value, Value) {
     let id = path_param("id", "The task id.", uuid());
     let actions: Vec<&str> = Action::ALL.iter().map(|a| a.as_str()).collect();
     let collection = json!({
@@ -282,17 +295,26 @@ fn task_paths() -> (Value, Value, Value) {
             "tags": ["tasks"], "operationId": "submitTask",
             "summary": "Submit a task",
             "description": format!("Answered once RabbitMQ has confirmed the message. Actions: {}.", actions.join(", ")),
+            "parameters": [{
+                "name": "Idempotency-Key", "in": "header", "required": false,
+                "description": "Your key for safe retries: the same key with the same request answers with the first task (header `idempotent-replayed: true`) and queues nothing; with a different request, 409 `idempotency_key_reused`. A key lives as long as its task.",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[!-~]+$"}
+            }],
             "requestBody": body("TaskSubmission"),
             "responses": {
                 "202": {
-                    "description": "Queued; follow it at `Location`.",
-                    "headers": location(),
+                    "description": "Queued (or, for a retried Idempotency-Key, the first answer again); follow it at `Location`.",
+                    "headers": {
+                        "Location": { "schema": { "type": "string" } },
+                        "idempotent-replayed": {"description": "`true` when this is the answer to an earlier request with the same Idempotency-Key.", "schema": {"type": "string"}}
+                    },
                     "content": json_content(schema_ref("TaskAccepted"))
                 },
-                "400": error("The body is not JSON (`malformed_json`)."),
+                "400": error("The body is not JSON (`malformed_json`), `timeout_ms` is not from 1 to BIBLIOMQ_TASK_TIMEOUT_MAX_MS (`invalid_timeout`, with `field`), or the Idempotency-Key is not visible ASCII (`invalid_idempotency_key`); nothing was queued."),
+                "409": error("The Idempotency-Key was already used for a different request (`idempotency_key_reused`)."),
                 "413": error("The body is larger than BIBLIOMQ_API_BODY_LIMIT (`payload_too_large`)."),
                 "415": error("No `Content-Type: application/json` (`unsupported_media_type`)."),
-                "422": error("Unknown action or a payload the action cannot take (`unknown_action`, `invalid_payload`, `invalid_field`), with `field`."),
+                "422": error("Unknown action or a payload the action cannot take (`unknown_action`, `invalid_payload`, `invalid_field`), or a malformed Idempotency-Key (`invalid_idempotency_key`), with `field`."),
                 "503": unavailable()
             }
         })),
@@ -342,7 +364,21 @@ fn task_paths() -> (Value, Value, Value) {
             "503": unavailable()
         }
     }))});
-    (collection, one, result)
+    let cancel = json!({"post": v1(json!({
+        "tags": ["tasks"], "operationId": "cancelTask",
+        "summary": "Cancel a task",
+        "description": "A queued task is cancelled at once and never runs. A running one is stopped by its worker within about a second and ends `cancelled`. Cancelling again gives the same answer.",
+        "parameters": [path_param("id", "The task id.", uuid())],
+        "responses": {
+            "200": ok("Cancelled (now, or earlier).", "TaskCancel"),
+            "202": ok("Running: its worker has been told to stop it (`stopping`); follow the task until it is `cancelled`.", "TaskCancel"),
+            "400": error("The id is not a UUID (`invalid_task_id`)."),
+            "404": error("No such task (`task_not_found`)."),
+            "409": error("The task already ended otherwise (`task_finished`); `state` says how. Nothing changed."),
+            "503": unavailable()
+        }
+    }))});
+    (collection, one, result, cancel)
 }
 
 fn loan_paths() -> (Value, Value) {
@@ -790,7 +826,8 @@ fn task_schemas(add: &mut impl FnMut(&str, Value)) {
             "additionalProperties": false,
             "properties": {
                 "action": action,
-                "payload": {"description": "What the action works on, e.g. `\"1,2,3\"` for sum, `30` for fib, a string for upper."}
+                "payload": {"description": "What the action works on, e.g. `\"1,2,3\"` for sum, `30` for fib, a string for upper."},
+                "timeout_ms": {"type": "integer", "minimum": 1, "description": "A time limit for this run, in milliseconds, up to BIBLIOMQ_TASK_TIMEOUT_MAX_MS (the `maximum` here). The action's own limit still applies when lower. Past it the task is stopped and fails with `error_code` `timeout`, not retried."}
             },
             "oneOf": Action::ALL.iter().map(|a| payload_of(*a)).collect::<Vec<_>>()
         }),
@@ -828,6 +865,8 @@ fn task_schemas(add: &mut impl FnMut(&str, Value)) {
                 "finished_at": nullable(time()),
                 "updated_at": time(),
                 "error": nullable(string()),
+                "error_code": {"type": ["string", "null"], "description": "Why it did not succeed, as a stable code: `timeout` (stopped at its time limit), `cancelled`; null otherwise."},
+                "cancel_requested_at": {"oneOf": [time(), {"type": "null"}], "description": "When a client asked to cancel it."},
                 "payload": {"description": "As submitted."},
                 "result": {"description": "The result when small enough to keep inline; null otherwise."},
                 "result_object": {"oneOf": [schema_ref("ResultObject"), {"type": "null"}]},
@@ -836,6 +875,18 @@ fn task_schemas(add: &mut impl FnMut(&str, Value)) {
                 "links": links
             }),
             &["payload"],
+        ),
+    );
+    add(
+        "TaskCancel",
+        object(
+            json!({
+                "id": uuid(),
+                "state": {"type": "string", "enum": ["cancelled", "running"]},
+                "stopping": {"type": "boolean", "description": "True while the task still runs and its worker is stopping it."},
+                "links": links
+            }),
+            &[],
         ),
     );
     add(

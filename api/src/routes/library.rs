@@ -45,7 +45,7 @@ struct LoanBody {
     branch: String,
 }
 
-const IDEMPOTENCY_KEY: &str = "idempotency-key";
+use super::IDEMPOTENCY_KEY;
 
 /// `201 Created` with the loan; `409` when no copy is available or the
 /// patron is at the limit; `404` for unknown titles or patrons; `504` when
@@ -57,18 +57,7 @@ async fn loan(
     headers: HeaderMap,
     JsonBody(body): JsonBody<LoanBody>,
 ) -> Result<Response, ApiError> {
-    let key = headers
-        .get(IDEMPOTENCY_KEY)
-        .map(|v| {
-            v.to_str().map(str::to_owned).map_err(|_| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_idempotency_key",
-                    "the Idempotency-Key header must be visible ASCII",
-                )
-            })
-        })
-        .transpose()?;
+    let key = super::idempotency_key(&headers)?;
     let receipt = state
         .commands
         .loan(
@@ -94,7 +83,7 @@ async fn loan(
         h.insert(IDEMPOTENCY_KEY, v);
     }
     if replayed {
-        h.insert("idempotent-replayed", HeaderValue::from_static("true"));
+        h.insert(super::IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
     Ok(response)
 }

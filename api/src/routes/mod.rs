@@ -67,6 +67,27 @@ async fn method_not_allowed() -> impl IntoResponse {
     )
 }
 
+/// The header a client sends to make a request safe to retry.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The header on an answer given again for a retried request.
+const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+/// The `Idempotency-Key` header, when sent (the command layer checks its form).
+fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    headers
+        .get(IDEMPOTENCY_KEY)
+        .map(|v| {
+            v.to_str().map(str::to_owned).map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_idempotency_key",
+                    "the Idempotency-Key header must be visible ASCII",
+                )
+            })
+        })
+        .transpose()
+}
+
 /// The `limit` query parameter, when given: a whole number (the command
 /// layer checks its range).
 fn parse_limit(raw: Option<&str>) -> Result<Option<i64>, ApiError> {

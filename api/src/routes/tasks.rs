@@ -1,4 +1,4 @@
-//! `/v1/tasks`: submit, follow, list, fetch results.
+//! `/v1/tasks`: submit, follow, list, cancel, fetch results.
 
 use axum::{
     Extension, Json,
@@ -6,10 +6,11 @@ use axum::{
     extract::{Path, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Redirect, Response},
-    routing::get,
+    routing::{get, post},
 };
 use bibliomq_core::{
-    answers::{TaskAccepted, TaskAnswer, TaskList},
+    answers::{TaskAccepted, TaskAnswer, TaskCancelAnswer, TaskList},
+    commands::TaskSubmission,
     tasks::TaskState,
 };
 use serde::Deserialize;
@@ -29,6 +30,7 @@ pub fn routes() -> Routes {
         .route("/tasks", get(list).post(submit))
         .route("/tasks/{id}", get(show))
         .route("/tasks/{id}/result", get(result))
+        .route("/tasks/{id}/cancel", post(cancel))
 }
 
 #[derive(Deserialize)]
@@ -37,24 +39,52 @@ struct SubmitTask {
     action: String,
     #[serde(default)]
     payload: Value,
+    /// Checked by the command layer (a whole number up to the maximum).
+    #[serde(default)]
+    timeout_ms: Option<Value>,
 }
 
-/// `202 Accepted` once RabbitMQ has confirmed the task message.
+/// `202 Accepted` once RabbitMQ has confirmed the task message. With an
+/// `Idempotency-Key` already used for the same request: the first answer
+/// again, with `idempotent-replayed: true`.
 async fn submit(
     State(state): State<AppState>,
     Extension(CorrelationId(correlation_id)): Extension<CorrelationId>,
+    headers: HeaderMap,
     JsonBody(req): JsonBody<SubmitTask>,
 ) -> Result<Response, ApiError> {
-    let submitted = state
-        .commands
-        .submit_task(&req.action, req.payload, &correlation_id)
-        .await?;
+    let submission = TaskSubmission {
+        action: req.action,
+        payload: req.payload,
+        timeout_ms: req.timeout_ms,
+        idempotency_key: super::idempotency_key(&headers)?,
+    };
+    let submitted = state.commands.submit(submission, &correlation_id).await?;
     let location = format!("/v1/tasks/{}", submitted.id);
     let mut response = (StatusCode::ACCEPTED, Json(TaskAccepted::from(&submitted))).into_response();
+    let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&location) {
-        response.headers_mut().insert(header::LOCATION, v);
+        h.insert(header::LOCATION, v);
+    }
+    if submitted.replayed {
+        h.insert(super::IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
     Ok(response)
+}
+
+/// `200` when the task is cancelled (now or before), `202` while its worker
+/// stops it; `409` when it already ended otherwise.
+async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let cancelled = state.commands.cancel_task(parse_id(&id)?).await?;
+    let status = if cancelled.stopping {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(TaskCancelAnswer::from(cancelled))).into_response())
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
@@ -114,7 +144,7 @@ async fn result(
     let task = state.commands.task(parse_id(&id)?).await?;
     match task.state {
         TaskState::Succeeded => {}
-        TaskState::Failed | TaskState::Dead => {
+        TaskState::Failed | TaskState::Dead | TaskState::Cancelled => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "task_failed",

@@ -7,7 +7,7 @@ import {
 
 start();
 
-const FINAL = ['succeeded', 'failed', 'dead'];
+const FINAL = ['succeeded', 'failed', 'dead', 'cancelled'];
 const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
 
 // Example payloads, only to fill the box; the API decides what it accepts.
