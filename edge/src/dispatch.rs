@@ -6,7 +6,7 @@
 //! calls the command layer and returns the reply's fields; every rule and
 //! validation stays in the command layer, the edge only reads fields.
 
-use bibliomq_core::commands::Commands;
+use bibliomq_core::commands::{Commands, TaskSubmission};
 use futures::future::BoxFuture;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -38,6 +38,10 @@ pub const ROUTES: &[Route] = &[
     Route {
         names: &["task_status"],
         handler: |c, r| Box::pin(task_status(c, r)),
+    },
+    Route {
+        names: &["task_cancel"],
+        handler: |c, r| Box::pin(task_cancel(c, r)),
     },
     // Library circulation (see `crate::library`); the Spanish names older
     // clients send are aliases.
@@ -143,8 +147,9 @@ pub fn error_reply(error: &WireError) -> String {
     to_text(&Failed { ok: false, error })
 }
 
-/// `{"action": "task", "task": "fib", "payload": 30}`: submit, wait up to
-/// the task wait timeout, reply with the outcome or the state reached.
+/// `{"action": "task", "task": "fib", "payload": 30}`, optionally with
+/// `"idempotency_key"` and `"timeout_ms"`: submit, wait up to the task wait
+/// timeout, reply with the outcome or the state reached.
 async fn task(commands: Commands, request: Request) -> Reply {
     let action = request.str("task")?.to_owned();
     let payload = request
@@ -152,22 +157,27 @@ async fn task(commands: Commands, request: Request) -> Reply {
         .get("payload")
         .cloned()
         .unwrap_or(Value::Null);
+    let submission = TaskSubmission {
+        action: action.clone(),
+        payload,
+        timeout_ms: request.fields.get("timeout_ms").cloned(),
+        idempotency_key: request.opt_str(&["idempotency_key"])?,
+    };
     let wait = commands
         .settings()
         .edge
         .task_wait_timeout
         .min(request.time_left());
-    let progress =
-        outcome::submit_and_wait(&commands, &action, payload, &request.correlation_id, wait)
-            .await
-            .map_err(|e| {
-                let mut e = WireError::from(e);
-                // In this request the task's action is named `task`.
-                if e.field.as_deref() == Some("action") {
-                    e.field = Some("task".into());
-                }
-                e
-            })?;
+    let progress = outcome::submit_and_wait(&commands, submission, &request.correlation_id, wait)
+        .await
+        .map_err(|e| {
+            let mut e = WireError::from(e);
+            // In this request the task's action is named `task`.
+            if e.field.as_deref() == Some("action") {
+                e.field = Some("task".into());
+            }
+            e
+        })?;
     Ok(match progress {
         Progress::Finished(task) => outcome::task_fields(&task),
         Progress::Unfinished { id, state } => {
@@ -182,16 +192,31 @@ async fn task(commands: Commands, request: Request) -> Reply {
 
 /// `{"action": "task_status", "id": "..."}`.
 async fn task_status(commands: Commands, request: Request) -> Reply {
+    let task = commands.task(task_id(&request)?).await?;
+    Ok(outcome::task_fields(&task))
+}
+
+/// `{"action": "task_cancel", "id": "..."}`: `state` `cancelled`, or
+/// `running` with `stopping: true` while its worker stops it.
+async fn task_cancel(commands: Commands, request: Request) -> Reply {
+    let cancelled = commands.cancel_task(task_id(&request)?).await?;
+    let mut fields = Map::new();
+    fields.insert("id".into(), json!(cancelled.id));
+    fields.insert("state".into(), json!(cancelled.state));
+    fields.insert("stopping".into(), json!(cancelled.stopping));
+    Ok(fields)
+}
+
+/// The `id` field: a task id.
+fn task_id(request: &Request) -> Result<Uuid, WireError> {
     let raw = request.str("id")?;
-    let id = Uuid::parse_str(raw.trim()).map_err(|_| {
+    Uuid::parse_str(raw.trim()).map_err(|_| {
         WireError::new(
             "invalid_task_id",
             format!("`{raw}` is not a task id (a UUID)"),
         )
         .with_field("id")
-    })?;
-    let task = commands.task(id).await?;
-    Ok(outcome::task_fields(&task))
+    })
 }
 
 #[cfg(test)]
