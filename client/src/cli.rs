@@ -109,6 +109,9 @@ pub enum TaskCommand {
     },
     /// A task's state, attempts, timestamps, error and (small) result.
     Get { id: String },
+    /// Cancel a task: a queued one never runs; a running one is stopped by
+    /// its worker. Cancelling again is harmless; a finished task cannot be.
+    Cancel { id: String },
     /// Tasks, newest first.
     List {
         #[arg(long)]

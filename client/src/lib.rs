@@ -97,6 +97,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 tasks::submit(&api, out, &action, payload, wait).await
             }
             TaskCommand::Get { id } => tasks::get(&api, out, &id).await,
+            TaskCommand::Cancel { id } => tasks::cancel(&api, out, &id).await,
             TaskCommand::List {
                 state,
                 action,
