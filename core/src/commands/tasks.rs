@@ -280,9 +280,11 @@ impl Commands {
     pub async fn cancel_task(&self, id: Uuid) -> Result<TaskCancellation, CommandError> {
         let client = self.pool().get().await?;
         let (state, stopping) = match store::cancel(&**client, id).await? {
-            CancelOutcome::Cancelled | CancelOutcome::AlreadyFinal(TaskState::Cancelled) => {
+            CancelOutcome::Cancelled { action } => {
+                self.announce_cancelled(id, action);
                 (TaskState::Cancelled, false)
             }
+            CancelOutcome::AlreadyFinal(TaskState::Cancelled) => (TaskState::Cancelled, false),
             CancelOutcome::Requested => (TaskState::Running, true),
             CancelOutcome::AlreadyFinal(state) => {
                 return Err(CommandError::Conflict {
@@ -310,6 +312,38 @@ impl Commands {
         store::get(&client, id).await?.ok_or_else(|| {
             CommandError::not_found("task_not_found", format!("no task with id {id}"))
         })
+    }
+
+    /// Publishes `task.cancelled` for a task cancelled before it ran (a
+    /// worker announces the ones it stops), in the background: the event is
+    /// a notification, the row is the record.
+    fn announce_cancelled(&self, id: Uuid, action: String) {
+        let event = crate::tasks::TaskEvent {
+            event: format!("task.{}", TaskState::Cancelled),
+            task_id: id,
+            action,
+            state: TaskState::Cancelled,
+            attempts: 0,
+            error: Some("cancelled before it ran".to_owned()),
+            at: chrono::Utc::now(),
+        };
+        let body = match serde_json::to_vec(&event) {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::error!(error = %e, "could not serialise a task event");
+                return;
+            }
+        };
+        let publisher = self.publisher().clone();
+        tokio::spawn(async move {
+            let props = headers::persistent_json(&Uuid::now_v7().to_string(), "");
+            if let Err(e) = publisher
+                .publish(topology::EVENTS_EXCHANGE, &event.event, &body, props, false)
+                .await
+            {
+                tracing::debug!(error = %e, "could not publish a task event");
+            }
+        });
     }
 
     /// Waits until the task reaches a final state or `timeout` passes, and

@@ -98,10 +98,12 @@ pub async fn by_idempotency_key(
 }
 
 /// What a cancel did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CancelOutcome {
     /// The task had not started: it is `cancelled` and will never run.
-    Cancelled,
+    Cancelled {
+        action: String,
+    },
     /// The task is running: its worker has been asked to stop it.
     Requested,
     /// The task had already ended in this state (`cancelled` included).
@@ -127,14 +129,14 @@ pub async fn cancel(
                 cancel_requested_at = coalesce(cancel_requested_at, now()),
                 updated_at = now()
               WHERE id = $1 AND state IN ('queued', 'running')
-          RETURNING state",
+          RETURNING state, action",
             &[&id],
         )
         .await?;
     if let Some(row) = row {
         let state: TaskState = row.get(0);
         return Ok(match state {
-            TaskState::Cancelled => CancelOutcome::Cancelled,
+            TaskState::Cancelled => CancelOutcome::Cancelled { action: row.get(1) },
             _ => CancelOutcome::Requested,
         });
     }

@@ -15,6 +15,8 @@ use futures::future::join_all;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::web::EventStream;
+
 /// How soon a running task must end after its cancel: the workers look for
 /// cancel requests every 200 ms; the rest is slack for a busy machine.
 const STOP_BOUND: Duration = Duration::from_secs(5);
@@ -40,6 +42,7 @@ async fn wait_for_state(app: &TestApp, id: Uuid, state: &str, within: Duration) 
 async fn a_cancelled_queued_task_never_runs_and_its_message_is_acked_unrun() {
     // No worker yet: the task stays queued until it is cancelled.
     let mut app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
+    let mut events = EventStream::open(&app, "task.*").await;
     let id = app.submit("sum", json!("1,2,3")).await;
 
     let (status, first) = cancel(&app, id).await;
@@ -49,6 +52,9 @@ async fn a_cancelled_queued_task_never_runs_and_its_message_is_acked_unrun() {
     // Idempotent: the same answer again.
     let (status, again) = cancel(&app, id).await;
     assert_eq!((status, &again), (200, &first));
+    let event = events.until("task.cancelled").await;
+    assert_eq!(event["task_id"], id.to_string(), "{event}");
+    assert_eq!(event["state"], "cancelled");
 
     // The worker that gets its message acks it without running it.
     let worker = Worker::start(app.env.settings()).await;
@@ -84,6 +90,7 @@ async fn a_cancelled_queued_task_never_runs_and_its_message_is_acked_unrun() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_sleep_is_stopped_and_ends_cancelled_within_a_bound() {
     let app = spawn_app().await;
+    let mut events = EventStream::open(&app, "task.*").await;
     let id = app.submit("sleep", json!(60_000)).await;
     app.wait_for_task_state(id, &["running"]).await;
 
@@ -98,6 +105,9 @@ async fn a_running_sleep_is_stopped_and_ends_cancelled_within_a_bound() {
     assert_eq!(task["attempts"], 1);
     assert!(task["result"].is_null());
     assert!(task["cancel_requested_at"].is_string(), "{task}");
+    let event = events.until("task.cancelled").await;
+    assert_eq!(event["task_id"], id.to_string(), "{event}");
+    assert_eq!(event["attempts"], 1, "{event}");
 
     // Cancelling a cancelled task answers as the first cancel of a queued one.
     let (status, again) = cancel(&app, id).await;

@@ -30,7 +30,7 @@ impl EventStream {
         }
     }
 
-    async fn open(app: &TestApp, keys: &str) -> Self {
+    pub(crate) async fn open(app: &TestApp, keys: &str) -> Self {
         let response = app
             .http
             .get(app.url(&format!(
@@ -81,7 +81,7 @@ impl EventStream {
     }
 
     /// Reads until an event with `routing_key`, and returns its body.
-    async fn until(&mut self, routing_key: &str) -> Value {
+    pub(crate) async fn until(&mut self, routing_key: &str) -> Value {
         loop {
             let (_, data) = self
                 .next_event()
