@@ -339,3 +339,24 @@ async fn with_an_api_token_the_desk_asks_for_it_once_then_searches_and_remembers
     assert_eq!(browser.text("#api-token-form").await, "");
     browser.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_task_is_cancelled_from_its_page() {
+    let app = spawn_app().await;
+    let id = app.submit("sleep", json!(60_000)).await;
+    app.wait_for_task_state(id, &["running"]).await;
+    let browser = Browser::start("task-cancel").await;
+    browser.goto(&app.url(&format!("/ui/tasks/{id}"))).await;
+    browser.wait_element("#task-cancel").await;
+    browser.click("#task-cancel").await;
+    browser
+        .wait_for(
+            "the page to show the task cancelled",
+            "return document.querySelector('#task-state')?.dataset.state === 'cancelled'",
+            json!([]),
+        )
+        .await;
+    assert_eq!(app.task(id).await["state"], "cancelled");
+    browser.screenshot("task-cancelled").await;
+    browser.close().await;
+}
