@@ -225,7 +225,7 @@ impl Commands {
                 format!("timeout_ms must be a whole number of milliseconds from 1 to {max}"),
             ))
         };
-        let ms = raw.as_u64().ok_or_else(refused)?;
+        let ms = crate::tasks::whole_number(raw).ok_or_else(refused)?;
         if !(1..=max).contains(&ms) {
             return Err(refused());
         }

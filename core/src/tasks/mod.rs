@@ -249,12 +249,7 @@ fn string<'a>(v: &'a Value, field: &str) -> Result<&'a str, Invalid> {
 /// An integer in `min..=max`, given as a JSON number or a numeric string.
 fn integer(v: &Value, field: &str, min: u64, max: u64) -> Result<u64, Invalid> {
     let n = match v {
-        // `30.0` is the whole number 30, as JSON Schema's `integer` says.
-        Value::Number(n) => n.as_u64().or_else(|| {
-            n.as_f64()
-                .filter(|f| f.fract() == 0.0 && (0.0..=9_007_199_254_740_992.0).contains(f))
-                .map(|f| f as u64)
-        }),
+        Value::Number(_) => whole_number(v),
         Value::String(s) => s.trim().parse::<u64>().ok(),
         _ => None,
     }
@@ -274,6 +269,17 @@ fn integer(v: &Value, field: &str, min: u64, max: u64) -> Result<u64, Invalid> {
         ));
     }
     Ok(n)
+}
+
+/// A JSON number that is a whole number from 0 up: `30.0` is the whole
+/// number 30, as JSON Schema's `integer` says.
+pub(crate) fn whole_number(v: &Value) -> Option<u64> {
+    let n = v.as_number()?;
+    n.as_u64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && (0.0..=9_007_199_254_740_992.0).contains(f))
+            .map(|f| f as u64)
+    })
 }
 
 fn parse_numbers(v: &Value) -> Result<Vec<Decimal>, Invalid> {

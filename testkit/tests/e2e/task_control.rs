@@ -286,14 +286,17 @@ async fn a_timeout_over_the_maximum_is_refused_with_400_and_nothing_is_queued() 
         rabbit::ready_count(&app.env.amqp_url(), topology::TASKS_QUEUE).await,
         0
     );
-    // At the maximum it is accepted.
-    let (status, body) = app
-        .post(
-            "/v1/tasks",
-            &json!({"action": "sum", "payload": "1,2", "timeout_ms": 1_000}),
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
+    // At the maximum it is accepted, also written with a fraction (JSON
+    // Schema's `integer` allows `1000.0`).
+    for timeout in [json!(1_000), json!(1_000.0)] {
+        let (status, body) = app
+            .post(
+                "/v1/tasks",
+                &json!({"action": "sum", "payload": "1,2", "timeout_ms": timeout}),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
 }
 
 async fn submit_with_key(app: &TestApp, key: &str, body: &Value) -> (u16, bool, Value) {
