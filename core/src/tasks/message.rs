@@ -75,3 +75,43 @@ impl TaskEvent {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::tasks::Action;
+
+    fn message(timeout_ms: Option<u64>) -> TaskMessage {
+        TaskMessage {
+            id: Uuid::nil(),
+            action: "primes".into(),
+            payload: Value::from(10),
+            submitted_at: Utc::now(),
+            timeout_ms,
+        }
+    }
+
+    #[test]
+    fn a_run_gets_the_least_of_the_asked_the_action_s_own_and_the_maximum_limit() {
+        let max = Duration::from_secs(300);
+        let own = Action::Primes.default_timeout();
+        assert_eq!(message(None).time_limit(Action::Primes, max), own);
+        assert_eq!(
+            message(Some(250)).time_limit(Action::Primes, max),
+            Duration::from_millis(250)
+        );
+        assert_eq!(message(Some(299_000)).time_limit(Action::Primes, max), own);
+        let low_max = Duration::from_secs(1);
+        assert_eq!(message(None).time_limit(Action::Primes, low_max), low_max);
+    }
+
+    #[test]
+    fn a_message_without_a_limit_reads_as_before() {
+        let old = r#"{"id":"00000000-0000-0000-0000-000000000000","action":"sum","payload":"1,2","submitted_at":"2026-11-30T00:00:00Z"}"#;
+        let m: TaskMessage = serde_json::from_str(old).unwrap();
+        assert_eq!(m.timeout_ms, None);
+        assert!(!serde_json::to_string(&m).unwrap().contains("timeout_ms"));
+    }
+}
