@@ -18,8 +18,11 @@ pub struct ApiError {
     body: ErrorBody,
 }
 
-/// What an error answer's body is.
-#[derive(Debug, Serialize)]
+/// What an error answer's body is. Some errors add details to `error`:
+/// `candidates` (ambiguous_title), `earliest_due_at` (not_available),
+/// `idempotency_key`, `state` (result_not_ready, task_failed), ...
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
 pub struct ErrorAnswer {
     pub error: ErrorBody,
 }

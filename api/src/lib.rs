@@ -7,9 +7,12 @@
 //! - [`error`]: the one error type and its JSON body.
 //! - [`extract`]: the JSON body extractor that reports bad input in that body.
 //! - [`middleware`]: correlation ids, request timeouts.
-//! - [`routing`]: a router that remembers its paths, built by each module below.
-//! - [`routes`]: one module per resource, and the whole router.
-//! - [`openapi`]: `GET /openapi.json`, the description of the API.
+//! - [`routing`]: routes that carry their OpenAPI description, built by
+//!   each module below.
+//! - [`routes`]: one module per resource, and the whole router with its
+//!   OpenAPI document (served at `GET /openapi.json`).
+//! - [`openapi`]: what the generated document says beyond each handler's
+//!   annotation: what all `/v1` operations share, closed answers, task payloads.
 //! - [`ui`]: the web front desk, task page, dashboard and object browser,
 //!   and the JSON routes only they need (live events, queue figures, objects).
 

@@ -3,6 +3,7 @@
 //! client gets is what these types say.
 
 use serde::Serialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
@@ -13,7 +14,7 @@ use crate::{
 };
 
 /// Where to follow a task.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct TaskLinks {
     #[serde(rename = "self")]
     pub this: String,
@@ -30,10 +31,11 @@ impl TaskLinks {
 }
 
 /// `202` to `POST /v1/tasks`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TaskAccepted {
     pub id: Uuid,
     pub action: Action,
+    #[schema(schema_with = crate::schema::queued)]
     pub state: TaskState,
     pub links: TaskLinks,
 }
@@ -51,10 +53,14 @@ impl From<&SubmittedTask> for TaskAccepted {
 
 /// `200` (cancelled) or `202` (running, being stopped) to
 /// `POST /v1/tasks/{id}/cancel`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = TaskCancel)]
 pub struct TaskCancelAnswer {
     pub id: Uuid,
+    /// `cancelled`, or `running` while its worker stops it.
+    #[schema(schema_with = crate::schema::cancelled_or_running)]
     pub state: TaskState,
+    /// True while the task still runs and its worker is stopping it.
     pub stopping: bool,
     pub links: TaskLinks,
 }
@@ -71,7 +77,8 @@ impl From<TaskCancellation> for TaskCancelAnswer {
 }
 
 /// A task, with its links: `GET /v1/tasks/{id}` and each item of a list.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Task)]
 pub struct TaskAnswer {
     #[serde(flatten)]
     pub task: TaskRecord,
@@ -86,21 +93,24 @@ impl From<TaskRecord> for TaskAnswer {
 }
 
 /// `GET /v1/tasks`: newest first; `next_before` pages on (absent on the last page).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TaskList {
     pub tasks: Vec<TaskAnswer>,
+    /// Pass as `before` for the next page; null on the last.
+    #[schema(required = true)]
     pub next_before: Option<Uuid>,
 }
 
 /// Where to follow an operation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct OperationLinks {
     #[serde(rename = "self")]
     pub this: String,
 }
 
 /// `202` to `POST /v1/renewals` and `POST /v1/returns`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = OperationAccepted)]
 pub struct OperationAcceptedAnswer {
     #[serde(flatten)]
     pub accepted: OperationAccepted,
@@ -117,21 +127,23 @@ impl From<OperationAccepted> for OperationAcceptedAnswer {
 }
 
 /// `GET /v1/books?title=`: the words searched for and the titles found.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct BookSearch {
     pub query: String,
     pub books: Vec<BookSummary>,
 }
 
 /// One branch: its code and name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[schema(as = Branch)]
 pub struct BranchAnswer {
     pub code: String,
     pub name: String,
 }
 
 /// `GET /v1/branches`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[schema(as = Branches)]
 pub struct BranchList {
     pub branches: Vec<BranchAnswer>,
 }

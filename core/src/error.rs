@@ -8,17 +8,21 @@ use serde_json::{Map, Value};
 /// `{"error": ErrorBody}`, the ZeroMQ edge `{"ok": false, "error": ErrorBody}`
 /// and the line gateways put its message and code on their lines. Serialised
 /// as `{"code", "message", "field"?, ...details}`, in that order.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// Stable machine-readable code, e.g. `not_available`.
+    #[schema(value_type = String)]
     pub code: &'static str,
+    /// What went wrong and what to do, for people.
     pub message: String,
     /// The request field at fault, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub field: Option<String>,
     /// Further members of the error object (a conflict's details, such as
     /// `earliest_due_at`).
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<HashMap<String, Value>>)]
     pub details: Option<Box<Map<String, Value>>>,
 }
 

@@ -24,6 +24,7 @@
 //! - [`answers`]: the HTTP API's answers, one struct each.
 //! - [`error`]: the command layer's errors (caller's mistake vs our failure).
 //! - [`words`]: enums that travel as fixed words (states, outcomes).
+//! - [`schema`]: JSON Schemas of request fields, for the OpenAPI document.
 
 pub mod answers;
 pub mod batch;
@@ -37,6 +38,7 @@ pub mod infra;
 pub mod library;
 pub mod metrics;
 pub mod ops;
+pub mod schema;
 pub mod shutdown;
 pub mod storage;
 pub mod tasks;

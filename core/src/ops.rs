@@ -51,42 +51,110 @@ impl Readiness {
         self.rabbitmq && self.postgres && self.s3
     }
 
-    /// The names of the dependencies that did not answer.
-    pub fn unavailable(&self) -> Vec<&'static str> {
+    /// The dependencies that did not answer.
+    pub fn unavailable(&self) -> Vec<Dependency> {
         [
-            ("rabbitmq", self.rabbitmq),
-            ("postgres", self.postgres),
-            ("s3", self.s3),
+            (Dependency::Rabbitmq, self.rabbitmq),
+            (Dependency::Postgres, self.postgres),
+            (Dependency::S3, self.s3),
         ]
         .into_iter()
         .filter(|(_, ok)| !ok)
-        .map(|(name, _)| name)
+        .map(|(dependency, _)| dependency)
         .collect()
     }
 
     /// `200 {"status": "ready", ...}` or `503 {"status": "unready", ...}`,
     /// with each check named.
     pub fn into_response(self) -> (StatusCode, Json<Value>) {
-        let check = |ok: bool| if ok { "ok" } else { "unavailable" };
-        let ready = self.is_ready();
-        let status = if ready {
+        let status = if self.is_ready() {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
-        (
-            status,
-            Json(json!({
-                "status": if ready { "ready" } else { "unready" },
-                "checks": {
-                    "rabbitmq": check(self.rabbitmq),
-                    "postgres": check(self.postgres),
-                    "s3": check(self.s3),
-                },
-                "unavailable": self.unavailable(),
-            })),
-        )
+        (status, Json(json!(ReadinessAnswer::from(self))))
     }
+}
+
+crate::words::word_enum!(
+    "dependency",
+    /// A dependency a process needs.
+    pub enum Dependency {
+        Rabbitmq = "rabbitmq",
+        Postgres = "postgres",
+        S3 = "s3",
+    }
+);
+
+crate::words::word_enum!(
+    "readiness",
+    pub enum ReadyStatus {
+        Ready = "ready",
+        Unready = "unready",
+    }
+);
+
+crate::words::word_enum!(
+    "check result",
+    pub enum CheckResult {
+        Ok = "ok",
+        Unavailable = "unavailable",
+    }
+);
+
+impl CheckResult {
+    fn of(ok: bool) -> Self {
+        if ok { Self::Ok } else { Self::Unavailable }
+    }
+}
+
+/// Each dependency's check.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Checks {
+    pub rabbitmq: CheckResult,
+    pub postgres: CheckResult,
+    pub s3: CheckResult,
+}
+
+/// `/readyz`'s body: `ready` or `unready`, each check, and what is not reachable.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Readiness)]
+pub struct ReadinessAnswer {
+    pub status: ReadyStatus,
+    pub checks: Checks,
+    pub unavailable: Vec<Dependency>,
+}
+
+impl From<Readiness> for ReadinessAnswer {
+    fn from(r: Readiness) -> Self {
+        Self {
+            status: if r.is_ready() {
+                ReadyStatus::Ready
+            } else {
+                ReadyStatus::Unready
+            },
+            checks: Checks {
+                rabbitmq: CheckResult::of(r.rabbitmq),
+                postgres: CheckResult::of(r.postgres),
+                s3: CheckResult::of(r.s3),
+            },
+            unavailable: r.unavailable(),
+        }
+    }
+}
+
+crate::words::word_enum!(
+    "health",
+    pub enum HealthStatus {
+        Ok = "ok",
+    }
+);
+
+/// `/healthz`'s body.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Health)]
+pub struct HealthAnswer {
+    pub status: HealthStatus,
 }
 
 impl Probes {
@@ -122,7 +190,9 @@ pub fn metrics_response(metrics: &Metrics) -> Response {
 
 /// `/healthz`: the process is up and answering.
 pub fn health_response() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+    Json(json!(HealthAnswer {
+        status: HealthStatus::Ok
+    }))
 }
 
 #[derive(Clone)]

@@ -1,6 +1,7 @@
 //! Enums whose values travel as fixed words: in JSON, in PostgreSQL `text`
 //! columns, in query strings and in routing keys. One list per enum gives
-//! `ALL`, `as_str`, `Display`, `FromStr`, serde and `FromSql`, so a state
+//! `ALL`, `as_str`, `Display`, `FromStr`, serde, `FromSql` and the OpenAPI
+//! schema (an `enum` of the words), so a state
 //! cannot be spelt two ways and an unknown word is refused where it enters.
 
 use std::fmt;
@@ -53,6 +54,22 @@ macro_rules! word_enum {
                 match self {
                     $($name::$variant => $word),+
                 }
+            }
+        }
+
+        /// A string, one of the words.
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::Type::String)
+                    .enum_values(Some([$($word),+]))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {
+            fn name() -> std::borrow::Cow<'static, str> {
+                std::borrow::Cow::Borrowed(stringify!($name))
             }
         }
 

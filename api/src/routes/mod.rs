@@ -1,19 +1,24 @@
-//! Routes, one module per resource, and the whole router: these, the
-//! OpenAPI document's route ([`crate::openapi`]) and the web pages and their
-//! JSON routes ([`crate::ui`]). Those two modules only build [`Routes`];
-//! neither looks back at this one.
+//! Routes, one module per resource, and the whole router: these and the
+//! JSON routes of the web pages ([`crate::ui`]), each described by its own
+//! `#[utoipa::path]`, split here into the axum router and the OpenAPI
+//! document ([`crate::openapi`] finishes it), plus the web pages themselves.
+//! Neither of those two modules looks back at this one.
 
 mod health;
 mod library;
 mod tasks;
 
-use axum::{Router, http::StatusCode, response::IntoResponse};
+use std::sync::Arc;
+
+use axum::{Extension, Router, http::StatusCode, response::IntoResponse};
+use serde_json::Value;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::{AppState, error::ApiError, middleware, routing::Routes};
 
 /// Open to anyone: health, readiness, metrics, the API description.
 fn open_routes() -> Routes {
-    health::routes().merge(crate::openapi::routes())
+    health::routes()
 }
 
 /// Under `/v1`, behind the bearer token when one is configured: the API
@@ -24,34 +29,51 @@ fn v1_routes() -> Routes {
         .merge(crate::ui::api_routes())
 }
 
-/// Every path of the HTTP API (`/v1` ones with their prefix), written as the
+fn described(v1: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
+    open_routes().into_inner().nest("/v1", v1)
+}
+
+/// The OpenAPI document as served, before the configured branches go in.
+pub fn document() -> Value {
+    crate::openapi::finish(described(v1_routes().into_inner()).into_openapi())
+}
+
+/// Every path of the HTTP API (`/v1` ones with their prefix), as the
 /// OpenAPI document writes them. The pages themselves (`crate::ui::pages`)
 /// are HTML for people, not part of the described API.
 pub fn paths() -> Vec<String> {
-    let mut paths = open_routes().paths;
-    paths.extend(v1_routes().paths.into_iter().map(|p| format!("/v1{p}")));
-    paths.iter().map(|p| openapi_template(p)).collect()
+    document()["paths"]
+        .as_object()
+        .map(|paths| paths.keys().cloned().collect())
+        .unwrap_or_default()
 }
 
-/// OpenAPI has no catch-all parameter: axum's `{*key}` (a value that may
-/// hold `/`s) is a plain `{key}` there.
-fn openapi_template(path: &str) -> String {
-    path.replace("{*", "{")
-}
+/// The document served at `/openapi.json`.
+#[derive(Clone)]
+pub struct Document(pub Arc<Value>);
 
 pub fn router(state: AppState) -> Router {
     let v1 = v1_routes()
-        .router
+        .into_inner()
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::require_token,
         ));
-    open_routes()
-        .router
+    let (router, openapi) = described(v1).split_for_parts();
+    let branches: Vec<&str> = state
+        .settings
+        .library
+        .branches
+        .iter()
+        .map(|b| b.code.as_str())
+        .collect();
+    let document = crate::openapi::with_branches(crate::openapi::finish(openapi), &branches);
+    let document = crate::openapi::with_timeout_max(document, state.settings.tasks.timeout_max);
+    router
         .merge(crate::ui::pages())
-        .nest("/v1", v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(Extension(Document(Arc::new(document))))
         .with_state(state)
 }
 
@@ -115,3 +137,6 @@ fn parse_uuid(raw: &str, what: &str, code: &'static str) -> Result<uuid::Uuid, A
         .with_field("id")
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,47 +6,90 @@ use axum::{
     extract::{Path, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Redirect, Response},
-    routing::{get, post},
 };
 use bibliomq_core::{
     answers::{TaskAccepted, TaskAnswer, TaskCancelAnswer, TaskList},
     commands::TaskSubmission,
-    tasks::TaskState,
+    tasks::{Action, TaskState},
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::Routes;
 use crate::{
     AppState,
-    error::ApiError,
+    error::{ApiError, ErrorAnswer},
     extract::{JsonBody, QueryParams},
     middleware::CorrelationId,
 };
 
 pub fn routes() -> Routes {
     Routes::new()
-        .route("/tasks", get(list).post(submit))
-        .route("/tasks/{id}", get(show))
-        .route("/tasks/{id}/result", get(result))
-        .route("/tasks/{id}/cancel", post(cancel))
+        .routes(routes!(list, submit))
+        .routes(routes!(show))
+        .routes(routes!(result))
+        .routes(routes!(cancel))
 }
 
-#[derive(Deserialize)]
+/// A task to run. What `payload` may be depends on `action`: the document
+/// says so action by action ([`crate::openapi`]).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = TaskSubmission)]
 struct SubmitTask {
+    #[schema(value_type = Action)]
     action: String,
+    /// What the action works on, e.g. `"1,2,3"` for sum, `30` for fib, a string for upper.
     #[serde(default)]
     payload: Value,
-    /// Checked by the command layer (a whole number up to the maximum).
+    /// A time limit for this run, in milliseconds, up to
+    /// BIBLIOMQ_TASK_TIMEOUT_MAX_MS (the `maximum` here). The action's own
+    /// limit still applies when lower. Past it the task is stopped and fails
+    /// with `error_code` `timeout`, not retried. Checked by the command
+    /// layer (a whole number up to the maximum).
     #[serde(default)]
+    #[schema(value_type = Option<u64>, minimum = 1)]
     timeout_ms: Option<Value>,
 }
 
-/// `202 Accepted` once RabbitMQ has confirmed the task message. With an
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct TaskId {
+    /// The task id.
+    #[param(value_type = uuid::Uuid)]
+    id: String,
+}
+
+/// Submit a task
+///
+/// Answered once RabbitMQ has confirmed the message. With an
 /// `Idempotency-Key` already used for the same request: the first answer
-/// again, with `idempotent-replayed: true`.
+/// again, with `idempotent-replayed: true`, and nothing queued.
+#[utoipa::path(
+    post, path = "/tasks", tag = "tasks", operation_id = "submitTask",
+    params((
+        "Idempotency-Key" = Option<String>, Header,
+        description = "Your key for safe retries: the same key with the same request answers with the first task (header `idempotent-replayed: true`) and queues nothing; with a different request, 409 `idempotency_key_reused`. A key lives as long as its task.",
+        min_length = 1, max_length = 200, pattern = "^[!-~]+$", nullable = false
+    )),
+    request_body = SubmitTask,
+    responses(
+        (status = 202, description = "Queued (or, for a retried Idempotency-Key, the first answer again); follow it at `Location`.", body = TaskAccepted,
+            headers(
+                ("Location" = String, description = "The task's path."),
+                ("idempotent-replayed" = String, description = "`true` when this is the answer to an earlier request with the same Idempotency-Key."),
+            )),
+        (status = 400, description = "The body is not JSON (`malformed_json`), `timeout_ms` is not from 1 to BIBLIOMQ_TASK_TIMEOUT_MAX_MS (`invalid_timeout`, with `field`), or the Idempotency-Key is not visible ASCII (`invalid_idempotency_key`); nothing was queued.", body = ErrorAnswer),
+        (status = 409, description = "The Idempotency-Key was already used for a different request (`idempotency_key_reused`).", body = ErrorAnswer),
+        (status = 413, description = "The body is larger than BIBLIOMQ_API_BODY_LIMIT (`payload_too_large`).", body = ErrorAnswer),
+        (status = 415, description = "No `Content-Type: application/json` (`unsupported_media_type`).", body = ErrorAnswer),
+        (status = 422, description = "Unknown action or a payload the action cannot take (`unknown_action`, `invalid_payload`, `invalid_field`), or a malformed Idempotency-Key (`invalid_idempotency_key`), with `field`.", body = ErrorAnswer),
+        (status = 503, description = "RabbitMQ, PostgreSQL or object storage unreachable (`unavailable`); nothing changed.", body = ErrorAnswer),
+    )
+)]
 async fn submit(
     State(state): State<AppState>,
     Extension(CorrelationId(correlation_id)): Extension<CorrelationId>,
@@ -72,11 +115,26 @@ async fn submit(
     Ok(response)
 }
 
-/// `200` when the task is cancelled (now or before), `202` while its worker
-/// stops it; `409` when it already ended otherwise.
+/// Cancel a task
+///
+/// A queued task is cancelled at once and never runs. A running one is
+/// stopped by its worker within about a second and ends `cancelled`.
+/// Cancelling again gives the same answer.
+#[utoipa::path(
+    post, path = "/tasks/{id}/cancel", tag = "tasks", operation_id = "cancelTask",
+    params(TaskId),
+    responses(
+        (status = 200, description = "Cancelled (now, or earlier).", body = TaskCancelAnswer),
+        (status = 202, description = "Running: its worker has been told to stop it (`stopping`); follow the task until it is `cancelled`.", body = TaskCancelAnswer),
+        (status = 400, description = "The id is not a UUID (`invalid_task_id`).", body = ErrorAnswer),
+        (status = 404, description = "No such task (`task_not_found`).", body = ErrorAnswer),
+        (status = 409, description = "The task already ended otherwise (`task_finished`); `state` says how. Nothing changed.", body = ErrorAnswer),
+        (status = 503, description = "RabbitMQ, PostgreSQL or object storage unreachable (`unavailable`); nothing changed.", body = ErrorAnswer),
+    )
+)]
 async fn cancel(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path(TaskId { id }): Path<TaskId>,
 ) -> Result<Response, ApiError> {
     let cancelled = state.commands.cancel_task(parse_id(&id)?).await?;
     let status = if cancelled.stopping {
@@ -91,23 +149,54 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     super::parse_uuid(raw, "a task id", "invalid_task_id")
 }
 
+/// A task's state, attempts, timestamps, error and result
+#[utoipa::path(
+    get, path = "/tasks/{id}", tag = "tasks", operation_id = "getTask",
+    params(TaskId),
+    responses(
+        (status = 200, description = "The task; `result` inline when small, `result_object` when stored in the bucket.", body = TaskAnswer),
+        (status = 400, description = "The id is not a UUID (`invalid_task_id`).", body = ErrorAnswer),
+        (status = 404, description = "No such task (`task_not_found`).", body = ErrorAnswer),
+        (status = 503, description = "RabbitMQ, PostgreSQL or object storage unreachable (`unavailable`).", body = ErrorAnswer),
+    )
+)]
 async fn show(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path(TaskId { id }): Path<TaskId>,
 ) -> Result<Json<TaskAnswer>, ApiError> {
     let task = state.commands.task(parse_id(&id)?).await?;
     Ok(Json(task.into()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only tasks in this state.
+    #[param(value_type = Option<TaskState>, inline)]
     state: Option<String>,
+    /// Only tasks of this action.
+    #[param(value_type = Option<Action>, inline)]
     action: Option<String>,
+    /// At most this many (1 to 500, default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
     limit: Option<String>,
+    /// Page on: tasks older than this id (`next_before` of the previous page).
+    #[param(value_type = Option<uuid::Uuid>)]
     before: Option<String>,
 }
 
+/// Tasks, newest first
+#[utoipa::path(
+    get, path = "/tasks", tag = "tasks", operation_id = "listTasks",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of tasks.", body = TaskList),
+        (status = 400, description = "`before` is not a task id (`invalid_task_id`), or an unknown parameter (`invalid_query`).", body = ErrorAnswer),
+        (status = 422, description = "Bad `state`, `action` or `limit`.", body = ErrorAnswer),
+        (status = 503, description = "RabbitMQ, PostgreSQL or object storage unreachable (`unavailable`).", body = ErrorAnswer),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     QueryParams(q): QueryParams<ListQuery>,
@@ -127,18 +216,37 @@ async fn list(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ResultQuery {
-    /// `true`: answer with a redirect to a presigned object-storage link.
+    /// Answer with a redirect to a presigned object-storage link (large results only).
     redirect: Option<bool>,
 }
 
-/// The result itself: inline results from PostgreSQL, large ones streamed
-/// from object storage (or a redirect to a presigned link with `?redirect=true`).
+/// The result itself
+///
+/// Inline results come from PostgreSQL; large ones are streamed from object
+/// storage with `x-content-sha256`, or with `?redirect=true` answered by a
+/// redirect to a presigned link.
+#[utoipa::path(
+    get, path = "/tasks/{id}/result", tag = "tasks", operation_id = "getTaskResult",
+    params(TaskId, ResultQuery),
+    responses(
+        (status = 200, description = "The result: JSON, or CSV for `report`.",
+            content((Value = "application/json"), (String = "text/csv")),
+            headers(("x-content-sha256" = String, description = "SHA-256 of a stored result."))),
+        (status = 307, description = "Redirect to a presigned link (`?redirect=true`, stored results).",
+            headers(("Location" = String))),
+        (status = 400, description = "The id is not a UUID (`invalid_task_id`).", body = ErrorAnswer),
+        (status = 404, description = "No such task (`task_not_found`), or the stored result is missing (`result_missing`).", body = ErrorAnswer),
+        (status = 409, description = "Not finished (`result_not_ready`) or finished without a result (`task_failed`); `state` says which.", body = ErrorAnswer),
+        (status = 503, description = "RabbitMQ, PostgreSQL or object storage unreachable (`unavailable`).", body = ErrorAnswer),
+    )
+)]
 async fn result(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path(TaskId { id }): Path<TaskId>,
     QueryParams(q): QueryParams<ResultQuery>,
 ) -> Result<Response, ApiError> {
     let task = state.commands.task(parse_id(&id)?).await?;

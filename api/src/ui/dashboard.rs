@@ -3,23 +3,41 @@
 //! circulation per minute from the command layer. Each is its own route so that one
 //! source being down leaves the others on screen.
 
-use axum::{Json, extract::State, http::StatusCode, routing::get};
+use axum::{Json, extract::State, http::StatusCode};
 use bibliomq_core::commands::{Circulation, TaskCounts};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use utoipa::IntoParams;
+use utoipa_axum::routes;
 
-use super::management::{Management, ManagementError};
-use crate::{AppState, error::ApiError, extract::QueryParams, routing::Routes};
+use super::management::{Management, ManagementError, VhostFigures};
+use crate::{
+    AppState,
+    error::{ApiError, ErrorAnswer},
+    extract::QueryParams,
+    routing::Routes,
+};
 
 pub fn routes() -> Routes {
     Routes::new()
-        .route("/dashboard/queues", get(queues))
-        .route("/dashboard/tasks", get(tasks))
-        .route("/dashboard/circulation", get(circulation))
+        .routes(routes!(queues))
+        .routes(routes!(tasks))
+        .routes(routes!(circulation))
 }
 
-/// Depth, rates and consumers of every queue of our vhost.
-async fn queues(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// Depth, rates and consumers of every queue of our RabbitMQ vhost
+///
+/// Read from the RabbitMQ management API (BIBLIOMQ_RABBITMQ_MGMT_URL) with
+/// the server's credentials, so a client needs none. Server-named queues
+/// (live feeds, reply queues) are counted, not listed.
+#[utoipa::path(
+    get, path = "/dashboard/queues", tag = "web", operation_id = "dashboardQueues",
+    responses(
+        (status = 200, description = "The vhost's queues, by name, and its overall rates.", body = VhostFigures),
+        (status = 502, description = "The management API refused the server's credentials or failed (`management_unavailable`).", body = ErrorAnswer),
+        (status = 503, description = "The management API does not answer (`management_unavailable`).", body = ErrorAnswer),
+    )
+)]
+async fn queues(State(state): State<AppState>) -> Result<Json<VhostFigures>, ApiError> {
     let management = Management::new(&state.settings);
     let figures = management.figures().await.map_err(|e| {
         let status = match e {
@@ -28,21 +46,44 @@ async fn queues(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
         };
         ApiError::new(status, "management_unavailable", e.to_string())
     })?;
-    Ok(Json(json!(figures)))
+    Ok(Json(figures))
 }
 
-/// How many tasks are in each state (every state listed, zeros included).
+/// How many tasks are in each state
+#[utoipa::path(
+    get, path = "/dashboard/tasks", tag = "web", operation_id = "dashboardTasks",
+    responses(
+        (status = 200, description = "Every state, zeros included, and the total.", body = TaskCounts),
+        (status = 503, description = "RabbitMQ, PostgreSQL or object storage unreachable (`unavailable`).", body = ErrorAnswer),
+    )
+)]
 async fn tasks(State(state): State<AppState>) -> Result<Json<TaskCounts>, ApiError> {
     Ok(Json(state.commands.task_counts().await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct CirculationQuery {
+    /// The window, ending now (1 to 1440, default 30).
+    #[param(minimum = 1, maximum = 1440)]
     minutes: Option<u32>,
 }
 
-/// Loans, renewals and returns settled per minute and branch.
+/// Loans, renewals and returns settled per minute and branch
+///
+/// From the circulation history: the configured branches in their order
+/// (quiet ones too), then any other branch found there.
+#[utoipa::path(
+    get, path = "/dashboard/circulation", tag = "web", operation_id = "dashboardCirculation",
+    params(CirculationQuery),
+    responses(
+        (status = 200, description = "One series per branch, oldest minute first, and totals per kind and outcome.", body = Circulation),
+        (status = 400, description = "An unknown parameter or `minutes` not a whole number (`invalid_query`).", body = ErrorAnswer),
+        (status = 422, description = "`minutes` out of range (`invalid_minutes`).", body = ErrorAnswer),
+        (status = 503, description = "RabbitMQ, PostgreSQL or object storage unreachable (`unavailable`).", body = ErrorAnswer),
+    )
+)]
 async fn circulation(
     State(state): State<AppState>,
     QueryParams(q): QueryParams<CirculationQuery>,

@@ -14,14 +14,20 @@ use axum::{
     extract::State,
     http::StatusCode,
     response::sse::{Event, KeepAlive, Sse},
-    routing::get,
 };
 use bibliomq_core::broker::{events::EventMessage, topology};
 use futures::{Stream, StreamExt, stream};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 
-use crate::{AppState, error::ApiError, extract::QueryParams, routing::Routes};
+use crate::{
+    AppState,
+    error::{ApiError, ErrorAnswer},
+    extract::QueryParams,
+    routing::Routes,
+};
 
 /// Most patterns one stream may follow.
 pub const MAX_KEYS: usize = 16;
@@ -31,14 +37,46 @@ const BUFFER: usize = 512;
 const BIND_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn routes() -> Routes {
-    Routes::new().route("/events/stream", get(stream_events))
+    Routes::new()
+        .routes(routes!(stream_events))
+        .schema::<StreamReady>()
+        .schema::<StreamEvent>()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct StreamQuery {
-    /// Comma-separated topic patterns (`task.*,loaned.#`); all events when absent.
+    /// Comma-separated topic patterns: dot-separated words, `*` for one
+    /// word, `#` for any number (`task.*,loaned.#`). Every event when absent.
+    #[param(value_type = Option<KeyPatterns>, inline)]
     keys: Option<String>,
+}
+
+/// What `?keys=` takes: 1 to [`MAX_KEYS`] comma-separated patterns of
+/// dot-separated words (letters, digits, `-`, `_`), `*` or `#`. Stricter
+/// than the server on lengths (up to 8 words of 16 characters, where the
+/// server takes 255 bytes), which a regex can bound only word by word.
+struct KeyPatterns;
+
+impl utoipa::PartialSchema for KeyPatterns {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        utoipa::openapi::RefOr::T(keys_pattern())
+    }
+}
+
+impl ToSchema for KeyPatterns {}
+
+fn keys_pattern() -> utoipa::openapi::Schema {
+    let word = "(\\*|#|[A-Za-z0-9_-]{1,16})";
+    let key = format!("{word}(\\.{word}){{0,7}}");
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .pattern(Some(format!(
+            "^ *{key}( *, *{key}){{0,{}}} *$",
+            MAX_KEYS - 1
+        )))
+        .into()
 }
 
 /// Topic patterns: dot-separated words of letters, digits, `-` and `_`, or
@@ -78,8 +116,31 @@ fn parse_keys(raw: Option<&str>) -> Result<Vec<String>, ApiError> {
     Ok(keys)
 }
 
-/// `text/event-stream`: a `ready` event, then one unnamed event per outcome
-/// event with `{"routing_key", "event"}` as data.
+/// Outcome events of `bibliomq.events`, live, as server-sent events
+///
+/// A `text/event-stream` that stays open. Its first event is named `ready`
+/// and comes once the stream's own queue is bound, so every outcome
+/// published after it is delivered; its `data` is one line of JSON,
+/// `EventStreamReady`. Then one unnamed event per outcome event whose
+/// routing key matches `keys`, its `data` one line of JSON,
+/// `EventStreamEvent`. Comment lines (`:`) keep the connection alive every
+/// 15 s. Events published while the API is cut off from RabbitMQ are missed
+/// (PostgreSQL has the record); the stream ends when the server stops. The
+/// request timeout bounds only the wait for the answer to start, not how
+/// long it streams. Routing keys: `task.<state>`, `loaned.<branch>`,
+/// `renewed.<branch>`, `returned.<branch>`, `rejected.<kind>.<branch>`; at
+/// most 16 patterns.
+#[utoipa::path(
+    get, path = "/events/stream", tag = "web", operation_id = "streamEvents",
+    params(StreamQuery),
+    responses(
+        (status = 200, description = "The stream: `event: ready`, then `data:` lines, one event per outcome.",
+            content_type = "text/event-stream", body = String),
+        (status = 400, description = "An unknown parameter (`invalid_query`).", body = ErrorAnswer),
+        (status = 422, description = "A malformed pattern, none, or too many (`invalid_keys`, field `keys`).", body = ErrorAnswer),
+        (status = 503, description = "RabbitMQ cannot be reached, so there is no live feed (`unavailable`).", body = ErrorAnswer),
+    )
+)]
 async fn stream_events(
     State(state): State<AppState>,
     QueryParams(q): QueryParams<StreamQuery>,
@@ -110,17 +171,22 @@ async fn stream_events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
-/// The data of the stream's first event, `ready`: the patterns followed.
-#[derive(Serialize)]
+/// The data of the `ready` event of /v1/events/stream.
+#[derive(Serialize, ToSchema)]
+#[schema(as = EventStreamReady)]
 struct StreamReady<'a> {
+    /// The patterns followed.
+    #[schema(value_type = Vec<String>)]
     keys: &'a [String],
 }
 
-/// The data of every other event: its routing key and its body (JSON, or
-/// the text when the body is not JSON).
-#[derive(Serialize)]
+/// The data of each other event of /v1/events/stream: its routing key and
+/// its body.
+#[derive(Serialize, ToSchema)]
+#[schema(as = EventStreamEvent)]
 struct StreamEvent<'a> {
     routing_key: &'a str,
+    /// The outcome event as published: its JSON, or its text when it is not JSON.
     event: Value,
 }
 

@@ -12,9 +12,10 @@ use serde_json::Value;
 use super::SEGMENT;
 
 /// What the dashboard shows of one queue.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct QueueFigures {
     pub name: String,
+    /// `quorum`, `classic` or `stream`.
     #[serde(rename = "type")]
     pub kind: String,
     pub messages_ready: u64,
@@ -27,7 +28,8 @@ pub struct QueueFigures {
 }
 
 /// The figures of our vhost.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = DashboardQueues)]
 pub struct VhostFigures {
     pub vhost: String,
     pub queues: Vec<QueueFigures>,

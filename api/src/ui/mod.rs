@@ -43,8 +43,8 @@ pub fn pages() -> Router<AppState> {
 }
 
 /// The JSON routes the pages need beyond the rest of the API, for `/v1`.
-/// They are `Routes` so that they are described in the OpenAPI document
-/// like the rest of `/v1`: any client may use them, not only the pages.
+/// They are described in the OpenAPI document like the rest of `/v1`: any
+/// client may use them, not only the pages.
 pub fn api_routes() -> Routes {
     events::routes()
         .merge(dashboard::routes())
@@ -52,4 +52,4 @@ pub fn api_routes() -> Routes {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

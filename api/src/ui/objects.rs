@@ -8,15 +8,21 @@ use axum::{
     extract::{Path, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Redirect, Response},
-    routing::get,
 };
 use bibliomq_core::storage::{ObjectInfo, StorageError};
 use chrono::{DateTime, Utc};
 use percent_encoding::utf8_percent_encode;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 
 use super::PATH;
-use crate::{AppState, error::ApiError, extract::QueryParams, routing::Routes};
+use crate::{
+    AppState,
+    error::{ApiError, ErrorAnswer},
+    extract::QueryParams,
+    routing::Routes,
+};
 
 /// Most objects one page lists.
 pub const MAX_LIMIT: i32 = 1_000;
@@ -26,19 +32,51 @@ pub const NEWEST_SCAN: usize = 10_000;
 
 pub fn routes() -> Routes {
     Routes::new()
-        .route("/objects", get(list))
-        .route("/objects/{*key}", get(download))
+        .routes(routes!(list))
+        .routes(routes!(download))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only keys starting with this (after the server's own prefix), such as
+    /// `results/2025/05/`; no control characters.
+    #[param(value_type = Option<bibliomq_core::schema::PlainText>, inline)]
     prefix: Option<String>,
-    /// `key` (the default) or `newest`.
+    /// `key` (the default: S3's own order) or `newest` (last modified first,
+    /// from a scan of at most 10000 keys: narrow it with `prefix`).
+    #[param(value_type = Option<ObjectOrder>, inline)]
     order: Option<String>,
+    /// At most this many (1 to 1000, default 50).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i32>,
-    /// From the previous page's `next_cursor`.
+    /// Page on: `next_cursor` of the previous page, with the same `prefix`
+    /// and `order` (empty: the first page).
+    #[param(value_type = Option<bibliomq_core::schema::PlainText>, inline)]
     cursor: Option<String>,
+}
+
+/// The order of a listing: `key` or `newest`.
+struct ObjectOrder;
+
+impl utoipa::PartialSchema for ObjectOrder {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .enum_values(Some(["key", "newest"]))
+            .into()
+    }
+}
+
+impl ToSchema for ObjectOrder {}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct KeyPath {
+    /// The key as listed (without the server's prefix), `/`s and all:
+    /// written as they are or as `%2F`.
+    key: String,
 }
 
 /// Keys have no control characters; object storage refuses listings that
@@ -78,11 +116,15 @@ fn unavailable(e: StorageError) -> ApiError {
 }
 
 /// One object of a listing, with where to download it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ObjectEntry {
+    /// Without the server's prefix.
     pub key: String,
+    #[schema(minimum = 0)]
     pub size: i64,
+    #[schema(required = true)]
     pub last_modified: Option<DateTime<Utc>>,
+    /// Its path under /v1/objects.
     pub download: String,
 }
 
@@ -99,22 +141,44 @@ impl From<&ObjectInfo> for ObjectEntry {
 
 /// A page of `GET /v1/objects`. Newest-first pages also say how many keys
 /// were scanned and whether that was all of them.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = ObjectList)]
 pub struct ObjectPage {
     pub bucket: String,
     pub prefix: String,
+    #[schema(value_type = ObjectOrder, inline)]
     pub order: &'static str,
     pub objects: Vec<ObjectEntry>,
+    /// Pass as `cursor` for the next page; null on the last.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
+    /// `newest` only: how many keys were read to order them.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub scanned: Option<usize>,
+    /// `newest` only: false when more keys exist than were read.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub scan_complete: Option<bool>,
 }
 
 /// A page of objects under `prefix`: by key (S3's own order, paged from the
 /// last key shown) or newest first (from a scan of at most [`NEWEST_SCAN`]
 /// keys, paged by position).
+/// Objects in the results bucket, a page at a time
+///
+/// Only keys under the server's BIBLIOMQ_S3_KEY_PREFIX are listed, and they
+/// are shown without it.
+#[utoipa::path(
+    get, path = "/objects", tag = "web", operation_id = "listObjects",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of objects.", body = ObjectPage),
+        (status = 400, description = "An unknown parameter, or `limit` not a whole number (`invalid_query`).", body = ErrorAnswer),
+        (status = 422, description = "A bad `limit`, `order`, `prefix` or `cursor` (`invalid_limit`, `invalid_order`, `invalid_prefix`, `invalid_cursor`), with `field`.", body = ErrorAnswer),
+        (status = 503, description = "Object storage unreachable (`unavailable`).", body = ErrorAnswer),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     QueryParams(q): QueryParams<ListQuery>,
@@ -221,17 +285,39 @@ async fn scan(state: &AppState, prefix: &str) -> Result<(Vec<ObjectInfo>, bool),
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct DownloadQuery {
-    /// `true`: answer with a redirect to a presigned link instead.
+    /// Answer with a redirect to a presigned object-storage link.
     redirect: Option<bool>,
 }
 
-/// The object itself, streamed from the bucket as an attachment.
+/// An object of the results bucket, as a download
+///
+/// Streamed from object storage as an attachment, in its stored content
+/// type; with `?redirect=true` answered instead by a redirect to a presigned
+/// link (valid BIBLIOMQ_S3_PRESIGN_TTL_SECS), which is made without looking
+/// the object up.
+#[utoipa::path(
+    get, path = "/objects/{*key}", tag = "web", operation_id = "getObject",
+    params(KeyPath, DownloadQuery),
+    responses(
+        (status = 200, description = "The object's bytes, with the content type it was stored with (`application/octet-stream` when it has none).",
+            content_type = "*/*", body = inline(bibliomq_core::schema::Bytes),
+            headers(
+                ("Content-Disposition" = String, description = "`attachment` with the key's last segment as the file name."),
+                ("Content-Length" = i64),
+            )),
+        (status = 307, description = "Redirect to a presigned link (`?redirect=true`).", headers(("Location" = String))),
+        (status = 400, description = "A bad `redirect` or an unknown parameter (`invalid_query`), or a key that is not UTF-8 (`invalid_path`).", body = ErrorAnswer),
+        (status = 404, description = "No such object (`object_not_found`).", body = ErrorAnswer),
+        (status = 503, description = "Object storage unreachable (`unavailable`).", body = ErrorAnswer),
+    )
+)]
 async fn download(
     State(state): State<AppState>,
-    Path(key): Path<String>,
+    Path(KeyPath { key }): Path<KeyPath>,
     QueryParams(q): QueryParams<DownloadQuery>,
 ) -> Result<Response, ApiError> {
     let store = state.commands.store();

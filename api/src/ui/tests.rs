@@ -24,7 +24,7 @@ use tower::ServiceExt;
 
 use crate::AppState;
 
-fn state() -> AppState {
+pub(crate) fn state() -> AppState {
     let settings = Settings::from_lookup(|key| match key {
         // Port 9 (discard) on loopback: nothing answers, nothing is touched.
         "BIBLIOMQ_AMQP_URL" => Some("amqp://guest:guest@127.0.0.1:9/%2f".into()),

@@ -23,35 +23,47 @@ pub const CIRCULATION_MAX_MINUTES: u32 = 1_440;
 pub const CIRCULATION_DEFAULT_MINUTES: u32 = 30;
 
 /// How many tasks are in each state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = DashboardTasks)]
 pub struct TaskCounts {
     /// Every state, zeros included.
+    #[schema(schema_with = crate::schema::count_by_task_state)]
     pub by_state: BTreeMap<TaskState, i64>,
+    #[schema(minimum = 0)]
     pub total: i64,
 }
 
 /// One branch's settled operations, minute by minute, oldest first.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct BranchSeries {
     pub branch: String,
     pub name: String,
+    /// Settled operations per minute, oldest first: `minutes` of them.
+    #[schema(schema_with = crate::schema::counts)]
     pub per_minute: Vec<i64>,
+    #[schema(minimum = 0)]
     pub applied: i64,
+    #[schema(minimum = 0)]
     pub rejected: i64,
 }
 
 /// Settled operations of one kind and outcome over the whole window.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct KindCount {
     pub kind: OperationKind,
+    /// `applied` or `rejected`.
+    #[schema(schema_with = crate::schema::settled)]
     pub outcome: OperationState,
+    #[schema(minimum = 0)]
     pub count: i64,
 }
 
 /// Circulation over the last `minutes` minutes up to `until`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = DashboardCirculation)]
 pub struct Circulation {
     pub minutes: u32,
+    /// The end of the window: now.
     pub until: DateTime<Utc>,
     pub branches: Vec<BranchSeries>,
     pub by_kind: Vec<KindCount>,

@@ -67,7 +67,7 @@ pub struct LoanRequest {
 }
 
 /// A loan that was made (or, with `replayed`, made earlier for the same key).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LoanReceipt {
     pub loan: LoanMade,
     pub replayed: bool,
@@ -84,15 +84,19 @@ pub struct CirculationRequest {
 }
 
 /// A renewal or return accepted for processing.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = AcceptedOperation)]
 pub struct OperationAccepted {
     pub operation_id: Uuid,
+    #[schema(schema_with = crate::schema::renewal_or_return)]
     pub kind: OperationKind,
+    #[schema(schema_with = crate::schema::pending)]
     pub state: OperationState,
     pub loan_id: Uuid,
     pub branch: String,
     /// Renewals: the due date the loan will have if the renewal is applied.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub tentative_due_at: Option<DateTime<Utc>>,
 }
 

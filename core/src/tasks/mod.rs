@@ -63,7 +63,7 @@ pub const PRIMES_MAX: u64 = 10_000_000;
 /// Most numbers accepted by `sum`.
 pub const SUM_MAX_ITEMS: usize = 100_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     Echo,

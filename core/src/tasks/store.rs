@@ -450,34 +450,46 @@ pub async fn finish(db: &Client, outcomes: &[Finish]) -> Result<Vec<bool>, tokio
 }
 
 /// A task as clients see it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TaskRecord {
     pub id: Uuid,
+    #[schema(value_type = crate::tasks::Action)]
     pub action: String,
     pub state: TaskState,
     pub attempts: i32,
+    #[schema(required = true)]
     pub correlation_id: Option<String>,
     pub created_at: DateTime<Utc>,
+    #[schema(required = true)]
     pub started_at: Option<DateTime<Utc>>,
+    #[schema(required = true)]
     pub finished_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+    #[schema(required = true)]
     pub error: Option<String>,
     /// Why the task did not succeed, as a stable code: `timeout` (stopped
     /// by its time limit), `cancelled`; null otherwise.
+    #[schema(required = true)]
     pub error_code: Option<String>,
     /// When a client asked to cancel it.
+    #[schema(required = true)]
     pub cancel_requested_at: Option<DateTime<Utc>>,
+    /// As submitted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload: Option<Value>,
     /// The result itself when it is small enough to keep in the database.
+    #[schema(required = true)]
     pub result: Option<Value>,
     /// Where a large result was stored, and how to check it.
+    #[schema(required = true)]
     pub result_object: Option<ResultObject>,
+    #[schema(required = true)]
     pub result_content_type: Option<String>,
+    #[schema(required = true)]
     pub result_size: Option<i64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ResultObject {
     pub bucket: String,
     pub key: String,

@@ -7,31 +7,39 @@ use serde::Serialize;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Book)]
 pub struct BookView {
     pub isbn: String,
     pub title: String,
     pub authors: Vec<String>,
+    #[schema(required = true)]
     pub published_year: Option<i32>,
     /// Per branch: copies, how many are available, and when the next one is due back.
     pub branches: Vec<BranchAvailability>,
     pub copies: Vec<CopyView>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct BranchAvailability {
     pub branch: String,
     pub total: i64,
     pub available: i64,
+    #[schema(required = true)]
     pub next_due_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Copy)]
 pub struct CopyView {
     pub barcode: String,
     pub branch: String,
+    /// `available` or `on_loan`.
+    #[schema(schema_with = crate::schema::copy_status)]
     pub status: String,
+    #[schema(required = true)]
     pub due_at: Option<DateTime<Utc>>,
+    #[schema(required = true)]
     pub loan_id: Option<Uuid>,
 }
 
@@ -94,11 +102,12 @@ pub async fn book(
     }))
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct BookSummary {
     pub isbn: String,
     pub title: String,
     pub authors: Vec<String>,
+    #[schema(required = true)]
     pub published_year: Option<i32>,
     pub total_copies: i64,
     pub available_copies: i64,

@@ -12,7 +12,8 @@ use crate::library::{
     outcome::Settlement,
 };
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Loan)]
 pub struct LoanView {
     pub id: Uuid,
     pub isbn: String,
@@ -23,6 +24,7 @@ pub struct LoanView {
     pub loaned_at: DateTime<Utc>,
     pub due_at: DateTime<Utc>,
     pub renewals: i32,
+    #[schema(required = true)]
     pub returned_at: Option<DateTime<Utc>>,
     pub overdue: bool,
 }
@@ -65,7 +67,7 @@ pub async fn loan(
     Ok(row.map(|r| loan_view(&r, now)))
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PatronLoans {
     pub patron: String,
     pub name: String,
@@ -187,20 +189,27 @@ pub async fn find_loan_by_id(
     })
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Operation)]
 pub struct OperationView {
     pub id: Uuid,
     pub kind: OperationKind,
     pub state: OperationState,
     /// Why it was rejected: a stable code.
+    #[schema(required = true)]
     pub reason: Option<String>,
+    #[schema(required = true)]
     pub loan_id: Option<Uuid>,
+    #[schema(required = true)]
     pub isbn: Option<String>,
+    #[schema(required = true)]
     pub patron: Option<String>,
     pub branch: String,
     pub requested_at: DateTime<Utc>,
+    #[schema(required = true)]
     pub settled_at: Option<DateTime<Utc>>,
-    /// What it did (new due date, ...) or why it was refused.
+    /// What it did (new due date, ...) or why it was refused (`code` and `message`).
+    #[schema(required = true, value_type = Option<Object>)]
     pub outcome: Option<Settlement>,
 }
 
