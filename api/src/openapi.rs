@@ -62,6 +62,7 @@ pub fn finish(routes: utoipa::openapi::OpenApi) -> Value {
     close_answers(&mut doc);
     task_payloads(&mut doc);
     circulation_choices(&mut doc);
+    replay_choices(&mut doc);
     doc
 }
 
@@ -340,6 +341,17 @@ fn circulation_choices(doc: &mut Value) {
         schemas["CirculationRequest"]["oneOf"] = json!([
             {"required": ["loan_id"], "not": {"anyOf": [{"required": ["isbn"]}, {"required": ["patron"]}]}},
             {"required": ["isbn", "patron"], "not": {"required": ["loan_id"]}}
+        ]);
+    }
+}
+
+/// A replay names its dead letters by `ids`, or takes them `all`.
+fn replay_choices(doc: &mut Value) {
+    let schemas = &mut doc["components"]["schemas"];
+    if schemas["DeadLetterReplayRequest"].is_object() {
+        schemas["DeadLetterReplayRequest"]["oneOf"] = json!([
+            {"required": ["ids"], "not": {"required": ["all"]}},
+            {"required": ["all"], "properties": {"all": {"const": true}}, "not": {"required": ["ids"]}}
         ]);
     }
 }

@@ -145,6 +145,8 @@ pub struct Metrics {
     pub loan_requests: Family<LoanRequestLabels, Counter>,
     pub edge_requests: Family<EdgeLabels, Counter>,
     pub edge_duration: Family<ProtocolLabels, Histogram>,
+    /// Dead letters re-published and removed by a replay.
+    pub dead_letters_replayed: Counter,
 }
 
 impl Default for Metrics {
@@ -182,6 +184,12 @@ impl Metrics {
         let edge_duration = Family::<ProtocolLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(latency_buckets())
         });
+        let dead_letters_replayed = Counter::default();
+        registry.register(
+            "dead_letters_replayed",
+            "Dead letters re-published (confirmed) and removed from their dead-letter queue",
+            dead_letters_replayed.clone(),
+        );
         registry.register(
             "edge_requests",
             "Requests the edge answered, by protocol, action and outcome",
@@ -251,6 +259,7 @@ impl Metrics {
             loan_requests,
             edge_requests,
             edge_duration,
+            dead_letters_replayed,
         }
     }
 

@@ -4,6 +4,7 @@
 //! document ([`crate::openapi`] finishes it), plus the web pages themselves.
 //! Neither of those two modules looks back at this one.
 
+mod dead_letters;
 mod health;
 mod library;
 mod tasks;
@@ -25,6 +26,7 @@ fn open_routes() -> Routes {
 /// and the JSON routes of the web pages alike.
 fn v1_routes() -> Routes {
     tasks::routes()
+        .merge(dead_letters::routes())
         .merge(library::routes())
         .merge(crate::ui::api_routes())
 }

@@ -2,6 +2,7 @@
 //! nothing else, so each rule and each validation exists exactly once.
 
 mod dashboard;
+mod dead;
 mod library;
 mod tasks;
 
@@ -12,6 +13,10 @@ use deadpool_postgres::Pool;
 pub use dashboard::{
     BranchSeries, CIRCULATION_DEFAULT_MINUTES, CIRCULATION_MAX_MINUTES, Circulation, KindCount,
     TaskCounts,
+};
+pub use dead::{
+    DEAD_LIST_MAX, DEAD_REACH, DeadLetter, DeadLetterList, DeadLetterReplay, DeadQueue,
+    ReplaySelection,
 };
 pub use library::{
     CirculationRequest, LoanReceipt, LoanRequest, OperationAccepted, SEARCH_MAX_LIMIT,
@@ -45,6 +50,9 @@ struct Inner {
     clock: Clock,
     task_inserts: TaskInserter,
     request_inserts: library::RequestInserter,
+    /// Listing and replaying dead letters hold a queue's messages; one at a
+    /// time in this process, so two do not each see half of them.
+    dead_letters: tokio::sync::Mutex<()>,
 }
 
 impl Commands {
@@ -71,6 +79,7 @@ impl Commands {
                 clock,
                 task_inserts,
                 request_inserts,
+                dead_letters: tokio::sync::Mutex::new(()),
             }),
         }
     }

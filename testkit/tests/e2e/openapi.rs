@@ -411,6 +411,36 @@ async fn every_documented_operation_answers_as_documented() {
     c.check(call(Method::GET, "/v1/tasks?state=cancelled"), 200)
         .await;
 
+    // Dead letters: listed (also a bad queue, a bad cursor), replayed (an id
+    // not there: 404; neither ids nor all: 422; all of none: 200).
+    c.check(
+        call(Method::GET, "/v1/dead-letters?queue=tasks&limit=5"),
+        200,
+    )
+    .await;
+    c.check(call(Method::GET, "/v1/dead-letters?queue=library"), 200)
+        .await;
+    c.check(call(Method::GET, "/v1/dead-letters?queue=nowhere"), 422)
+        .await;
+    c.check(call(Method::GET, "/v1/dead-letters?cursor=x"), 400)
+        .await;
+    c.check(
+        call(Method::POST, "/v1/dead-letters/replay").json(json!({"ids": ["nope"]})),
+        404,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/dead-letters/replay").json(json!({"queue": "tasks"})),
+        422,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/dead-letters/replay")
+            .json(json!({"queue": "library", "all": true})),
+        200,
+    )
+    .await;
+
     // Idempotent submissions and time limits.
     for _ in 0..2 {
         c.check(

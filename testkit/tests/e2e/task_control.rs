@@ -366,3 +366,151 @@ async fn ten_concurrent_submissions_with_one_key_make_one_task() {
     assert_eq!(bad["error"]["code"], "invalid_idempotency_key");
     assert_eq!(app.count("SELECT count(*) FROM tasks").await, 1);
 }
+
+/// An app whose results above 16 bytes go to a bucket that does not exist
+/// (yet), retrying once: a task with such a result ends dead.
+async fn app_with_missing_bucket() -> (TestApp, String) {
+    let env = TestEnv::new().await;
+    let bucket = format!("bibliomq-t-{}", env.name.replace('_', "-"));
+    let app = TestApp::spawn(
+        env,
+        |s| {
+            s.s3.bucket = bucket.clone();
+            s.tasks.inline_result_limit = 16;
+            s.tasks.max_retries = 1;
+        },
+        1,
+    )
+    .await;
+    (app, bucket)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_task_is_listed_then_replayed_and_succeeds_once_its_cause_is_gone() {
+    let (app, bucket) = app_with_missing_bucket().await;
+    let id = app
+        .submit("upper", json!("a result longer than sixteen bytes"))
+        .await;
+    let task = wait_for_state(&app, id, "dead", DEADLINE).await;
+    assert_eq!(task["attempts"], 2, "{task}");
+
+    // Listed, with where it went and why; listing takes nothing away.
+    let listed = wait_until(DEADLINE, || async {
+        let (status, list) = app.get_json("/v1/dead-letters?queue=tasks").await;
+        assert_eq!(status, 200, "{list}");
+        (list["total"] == 1).then_some(list)
+    })
+    .await
+    .expect("the dead task was never listed");
+    let letter = &listed["dead_letters"][0];
+    assert_eq!(letter["id"], id.to_string(), "{listed}");
+    assert_eq!(letter["routing_key"], "task.upper", "{listed}");
+    assert_eq!(letter["attempts"], 2, "{listed}");
+    assert!(
+        letter["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("gave up"),
+        "{listed}"
+    );
+    assert!(letter["dead_at"].is_string(), "{listed}");
+    let (_, again) = app.get_json("/v1/dead-letters?queue=tasks").await;
+    assert_eq!(again["total"], 1, "{again}");
+    assert_eq!(again["dead_letters"][0]["id"], id.to_string());
+
+    // The cause removed, the replay runs it again and it succeeds.
+    app.env
+        .store()
+        .client()
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    let (status, replayed) = app
+        .post(
+            "/v1/dead-letters/replay",
+            &json!({"queue": "tasks", "ids": [id.to_string()]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{replayed}");
+    assert_eq!(replayed["replayed"], json!([id.to_string()]));
+    let task = wait_for_state(&app, id, "succeeded", DEADLINE).await;
+    assert_eq!(task["result_object"]["bucket"], bucket, "{task}");
+    let (_, after) = app.get_json("/v1/dead-letters?queue=tasks").await;
+    assert_eq!(after["total"], 0, "{after}");
+    assert_eq!(after["dead_letters"], json!([]), "{after}");
+
+    let client = app.env.store().client().clone();
+    if let Ok(list) = client.list_objects_v2().bucket(&bucket).send().await {
+        for obj in list.contents() {
+            if let Some(key) = obj.key() {
+                let _ = client.delete_object().bucket(&bucket).key(key).send().await;
+            }
+        }
+    }
+    let _ = client.delete_bucket().bucket(&bucket).send().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_page_with_a_cursor_and_a_replay_of_an_unknown_id_changes_nothing() {
+    let app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
+    let url = app.env.amqp_url();
+    for n in 0..3 {
+        rabbit::publish_raw(
+            &url,
+            topology::DEAD_LETTER_EXCHANGE,
+            "task.upper",
+            b"not a task",
+            bibliomq_core::broker::headers::persistent_json(&format!("m{n}"), "c"),
+        )
+        .await;
+    }
+    let first = wait_until(DEADLINE, || async {
+        let (_, list) = app.get_json("/v1/dead-letters?queue=tasks&limit=2").await;
+        (list["total"] == 3).then_some(list)
+    })
+    .await
+    .expect("the dead letters were never listed");
+    let ids: Vec<&str> = first["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["m0", "m1"], "{first}");
+    assert_eq!(first["dead_letters"][0]["reason"], "given_up");
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let (_, second) = app
+        .get_json(&format!(
+            "/v1/dead-letters?queue=tasks&limit=2&cursor={cursor}"
+        ))
+        .await;
+    assert_eq!(second["dead_letters"][0]["id"], "m2", "{second}");
+    assert!(second["next_cursor"].is_null(), "{second}");
+
+    // An id not in the queue: 404, and nothing replayed, not even m0.
+    let (status, err) = app
+        .post(
+            "/v1/dead-letters/replay",
+            &json!({"queue": "tasks", "ids": ["m0", "nope"]}),
+        )
+        .await;
+    assert_eq!(status, 404, "{err}");
+    assert_eq!(err["error"]["code"], "dead_letter_not_found", "{err}");
+    assert!(
+        err["error"]["message"].as_str().unwrap().contains("nope"),
+        "{err}"
+    );
+    let (status, err) = app
+        .post("/v1/dead-letters/replay", &json!({"queue": "tasks"}))
+        .await;
+    assert_eq!(status, 422, "{err}");
+    let (status, err) = app.get_json("/v1/dead-letters?queue=elsewhere").await;
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(err["error"]["field"], "queue", "{err}");
+    let (_, after) = app.get_json("/v1/dead-letters?queue=tasks").await;
+    assert_eq!(after["total"], 3, "{after}");
+    let (_, library) = app.get_json("/v1/dead-letters?queue=library").await;
+    assert_eq!(library["total"], 0, "{library}");
+}
