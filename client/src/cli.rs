@@ -51,6 +51,9 @@ pub enum Command {
     /// Submit, follow and list tasks; fetch their results.
     #[command(subcommand)]
     Task(TaskCommand),
+    /// List and replay what sits in the dead-letter queues.
+    #[command(subcommand)]
+    Dead(DeadCommand),
     /// Lend a copy of a title, by ISBN or by title.
     Loan(LoanArgs),
     /// Renew a loan (accepted at once, applied by a worker).
@@ -88,6 +91,33 @@ pub enum Command {
     Status,
     /// Replay a request file: one operation per line (see `bibliomq run --help`).
     Run(RunArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadCommand {
+    /// Dead letters, oldest first: id, routing key, reason, attempts, when,
+    /// last error. Nothing is taken from the queue.
+    List {
+        /// `tasks` or `library`.
+        #[arg(long, default_value = "tasks")]
+        queue: String,
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Page on: the cursor the previous page printed.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Send dead letters back to where they came from; each leaves the
+    /// queue once the broker has confirmed it.
+    Replay {
+        /// `tasks` or `library`.
+        #[arg(long, default_value = "tasks")]
+        queue: String,
+        /// Every dead letter in the queue.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+        ids: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -19,6 +19,7 @@
 //!   replay, its summary and its HTML report.
 
 pub mod cli;
+pub mod dead;
 pub mod error;
 pub mod follow;
 pub mod http;
@@ -31,7 +32,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use cli::{Cli, Command, TaskCommand};
+use cli::{Cli, Command, DeadCommand, TaskCommand};
 use error::{Failure, exit};
 use output::Output;
 
@@ -116,6 +117,16 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             }
             TaskCommand::Result { id, output } => {
                 tasks::result(&api, out, &id, output.as_deref()).await
+            }
+        },
+        Command::Dead(d) => match d {
+            DeadCommand::List {
+                queue,
+                limit,
+                cursor,
+            } => dead::list(&api, out, &queue, limit, cursor.as_deref()).await,
+            DeadCommand::Replay { queue, all, ids } => {
+                dead::replay(&api, out, &queue, &ids, all).await
             }
         },
         Command::Loan(a) => {
