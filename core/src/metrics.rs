@@ -147,6 +147,10 @@ pub struct Metrics {
     pub edge_duration: Family<ProtocolLabels, Histogram>,
     /// Dead letters re-published and removed by a replay.
     pub dead_letters_replayed: Counter,
+    /// Task rows deleted by retention.
+    pub tasks_purged: Counter,
+    /// Stored results deleted by retention.
+    pub results_purged: Counter,
 }
 
 impl Default for Metrics {
@@ -184,6 +188,18 @@ impl Metrics {
         let edge_duration = Family::<ProtocolLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(latency_buckets())
         });
+        let tasks_purged = Counter::default();
+        let results_purged = Counter::default();
+        registry.register(
+            "tasks_purged",
+            "Finished tasks deleted by retention (BIBLIOMQ_TASK_RETENTION)",
+            tasks_purged.clone(),
+        );
+        registry.register(
+            "results_purged",
+            "Stored task results deleted from the bucket by retention",
+            results_purged.clone(),
+        );
         let dead_letters_replayed = Counter::default();
         registry.register(
             "dead_letters_replayed",
@@ -260,6 +276,8 @@ impl Metrics {
             edge_requests,
             edge_duration,
             dead_letters_replayed,
+            tasks_purged,
+            results_purged,
         }
     }
 

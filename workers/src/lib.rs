@@ -9,6 +9,7 @@
 //! - [`reaper`]: heartbeats of running tasks; publishes again, once, a task
 //!   whose message was lost.
 //! - [`cancels`]: tells running tasks that a client cancelled them.
+//! - [`janitor`]: deletes tasks past their retention, with their stored results.
 //!
 //! Next to the consumers each worker process serves `/metrics`, `/healthz`
 //! and `/readyz` on its operations port ([`bibliomq_core::ops`]).
@@ -16,6 +17,7 @@
 pub mod cancels;
 pub mod consumer;
 pub mod events;
+pub mod janitor;
 pub mod library;
 pub mod reaper;
 pub mod tasks;
@@ -102,6 +104,14 @@ impl WorkerApp {
             in_flight.clone(),
             reaper_stop.clone(),
         ));
+        let janitor = tokio::spawn(janitor::run(
+            infra.pool.clone(),
+            infra.store.clone(),
+            infra.settings.tasks.clone(),
+            infra.metrics.clone(),
+            self.clock.clone(),
+            reaper_stop.clone(),
+        ));
         let reaper = tokio::spawn(reaper::run(
             infra.pool.clone(),
             publisher.clone(),
@@ -169,6 +179,7 @@ impl WorkerApp {
         );
         reaper_stop.cancel();
         let _ = reaper.await;
+        let _ = janitor.await;
         let _ = cancel_watch.await;
         ops_stop.cancel();
         match ops.await {

@@ -39,6 +39,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "task_control",
         include_str!("../../../migrations/0006_task_control.sql"),
     ),
+    (
+        8,
+        "task_retention",
+        include_str!("../../../migrations/0008_task_retention.sql"),
+    ),
 ];
 
 /// Arbitrary constant: the advisory lock that serialises concurrent runners

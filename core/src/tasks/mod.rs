@@ -7,6 +7,7 @@
 mod decimal;
 mod message;
 mod report;
+pub mod retention;
 mod run;
 pub mod store;
 

@@ -514,3 +514,94 @@ async fn dead_letters_page_with_a_cursor_and_a_replay_of_an_unknown_id_changes_n
     let (_, library) = app.get_json("/v1/dead-letters?queue=library").await;
     assert_eq!(library["total"], 0, "{library}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_janitor_removes_tasks_finished_before_the_retention_with_their_results_and_keeps_newer_ones()
+ {
+    let app = TestApp::spawn(
+        TestEnv::new().await,
+        |s| {
+            s.tasks.inline_result_limit = 16;
+            s.tasks.retention = Duration::from_secs(3_600);
+            s.tasks.janitor_interval = Duration::from_millis(200);
+        },
+        1,
+    )
+    .await;
+    let long = json!("a result longer than sixteen bytes");
+    let old_stored = app.submit("upper", long.clone()).await;
+    let old_inline = app.submit("sum", json!("1,2")).await;
+    let new_stored = app.submit("upper", long).await;
+    let mut objects = Vec::new();
+    for id in [old_stored, old_inline, new_stored] {
+        let task = app.wait_for_task(id).await;
+        assert_eq!(task["state"], "succeeded", "{task}");
+        objects.push(task["result_object"].clone());
+    }
+    assert!(objects[0].is_object() && objects[2].is_object() && objects[1].is_null());
+    let db = app.env.db().await;
+    db.execute(
+        "UPDATE tasks SET finished_at = now() - interval '2 hours' WHERE id = ANY($1)",
+        &[&vec![old_stored, old_inline]],
+    )
+    .await
+    .unwrap();
+
+    let store = app.env.store();
+    wait_until(DEADLINE, || async {
+        (app.count("SELECT count(*) FROM tasks").await == 1).then_some(())
+    })
+    .await
+    .expect("the janitor never removed the old tasks");
+    let (status, _) = app.get_json(&format!("/v1/tasks/{old_stored}")).await;
+    assert_eq!(status, 404);
+    let gone = store
+        .get(
+            objects[0]["bucket"].as_str().unwrap(),
+            objects[0]["key"].as_str().unwrap(),
+        )
+        .await;
+    assert!(gone.is_err(), "the old result is still stored");
+    let kept = app.wait_for_task(new_stored).await;
+    assert_eq!(kept["state"], "succeeded", "{kept}");
+    assert!(
+        store
+            .get(
+                objects[2]["bucket"].as_str().unwrap(),
+                objects[2]["key"].as_str().unwrap(),
+            )
+            .await
+            .is_ok(),
+        "the newer result was deleted"
+    );
+    let metrics = &app.workers[0].metrics;
+    assert_eq!(metrics.tasks_purged.get(), 2);
+    assert_eq!(metrics.results_purged.get(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_by_hand_reports_what_it_removed_and_a_second_finds_nothing() {
+    let app = spawn_app().await;
+    let id = app.submit("sum", json!("3,4")).await;
+    app.wait_for_task(id).await;
+    let settings = app.env.settings();
+    let pool = bibliomq_core::db::pool(&settings.database).unwrap();
+    let store = app.env.store();
+    let metrics = bibliomq_core::metrics::Metrics::new();
+    let purge = |cutoff| {
+        let (pool, store, metrics) = (pool.clone(), store.clone(), metrics.clone());
+        async move {
+            bibliomq_core::tasks::retention::purge(&pool, &store, cutoff, &metrics)
+                .await
+                .unwrap()
+        }
+    };
+    // Finished just now: an hour's retention keeps it.
+    let hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    assert_eq!(purge(hour_ago).await.map(|p| p.tasks), Some(0));
+    assert_eq!(app.task(id).await["state"], "succeeded");
+    let later = chrono::Utc::now() + chrono::Duration::seconds(1);
+    assert_eq!(purge(later).await.map(|p| p.tasks), Some(1));
+    assert_eq!(purge(later).await.map(|p| p.tasks), Some(0));
+    assert_eq!(metrics.tasks_purged.get(), 1);
+}
