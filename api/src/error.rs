@@ -65,6 +65,7 @@ impl From<CommandError> for ApiError {
     fn from(e: CommandError) -> Self {
         let status = match &e {
             CommandError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            CommandError::OutOfBounds(_) => StatusCode::BAD_REQUEST,
             CommandError::NotFound { .. } => StatusCode::NOT_FOUND,
             CommandError::Conflict { .. } => StatusCode::CONFLICT,
             CommandError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -1,6 +1,6 @@
 use anyhow::Context;
 use bibliomq_core::{
-    config::Settings,
+    config::{HumanDuration, Settings},
     db,
     library::seed::{SeedOptions, seed_database},
     ops, shutdown, telemetry,
@@ -37,6 +37,14 @@ enum Command {
         /// Share of copies that start on loan (0 to 1).
         #[arg(long, default_value_t = 0.15)]
         on_loan: f64,
+    },
+    /// Run one retention pass by hand: delete the tasks that finished longer
+    /// ago than `--older-than`, with their stored results, and print what
+    /// was removed.
+    Purge {
+        /// `90s`, `30m`, `1h`, `7d` (default: BIBLIOMQ_TASK_RETENTION).
+        #[arg(long)]
+        older_than: Option<HumanDuration>,
     },
     /// Ask this machine's API for `/readyz`: exit 0 when it answers 200,
     /// 1 otherwise (for container healthchecks; no curl needed).
@@ -75,6 +83,24 @@ async fn main() -> anyhow::Result<()> {
                     r.titles, r.copies, r.patrons, r.loans
                 ),
                 None => println!("the catalogue already has titles; nothing loaded"),
+            }
+            Ok(())
+        }
+        Command::Purge { older_than } => {
+            let older_than = older_than.map_or(settings.tasks.retention, |d| d.0);
+            let cutoff = chrono::Utc::now()
+                - chrono::Duration::from_std(older_than).context("--older-than is too long")?;
+            let pool = db::pool(&settings.database)?;
+            let store = bibliomq_core::storage::ObjectStore::new(&settings.s3);
+            let metrics = bibliomq_core::metrics::Metrics::new();
+            match bibliomq_core::tasks::retention::purge(&pool, &store, cutoff, &metrics).await? {
+                Some(p) => println!(
+                    "removed {} task(s) finished before {} and {} stored result(s)",
+                    p.tasks,
+                    cutoff.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    p.objects
+                ),
+                None => println!("another process is purging now; nothing removed by this one"),
             }
             Ok(())
         }

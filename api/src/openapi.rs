@@ -64,6 +64,7 @@ pub fn finish(routes: utoipa::openapi::OpenApi) -> Value {
     close_answers(&mut doc);
     task_payloads(&mut doc);
     circulation_choices(&mut doc);
+    replay_choices(&mut doc);
     doc
 }
 
@@ -76,6 +77,17 @@ pub fn with_branches(mut doc: Value, branches: &[&str]) -> Value {
         {
             branch["enum"] = json!(branches);
         }
+    }
+    doc
+}
+
+/// The document with `timeout_ms` limited to the configured maximum, as the
+/// server limits it.
+pub fn with_timeout_max(mut doc: Value, max: std::time::Duration) -> Value {
+    if let Some(timeout) =
+        doc.pointer_mut("/components/schemas/TaskSubmission/properties/timeout_ms")
+    {
+        timeout["maximum"] = json!(u64::try_from(max.as_millis()).unwrap_or(u64::MAX));
     }
     doc
 }
@@ -337,6 +349,17 @@ fn circulation_choices(doc: &mut Value) {
         schemas["CirculationRequest"]["oneOf"] = json!([
             {"required": ["loan_id"], "not": {"anyOf": [{"required": ["isbn"]}, {"required": ["patron"]}]}},
             {"required": ["isbn", "patron"], "not": {"required": ["loan_id"]}}
+        ]);
+    }
+}
+
+/// A replay names its dead letters by `ids`, or takes them `all`.
+fn replay_choices(doc: &mut Value) {
+    let schemas = &mut doc["components"]["schemas"];
+    if schemas["DeadLetterReplayRequest"].is_object() {
+        schemas["DeadLetterReplayRequest"]["oneOf"] = json!([
+            {"required": ["ids"], "not": {"required": ["all"]}},
+            {"required": ["all"], "properties": {"all": {"const": true}}, "not": {"required": ["ids"]}}
         ]);
     }
 }

@@ -51,6 +51,9 @@ pub enum Command {
     /// Submit, follow and list tasks; fetch their results.
     #[command(subcommand)]
     Task(TaskCommand),
+    /// List and replay what sits in the dead-letter queues.
+    #[command(subcommand)]
+    Dead(DeadCommand),
     /// Lend a copy of a title, by ISBN or by title.
     Loan(LoanArgs),
     /// Renew a loan (accepted at once, applied by a worker).
@@ -103,6 +106,33 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum DeadCommand {
+    /// Dead letters, oldest first: id, routing key, reason, attempts, when,
+    /// last error. Nothing is taken from the queue.
+    List {
+        /// `tasks` or `library`.
+        #[arg(long, default_value = "tasks")]
+        queue: String,
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Page on: the cursor the previous page printed.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Send dead letters back to where they came from; each leaves the
+    /// queue once the broker has confirmed it.
+    Replay {
+        /// `tasks` or `library`.
+        #[arg(long, default_value = "tasks")]
+        queue: String,
+        /// Every dead letter in the queue.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+        ids: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum TaskCommand {
     /// Submit a task. The payload is JSON when it parses as JSON, otherwise
     /// the words given, as one string: `task submit upper hola mundo`.
@@ -121,6 +151,9 @@ pub enum TaskCommand {
     },
     /// A task's state, attempts, timestamps, error and (small) result.
     Get { id: String },
+    /// Cancel a task: a queued one never runs; a running one is stopped by
+    /// its worker. Cancelling again is harmless; a finished task cannot be.
+    Cancel { id: String },
     /// Tasks, newest first.
     List {
         #[arg(long)]

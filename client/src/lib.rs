@@ -22,6 +22,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod dead;
 pub mod error;
 pub mod follow;
 pub mod http;
@@ -35,7 +36,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use cli::{Cli, Command, CopyCommand, ImportCommand, PatronCommand, TaskCommand, TitleCommand};
+use cli::{
+    Cli, Command, CopyCommand, DeadCommand, ImportCommand, PatronCommand, TaskCommand, TitleCommand,
+};
 use error::{Failure, exit};
 use output::Output;
 
@@ -101,6 +104,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 tasks::submit(&api, out, &action, payload, wait).await
             }
             TaskCommand::Get { id } => tasks::get(&api, out, &id).await,
+            TaskCommand::Cancel { id } => tasks::cancel(&api, out, &id).await,
             TaskCommand::List {
                 state,
                 action,
@@ -119,6 +123,16 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             }
             TaskCommand::Result { id, output } => {
                 tasks::result(&api, out, &id, output.as_deref()).await
+            }
+        },
+        Command::Dead(d) => match d {
+            DeadCommand::List {
+                queue,
+                limit,
+                cursor,
+            } => dead::list(&api, out, &queue, limit, cursor.as_deref()).await,
+            DeadCommand::Replay { queue, all, ids } => {
+                dead::replay(&api, out, &queue, &ids, all).await
             }
         },
         Command::Loan(a) => {

@@ -34,7 +34,7 @@ pub fn parse_payload(words: &str, force_string: bool) -> Value {
 }
 
 pub fn is_final(state: &str) -> bool {
-    matches!(state, "succeeded" | "failed" | "dead")
+    matches!(state, "succeeded" | "failed" | "dead" | "cancelled")
 }
 
 /// Submits and returns the API's answer (`id`, `state`, `links`).
@@ -136,6 +136,24 @@ fn print_result(task: &Value) {
     }
 }
 
+/// `POST /v1/tasks/{id}/cancel`: prints the task's state after the cancel.
+pub async fn cancel(api: &Api, out: Output, id: &str) -> Result<(), Failure> {
+    let answer = api
+        .post(&format!("/v1/tasks/{}/cancel", segment(id)), &json!({}))
+        .await?
+        .body;
+    if out.json(&answer) {
+        return Ok(());
+    }
+    let id = output::text(&answer["id"]);
+    if answer["stopping"] == true {
+        println!("task {id} is running; its worker is stopping it");
+    } else {
+        println!("task {id} {}", output::text(&answer["state"]));
+    }
+    Ok(())
+}
+
 pub async fn get(api: &Api, out: Output, id: &str) -> Result<(), Failure> {
     let task = api.get(&format!("/v1/tasks/{}", segment(id))).await?;
     if out.json(&task) {
@@ -152,6 +170,9 @@ pub async fn get(api: &Api, out: Output, id: &str) -> Result<(), Failure> {
     ];
     if !task["error"].is_null() {
         rows.push(("error", output::text(&task["error"])));
+    }
+    if !task["error_code"].is_null() {
+        rows.push(("error code", output::text(&task["error_code"])));
     }
     if task["result_object"].is_object() {
         let o = &task["result_object"];

@@ -232,6 +232,61 @@ async fn api_errors_are_shown_from_the_error_body_with_exit_code_1() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_cancel_stops_a_running_task_and_refuses_a_finished_one() {
+    let app = spawn_app().await;
+    let running = app.submit("sleep", serde_json::json!(60_000)).await;
+    app.wait_for_task_state(running, &["running"]).await;
+    let id = running.to_string();
+    let ran = bibliomq(&app, &["task", "cancel", &id]).await;
+    assert_eq!(ran.code, 0, "{ran}");
+    assert!(ran.stdout.contains("its worker is stopping it"), "{ran}");
+    app.wait_for_task_state(running, &["cancelled"]).await;
+    let ran = bibliomq(&app, &["--json", "task", "cancel", &id]).await;
+    assert_eq!(ran.code, 0, "{ran}");
+    assert_eq!(ran.json()["state"], "cancelled", "{ran}");
+    let ran = bibliomq(&app, &["task", "cancel", &id]).await;
+    assert_eq!(ran.stdout.trim(), format!("task {id} cancelled"), "{ran}");
+
+    let done = app.submit("sum", serde_json::json!("1,2")).await;
+    app.wait_for_task(done).await;
+    let ran = bibliomq(&app, &["task", "cancel", &done.to_string()]).await;
+    assert_eq!(ran.code, 1, "{ran}");
+    assert!(ran.stderr.contains("409 task_finished"), "{ran}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_list_shows_the_dead_letters_and_replay_sends_them_back() {
+    // No workers: the replayed message (not a task) stays in the task queue.
+    let app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
+    let url = app.env.amqp_url();
+    bibliomq_testkit::rabbit::publish_raw(
+        &url,
+        bibliomq_core::broker::topology::DEAD_LETTER_EXCHANGE,
+        "task.upper",
+        b"not a task",
+        bibliomq_core::broker::headers::persistent_json("dead-1", "c"),
+    )
+    .await;
+    let listed = bibliomq_testkit::app::wait_until(bibliomq_testkit::app::DEADLINE, || async {
+        let ran = bibliomq(&app, &["dead", "list"]).await;
+        ran.stdout.contains("dead-1").then_some(ran)
+    })
+    .await
+    .expect("the dead letter was never listed");
+    assert_eq!(listed.code, 0, "{listed}");
+    assert!(listed.stdout.contains("task.upper"), "{listed}");
+
+    let ran = bibliomq(&app, &["dead", "replay", "nope"]).await;
+    assert_eq!(ran.code, 1, "{ran}");
+    assert!(ran.stderr.contains("404 dead_letter_not_found"), "{ran}");
+    let ran = bibliomq(&app, &["dead", "replay", "dead-1"]).await;
+    assert_eq!(ran.code, 0, "{ran}");
+    assert!(ran.stdout.contains("replayed 1"), "{ran}");
+    let ran = bibliomq(&app, &["--json", "dead", "list"]).await;
+    assert_eq!(ran.json()["total"], 0, "{ran}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_that_cannot_be_reached_exits_3_and_says_how_to_start_it() {
     let closed = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

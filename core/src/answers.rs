@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
-    commands::{OperationAccepted, SubmittedTask},
+    commands::{OperationAccepted, SubmittedTask, TaskCancellation},
     config::Branch,
     library::store::BookSummary,
     tasks::{Action, TaskState, store::TaskRecord},
@@ -47,6 +47,31 @@ impl From<&SubmittedTask> for TaskAccepted {
             action: t.action,
             state: t.state,
             links: TaskLinks::of(t.id),
+        }
+    }
+}
+
+/// `200` (cancelled) or `202` (running, being stopped) to
+/// `POST /v1/tasks/{id}/cancel`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = TaskCancel)]
+pub struct TaskCancelAnswer {
+    pub id: Uuid,
+    /// `cancelled`, or `running` while its worker stops it.
+    #[schema(schema_with = crate::schema::cancelled_or_running)]
+    pub state: TaskState,
+    /// True while the task still runs and its worker is stopping it.
+    pub stopping: bool,
+    pub links: TaskLinks,
+}
+
+impl From<TaskCancellation> for TaskCancelAnswer {
+    fn from(c: TaskCancellation) -> Self {
+        Self {
+            id: c.id,
+            state: c.state,
+            stopping: c.stopping,
+            links: TaskLinks::of(c.id),
         }
     }
 }

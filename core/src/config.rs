@@ -3,7 +3,11 @@
 //! Every setting has a default that works on a developer machine with the
 //! services started by `scripts/up`; the README lists them all in one table.
 
-use std::{fmt::Display, str::FromStr, time::Duration};
+use std::{
+    fmt::{self, Display},
+    str::FromStr,
+    time::Duration,
+};
 
 use anyhow::{Context, bail};
 
@@ -136,6 +140,15 @@ pub struct TaskSettings {
     pub reap_after: Duration,
     /// How often each worker process looks for such tasks.
     pub reap_interval: Duration,
+    /// The longest time limit a request may ask for (`timeout_ms`); also
+    /// caps each action's own limit.
+    pub timeout_max: Duration,
+    /// Tasks that finished longer ago than this are deleted, with their
+    /// stored results, by the janitor in the workers.
+    pub retention: Duration,
+    /// How often each worker process tries a janitor pass (one process at
+    /// a time runs it).
+    pub janitor_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -294,6 +307,14 @@ impl Settings {
                 drain_timeout: env.millis("DRAIN_TIMEOUT_MS", 30_000)?,
                 reap_after: env.millis("TASK_REAP_AFTER_MS", 600_000)?,
                 reap_interval: env.millis("TASK_REAP_INTERVAL_MS", 30_000)?,
+                timeout_max: env.millis("TASK_TIMEOUT_MAX_MS", 300_000)?,
+                retention: env
+                    .get(
+                        "TASK_RETENTION",
+                        HumanDuration(Duration::from_secs(7 * 86_400)),
+                    )?
+                    .0,
+                janitor_interval: env.millis("TASK_JANITOR_INTERVAL_MS", 60_000)?,
             },
             library: LibrarySettings {
                 branches: env
@@ -507,5 +528,65 @@ mod tests {
         assert_eq!(s.retry_delay(1), Duration::from_secs(1));
         assert_eq!(s.retry_delay(2), Duration::from_secs(4));
         assert_eq!(s.retry_delay(3), Duration::from_secs(16));
+    }
+}
+
+/// A duration written as a number and a unit: `500ms`, `90s`, `30m`, `1h`,
+/// `7d` (a bare number is seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let raw = raw.trim();
+        let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+        let (number, unit) = raw.split_at(split);
+        let n: u64 = number
+            .parse()
+            .map_err(|_| format!("`{raw}` is not a duration such as 90s, 30m, 1h or 7d"))?;
+        let ms = match unit.trim() {
+            "ms" => Some(n),
+            "" | "s" => n.checked_mul(1_000),
+            "m" => n.checked_mul(60_000),
+            "h" => n.checked_mul(3_600_000),
+            "d" => n.checked_mul(86_400_000),
+            other => {
+                return Err(format!(
+                    "unknown unit `{other}` in `{raw}`: use ms, s, m, h or d"
+                ));
+            }
+        }
+        .ok_or_else(|| format!("`{raw}` is too long"))?;
+        Ok(Self(Duration::from_millis(ms)))
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}ms", self.0.as_millis())
+    }
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_with_their_units() {
+        let d = |s: &str| s.parse::<HumanDuration>().map(|h| h.0);
+        assert_eq!(d("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(d("1h"), Ok(Duration::from_secs(3_600)));
+        assert_eq!(d("30m"), Ok(Duration::from_secs(1_800)));
+        assert_eq!(d("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(d("250ms"), Ok(Duration::from_millis(250)));
+        assert!(d("1w").is_err());
+        assert!(d("h").is_err());
+        let round = HumanDuration(Duration::from_millis(1_500)).to_string();
+        assert_eq!(
+            round.parse::<HumanDuration>().map(|h| h.0),
+            Ok(Duration::from_millis(1_500))
+        );
     }
 }

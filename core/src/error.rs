@@ -56,6 +56,8 @@ pub enum ErrorDetails {
     },
     /// Any other refused loan: its idempotency key, to retry with.
     RefusedLoan { idempotency_key: String },
+    /// `idempotency_key_reused` (a task submission): the key.
+    KeyReused { idempotency_key: String },
     /// `task_failed`, `result_not_ready`: the task's state.
     TaskState { state: TaskState },
 }
@@ -93,7 +95,7 @@ pub struct ErrorDetailMembers {
     patron: Option<String>,
     /// `patron_blocked`: why the patron is blocked (null when no reason was recorded).
     reason: Option<String>,
-    /// `task_failed`, `result_not_ready`: the task's state.
+    /// `task_failed`, `result_not_ready`, `task_finished`: the task's state.
     #[schema(nullable = false)]
     state: Option<TaskState>,
 }
@@ -127,7 +129,7 @@ impl From<CommandError> for ErrorBody {
         let code = e.code();
         let message = e.public_message();
         match e {
-            CommandError::Invalid(invalid) => Self {
+            CommandError::Invalid(invalid) | CommandError::OutOfBounds(invalid) => Self {
                 field: invalid.field,
                 ..Self::new(code, message)
             },
@@ -200,6 +202,11 @@ impl Invalid {
 pub enum CommandError {
     #[error(transparent)]
     Invalid(#[from] Invalid),
+    /// A request parameter beyond what this server is configured to accept
+    /// (e.g. a `timeout_ms` above the maximum): a malformed request, told
+    /// apart from [`CommandError::Invalid`] content (HTTP 400, not 422).
+    #[error(transparent)]
+    OutOfBounds(Invalid),
     /// What was asked for does not exist.
     #[error("{message}")]
     NotFound { code: &'static str, message: String },
@@ -240,7 +247,7 @@ impl CommandError {
     /// The stable code a client can switch on.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::Invalid(i) => i.code,
+            Self::Invalid(i) | Self::OutOfBounds(i) => i.code,
             Self::NotFound { code, .. } | Self::Conflict { code, .. } => code,
             Self::Unavailable(_) => "unavailable",
             Self::Timeout(_) => "timeout",

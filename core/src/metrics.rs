@@ -145,6 +145,12 @@ pub struct Metrics {
     pub loan_requests: Family<LoanRequestLabels, Counter>,
     pub edge_requests: Family<EdgeLabels, Counter>,
     pub edge_duration: Family<ProtocolLabels, Histogram>,
+    /// Dead letters re-published and removed by a replay.
+    pub dead_letters_replayed: Counter,
+    /// Task rows deleted by retention.
+    pub tasks_purged: Counter,
+    /// Stored results deleted by retention.
+    pub results_purged: Counter,
 }
 
 impl Default for Metrics {
@@ -182,6 +188,24 @@ impl Metrics {
         let edge_duration = Family::<ProtocolLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(latency_buckets())
         });
+        let tasks_purged = Counter::default();
+        let results_purged = Counter::default();
+        registry.register(
+            "tasks_purged",
+            "Finished tasks deleted by retention (BIBLIOMQ_TASK_RETENTION)",
+            tasks_purged.clone(),
+        );
+        registry.register(
+            "results_purged",
+            "Stored task results deleted from the bucket by retention",
+            results_purged.clone(),
+        );
+        let dead_letters_replayed = Counter::default();
+        registry.register(
+            "dead_letters_replayed",
+            "Dead letters re-published (confirmed) and removed from their dead-letter queue",
+            dead_letters_replayed.clone(),
+        );
         registry.register(
             "edge_requests",
             "Requests the edge answered, by protocol, action and outcome",
@@ -251,6 +275,9 @@ impl Metrics {
             loan_requests,
             edge_requests,
             edge_duration,
+            dead_letters_replayed,
+            tasks_purged,
+            results_purged,
         }
     }
 

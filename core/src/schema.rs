@@ -245,6 +245,12 @@ pub fn queued() -> Schema {
     one_of_words(&[TaskState::Queued.as_str()])
 }
 
+/// The state of a task a cancel answers with: cancelled, or still running
+/// while its worker stops it.
+pub fn cancelled_or_running() -> Schema {
+    one_of_words(&[TaskState::Cancelled.as_str(), TaskState::Running.as_str()])
+}
+
 /// The state of an operation just accepted.
 pub fn pending() -> Schema {
     one_of_words(&[OperationState::Pending.as_str()])

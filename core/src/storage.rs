@@ -274,6 +274,14 @@ impl ObjectStore {
             .map_err(unavailable)
     }
 
+    /// Deletes one object; an object already gone is no error.
+    pub async fn delete(&self, bucket: &str, key: &str) -> Result<(), StorageError> {
+        self.on_any_node(|client| client.delete_object().bucket(bucket).key(key).send())
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
     /// Deletes every object under `prefix` (within the configured prefix).
     /// Returns how many were deleted.
     pub async fn delete_prefix(&self, prefix: &str) -> Result<usize, StorageError> {

@@ -6,7 +6,7 @@
 //! calls the command layer and returns the reply's fields; every rule and
 //! validation stays in the command layer, the edge only reads fields.
 
-use bibliomq_core::commands::Commands;
+use bibliomq_core::commands::{Commands, TaskSubmission};
 use futures::future::BoxFuture;
 use serde_json::Value;
 use tokio::time::Instant;
@@ -38,6 +38,10 @@ pub const ROUTES: &[Route] = &[
     Route {
         names: &["task_status"],
         handler: |c, r| Box::pin(task_status(c, r)),
+    },
+    Route {
+        names: &["task_cancel"],
+        handler: |c, r| Box::pin(task_cancel(c, r)),
     },
     // Library circulation (see `crate::library`); the Spanish names older
     // clients send are aliases.
@@ -165,8 +169,9 @@ pub fn error_reply(error: WireError) -> String {
     to_text(&ZmqReply::failed(error))
 }
 
-/// `{"action": "task", "task": "fib", "payload": 30}`: submit, wait up to
-/// the task wait timeout, reply with the outcome or the state reached.
+/// `{"action": "task", "task": "fib", "payload": 30}`, optionally with
+/// `"idempotency_key"` and `"timeout_ms"`: submit, wait up to the task wait
+/// timeout, reply with the outcome or the state reached.
 async fn task(commands: Commands, request: Request) -> Reply {
     let action = request.str("task")?.to_owned();
     let payload = request
@@ -174,22 +179,27 @@ async fn task(commands: Commands, request: Request) -> Reply {
         .get("payload")
         .cloned()
         .unwrap_or(Value::Null);
+    let submission = TaskSubmission {
+        action: action.clone(),
+        payload,
+        timeout_ms: request.fields.get("timeout_ms").cloned(),
+        idempotency_key: request.opt_str(&["idempotency_key"])?,
+    };
     let wait = commands
         .settings()
         .edge
         .task_wait_timeout
         .min(request.time_left());
-    let progress =
-        outcome::submit_and_wait(&commands, &action, payload, &request.correlation_id, wait)
-            .await
-            .map_err(|e| {
-                let mut e = WireError::from(e);
-                // In this request the task's action is named `task`.
-                if e.field.as_deref() == Some("action") {
-                    e.field = Some("task".into());
-                }
-                e
-            })?;
+    let progress = outcome::submit_and_wait(&commands, submission, &request.correlation_id, wait)
+        .await
+        .map_err(|e| {
+            let mut e = WireError::from(e);
+            // In this request the task's action is named `task`.
+            if e.field.as_deref() == Some("action") {
+                e.field = Some("task".into());
+            }
+            e
+        })?;
     Ok(match progress {
         Progress::Finished(task) => Answer::Task(TaskReply::from(&*task)),
         Progress::Unfinished(progress) => Answer::TaskProgress(progress),
@@ -198,16 +208,27 @@ async fn task(commands: Commands, request: Request) -> Reply {
 
 /// `{"action": "task_status", "id": "..."}`.
 async fn task_status(commands: Commands, request: Request) -> Reply {
+    let task = commands.task(task_id(&request)?).await?;
+    Ok(Answer::Task(TaskReply::from(&task)))
+}
+
+/// `{"action": "task_cancel", "id": "..."}`: `state` `cancelled`, or
+/// `running` with `stopping: true` while its worker stops it.
+async fn task_cancel(commands: Commands, request: Request) -> Reply {
+    let cancelled = commands.cancel_task(task_id(&request)?).await?;
+    Ok(Answer::Cancelled(cancelled))
+}
+
+/// The `id` field: a task id.
+fn task_id(request: &Request) -> Result<Uuid, WireError> {
     let raw = request.str("id")?;
-    let id = Uuid::parse_str(raw.trim()).map_err(|_| {
+    Uuid::parse_str(raw.trim()).map_err(|_| {
         WireError::new(
             "invalid_task_id",
             format!("`{raw}` is not a task id (a UUID)"),
         )
         .with_field("id")
-    })?;
-    let task = commands.task(id).await?;
-    Ok(Answer::Task(TaskReply::from(&task)))
+    })
 }
 
 #[cfg(test)]

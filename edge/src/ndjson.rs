@@ -8,11 +8,17 @@
 //! ```
 //!
 //! `id` is optional (any JSON value, echoed; `null` when absent or unreadable).
+//! `idempotency_key` (a retry with the same key and request answers with the
+//! first task) and `timeout_ms` (a time limit for the run) are optional too.
 //! Answers come in the order of the lines (see [`crate::lines`]).
 
 use std::{future::Future, time::Duration};
 
-use bibliomq_core::{commands::Commands, tasks::TaskState, telemetry};
+use bibliomq_core::{
+    commands::{Commands, TaskSubmission},
+    tasks::TaskState,
+    telemetry,
+};
 use serde::Serialize;
 use serde_json::Value;
 use tracing::Instrument;
@@ -124,14 +130,14 @@ async fn answer(commands: Commands, line: Result<String, BadLine>) -> Answer {
             return error(Value::Null, WireError::new(code, bad.message()));
         }
     };
-    let (id, action, payload) = match parse(&line) {
+    let (id, submission) = match parse(&line) {
         Ok(request) => request,
         Err((id, e)) => return error(id, e),
     };
     let correlation_id = telemetry::new_correlation_id();
-    let span = tracing::info_span!("ndjson_request", %action, %correlation_id);
+    let span = tracing::info_span!("ndjson_request", action = %submission.action, %correlation_id);
     let limit = commands.settings().edge.request_timeout;
-    let run = run(&commands, &action, payload, &correlation_id, limit).instrument(span);
+    let run = run(&commands, submission, &correlation_id, limit).instrument(span);
     match tokio::time::timeout(limit, run).await {
         Ok(Ok(data)) => done(id, data),
         Ok(Err(e)) => error(id, e),
@@ -139,9 +145,10 @@ async fn answer(commands: Commands, line: Result<String, BadLine>) -> Answer {
     }
 }
 
-/// Reads `id`, `action` and `payload` from a request line. The error keeps
-/// the id when it could be read, so the client can tell which line failed.
-fn parse(line: &str) -> Result<(Value, String, Value), (Value, WireError)> {
+/// Reads `id`, `action`, `payload`, `idempotency_key` and `timeout_ms` from
+/// a request line. The error keeps the id when it could be read, so the
+/// client can tell which line failed.
+fn parse(line: &str) -> Result<(Value, TaskSubmission), (Value, WireError)> {
     let request: Value = serde_json::from_str(line).map_err(|e| {
         (
             Value::Null,
@@ -174,13 +181,32 @@ fn parse(line: &str) -> Result<(Value, String, Value), (Value, WireError)> {
         }
     };
     let payload = fields.remove("payload").unwrap_or(Value::Null);
-    Ok((id, action, payload))
+    let idempotency_key = match fields.remove("idempotency_key") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(key)) => Some(key),
+        Some(_) => {
+            return Err((
+                id,
+                WireError::new("invalid_field", "`idempotency_key` must be a string")
+                    .with_field("idempotency_key"),
+            ));
+        }
+    };
+    let timeout_ms = fields.remove("timeout_ms");
+    Ok((
+        id,
+        TaskSubmission {
+            action,
+            payload,
+            timeout_ms,
+            idempotency_key,
+        },
+    ))
 }
 
 async fn run(
     commands: &Commands,
-    action: &str,
-    payload: Value,
+    submission: TaskSubmission,
     correlation_id: &str,
     limit: Duration,
 ) -> Result<Value, WireError> {
@@ -190,7 +216,7 @@ async fn run(
         .edge
         .task_wait_timeout
         .min(limit.saturating_sub(Duration::from_millis(500)));
-    match outcome::submit_and_wait(commands, action, payload, correlation_id, wait).await? {
+    match outcome::submit_and_wait(commands, submission, correlation_id, wait).await? {
         Progress::Finished(task) if task.state == TaskState::Succeeded => {
             outcome::result_value(commands, &task).await
         }
@@ -207,12 +233,16 @@ mod tests {
 
     #[test]
     fn a_request_line_gives_its_id_action_and_payload() {
-        let (id, action, payload) =
-            parse(r#"{"id": 1, "action": "upper", "payload": "hola"}"#).unwrap();
+        let (id, s) = parse(
+            r#"{"id": 1, "action": "upper", "payload": "hola", "idempotency_key": "k1", "timeout_ms": 500}"#,
+        )
+        .unwrap();
         assert_eq!(
-            (id, action.as_str(), payload),
+            (id, s.action.as_str(), s.payload),
             (json!(1), "upper", json!("hola"))
         );
+        assert_eq!(s.idempotency_key.as_deref(), Some("k1"));
+        assert_eq!(s.timeout_ms, Some(json!(500)));
     }
 
     #[test]

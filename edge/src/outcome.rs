@@ -4,7 +4,12 @@
 
 use std::time::Duration;
 
-use bibliomq_core::{commands::Commands, error::CommandError, storage, tasks::store::TaskRecord};
+use bibliomq_core::{
+    commands::{Commands, TaskSubmission},
+    error::CommandError,
+    storage,
+    tasks::store::TaskRecord,
+};
 use serde_json::Value;
 
 use crate::{
@@ -26,18 +31,15 @@ pub enum Progress {
     Unfinished(TaskProgress),
 }
 
-/// Submits `action` with `payload` (validation is the command layer's) and
-/// waits up to `wait` for the outcome.
+/// Submits a task (validation is the command layer's) and waits up to
+/// `wait` for the outcome.
 pub async fn submit_and_wait(
     commands: &Commands,
-    action: &str,
-    payload: Value,
+    submission: TaskSubmission,
     correlation_id: &str,
     wait: Duration,
 ) -> Result<Progress, CommandError> {
-    let submitted = commands
-        .submit_task(action, payload, correlation_id)
-        .await?;
+    let submitted = commands.submit(submission, correlation_id).await?;
     match commands.wait_for_task(submitted.id, wait).await {
         Ok(task) if task.state.is_final() => Ok(Progress::Finished(Box::new(task))),
         Ok(task) => Ok(Progress::Unfinished(TaskProgress {
@@ -95,10 +97,16 @@ pub async fn result_value(commands: &Commands, task: &TaskRecord) -> Result<Valu
     }
 }
 
-/// Why a finished task has no result, for the line gateways.
+/// Why a finished task has no result, for the line gateways: `timeout`
+/// or `cancelled` when it was stopped, `task_failed` otherwise.
 pub fn failure(task: &TaskRecord) -> WireError {
+    let code = match task.error_code.as_deref() {
+        Some(bibliomq_core::tasks::TIMEOUT_CODE) => bibliomq_core::tasks::TIMEOUT_CODE,
+        Some(bibliomq_core::tasks::CANCELLED_CODE) => bibliomq_core::tasks::CANCELLED_CODE,
+        _ => "task_failed",
+    };
     WireError::new(
-        "task_failed",
+        code,
         format!(
             "task {} {}: {}",
             task.id,

@@ -154,7 +154,8 @@ async fn run(
         .task_wait_timeout
         .min(limit.saturating_sub(Duration::from_millis(500)));
     let payload = Value::String(numbers);
-    match outcome::submit_and_wait(commands, ACTION, payload, correlation_id, wait).await? {
+    let submission = bibliomq_core::commands::TaskSubmission::new(ACTION, payload);
+    match outcome::submit_and_wait(commands, submission, correlation_id, wait).await? {
         Progress::Finished(task) if task.state == TaskState::Succeeded => {
             outcome::result_value(commands, &task).await
         }

@@ -8,7 +8,7 @@
 
 use bibliomq_core::{
     answers::BookSearch,
-    commands::{LoanReceipt, OperationAccepted, PatronPage},
+    commands::{LoanReceipt, OperationAccepted, PatronPage, TaskCancellation},
     error::ErrorBody,
     library::store::{BookView, CopyRecord, OperationView, PatronView, TitleView},
     tasks::{
@@ -63,6 +63,9 @@ pub enum Answer {
     Task(TaskReply),
     /// `task` still queued or running when the wait ended.
     TaskProgress(TaskProgress),
+    /// `task_cancel`: `cancelled`, or `running` with `stopping` while its
+    /// worker stops it.
+    Cancelled(TaskCancellation),
     /// `query_isbn`.
     Book(BookReply),
     /// `query_title`: the same answer as `GET /v1/books?title=`.
@@ -100,6 +103,9 @@ pub struct TaskReply {
     /// means the request failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task_error: Option<String>,
+    /// The failure's code (`timeout`, `cancelled`, ...), when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_error_code: Option<String>,
     pub created_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<DateTime<Utc>>,
@@ -138,6 +144,7 @@ impl From<&TaskRecord> for TaskReply {
             output,
             content_type: task.result_content_type.clone().filter(|_| succeeded),
             task_error: task.error.clone(),
+            task_error_code: task.error_code.clone(),
             created_at: task.created_at,
             finished_at: task.finished_at,
         }
@@ -192,6 +199,8 @@ mod tests {
             finished_at: Some(at("2026-01-01T00:00:02Z")),
             updated_at: at("2026-01-01T00:00:02Z"),
             error: None,
+            error_code: None,
+            cancel_requested_at: None,
             payload: Some(json!("1,2")),
             result: Some(json!(3)),
             result_object: None,

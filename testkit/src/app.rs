@@ -233,9 +233,10 @@ impl TestApp {
         task
     }
 
-    /// Polls until the task reaches a final state (succeeded, failed, dead).
+    /// Polls until the task reaches a final state (succeeded, failed, dead,
+    /// cancelled).
     pub async fn wait_for_task(&self, id: Uuid) -> Value {
-        self.wait_for_task_state(id, &["succeeded", "failed", "dead"])
+        self.wait_for_task_state(id, &["succeeded", "failed", "dead", "cancelled"])
             .await
     }
 

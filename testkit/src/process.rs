@@ -101,6 +101,12 @@ pub fn settings_env(settings: &Settings) -> Vec<(String, String)> {
         ("DRAIN_TIMEOUT_MS", ms(s.tasks.drain_timeout)),
         ("TASK_REAP_AFTER_MS", ms(s.tasks.reap_after)),
         ("TASK_REAP_INTERVAL_MS", ms(s.tasks.reap_interval)),
+        ("TASK_TIMEOUT_MAX_MS", ms(s.tasks.timeout_max)),
+        (
+            "TASK_RETENTION",
+            bibliomq_core::config::HumanDuration(s.tasks.retention).to_string(),
+        ),
+        ("TASK_JANITOR_INTERVAL_MS", ms(s.tasks.janitor_interval)),
         ("BRANCHES", branches),
         ("LOAN_DAYS", s.library.loan_days.to_string()),
         ("RENEWAL_DAYS", s.library.renewal_days.to_string()),
@@ -432,6 +438,9 @@ mod tests {
         s.tasks.retry_factor = 2;
         s.tasks.reap_after = Duration::from_secs(90);
         s.tasks.reap_interval = Duration::from_millis(2_500);
+        s.tasks.timeout_max = Duration::from_millis(4_321);
+        s.tasks.retention = Duration::from_secs(3_600);
+        s.tasks.janitor_interval = Duration::from_millis(750);
         s.library.branches.reverse();
         s.library.loan_timeout = Duration::from_millis(1_500);
         s.worker.ops_port = 0;

@@ -8,12 +8,16 @@
 //! - [`events`]: outcome events published after commits.
 //! - [`reaper`]: heartbeats of running tasks; publishes again, once, a task
 //!   whose message was lost.
+//! - [`cancels`]: tells running tasks that a client cancelled them.
+//! - [`janitor`]: deletes tasks past their retention, with their stored results.
 //!
 //! Next to the consumers each worker process serves `/metrics`, `/healthz`
 //! and `/readyz` on its operations port ([`bibliomq_core::ops`]).
 
+pub mod cancels;
 pub mod consumer;
 pub mod events;
+pub mod janitor;
 pub mod library;
 pub mod reaper;
 pub mod tasks;
@@ -95,6 +99,19 @@ impl WorkerApp {
             in_flight.clone(),
         ));
         let reaper_stop = CancellationToken::new();
+        let cancel_watch = tokio::spawn(cancels::watch(
+            infra.pool.clone(),
+            in_flight.clone(),
+            reaper_stop.clone(),
+        ));
+        let janitor = tokio::spawn(janitor::run(
+            infra.pool.clone(),
+            infra.store.clone(),
+            infra.settings.tasks.clone(),
+            infra.metrics.clone(),
+            self.clock.clone(),
+            reaper_stop.clone(),
+        ));
         let reaper = tokio::spawn(reaper::run(
             infra.pool.clone(),
             publisher.clone(),
@@ -162,6 +179,8 @@ impl WorkerApp {
         );
         reaper_stop.cancel();
         let _ = reaper.await;
+        let _ = janitor.await;
+        let _ = cancel_watch.await;
         ops_stop.cancel();
         match ops.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "operations server"),

@@ -20,7 +20,7 @@
 //! duplicate delivery harmless.
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -39,26 +39,39 @@ use uuid::Uuid;
 /// Most tasks one pass publishes again; the next pass takes the rest.
 const BATCH: i64 = 500;
 
-/// The tasks this process is running right now. Cheap to clone.
+/// The tasks this process is running right now, each with the token that
+/// tells its run a client cancelled it. Cheap to clone.
 #[derive(Clone, Default)]
-pub struct InFlight(Arc<Mutex<HashSet<Uuid>>>);
+pub struct InFlight(Arc<Mutex<HashMap<Uuid, CancellationToken>>>);
 
 impl InFlight {
     /// Records `id` as held until the returned guard drops.
     pub fn hold(&self, id: Uuid) -> Held {
-        self.lock().insert(id);
+        let cancelled = CancellationToken::new();
+        self.lock().insert(id, cancelled.clone());
         Held {
             set: self.clone(),
             id,
+            cancelled,
         }
     }
 
     pub fn ids(&self) -> Vec<Uuid> {
-        self.lock().iter().copied().collect()
+        self.lock().keys().copied().collect()
+    }
+
+    /// Tells the runs of these tasks (those held here) that they were cancelled.
+    pub fn cancel(&self, ids: &[Uuid]) {
+        let held = self.lock();
+        for id in ids {
+            if let Some(token) = held.get(id) {
+                token.cancel();
+            }
+        }
     }
 
     // A std Mutex: held for an insert or a copy, never across an await.
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<Uuid>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, CancellationToken>> {
         match self.0.lock() {
             Ok(set) => set,
             Err(poisoned) => poisoned.into_inner(),
@@ -70,6 +83,14 @@ impl InFlight {
 pub struct Held {
     set: InFlight,
     id: Uuid,
+    cancelled: CancellationToken,
+}
+
+impl Held {
+    /// Cancelled when a client cancels this task.
+    pub fn cancelled(&self) -> &CancellationToken {
+        &self.cancelled
+    }
 }
 
 impl Drop for Held {

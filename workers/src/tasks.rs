@@ -9,6 +9,11 @@
 //! - A task that keeps killing its worker (delivered again and again without
 //!   being settled) is poison: marked `dead` and dead-lettered.
 //! - Claims and outcomes are written in batches (group commit).
+//! - Every run has a time limit (the action's own, or less when the request
+//!   asked for less); past it the run is stopped and the task fails with
+//!   code `timeout`, without retries.
+//! - A task a client cancelled is stopped (see [`crate::cancels`]) and
+//!   recorded `cancelled`; a cancelled task delivered later is acked unrun.
 
 use std::sync::Arc;
 
@@ -20,8 +25,8 @@ use bibliomq_core::{
     metrics::{ActionLabels, MessageOutcome, Metrics, TaskLabels},
     storage::{ObjectStore, StorageError},
     tasks::{
-        Action, TaskEvent, TaskMessage, TaskOutput, TaskRequest, TaskState,
-        store::{self, Finish, FinishedResult},
+        Action, TIMEOUT_CODE, TaskEvent, TaskMessage, TaskOutput, TaskRequest, TaskState,
+        store::{self, Claim, Finish, FinishedResult},
     },
 };
 use deadpool_postgres::Pool;
@@ -35,7 +40,14 @@ use crate::{
     reaper::InFlight,
 };
 
-type Claims = Batcher<Uuid, Option<i32>, DbFailure>;
+type Claims = Batcher<Uuid, Option<Claim>, DbFailure>;
+
+/// How a run ended short of a result.
+enum Ended {
+    Failed(String),
+    TimedOut(std::time::Duration),
+    Cancelled,
+}
 type Finishes = Batcher<Finish, bool, DbFailure>;
 
 pub struct TaskWorker {
@@ -66,7 +78,7 @@ impl TaskWorker {
                 let pool = claim_pool.clone();
                 async move {
                     let client = pool.get().await?;
-                    let claimed: std::collections::HashMap<Uuid, i32> =
+                    let claimed: std::collections::HashMap<Uuid, Claim> =
                         store::claim(&client, &ids).await?.into_iter().collect();
                     Ok(ids.iter().map(|id| claimed.get(id).copied()).collect())
                 }
@@ -121,9 +133,23 @@ impl TaskWorker {
         }
 
         let attempts = match self.claims.submit(message.id).await {
-            Ok(Some(attempts)) => attempts,
+            Ok(Some(Claim::Run { attempts })) => attempts,
+            Ok(Some(Claim::Cancelled)) => {
+                tracing::info!("task was cancelled while its worker was away; not running it");
+                self.settle(&delivery, Settle::Ack).await;
+                self.announce(
+                    &message,
+                    TaskState::Cancelled,
+                    0,
+                    Some("cancelled while it ran"),
+                )
+                .await;
+                return;
+            }
             Ok(None) => {
-                tracing::info!("task already finished (or withdrawn); acking the duplicate");
+                tracing::info!(
+                    "task already finished, cancelled or withdrawn; acking the duplicate"
+                );
                 self.metrics
                     .message(topology::TASKS_QUEUE, MessageOutcome::Duplicate);
                 self.settle(&delivery, Settle::Ack).await;
@@ -136,23 +162,40 @@ impl TaskWorker {
             }
         };
         tracing::debug!(attempts, "running");
-        // Heartbeats keep the reaper off this task while it is in hand.
-        let _held = self.in_flight.hold(message.id);
+        // Heartbeats keep the reaper off this task while it is in hand; the
+        // cancel watcher finds it through the same registration.
+        let held = self.in_flight.hold(message.id);
 
         let outcome = match message
             .action
             .parse::<Action>()
             .and_then(|a| TaskRequest::parse(a, &message.payload))
         {
-            Err(invalid) => Err(invalid.to_string()),
-            Ok(request) => tokio::select! {
-                out = self.timed_run(request) => out.map_err(|f| f.to_string()),
-                () = abandon.cancelled() => {
-                    tracing::warn!("shutting down mid-task; requeueing it");
-                    self.settle(&delivery, Settle::Requeue).await;
-                    return;
+            Err(invalid) => Err(Ended::Failed(invalid.to_string())),
+            Ok(request) => {
+                let limit = message.time_limit(request.action(), self.settings.timeout_max);
+                // Cancelled when the run must end early (time limit, a
+                // client's cancel, or this function returning), so a
+                // blocking action stops too, not only the future awaiting it.
+                let stop = CancellationToken::new();
+                let _stop_on_exit = stop.clone().drop_guard();
+                tokio::select! {
+                    out = self.timed_run(request, &stop) => out.map_err(|f| Ended::Failed(f.to_string())),
+                    () = tokio::time::sleep(limit) => {
+                        stop.cancel();
+                        Err(Ended::TimedOut(limit))
+                    }
+                    () = held.cancelled().cancelled() => {
+                        stop.cancel();
+                        Err(Ended::Cancelled)
+                    }
+                    () = abandon.cancelled() => {
+                        tracing::warn!("shutting down mid-task; requeueing it");
+                        self.settle(&delivery, Settle::Requeue).await;
+                        return;
+                    }
                 }
-            },
+            }
         };
         let finish = match outcome {
             Ok(output) => match self.keep_result(&message, output).await {
@@ -166,17 +209,35 @@ impl TaskWorker {
                     return;
                 }
             },
-            Err(error) => Finish::Failed {
+            Err(Ended::Failed(error)) => Finish::Failed {
                 id: message.id,
                 error,
+                code: None,
             },
+            Err(Ended::TimedOut(limit)) => {
+                tracing::info!(
+                    limit_ms = limit.as_millis(),
+                    "task stopped at its time limit"
+                );
+                Finish::Failed {
+                    id: message.id,
+                    error: format!("stopped at its time limit of {} ms", limit.as_millis()),
+                    code: Some(TIMEOUT_CODE),
+                }
+            }
+            Err(Ended::Cancelled) => {
+                tracing::info!("task stopped: a client cancelled it");
+                Finish::Cancelled { id: message.id }
+            }
         };
         let state = match &finish {
             Finish::Succeeded { .. } => TaskState::Succeeded,
+            Finish::Cancelled { .. } => TaskState::Cancelled,
             _ => TaskState::Failed,
         };
         let error = match &finish {
             Finish::Failed { error, .. } => Some(error.clone()),
+            Finish::Cancelled { .. } => Some("cancelled while it ran".to_owned()),
             _ => None,
         };
         match self.finishes.submit(finish).await {
@@ -329,10 +390,11 @@ impl TaskWorker {
     async fn timed_run(
         &self,
         request: TaskRequest,
+        stop: &CancellationToken,
     ) -> Result<TaskOutput, bibliomq_core::tasks::TaskFailure> {
         let action = request.action();
         let started = std::time::Instant::now();
-        let out = bibliomq_core::tasks::run(request).await;
+        let out = bibliomq_core::tasks::run(request, stop).await;
         self.metrics
             .task_duration
             .get_or_create(&ActionLabels {

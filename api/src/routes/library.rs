@@ -54,6 +54,8 @@ struct LoanBody {
     branch: String,
 }
 
+use super::IDEMPOTENCY_KEY;
+
 /// An id from the path.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
@@ -78,8 +80,6 @@ pub(super) struct IsbnPath {
     #[param(value_type = bibliomq_core::schema::Isbn, inline)]
     pub(super) isbn: String,
 }
-
-const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// Lend a copy of a title (by ISBN or by title words)
 ///
@@ -117,18 +117,7 @@ async fn loan(
     headers: HeaderMap,
     JsonBody(body): JsonBody<LoanBody>,
 ) -> Result<Response, ApiError> {
-    let key = headers
-        .get(IDEMPOTENCY_KEY)
-        .map(|v| {
-            v.to_str().map(str::to_owned).map_err(|_| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_idempotency_key",
-                    "the Idempotency-Key header must be visible ASCII",
-                )
-            })
-        })
-        .transpose()?;
+    let key = super::idempotency_key(&headers)?;
     let receipt = state
         .commands
         .loan(
@@ -154,7 +143,7 @@ async fn loan(
         h.insert(IDEMPOTENCY_KEY, v);
     }
     if replayed {
-        h.insert("idempotent-replayed", HeaderValue::from_static("true"));
+        h.insert(super::IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
     Ok(response)
 }

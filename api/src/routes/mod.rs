@@ -5,6 +5,7 @@
 //! Neither of those two modules looks back at this one.
 
 mod admin;
+mod dead_letters;
 mod health;
 mod library;
 mod tasks;
@@ -26,6 +27,7 @@ fn open_routes() -> Routes {
 /// and the JSON routes of the web pages alike.
 fn v1_routes() -> Routes {
     tasks::routes()
+        .merge(dead_letters::routes())
         .merge(library::routes())
         .merge(admin::routes())
         .merge(crate::ui::api_routes())
@@ -70,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         .map(|b| b.code.as_str())
         .collect();
     let document = crate::openapi::with_branches(crate::openapi::finish(openapi), &branches);
+    let document = crate::openapi::with_timeout_max(document, state.settings.tasks.timeout_max);
     router
         .merge(crate::ui::pages())
         .fallback(not_found)
@@ -88,6 +91,27 @@ async fn method_not_allowed() -> impl IntoResponse {
         "method_not_allowed",
         "this route does not accept that method",
     )
+}
+
+/// The header a client sends to make a request safe to retry.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The header on an answer given again for a retried request.
+const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+/// The `Idempotency-Key` header, when sent (the command layer checks its form).
+fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    headers
+        .get(IDEMPOTENCY_KEY)
+        .map(|v| {
+            v.to_str().map(str::to_owned).map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_idempotency_key",
+                    "the Idempotency-Key header must be visible ASCII",
+                )
+            })
+        })
+        .transpose()
 }
 
 /// The `limit` query parameter, when given: a whole number (the command

@@ -1,4 +1,4 @@
-//! `/v1/tasks`: submit, follow, list, fetch results.
+//! `/v1/tasks`: submit, follow, list, cancel, fetch results.
 
 use axum::{
     Extension, Json,
@@ -8,7 +8,8 @@ use axum::{
     response::{IntoResponse, Redirect, Response},
 };
 use bibliomq_core::{
-    answers::{TaskAccepted, TaskAnswer, TaskList},
+    answers::{TaskAccepted, TaskAnswer, TaskCancelAnswer, TaskList},
+    commands::TaskSubmission,
     error::ErrorDetails,
     tasks::{Action, TaskState},
 };
@@ -31,6 +32,7 @@ pub fn routes() -> Routes {
         .routes(routes!(list, submit))
         .routes(routes!(show))
         .routes(routes!(result))
+        .routes(routes!(cancel))
 }
 
 /// A task to run. What `payload` may be depends on `action`: the document
@@ -44,6 +46,14 @@ struct SubmitTask {
     /// What the action works on, e.g. `"1,2,3"` for sum, `30` for fib, a string for upper.
     #[serde(default)]
     payload: Value,
+    /// A time limit for this run, in milliseconds, up to
+    /// BIBLIOMQ_TASK_TIMEOUT_MAX_MS (the `maximum` here). The action's own
+    /// limit still applies when lower. Past it the task is stopped and fails
+    /// with `error_code` `timeout`, not retried. Checked by the command
+    /// layer (a whole number up to the maximum).
+    #[serde(default)]
+    #[schema(value_type = Option<u64>, minimum = 1)]
+    timeout_ms: Option<Value>,
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -56,35 +66,84 @@ struct TaskId {
 
 /// Submit a task
 ///
-/// Answered once RabbitMQ has confirmed the message.
+/// Answered once RabbitMQ has confirmed the message. With an
+/// `Idempotency-Key` already used for the same request: the first answer
+/// again, with `idempotent-replayed: true`, and nothing queued.
 #[utoipa::path(
     post, path = "/tasks", tag = "tasks", operation_id = "submitTask",
+    params((
+        "Idempotency-Key" = Option<String>, Header,
+        description = "Your key for safe retries: the same key with the same request answers with the first task (header `idempotent-replayed: true`) and queues nothing; with a different request, 409 `idempotency_key_reused`. A key lives as long as its task.",
+        min_length = 1, max_length = 200, pattern = "^[!-~]+$", nullable = false
+    )),
     request_body = SubmitTask,
     responses(
-        (status = 202, description = "Queued; follow it at `Location`.", body = TaskAccepted,
-            headers(("Location" = String, description = "The task's path."))),
-        (status = 400, description = "The body is not JSON (`malformed_json`).", body = ErrorAnswer),
+        (status = 202, description = "Queued (or, for a retried Idempotency-Key, the first answer again); follow it at `Location`.", body = TaskAccepted,
+            headers(
+                ("Location" = String, description = "The task's path."),
+                ("idempotent-replayed" = String, description = "`true` when this is the answer to an earlier request with the same Idempotency-Key."),
+            )),
+        (status = 400, description = "The body is not JSON (`malformed_json`), `timeout_ms` is not from 1 to BIBLIOMQ_TASK_TIMEOUT_MAX_MS (`invalid_timeout`, with `field`), or the Idempotency-Key is not visible ASCII (`invalid_idempotency_key`); nothing was queued.", body = ErrorAnswer),
+        (status = 409, description = "The Idempotency-Key was already used for a different request (`idempotency_key_reused`).", body = ErrorAnswer),
         (status = 413, description = "The body is larger than BIBLIOMQ_API_BODY_LIMIT (`payload_too_large`).", body = ErrorAnswer),
         (status = 415, description = "No `Content-Type: application/json` (`unsupported_media_type`).", body = ErrorAnswer),
-        (status = 422, description = "Unknown action or a payload the action cannot take (`unknown_action`, `invalid_payload`, `invalid_field`), with `field`.", body = ErrorAnswer),
+        (status = 422, description = "Unknown action or a payload the action cannot take (`unknown_action`, `invalid_payload`, `invalid_field`), or a malformed Idempotency-Key (`invalid_idempotency_key`), with `field`.", body = ErrorAnswer),
         (status = 503, description = "RabbitMQ, PostgreSQL or object storage unreachable (`unavailable`); nothing changed.", body = ErrorAnswer),
     )
 )]
 async fn submit(
     State(state): State<AppState>,
     Extension(CorrelationId(correlation_id)): Extension<CorrelationId>,
+    headers: HeaderMap,
     JsonBody(req): JsonBody<SubmitTask>,
 ) -> Result<Response, ApiError> {
-    let submitted = state
-        .commands
-        .submit_task(&req.action, req.payload, &correlation_id)
-        .await?;
+    let submission = TaskSubmission {
+        action: req.action,
+        payload: req.payload,
+        timeout_ms: req.timeout_ms,
+        idempotency_key: super::idempotency_key(&headers)?,
+    };
+    let submitted = state.commands.submit(submission, &correlation_id).await?;
     let location = format!("/v1/tasks/{}", submitted.id);
     let mut response = (StatusCode::ACCEPTED, Json(TaskAccepted::from(&submitted))).into_response();
+    let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&location) {
-        response.headers_mut().insert(header::LOCATION, v);
+        h.insert(header::LOCATION, v);
+    }
+    if submitted.replayed {
+        h.insert(super::IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
     Ok(response)
+}
+
+/// Cancel a task
+///
+/// A queued task is cancelled at once and never runs. A running one is
+/// stopped by its worker within about a second and ends `cancelled`.
+/// Cancelling again gives the same answer.
+#[utoipa::path(
+    post, path = "/tasks/{id}/cancel", tag = "tasks", operation_id = "cancelTask",
+    params(TaskId),
+    responses(
+        (status = 200, description = "Cancelled (now, or earlier).", body = TaskCancelAnswer),
+        (status = 202, description = "Running: its worker has been told to stop it (`stopping`); follow the task until it is `cancelled`.", body = TaskCancelAnswer),
+        (status = 400, description = "The id is not a UUID (`invalid_task_id`).", body = ErrorAnswer),
+        (status = 404, description = "No such task (`task_not_found`).", body = ErrorAnswer),
+        (status = 409, description = "The task already ended otherwise (`task_finished`); `state` says how. Nothing changed.", body = ErrorAnswer),
+        (status = 503, description = "RabbitMQ, PostgreSQL or object storage unreachable (`unavailable`); nothing changed.", body = ErrorAnswer),
+    )
+)]
+async fn cancel(
+    State(state): State<AppState>,
+    Path(TaskId { id }): Path<TaskId>,
+) -> Result<Response, ApiError> {
+    let cancelled = state.commands.cancel_task(parse_id(&id)?).await?;
+    let status = if cancelled.stopping {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(TaskCancelAnswer::from(cancelled))).into_response())
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
@@ -194,7 +253,7 @@ async fn result(
     let task = state.commands.task(parse_id(&id)?).await?;
     match task.state {
         TaskState::Succeeded => {}
-        TaskState::Failed | TaskState::Dead => {
+        TaskState::Failed | TaskState::Dead | TaskState::Cancelled => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "task_failed",

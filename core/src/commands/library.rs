@@ -102,14 +102,21 @@ pub struct OperationAccepted {
 fn check_idempotency_key(key: Option<&str>) -> Result<String, Invalid> {
     match key {
         None => Ok(Uuid::new_v4().to_string()),
-        Some(k) if !k.is_empty() && k.len() <= 200 && k.bytes().all(|b| b.is_ascii_graphic()) => {
-            Ok(k.to_owned())
-        }
-        Some(_) => Err(Invalid::field(
+        Some(k) => valid_idempotency_key(k),
+    }
+}
+
+/// A client's Idempotency-Key (loans and task submissions alike): 1 to 200
+/// visible ASCII characters.
+pub(super) fn valid_idempotency_key(key: &str) -> Result<String, Invalid> {
+    if !key.is_empty() && key.len() <= 200 && key.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(key.to_owned())
+    } else {
+        Err(Invalid::field(
             "invalid_idempotency_key",
             "Idempotency-Key",
             "an idempotency key has 1 to 200 visible ASCII characters",
-        )),
+        ))
     }
 }
 

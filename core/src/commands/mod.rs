@@ -3,6 +3,7 @@
 
 mod admin;
 mod dashboard;
+mod dead;
 mod library;
 mod tasks;
 
@@ -19,11 +20,15 @@ pub use dashboard::{
     BranchSeries, CIRCULATION_DEFAULT_MINUTES, CIRCULATION_MAX_MINUTES, Circulation, KindCount,
     TaskCounts,
 };
+pub use dead::{
+    DEAD_LIST_MAX, DEAD_REACH, DeadLetter, DeadLetterList, DeadLetterReplay, DeadQueue,
+    ReplaySelection,
+};
 pub use library::{
     CirculationRequest, LoanReceipt, LoanRequest, OperationAccepted, SEARCH_MAX_LIMIT,
     SEARCH_MAX_WORDS,
 };
-pub use tasks::{LIST_MAX, SubmittedTask, TaskInserter};
+pub use tasks::{LIST_MAX, SubmittedTask, TaskCancellation, TaskInserter, TaskSubmission};
 
 use crate::{
     broker::{Publisher, rpc::RpcClient},
@@ -51,6 +56,9 @@ struct Inner {
     clock: Clock,
     task_inserts: TaskInserter,
     request_inserts: library::RequestInserter,
+    /// Listing and replaying dead letters hold a queue's messages; one at a
+    /// time in this process, so two do not each see half of them.
+    dead_letters: tokio::sync::Mutex<()>,
 }
 
 impl Commands {
@@ -77,6 +85,7 @@ impl Commands {
                 clock,
                 task_inserts,
                 request_inserts,
+                dead_letters: tokio::sync::Mutex::new(()),
             }),
         }
     }

@@ -1,8 +1,10 @@
-//! Task commands: submit, look up, list, fetch results.
+//! Task commands: submit (with an optional time limit and Idempotency-Key),
+//! cancel, look up, list, fetch results.
 
 use deadpool_postgres::Pool;
 use serde::Serialize;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::Commands;
@@ -10,11 +12,11 @@ use crate::{
     batch::Batcher,
     broker::{headers, topology},
     db::DbFailure,
-    error::{CommandError, Invalid},
+    error::{CommandError, ErrorDetails, Invalid},
     storage::ObjectBody,
     tasks::{
         Action, TaskMessage, TaskRequest, TaskState,
-        store::{self, ListFilter, NewTask, TaskRecord},
+        store::{self, CancelOutcome, ListFilter, NewTask, TaskRecord},
     },
 };
 
@@ -29,18 +31,40 @@ fn holds_nul(value: &Value) -> bool {
     }
 }
 
-/// Group-commits the `queued` rows of submissions arriving at the same time.
-pub type TaskInserter = Batcher<NewTask, (), DbFailure>;
+/// Group-commits the `queued` rows of submissions arriving at the same time;
+/// answers, per task, whether it was inserted (false: its Idempotency-Key
+/// was taken).
+pub type TaskInserter = Batcher<NewTask, bool, DbFailure>;
 
 pub(super) fn inserter(pool: Pool) -> TaskInserter {
     Batcher::spawn(512, crate::batch::IN_FLIGHT, move |tasks: Vec<NewTask>| {
         let pool = pool.clone();
         async move {
             let client = pool.get().await?;
-            store::insert_queued(&client, &tasks).await?;
-            Ok(vec![(); tasks.len()])
+            Ok(store::insert_queued(&client, &tasks).await?)
         }
     })
+}
+
+/// A task submission as every transport hands it over, unchecked.
+#[derive(Debug, Clone, Default)]
+pub struct TaskSubmission {
+    pub action: String,
+    pub payload: Value,
+    /// The time limit asked for, in milliseconds (any JSON: checked here).
+    pub timeout_ms: Option<Value>,
+    /// The client's Idempotency-Key.
+    pub idempotency_key: Option<String>,
+}
+
+impl TaskSubmission {
+    pub fn new(action: impl Into<String>, payload: Value) -> Self {
+        Self {
+            action: action.into(),
+            payload,
+            ..Self::default()
+        }
+    }
 }
 
 /// The answer to a submission.
@@ -49,21 +73,65 @@ pub struct SubmittedTask {
     pub id: Uuid,
     pub action: Action,
     pub state: TaskState,
+    /// True when an earlier submission with the same Idempotency-Key made
+    /// this task; the answer is that submission's.
+    #[serde(skip)]
+    pub replayed: bool,
+}
+
+/// The answer to a cancel: `cancelled`, or `running` while its worker stops it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskCancellation {
+    pub id: Uuid,
+    pub state: TaskState,
+    /// True while the task is still running and its worker has been told to stop it.
+    pub stopping: bool,
+}
+
+/// What makes two submissions "the same request" for an Idempotency-Key.
+fn fingerprint(action: Action, payload: &Value, timeout_ms: Option<i64>) -> String {
+    let text = format!(
+        "{}|{}|{}",
+        action.as_str(),
+        timeout_ms.map(|t| t.to_string()).unwrap_or_default(),
+        payload
+    );
+    hex::encode(Sha256::digest(text))
 }
 
 /// Most tasks one list call returns.
 pub const LIST_MAX: i64 = 500;
 
 impl Commands {
-    /// Validates, records the task as `queued` and publishes it; returns once
-    /// the broker has confirmed the message. On any failure nothing stays queued.
-    #[tracing::instrument(skip_all, fields(action = %action, task_id))]
+    /// Submits `action` with `payload`, without a time limit of its own or
+    /// an Idempotency-Key. See [`Commands::submit`].
     pub async fn submit_task(
         &self,
         action: &str,
         payload: Value,
         correlation_id: &str,
     ) -> Result<SubmittedTask, CommandError> {
+        self.submit(TaskSubmission::new(action, payload), correlation_id)
+            .await
+    }
+
+    /// Validates, records the task as `queued` and publishes it; returns once
+    /// the broker has confirmed the message. On any failure nothing stays
+    /// queued. With an Idempotency-Key already used for the same request,
+    /// answers with that task (`replayed`) and queues nothing; used for a
+    /// different request, 409 `idempotency_key_reused`.
+    #[tracing::instrument(skip_all, fields(action = %submission.action, task_id))]
+    pub async fn submit(
+        &self,
+        submission: TaskSubmission,
+        correlation_id: &str,
+    ) -> Result<SubmittedTask, CommandError> {
+        let TaskSubmission {
+            action,
+            payload,
+            timeout_ms,
+            idempotency_key,
+        } = submission;
         let action: Action = action.parse()?;
         if holds_nul(&payload) {
             return Err(Invalid::field(
@@ -74,6 +142,12 @@ impl Commands {
             .into());
         }
         TaskRequest::parse(action, &payload)?;
+        let timeout_ms = self.check_timeout(timeout_ms.as_ref())?;
+        let idempotency = idempotency_key
+            .as_deref()
+            .map(super::library::valid_idempotency_key)
+            .transpose()?
+            .map(|key| (key, fingerprint(action, &payload, timeout_ms)));
         let id = Uuid::now_v7();
         tracing::Span::current().record("task_id", tracing::field::display(id));
         let message = TaskMessage {
@@ -81,18 +155,28 @@ impl Commands {
             action: action.as_str().to_owned(),
             payload,
             submitted_at: chrono::Utc::now(),
+            timeout_ms: timeout_ms.and_then(|t| u64::try_from(t).ok()),
         };
         let body = serde_json::to_vec(&message).map_err(anyhow::Error::from)?;
 
-        self.inner
+        let inserted = self
+            .inner
             .task_inserts
             .submit(NewTask {
                 id,
                 action: message.action.clone(),
                 payload: message.payload,
                 correlation_id: correlation_id.to_owned(),
+                timeout_ms,
+                idempotency: idempotency.clone(),
             })
             .await?;
+        if !inserted {
+            let Some((key, fingerprint)) = idempotency else {
+                return Err(anyhow::anyhow!("a task without a key was not inserted").into());
+            };
+            return self.replay(action, &key, &fingerprint).await;
+        }
 
         let props = headers::with_header(
             headers::persistent_json(&id.to_string(), correlation_id),
@@ -122,6 +206,106 @@ impl Commands {
             id,
             action,
             state: TaskState::Queued,
+            replayed: false,
+        })
+    }
+
+    /// `timeout_ms`, when given: a whole number of milliseconds from 1 to
+    /// the configured maximum. Anything else is refused before anything is
+    /// queued, naming the field.
+    fn check_timeout(&self, raw: Option<&Value>) -> Result<Option<i64>, CommandError> {
+        let Some(raw) = raw.filter(|v| !v.is_null()) else {
+            return Ok(None);
+        };
+        let max = u64::try_from(self.settings().tasks.timeout_max.as_millis()).unwrap_or(u64::MAX);
+        let refused = || {
+            CommandError::OutOfBounds(Invalid::field(
+                "invalid_timeout",
+                "timeout_ms",
+                format!("timeout_ms must be a whole number of milliseconds from 1 to {max}"),
+            ))
+        };
+        let ms = crate::tasks::whole_number(raw).ok_or_else(refused)?;
+        if !(1..=max).contains(&ms) {
+            return Err(refused());
+        }
+        i64::try_from(ms).map(Some).map_err(|_| refused())
+    }
+
+    /// The answer to a submission whose Idempotency-Key a task already holds.
+    async fn replay(
+        &self,
+        action: Action,
+        key: &str,
+        fingerprint: &str,
+    ) -> Result<SubmittedTask, CommandError> {
+        let client = self.pool().get().await?;
+        let holder = store::by_idempotency_key(&**client, key)
+            .await?
+            // Only a task withdrawn in the meantime (its publish failed).
+            .ok_or_else(|| {
+                CommandError::Unavailable(
+                    "the first submission with this Idempotency-Key is being withdrawn; retry"
+                        .to_owned(),
+                )
+            })?;
+        if holder.fingerprint.as_deref() != Some(fingerprint) {
+            let mut err = CommandError::conflict(
+                "idempotency_key_reused",
+                format!(
+                    "this Idempotency-Key was already used for a different task request (task {})",
+                    holder.id
+                ),
+            );
+            if let CommandError::Conflict { details, .. } = &mut err {
+                *details = Some(ErrorDetails::KeyReused {
+                    idempotency_key: key.to_owned(),
+                });
+            }
+            return Err(err);
+        }
+        let action = holder.action.parse().unwrap_or(action);
+        Ok(SubmittedTask {
+            id: holder.id,
+            action,
+            state: TaskState::Queued,
+            replayed: true,
+        })
+    }
+
+    /// Cancels a task: a queued one at once (it will never run), a running
+    /// one by telling its worker, which stops it within
+    /// [`crate::tasks::CANCEL_POLL`] or so and records it `cancelled`.
+    /// Cancelling again answers the same; a task that already ended
+    /// otherwise is a conflict (`task_finished`).
+    #[tracing::instrument(skip(self))]
+    pub async fn cancel_task(&self, id: Uuid) -> Result<TaskCancellation, CommandError> {
+        let client = self.pool().get().await?;
+        let (state, stopping) = match store::cancel(&**client, id).await? {
+            CancelOutcome::Cancelled { action } => {
+                self.announce_cancelled(id, action);
+                (TaskState::Cancelled, false)
+            }
+            CancelOutcome::AlreadyFinal(TaskState::Cancelled) => (TaskState::Cancelled, false),
+            CancelOutcome::Requested => (TaskState::Running, true),
+            CancelOutcome::AlreadyFinal(state) => {
+                return Err(CommandError::Conflict {
+                    code: "task_finished",
+                    message: format!("the task already {state}; there is nothing to cancel"),
+                    details: Some(ErrorDetails::TaskState { state }),
+                });
+            }
+            CancelOutcome::NotFound => {
+                return Err(CommandError::not_found(
+                    "task_not_found",
+                    format!("no task with id {id}"),
+                ));
+            }
+        };
+        Ok(TaskCancellation {
+            id,
+            state,
+            stopping,
         })
     }
 
@@ -130,6 +314,38 @@ impl Commands {
         store::get(&client, id).await?.ok_or_else(|| {
             CommandError::not_found("task_not_found", format!("no task with id {id}"))
         })
+    }
+
+    /// Publishes `task.cancelled` for a task cancelled before it ran (a
+    /// worker announces the ones it stops), in the background: the event is
+    /// a notification, the row is the record.
+    fn announce_cancelled(&self, id: Uuid, action: String) {
+        let event = crate::tasks::TaskEvent {
+            event: format!("task.{}", TaskState::Cancelled),
+            task_id: id,
+            action,
+            state: TaskState::Cancelled,
+            attempts: 0,
+            error: Some("cancelled before it ran".to_owned()),
+            at: chrono::Utc::now(),
+        };
+        let body = match serde_json::to_vec(&event) {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::error!(error = %e, "could not serialise a task event");
+                return;
+            }
+        };
+        let publisher = self.publisher().clone();
+        tokio::spawn(async move {
+            let props = headers::persistent_json(&Uuid::now_v7().to_string(), "");
+            if let Err(e) = publisher
+                .publish(topology::EVENTS_EXCHANGE, &event.event, &body, props, false)
+                .await
+            {
+                tracing::debug!(error = %e, "could not publish a task event");
+            }
+        });
     }
 
     /// Waits until the task reaches a final state or `timeout` passes, and

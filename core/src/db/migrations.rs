@@ -35,9 +35,19 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../../migrations/0005_outcome_codes.sql"),
     ),
     (
+        6,
+        "task_control",
+        include_str!("../../../migrations/0006_task_control.sql"),
+    ),
+    (
         7,
         "library_admin",
         include_str!("../../../migrations/0007_library_admin.sql"),
+    ),
+    (
+        8,
+        "task_retention",
+        include_str!("../../../migrations/0008_task_retention.sql"),
     ),
 ];
 

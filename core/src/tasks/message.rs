@@ -14,9 +14,26 @@ pub struct TaskMessage {
     pub action: String,
     pub payload: Value,
     pub submitted_at: DateTime<Utc>,
+    /// The time limit the client asked for (`timeout_ms`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 impl TaskMessage {
+    /// How long this task may run: the client's limit when it asked for one,
+    /// never more than the action's own limit or `max`.
+    pub fn time_limit(
+        &self,
+        action: super::Action,
+        max: std::time::Duration,
+    ) -> std::time::Duration {
+        let own = action.default_timeout().min(max);
+        match self.timeout_ms {
+            Some(ms) => own.min(std::time::Duration::from_millis(ms)),
+            None => own,
+        }
+    }
+
     /// Routing key on the tasks exchange: `task.<action>`.
     pub fn routing_key(&self) -> String {
         format!("task.{}", self.action)
@@ -24,7 +41,8 @@ impl TaskMessage {
 }
 
 /// A task's outcome event on `bibliomq.events`: `task.succeeded`,
-/// `task.failed` or `task.dead`, published once the outcome is recorded.
+/// `task.failed`, `task.dead` or `task.cancelled`, published once the
+/// outcome is recorded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskEvent {
     /// `task.<state>`, the routing key too.
@@ -55,5 +73,45 @@ impl TaskEvent {
             error: error.map(str::to_owned),
             at,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::tasks::Action;
+
+    fn message(timeout_ms: Option<u64>) -> TaskMessage {
+        TaskMessage {
+            id: Uuid::nil(),
+            action: "primes".into(),
+            payload: Value::from(10),
+            submitted_at: Utc::now(),
+            timeout_ms,
+        }
+    }
+
+    #[test]
+    fn a_run_gets_the_least_of_the_asked_the_action_s_own_and_the_maximum_limit() {
+        let max = Duration::from_secs(300);
+        let own = Action::Primes.default_timeout();
+        assert_eq!(message(None).time_limit(Action::Primes, max), own);
+        assert_eq!(
+            message(Some(250)).time_limit(Action::Primes, max),
+            Duration::from_millis(250)
+        );
+        assert_eq!(message(Some(299_000)).time_limit(Action::Primes, max), own);
+        let low_max = Duration::from_secs(1);
+        assert_eq!(message(None).time_limit(Action::Primes, low_max), low_max);
+    }
+
+    #[test]
+    fn a_message_without_a_limit_reads_as_before() {
+        let old = r#"{"id":"00000000-0000-0000-0000-000000000000","action":"sum","payload":"1,2","submitted_at":"2026-11-30T00:00:00Z"}"#;
+        let m: TaskMessage = serde_json::from_str(old).unwrap();
+        assert_eq!(m.timeout_ms, None);
+        assert!(!serde_json::to_string(&m).unwrap().contains("timeout_ms"));
     }
 }

@@ -7,6 +7,7 @@
 mod decimal;
 mod message;
 mod report;
+pub mod retention;
 mod run;
 pub mod store;
 
@@ -21,23 +22,36 @@ crate::words::word_enum!(
     "task state",
     /// States a task goes through: `queued` → `running` → `succeeded` |
     /// `failed`, back to `queued` while it waits for a retry, `dead` when it
-    /// gives up.
+    /// gives up, `cancelled` when a client cancelled it first.
     pub enum TaskState {
         Queued = "queued",
         Running = "running",
         Succeeded = "succeeded",
         Failed = "failed",
         Dead = "dead",
+        Cancelled = "cancelled",
     }
 );
 
 impl TaskState {
     /// True for the states a task never leaves.
     pub fn is_final(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Dead)
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Dead | Self::Cancelled
+        )
     }
 }
 pub use run::{ContentType, TaskFailure, TaskOutput, run};
+
+/// Error code of a task stopped by its time limit.
+pub const TIMEOUT_CODE: &str = "timeout";
+/// Error code of a task cancelled by a client.
+pub const CANCELLED_CODE: &str = "cancelled";
+/// How often a worker process looks for cancel requests of the tasks it is
+/// running (one query for all of them): a running task stops within about
+/// this long of its cancel.
+pub const CANCEL_POLL: Duration = Duration::from_millis(200);
 
 use crate::error::Invalid;
 
@@ -106,6 +120,21 @@ impl Action {
                 "{\"csv\": text, \"group_by\": column, \"sum\": column?}; a CSV summary per group"
             }
         }
+    }
+}
+
+impl Action {
+    /// The action's own time limit: a run past it is stopped and fails with
+    /// code `timeout`. A request may ask for less (`timeout_ms`).
+    pub fn default_timeout(self) -> Duration {
+        let secs = match self {
+            Self::Echo | Self::Upper | Self::Greet => 10,
+            // The longest sleep accepted, and room to spare.
+            Self::Sleep => SLEEP_MAX_MS / 1000 + 10,
+            Self::Sum | Self::Wordcount => 60,
+            Self::Fib | Self::Primes | Self::Report => 120,
+        };
+        Duration::from_secs(secs)
     }
 }
 
@@ -221,12 +250,7 @@ fn string<'a>(v: &'a Value, field: &str) -> Result<&'a str, Invalid> {
 /// An integer in `min..=max`, given as a JSON number or a numeric string.
 fn integer(v: &Value, field: &str, min: u64, max: u64) -> Result<u64, Invalid> {
     let n = match v {
-        // `30.0` is the whole number 30, as JSON Schema's `integer` says.
-        Value::Number(n) => n.as_u64().or_else(|| {
-            n.as_f64()
-                .filter(|f| f.fract() == 0.0 && (0.0..=9_007_199_254_740_992.0).contains(f))
-                .map(|f| f as u64)
-        }),
+        Value::Number(_) => whole_number(v),
         Value::String(s) => s.trim().parse::<u64>().ok(),
         _ => None,
     }
@@ -246,6 +270,17 @@ fn integer(v: &Value, field: &str, min: u64, max: u64) -> Result<u64, Invalid> {
         ));
     }
     Ok(n)
+}
+
+/// A JSON number that is a whole number from 0 up: `30.0` is the whole
+/// number 30, as JSON Schema's `integer` says.
+pub(crate) fn whole_number(v: &Value) -> Option<u64> {
+    let n = v.as_number()?;
+    n.as_u64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && (0.0..=9_007_199_254_740_992.0).contains(f))
+            .map(|f| f as u64)
+    })
 }
 
 fn parse_numbers(v: &Value) -> Result<Vec<Decimal>, Invalid> {

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 use super::{ReportSpec, TaskFailure, bad, kind};
 use crate::error::Invalid;
@@ -67,7 +68,8 @@ struct Group {
 }
 
 /// Groups the rows and writes `group,rows[,sum,min,max,mean]`, one line per group.
-pub(super) fn run(spec: &ReportSpec) -> Result<String, TaskFailure> {
+/// Stops between rows once `stop` is cancelled.
+pub(super) fn run(spec: &ReportSpec, stop: &CancellationToken) -> Result<String, TaskFailure> {
     let mut reader = csv::ReaderBuilder::new().from_reader(spec.csv.as_bytes());
     let headers = reader
         .headers()
@@ -84,6 +86,9 @@ pub(super) fn run(spec: &ReportSpec) -> Result<String, TaskFailure> {
 
     let mut groups: BTreeMap<String, Group> = BTreeMap::new();
     for (line, record) in reader.records().enumerate() {
+        if line.is_multiple_of(1024) && stop.is_cancelled() {
+            return Err(TaskFailure::Stopped);
+        }
         let record =
             record.map_err(|e| TaskFailure::Rejected(format!("CSV row {}: {e}", line + 2)))?;
         let key = record.get(group_col).unwrap_or_default().to_owned();
@@ -153,7 +158,7 @@ mod tests {
     fn groups_and_sums_a_column() {
         let spec = parse_spec(&json!({"csv": LOANS, "group_by": "branch", "sum": "days"})).unwrap();
         assert_eq!(
-            run(&spec).unwrap(),
+            run(&spec, &CancellationToken::new()).unwrap(),
             "branch,rows,sum_days,min_days,max_days,mean_days\ncentral,2,35,14,21,17.5\nnorte,1,7,7,7,7\n"
         );
     }
@@ -169,7 +174,7 @@ mod tests {
     fn a_non_numeric_cell_fails_the_report_with_its_row() {
         let spec =
             parse_spec(&json!({"csv": "b,n\nx,1\ny,zz\n", "group_by": "b", "sum": "n"})).unwrap();
-        let err = run(&spec).unwrap_err();
+        let err = run(&spec, &CancellationToken::new()).unwrap_err();
         assert!(err.to_string().contains("row 3"), "{err}");
     }
 }

@@ -1,6 +1,12 @@
 //! Running a task. CPU-heavy actions run on the blocking pool so they never
 //! stall the consumers and confirms sharing the async runtime; a panic inside
 //! an action fails that task and nothing else.
+//!
+//! Every run takes a stop token (cancelled by a client's cancel or by the
+//! time limit). Long actions check it between steps — a sleep wakes at once,
+//! `primes`, `fib`, `report` and `wordcount` look at it every few thousand
+//! iterations — and give up with [`TaskFailure::Stopped`], so a stopped task
+//! frees its blocking thread within milliseconds.
 
 use std::collections::HashMap;
 
@@ -8,6 +14,7 @@ use bytes::Bytes;
 use num_bigint::BigUint;
 use serde::Serialize;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 use super::{Decimal, Language, TaskRequest, report};
 
@@ -73,10 +80,19 @@ pub enum TaskFailure {
     Rejected(String),
     #[error("the task panicked: {0}")]
     Panicked(String),
+    /// The stop token was cancelled before the action finished.
+    #[error("the task was stopped before it finished")]
+    Stopped,
 }
 
-/// Runs a task to completion.
-pub async fn run(request: TaskRequest) -> Result<TaskOutput, TaskFailure> {
+/// Runs a task to completion, or until `stop` is cancelled.
+pub async fn run(
+    request: TaskRequest,
+    stop: &CancellationToken,
+) -> Result<TaskOutput, TaskFailure> {
+    if stop.is_cancelled() {
+        return Err(TaskFailure::Stopped);
+    }
     match request {
         TaskRequest::Echo(v) => Ok(TaskOutput::json(&v)),
         TaskRequest::Upper(s) => Ok(TaskOutput::json(&Value::String(s.to_uppercase()))),
@@ -88,23 +104,32 @@ pub async fn run(request: TaskRequest) -> Result<TaskOutput, TaskFailure> {
             Ok(TaskOutput::json(&Value::String(text)))
         }
         TaskRequest::Sleep(d) => {
-            tokio::time::sleep(d).await;
+            tokio::select! {
+                () = tokio::time::sleep(d) => {}
+                () = stop.cancelled() => return Err(TaskFailure::Stopped),
+            }
             Ok(TaskOutput::typed(&Slept {
                 slept_ms: u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
             }))
         }
         TaskRequest::Sum(numbers) if numbers.len() <= 1_000 => sum(&numbers),
-        other => blocking(move || run_heavy(other)).await,
+        other => {
+            let stop = stop.clone();
+            blocking(move || run_heavy(other, &stop)).await
+        }
     }
 }
 
-fn run_heavy(request: TaskRequest) -> Result<TaskOutput, TaskFailure> {
+fn run_heavy(request: TaskRequest, stop: &CancellationToken) -> Result<TaskOutput, TaskFailure> {
     match request {
         TaskRequest::Sum(numbers) => sum(&numbers),
-        TaskRequest::Fib(n) => Ok(TaskOutput::json(&Value::String(fib(n).to_string()))),
-        TaskRequest::Primes(limit) => Ok(primes(limit)),
-        TaskRequest::Wordcount(text) => Ok(wordcount(&text)),
-        TaskRequest::Report(spec) => report::run(&spec).map(|csv| TaskOutput {
+        TaskRequest::Fib(n) => {
+            let f = fib(n, stop).ok_or(TaskFailure::Stopped)?;
+            Ok(TaskOutput::json(&Value::String(f.to_string())))
+        }
+        TaskRequest::Primes(limit) => primes(limit, stop),
+        TaskRequest::Wordcount(text) => wordcount(&text, stop),
+        TaskRequest::Report(spec) => report::run(&spec, stop).map(|csv| TaskOutput {
             bytes: Bytes::from(csv),
             content_type: ContentType::Csv,
         }),
@@ -144,12 +169,16 @@ fn sum(numbers: &[Decimal]) -> Result<TaskOutput, TaskFailure> {
         .ok_or_else(|| TaskFailure::Rejected("the sum is too large to compute exactly".to_owned()))
 }
 
-/// The n-th Fibonacci number by fast doubling: O(log n) big multiplications.
-pub fn fib(n: u32) -> BigUint {
+/// The n-th Fibonacci number by fast doubling: O(log n) big multiplications,
+/// checking `stop` between doublings; `None` when stopped.
+fn fib(n: u32, stop: &CancellationToken) -> Option<BigUint> {
     // (F(k), F(k+1)) from the top bit of n down.
     let mut a = BigUint::from(0u32);
     let mut b = BigUint::from(1u32);
     for bit in (0..u32::BITS - n.leading_zeros()).rev() {
+        if stop.is_cancelled() {
+            return None;
+        }
         // F(2k) = F(k) * (2F(k+1) - F(k)); F(2k+1) = F(k)^2 + F(k+1)^2
         let two_b = &b << 1u32;
         let c = &a * (&two_b - &a);
@@ -162,14 +191,20 @@ pub fn fib(n: u32) -> BigUint {
             a = d;
         }
     }
-    a
+    Some(a)
 }
 
-fn primes(limit: u64) -> TaskOutput {
+/// How many iterations pass between two looks at the stop token.
+const STOP_CHECK_EVERY: usize = 4096;
+
+fn primes(limit: u64, stop: &CancellationToken) -> Result<TaskOutput, TaskFailure> {
     let n = usize::try_from(limit).unwrap_or(usize::MAX);
     let mut composite = vec![false; n + 1];
     let mut found: Vec<u64> = Vec::new();
     for i in 2..=n {
+        if i.is_multiple_of(STOP_CHECK_EVERY) && stop.is_cancelled() {
+            return Err(TaskFailure::Stopped);
+        }
         if !composite[i] {
             found.push(i as u64);
             let mut j = i.saturating_mul(i);
@@ -189,16 +224,19 @@ fn primes(limit: u64) -> TaskOutput {
         if i > 0 {
             out.push(',');
         }
+        if i.is_multiple_of(STOP_CHECK_EVERY) && stop.is_cancelled() {
+            return Err(TaskFailure::Stopped);
+        }
         out.push_str(&p.to_string());
     }
     out.push_str("]}");
-    TaskOutput {
+    Ok(TaskOutput {
         bytes: Bytes::from(out),
         content_type: ContentType::Json,
-    }
+    })
 }
 
-fn wordcount(text: &str) -> TaskOutput {
+fn wordcount(text: &str, stop: &CancellationToken) -> Result<TaskOutput, TaskFailure> {
     let mut counts: HashMap<String, u64> = HashMap::new();
     let mut total = 0u64;
     for word in text
@@ -207,6 +245,9 @@ fn wordcount(text: &str) -> TaskOutput {
         .filter(|w| !w.is_empty())
     {
         total += 1;
+        if total.is_multiple_of(4096) && stop.is_cancelled() {
+            return Err(TaskFailure::Stopped);
+        }
         *counts.entry(word.to_lowercase()).or_default() += 1;
     }
     let mut counts: Vec<(String, u64)> = counts.into_iter().collect();
@@ -216,11 +257,11 @@ fn wordcount(text: &str) -> TaskOutput {
         .into_iter()
         .map(|(word, count)| WordFrequency { count, word })
         .collect();
-    TaskOutput::typed(&WordCount {
+    Ok(TaskOutput::typed(&WordCount {
         counts,
         unique,
         words: total,
-    })
+    }))
 }
 
 // The results of `sleep` and `wordcount`. Members are declared in
@@ -256,7 +297,7 @@ mod tests {
 
     async fn run_json(action: Action, payload: Value) -> Value {
         let req = TaskRequest::parse(action, &payload).unwrap();
-        let out = run(req).await.unwrap();
+        let out = run(req, &CancellationToken::new()).await.unwrap();
         assert_eq!(out.content_type, ContentType::Json);
         serde_json::from_slice(&out.bytes).unwrap()
     }
@@ -293,14 +334,44 @@ mod tests {
         assert_eq!(run_json(Action::Sum, json!("2,2")).await, json!(4));
     }
 
+    #[tokio::test]
+    async fn a_stopped_token_stops_long_actions() {
+        let stop = CancellationToken::new();
+        stop.cancel();
+        for (action, payload) in [
+            (Action::Sleep, json!(60_000)),
+            (Action::Primes, json!(10_000_000)),
+            (Action::Fib, json!(1_000_000)),
+        ] {
+            let req = TaskRequest::parse(action, &payload).unwrap();
+            assert_eq!(run(req, &stop).await, Err(TaskFailure::Stopped));
+        }
+        let req = TaskRequest::parse(Action::Primes, &json!(10_000_000)).unwrap();
+        let late = CancellationToken::new();
+        let cancel = late.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            cancel.cancel();
+        });
+        let started = std::time::Instant::now();
+        assert_eq!(run(req, &late).await, Err(TaskFailure::Stopped));
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    }
+
     #[test]
     fn fib_is_exact() {
-        assert_eq!(fib(0).to_string(), "0");
-        assert_eq!(fib(1).to_string(), "1");
-        assert_eq!(fib(2).to_string(), "1");
-        assert_eq!(fib(30).to_string(), "832040");
-        assert_eq!(fib(100).to_string(), "354224848179261915075");
-        let big = fib(100_000).to_string();
+        assert_eq!(fib(0, &CancellationToken::new()).unwrap().to_string(), "0");
+        assert_eq!(fib(1, &CancellationToken::new()).unwrap().to_string(), "1");
+        assert_eq!(fib(2, &CancellationToken::new()).unwrap().to_string(), "1");
+        assert_eq!(
+            fib(30, &CancellationToken::new()).unwrap().to_string(),
+            "832040"
+        );
+        assert_eq!(
+            fib(100, &CancellationToken::new()).unwrap().to_string(),
+            "354224848179261915075"
+        );
+        let big = fib(100_000, &CancellationToken::new()).unwrap().to_string();
         assert_eq!(big.len(), 20_899);
         assert!(big.starts_with("259740693472217241661550340212759154148804853865176965847247"));
     }
@@ -317,16 +388,22 @@ mod tests {
         assert_eq!(w["unique"], json!(4));
         assert_eq!(w["counts"][0], json!({"word": "el", "count": 3}));
         // Members in the order wordcount and sleep results have always had.
-        let out = run(TaskRequest::parse(Action::Wordcount, &json!("el El")).unwrap())
-            .await
-            .unwrap();
+        let out = run(
+            TaskRequest::parse(Action::Wordcount, &json!("el El")).unwrap(),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
         assert_eq!(
             &out.bytes[..],
             br#"{"counts":[{"count":2,"word":"el"}],"unique":1,"words":2}"#
         );
-        let out = run(TaskRequest::parse(Action::Sleep, &json!(1)).unwrap())
-            .await
-            .unwrap();
+        let out = run(
+            TaskRequest::parse(Action::Sleep, &json!(1)).unwrap(),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
         assert_eq!(&out.bytes[..], br#"{"slept_ms":1}"#);
     }
 }

@@ -17,23 +17,151 @@ pub struct NewTask {
     pub action: String,
     pub payload: Value,
     pub correlation_id: String,
+    pub timeout_ms: Option<i64>,
+    /// The client's Idempotency-Key and the request's fingerprint.
+    pub idempotency: Option<(String, String)>,
 }
 
-/// Inserts tasks as `queued`.
-pub async fn insert_queued(db: &Client, tasks: &[NewTask]) -> Result<(), tokio_postgres::Error> {
+/// Inserts tasks as `queued`. Returns, per task, whether it was inserted:
+/// a task whose Idempotency-Key is already taken (by an earlier task, or by
+/// one earlier in the same batch) is not, and the caller reads the task that
+/// holds the key with [`by_idempotency_key`]. The unique index decides, so
+/// concurrent submissions with one key make one task.
+pub async fn insert_queued(
+    db: &Client,
+    tasks: &[NewTask],
+) -> Result<Vec<bool>, tokio_postgres::Error> {
     let ids: Vec<Uuid> = tasks.iter().map(|t| t.id).collect();
     let actions: Vec<&str> = tasks.iter().map(|t| t.action.as_str()).collect();
     let payloads: Vec<&Value> = tasks.iter().map(|t| &t.payload).collect();
     let correlations: Vec<&str> = tasks.iter().map(|t| t.correlation_id.as_str()).collect();
+    let timeouts: Vec<Option<i64>> = tasks.iter().map(|t| t.timeout_ms).collect();
+    let keys: Vec<Option<&str>> = tasks
+        .iter()
+        .map(|t| t.idempotency.as_ref().map(|(k, _)| k.as_str()))
+        .collect();
+    let fingerprints: Vec<Option<&str>> = tasks
+        .iter()
+        .map(|t| t.idempotency.as_ref().map(|(_, f)| f.as_str()))
+        .collect();
     let statement = db
         .prepare_cached(
-            "INSERT INTO tasks (id, action, payload, correlation_id)
-             SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[])",
+            "INSERT INTO tasks (id, action, payload, correlation_id, timeout_ms,
+                                idempotency_key, fingerprint)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::int8[],
+                                  $6::text[], $7::text[])
+             ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+             RETURNING id",
         )
         .await?;
-    db.execute(&statement, &[&ids, &actions, &payloads, &correlations])
+    let rows = db
+        .query(
+            &statement,
+            &[
+                &ids,
+                &actions,
+                &payloads,
+                &correlations,
+                &timeouts,
+                &keys,
+                &fingerprints,
+            ],
+        )
         .await?;
-    Ok(())
+    let inserted: std::collections::HashSet<Uuid> = rows.iter().map(|r| r.get(0)).collect();
+    Ok(ids.iter().map(|id| inserted.contains(id)).collect())
+}
+
+/// The task that holds an Idempotency-Key.
+#[derive(Debug, Clone)]
+pub struct KeyHolder {
+    pub id: Uuid,
+    pub action: String,
+    pub fingerprint: Option<String>,
+}
+
+pub async fn by_idempotency_key(
+    db: &impl GenericClient,
+    key: &str,
+) -> Result<Option<KeyHolder>, tokio_postgres::Error> {
+    let row = db
+        .query_opt(
+            "SELECT id, action, fingerprint FROM tasks WHERE idempotency_key = $1",
+            &[&key],
+        )
+        .await?;
+    Ok(row.map(|r| KeyHolder {
+        id: r.get(0),
+        action: r.get(1),
+        fingerprint: r.get(2),
+    }))
+}
+
+/// What a cancel did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The task had not started: it is `cancelled` and will never run.
+    Cancelled {
+        action: String,
+    },
+    /// The task is running: its worker has been asked to stop it.
+    Requested,
+    /// The task had already ended in this state (`cancelled` included).
+    AlreadyFinal(TaskState),
+    NotFound,
+}
+
+/// Cancels a queued task, or asks the worker of a running one to stop it.
+/// One statement takes the row lock, so a claim racing it either comes
+/// first (the task is `running` and gets a stop request) or second (it
+/// finds the task `cancelled` and skips it); never both ran and cancelled.
+pub async fn cancel(
+    db: &impl GenericClient,
+    id: Uuid,
+) -> Result<CancelOutcome, tokio_postgres::Error> {
+    let row = db
+        .query_opt(
+            "UPDATE tasks SET
+                state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END,
+                error = CASE WHEN state = 'queued' THEN 'cancelled before it ran' ELSE error END,
+                error_code = CASE WHEN state = 'queued' THEN 'cancelled' ELSE error_code END,
+                finished_at = CASE WHEN state = 'queued' THEN now() ELSE finished_at END,
+                cancel_requested_at = coalesce(cancel_requested_at, now()),
+                updated_at = now()
+              WHERE id = $1 AND state IN ('queued', 'running')
+          RETURNING state, action",
+            &[&id],
+        )
+        .await?;
+    if let Some(row) = row {
+        let state: TaskState = row.get(0);
+        return Ok(match state {
+            TaskState::Cancelled => CancelOutcome::Cancelled { action: row.get(1) },
+            _ => CancelOutcome::Requested,
+        });
+    }
+    let row = db
+        .query_opt("SELECT state FROM tasks WHERE id = $1", &[&id])
+        .await?;
+    Ok(match row {
+        Some(row) => CancelOutcome::AlreadyFinal(row.get(0)),
+        None => CancelOutcome::NotFound,
+    })
+}
+
+/// Of these running tasks, the ones a client asked to cancel.
+pub async fn cancel_requested(
+    db: &impl GenericClient,
+    ids: &[Uuid],
+) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    let rows = db
+        .query(
+            "SELECT id FROM tasks
+              WHERE id = ANY($1) AND state = 'running' AND cancel_requested_at IS NOT NULL",
+            &[&ids],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Removes a task that never reached the broker.
@@ -46,21 +174,49 @@ pub async fn delete_queued(db: &impl GenericClient, id: Uuid) -> Result<(), toki
     Ok(())
 }
 
+/// How a claim went for one task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Marked `running`: run it; this is attempt number `attempts`.
+    Run { attempts: i32 },
+    /// Its cancel was requested while it was running (and its worker went
+    /// away): now recorded `cancelled`, not to be run.
+    Cancelled,
+}
+
 /// Marks tasks `running` and counts the attempt. Returns the ids that may
 /// run, with their attempt number; a task that already finished (a
-/// redelivery) or that does not exist is left out.
-pub async fn claim(db: &Client, ids: &[Uuid]) -> Result<Vec<(Uuid, i32)>, tokio_postgres::Error> {
+/// redelivery), was cancelled, or does not exist is left out. A running task
+/// whose cancel was requested is recorded `cancelled` instead.
+pub async fn claim(db: &Client, ids: &[Uuid]) -> Result<Vec<(Uuid, Claim)>, tokio_postgres::Error> {
     let statement = db
         .prepare_cached(
-            "UPDATE tasks
-                SET state = 'running', attempts = attempts + 1,
-                    started_at = coalesce(started_at, now()), updated_at = now()
+            "UPDATE tasks SET
+                state = CASE WHEN cancel_requested_at IS NULL THEN 'running' ELSE 'cancelled' END,
+                attempts = CASE WHEN cancel_requested_at IS NULL THEN attempts + 1 ELSE attempts END,
+                started_at = coalesce(started_at, now()),
+                finished_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE now() END,
+                error = CASE WHEN cancel_requested_at IS NULL THEN error
+                             ELSE 'cancelled while it ran' END,
+                error_code = CASE WHEN cancel_requested_at IS NULL THEN error_code
+                                  ELSE 'cancelled' END,
+                updated_at = now()
               WHERE id = ANY($1) AND state IN ('queued', 'running')
-          RETURNING id, attempts",
+          RETURNING id, attempts, state",
         )
         .await?;
     let rows = db.query(&statement, &[&ids]).await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let state: TaskState = r.get(2);
+            let claim = match state {
+                TaskState::Cancelled => Claim::Cancelled,
+                _ => Claim::Run { attempts: r.get(1) },
+            };
+            (r.get(0), claim)
+        })
+        .collect())
 }
 
 /// Tells the reaper these tasks are in a worker's hands: their rows look
@@ -98,7 +254,8 @@ pub async fn stranded(
     let seconds = older_than.as_secs_f64();
     let rows = tx
         .query(
-            "SELECT id, action, payload, created_at, coalesce(correlation_id, ''), attempts
+            "SELECT id, action, payload, created_at, coalesce(correlation_id, ''), attempts,
+                    timeout_ms
                FROM tasks
               WHERE state IN ('queued', 'running')
                 AND reaped_at IS NULL
@@ -117,6 +274,9 @@ pub async fn stranded(
                 action: r.get(1),
                 payload: r.get(2),
                 submitted_at: r.get(3),
+                timeout_ms: r
+                    .get::<_, Option<i64>>(6)
+                    .and_then(|ms| u64::try_from(ms).ok()),
             },
             correlation_id: r.get(4),
             attempts: r.get(5),
@@ -146,6 +306,12 @@ pub enum Finish {
     Failed {
         id: Uuid,
         error: String,
+        /// A stable code for the failure (`timeout`), when there is one.
+        code: Option<&'static str>,
+    },
+    /// Stopped because a client cancelled it.
+    Cancelled {
+        id: Uuid,
     },
     /// Waiting in a retry queue.
     Retrying {
@@ -173,6 +339,7 @@ impl Finish {
         match self {
             Self::Succeeded { id, .. }
             | Self::Failed { id, .. }
+            | Self::Cancelled { id }
             | Self::Retrying { id, .. }
             | Self::Dead { id, .. } => *id,
         }
@@ -187,6 +354,7 @@ pub async fn finish(db: &Client, outcomes: &[Finish]) -> Result<Vec<bool>, tokio
     let mut ids = Vec::with_capacity(n);
     let mut states = Vec::with_capacity(n);
     let mut errors: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut codes: Vec<Option<&str>> = Vec::with_capacity(n);
     let mut texts: Vec<Option<&str>> = Vec::with_capacity(n);
     let mut types: Vec<Option<&str>> = Vec::with_capacity(n);
     let mut buckets: Vec<Option<&str>> = Vec::with_capacity(n);
@@ -195,14 +363,20 @@ pub async fn finish(db: &Client, outcomes: &[Finish]) -> Result<Vec<bool>, tokio
     let mut shas: Vec<Option<&str>> = Vec::with_capacity(n);
     for o in outcomes {
         ids.push(o.id());
-        let (state, error) = match o {
-            Finish::Succeeded { .. } => (TaskState::Succeeded, None),
-            Finish::Failed { error, .. } => (TaskState::Failed, Some(error.as_str())),
-            Finish::Retrying { error, .. } => (TaskState::Queued, Some(error.as_str())),
-            Finish::Dead { error, .. } => (TaskState::Dead, Some(error.as_str())),
+        let (state, error, code) = match o {
+            Finish::Succeeded { .. } => (TaskState::Succeeded, None, None),
+            Finish::Failed { error, code, .. } => (TaskState::Failed, Some(error.as_str()), *code),
+            Finish::Cancelled { .. } => (
+                TaskState::Cancelled,
+                Some("cancelled while it ran"),
+                Some(super::CANCELLED_CODE),
+            ),
+            Finish::Retrying { error, .. } => (TaskState::Queued, Some(error.as_str()), None),
+            Finish::Dead { error, .. } => (TaskState::Dead, Some(error.as_str()), None),
         };
         states.push(state.as_str());
         errors.push(error);
+        codes.push(code);
         match o {
             Finish::Succeeded {
                 result: FinishedResult::Inline { text, content_type },
@@ -240,12 +414,13 @@ pub async fn finish(db: &Client, outcomes: &[Finish]) -> Result<Vec<bool>, tokio
         .prepare_cached(
             "WITH u AS (
                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                     $6::text[], $7::text[], $8::int8[], $9::text[])
-                    AS u(id, state, error, text, content_type, bucket, key, size, sha256)
+                                     $6::text[], $7::text[], $8::int8[], $9::text[], $10::text[])
+                    AS u(id, state, error, text, content_type, bucket, key, size, sha256, code)
              )
              UPDATE tasks t SET
                 state = u.state,
                 error = CASE WHEN u.state = 'succeeded' THEN NULL ELSE u.error END,
+                error_code = u.code,
                 result = CASE
                     WHEN u.text IS NULL THEN NULL
                     WHEN u.content_type LIKE 'text/csv%' THEN to_jsonb(u.text)
@@ -266,7 +441,7 @@ pub async fn finish(db: &Client, outcomes: &[Finish]) -> Result<Vec<bool>, tokio
         .query(
             &statement,
             &[
-                &ids, &states, &errors, &texts, &types, &buckets, &keys, &sizes, &shas,
+                &ids, &states, &errors, &texts, &types, &buckets, &keys, &sizes, &shas, &codes,
             ],
         )
         .await?;
@@ -292,6 +467,13 @@ pub struct TaskRecord {
     pub updated_at: DateTime<Utc>,
     #[schema(required = true)]
     pub error: Option<String>,
+    /// Why the task did not succeed, as a stable code: `timeout` (stopped
+    /// by its time limit), `cancelled`; null otherwise.
+    #[schema(required = true)]
+    pub error_code: Option<String>,
+    /// When a client asked to cancel it.
+    #[schema(required = true)]
+    pub cancel_requested_at: Option<DateTime<Utc>>,
     /// As submitted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload: Option<Value>,
@@ -317,8 +499,8 @@ pub struct ResultObject {
 }
 
 const COLUMNS: &str = "id, action, state, attempts, correlation_id, created_at, started_at,
-    finished_at, updated_at, error, result, result_bucket, result_key, result_size,
-    result_content_type, result_sha256";
+    finished_at, updated_at, error, error_code, cancel_requested_at, result, result_bucket,
+    result_key, result_size, result_content_type, result_sha256";
 
 fn record(row: &Row, payload: Option<Value>) -> TaskRecord {
     let bucket: Option<String> = row.get("result_bucket");
@@ -347,6 +529,8 @@ fn record(row: &Row, payload: Option<Value>) -> TaskRecord {
         finished_at: row.get("finished_at"),
         updated_at: row.get("updated_at"),
         error: row.get("error"),
+        error_code: row.get("error_code"),
+        cancel_requested_at: row.get("cancel_requested_at"),
         payload,
         result: row.get("result"),
         result_object,

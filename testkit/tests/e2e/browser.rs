@@ -180,6 +180,37 @@ async fn a_task_submitted_in_the_browser_is_watched_to_success_and_its_result_do
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_counts_dead_letters_and_replays_them_with_its_button() {
+    // No workers: a replayed message stays in the task queue.
+    let app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
+    for n in 0..2 {
+        bibliomq_testkit::rabbit::publish_raw(
+            &app.env.amqp_url(),
+            bibliomq_core::broker::topology::DEAD_LETTER_EXCHANGE,
+            "task.upper",
+            b"not a task",
+            bibliomq_core::broker::headers::persistent_json(&format!("d{n}"), "c"),
+        )
+        .await;
+    }
+    let browser = Browser::start("dashboard_dead").await;
+    browser.goto(&app.url("/ui/dashboard")).await;
+    browser
+        .wait_text("#dead-letters li[data-queue='tasks'] .count", "2")
+        .await;
+    browser
+        .click("#dead-letters button[data-replay='tasks']")
+        .await;
+    browser.wait_text("#dead-out", "Replayed 2").await;
+    browser
+        .wait_text("#dead-letters li[data-queue='tasks'] .count", "0")
+        .await;
+    let (_, list) = app.get_json("/v1/dead-letters?queue=tasks").await;
+    assert_eq!(list["total"], 0, "{list}");
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_the_queues_the_task_counts_and_a_live_event() {
     let app = spawn_app().await;
     app.seed(0, 10).await;
@@ -337,5 +368,26 @@ async fn with_an_api_token_the_desk_asks_for_it_once_then_searches_and_remembers
         .await;
     browser.wait_text("#feed-state", "live").await;
     assert_eq!(browser.text("#api-token-form").await, "");
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_task_is_cancelled_from_its_page() {
+    let app = spawn_app().await;
+    let id = app.submit("sleep", json!(60_000)).await;
+    app.wait_for_task_state(id, &["running"]).await;
+    let browser = Browser::start("task-cancel").await;
+    browser.goto(&app.url(&format!("/ui/tasks/{id}"))).await;
+    browser.wait_element("#task-cancel").await;
+    browser.click("#task-cancel").await;
+    browser
+        .wait_for(
+            "the page to show the task cancelled",
+            "return document.querySelector('#task-state')?.dataset.state === 'cancelled'",
+            json!([]),
+        )
+        .await;
+    assert_eq!(app.task(id).await["state"], "cancelled");
+    browser.screenshot("task-cancelled").await;
     browser.close().await;
 }

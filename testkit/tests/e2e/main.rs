@@ -14,5 +14,6 @@ mod openapi;
 mod ops;
 mod resilience;
 mod restarts;
+mod task_control;
 mod tasks;
 mod web;

@@ -389,6 +389,81 @@ async fn every_documented_operation_answers_as_documented() {
     .await;
     c.check(call(Method::GET, format!("/v1/tasks/{slow}/result")), 409)
         .await;
+
+    // Cancel: running (202, stopping), then cancelled (200); a finished
+    // task (409), an unknown one (404), an id that is none (400).
+    let slow_id: Uuid = slow.parse().unwrap();
+    app.wait_for_task_state(slow_id, &["running"]).await;
+    c.check(call(Method::POST, format!("/v1/tasks/{slow}/cancel")), 202)
+        .await;
+    app.wait_for_task_state(slow_id, &["cancelled"]).await;
+    c.check(call(Method::POST, format!("/v1/tasks/{slow}/cancel")), 200)
+        .await;
+    c.check(call(Method::POST, format!("/v1/tasks/{small}/cancel")), 409)
+        .await;
+    c.check(
+        call(Method::POST, format!("/v1/tasks/{missing}/cancel")),
+        404,
+    )
+    .await;
+    c.check(call(Method::POST, "/v1/tasks/nope/cancel"), 400)
+        .await;
+    c.check(call(Method::GET, "/v1/tasks?state=cancelled"), 200)
+        .await;
+
+    // Dead letters: listed (also a bad queue, a bad cursor), replayed (an id
+    // not there: 404; neither ids nor all: 422; all of none: 200).
+    c.check(
+        call(Method::GET, "/v1/dead-letters?queue=tasks&limit=5"),
+        200,
+    )
+    .await;
+    c.check(call(Method::GET, "/v1/dead-letters?queue=library"), 200)
+        .await;
+    c.check(call(Method::GET, "/v1/dead-letters?queue=nowhere"), 422)
+        .await;
+    c.check(call(Method::GET, "/v1/dead-letters?cursor=x"), 400)
+        .await;
+    c.check(
+        call(Method::POST, "/v1/dead-letters/replay").json(json!({"ids": ["nope"]})),
+        404,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/dead-letters/replay").json(json!({"queue": "tasks"})),
+        422,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/dead-letters/replay")
+            .json(json!({"queue": "library", "all": true})),
+        200,
+    )
+    .await;
+
+    // Idempotent submissions and time limits.
+    for _ in 0..2 {
+        c.check(
+            call(Method::POST, "/v1/tasks")
+                .header("idempotency-key", "openapi-task-key")
+                .json(json!({"action": "sum", "payload": "4,5"})),
+            202,
+        )
+        .await;
+    }
+    c.check(
+        call(Method::POST, "/v1/tasks")
+            .header("idempotency-key", "openapi-task-key")
+            .json(json!({"action": "sum", "payload": "4,6"})),
+        409,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/tasks")
+            .json(json!({"action": "sum", "payload": "4,6", "timeout_ms": 300_001})),
+        400,
+    )
+    .await;
     c.check(
         call(Method::GET, format!("/v1/tasks/{missing}/result")),
         404,

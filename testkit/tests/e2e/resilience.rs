@@ -32,6 +32,7 @@ async fn a_redelivered_finished_task_is_acked_without_running_again() {
         action: "sum".into(),
         payload: json!("1,2,3"),
         submitted_at: chrono::Utc::now(),
+        timeout_ms: None,
     };
     rabbit::publish_raw(
         &app.env.amqp_url(),

@@ -30,7 +30,7 @@ impl EventStream {
         }
     }
 
-    async fn open(app: &TestApp, keys: &str) -> Self {
+    pub(crate) async fn open(app: &TestApp, keys: &str) -> Self {
         let response = app
             .http
             .get(app.url(&format!(
@@ -81,7 +81,7 @@ impl EventStream {
     }
 
     /// Reads until an event with `routing_key`, and returns its body.
-    async fn until(&mut self, routing_key: &str) -> Value {
+    pub(crate) async fn until(&mut self, routing_key: &str) -> Value {
         loop {
             let (_, data) = self
                 .next_event()
@@ -211,7 +211,7 @@ async fn the_dashboard_counts_tasks_in_every_state() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body["by_state"],
-        json!({"queued": 0, "running": 0, "succeeded": 2, "failed": 0, "dead": 0})
+        json!({"queued": 0, "running": 0, "succeeded": 2, "failed": 0, "dead": 0, "cancelled": 0})
     );
     assert_eq!(body["total"], 2);
 }

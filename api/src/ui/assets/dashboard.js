@@ -3,7 +3,7 @@
 // outcome events.
 
 import {
-  $, h, svg, get, start, say, clear, errorNodes, clock, day, short, every, followEvents, branchName,
+  $, h, svg, get, post, start, say, clear, errorNodes, clock, day, short, every, followEvents, branchName,
 } from './common.js';
 
 start();
@@ -37,7 +37,7 @@ async function queues() {
     : '';
 }
 
-const STATES = ['queued', 'running', 'succeeded', 'failed', 'dead'];
+const STATES = ['queued', 'running', 'succeeded', 'failed', 'dead', 'cancelled'];
 
 async function tasks() {
   const res = await get('/v1/dashboard/tasks');
@@ -49,6 +49,38 @@ async function tasks() {
   $('#task-states').replaceChildren(...STATES.map((s) => h('li', { class: s },
     h('span', { class: 'count' }, res.data.by_state[s] ?? 0),
     h('span', { class: 'label' }, s))));
+}
+
+const DEAD_QUEUES = ['tasks', 'library'];
+
+/** How many messages each dead-letter queue holds, with a button to replay them all. */
+async function deadLetters() {
+  const out = $('#dead-out');
+  const counts = await Promise.all(DEAD_QUEUES.map((q) => get(`/v1/dead-letters?queue=${q}&limit=1`)));
+  const failed = counts.find((res) => !res.ok);
+  if (failed) {
+    say(out, 'err', 'Dead-letter counts unavailable: ', ...errorNodes(failed.error));
+    return;
+  }
+  $('#dead-letters').replaceChildren(...DEAD_QUEUES.map((queue, i) => {
+    const total = counts[i].data.total;
+    const button = h('button', { type: 'button', 'data-replay': queue }, 'Replay all');
+    button.disabled = total === 0;
+    button.addEventListener('click', async () => {
+      button.disabled = true;
+      const res = await post('/v1/dead-letters/replay', { queue, all: true });
+      if (!res.ok) {
+        say(out, 'err', ...errorNodes(res.error));
+      } else {
+        say(out, 'ok', `Replayed ${res.data.replayed.length} dead letter(s) from ${queue}.`);
+      }
+      deadLetters();
+    });
+    return h('li', { class: total ? 'dead' : '', 'data-queue': queue },
+      h('span', { class: 'count' }, total),
+      h('span', { class: 'label' }, queue),
+      button);
+  }));
 }
 
 function bars(perMinute) {
@@ -128,4 +160,5 @@ function feedState(state, why) {
 every(3000, queues);
 every(3000, tasks);
 every(10000, circulation);
+every(5000, deadLetters);
 followEvents('#', feedItem, feedState);

@@ -7,7 +7,7 @@ import {
 
 start();
 
-const FINAL = ['succeeded', 'failed', 'dead'];
+const FINAL = ['succeeded', 'failed', 'dead', 'cancelled'];
 const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
 
 // Example payloads, only to fill the box; the API decides what it accepts.
@@ -69,6 +69,7 @@ function card(task) {
     task.correlation_id ? [h('dt', {}, 'Correlation id'), h('dd', { class: 'mono' }, task.correlation_id)] : null,
     task.error ? [h('dt', {}, 'Error'), h('dd', { class: 'error' }, task.error)] : null);
   const parts = [facts];
+  if (!FINAL.includes(task.state)) parts.push(cancelButton(task));
   if (task.state === 'succeeded') {
     const csv = (task.result_content_type || '').startsWith('text/csv');
     const filename = `${task.id}.${csv ? 'csv' : 'json'}`;
@@ -85,6 +86,27 @@ function card(task) {
     parts.push(h('p', {}, downloadLink(`/v1/tasks/${task.id}/result`, filename, 'Download the result')));
   }
   return h('div', {}, parts);
+}
+
+/** Cancels the task; the watch loop shows the state it reaches. */
+function cancelButton(task) {
+  const out = h('p', { class: 'outcome' });
+  const button = h('button', { type: 'button', id: 'task-cancel' },
+    task.cancel_requested_at ? 'Stopping…' : 'Cancel this task');
+  button.disabled = Boolean(task.cancel_requested_at);
+  button.addEventListener('click', async () => {
+    button.disabled = true;
+    const res = await post(`/v1/tasks/${encodeURIComponent(task.id)}/cancel`, {});
+    if (!res.ok) {
+      say(out, 'err', ...errorNodes(res.error));
+      button.disabled = false;
+    } else if (res.data.stopping) {
+      say(out, 'pending', 'Running: its worker is stopping it.');
+    } else {
+      say(out, 'ok', 'Cancelled: it will not run.');
+    }
+  });
+  return h('div', {}, button, out);
 }
 
 async function recent() {

@@ -6,6 +6,7 @@ mod events;
 mod gateways;
 mod library;
 mod requests;
+mod task_control;
 
 use std::{
     sync::{

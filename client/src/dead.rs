@@ -1,0 +1,93 @@
+//! `bibliomq dead list|replay`: the dead-letter queues.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::{
+    error::Failure,
+    http::Api,
+    output::{self, Output},
+};
+
+/// `GET /v1/dead-letters`: one page, and how to get the next.
+pub async fn list(
+    api: &Api,
+    out: Output,
+    queue: &str,
+    limit: Option<u32>,
+    cursor: Option<&str>,
+) -> Result<(), Failure> {
+    let mut query: Vec<(&str, String)> = vec![("queue", queue.to_owned())];
+    if let Some(l) = limit {
+        query.push(("limit", l.to_string()));
+    }
+    if let Some(c) = cursor {
+        query.push(("cursor", c.to_owned()));
+    }
+    let page = api
+        .json(api.request(Method::GET, "/v1/dead-letters").query(&query))
+        .await?
+        .body;
+    if out.json(&page) {
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = page["dead_letters"]
+        .as_array()
+        .map(|letters| letters.iter().map(row).collect())
+        .unwrap_or_default();
+    println!("{} dead letter(s) in {queue}", page["total"]);
+    if rows.is_empty() {
+        return Ok(());
+    }
+    output::table(
+        &[
+            "ID",
+            "ROUTING KEY",
+            "REASON",
+            "ATTEMPTS",
+            "DEAD AT",
+            "LAST ERROR",
+        ],
+        &rows,
+    );
+    if let Some(next) = page["next_cursor"].as_str() {
+        println!("more: bibliomq dead list --queue {queue} --cursor {next}");
+    }
+    Ok(())
+}
+
+fn row(d: &Value) -> Vec<String> {
+    vec![
+        output::text(&d["id"]),
+        output::text(&d["routing_key"]),
+        output::text(&d["reason"]),
+        output::text(&d["attempts"]),
+        output::when(&d["dead_at"]),
+        output::text(&d["last_error"]),
+    ]
+}
+
+/// `POST /v1/dead-letters/replay`: the ids given, or all with `all`.
+pub async fn replay(
+    api: &Api,
+    out: Output,
+    queue: &str,
+    ids: &[String],
+    all: bool,
+) -> Result<(), Failure> {
+    let body = match (ids.is_empty(), all) {
+        (true, true) => json!({"queue": queue, "all": true}),
+        (false, false) => json!({"queue": queue, "ids": ids}),
+        _ => return Err(Failure::Usage("give the ids to replay, or --all".into())),
+    };
+    let answer = api.post("/v1/dead-letters/replay", &body).await?.body;
+    if out.json(&answer) {
+        return Ok(());
+    }
+    let replayed = answer["replayed"].as_array().cloned().unwrap_or_default();
+    println!("replayed {} dead letter(s) from {queue}", replayed.len());
+    for id in &replayed {
+        println!("  {}", output::text(id));
+    }
+    Ok(())
+}
