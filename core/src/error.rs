@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::tasks::TaskState;
+use crate::tasks::state::TaskState;
 
 /// The error object of every transport: the HTTP API answers
 /// `{"error": ErrorBody}`, the ZeroMQ edge `{"ok": false, "error": ErrorBody}`

@@ -36,6 +36,7 @@ pub mod db;
 pub mod error;
 pub mod infra;
 pub mod library;
+pub mod limits;
 pub mod metrics;
 pub mod ops;
 pub mod schema;

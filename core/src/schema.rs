@@ -7,16 +7,10 @@
 
 use utoipa::openapi::{
     AllOfBuilder, KnownFormat, ObjectBuilder, OneOfBuilder, RefOr, Schema, SchemaFormat, Type,
-    schema::{AdditionalProperties, ArrayBuilder, SchemaType},
+    schema::{AdditionalProperties, ArrayBuilder},
 };
 
-use crate::{
-    library::{
-        message::{OperationKind, OperationState},
-        outcome::RefusalCode,
-    },
-    tasks::TaskState,
-};
+use crate::tasks::state::TaskState;
 
 /// Declares a type that only stands for a schema, for parameters whose
 /// Rust type is plain text (`#[param(value_type = Isbn, inline)]`).
@@ -121,37 +115,37 @@ pub fn label(max: usize) -> ObjectBuilder {
 
 /// A title as the catalogue stores it.
 pub fn title_text() -> Schema {
-    label(crate::commands::TITLE_MAX).into()
+    label(crate::limits::TITLE_MAX).into()
 }
 
 /// An author's name.
 pub fn author() -> Schema {
-    label(crate::commands::AUTHOR_MAX).into()
+    label(crate::limits::AUTHOR_MAX).into()
 }
 
 /// A title's authors.
 pub fn authors() -> Schema {
     ArrayBuilder::new()
-        .items(label(crate::commands::AUTHOR_MAX))
-        .max_items(Some(crate::commands::AUTHORS_MAX))
+        .items(label(crate::limits::AUTHOR_MAX))
+        .max_items(Some(crate::limits::AUTHORS_MAX))
         .into()
 }
 
 /// A patron's name.
 pub fn person_name() -> Schema {
-    label(crate::commands::NAME_MAX).into()
+    label(crate::limits::NAME_MAX).into()
 }
 
 /// Why a patron is blocked.
 pub fn reason() -> Schema {
-    label(crate::commands::REASON_MAX).into()
+    label(crate::limits::REASON_MAX).into()
 }
 
 /// What `commands::email` takes.
 pub fn email() -> Schema {
     let part = format!("[^@{SPACE}{CONTROL}]+");
     text(format!("^{part}@{part}$"))
-        .max_length(Some(crate::commands::EMAIL_MAX))
+        .max_length(Some(crate::limits::EMAIL_MAX))
         .description(Some("An e-mail address: local@domain."))
         .into()
 }
@@ -169,15 +163,15 @@ pub fn barcode() -> Schema {
 pub fn year() -> Schema {
     ObjectBuilder::new()
         .schema_type(Type::Integer)
-        .minimum(Some(crate::commands::YEAR_MIN))
-        .maximum(Some(crate::commands::YEAR_MAX))
+        .minimum(Some(crate::limits::YEAR_MIN))
+        .maximum(Some(crate::limits::YEAR_MAX))
         .into()
 }
 
 /// What a patron search takes: up to 100 characters, no control characters.
 pub fn patron_query() -> Schema {
     text(format!("^[^{CONTROL}]*$"))
-        .max_length(Some(crate::commands::PATRON_QUERY_MAX))
+        .max_length(Some(crate::limits::PATRON_QUERY_MAX))
         .into()
 }
 
@@ -233,7 +227,7 @@ pub fn count_by_task_state() -> Schema {
         .into()
 }
 
-fn one_of_words(words: &[&str]) -> Schema {
+pub fn one_of_words(words: &[&str]) -> Schema {
     ObjectBuilder::new()
         .schema_type(Type::String)
         .enum_values(Some(words.iter().copied()))
@@ -249,28 +243,6 @@ pub fn queued() -> Schema {
 /// while its worker stops it.
 pub fn cancelled_or_running() -> Schema {
     one_of_words(&[TaskState::Cancelled.as_str(), TaskState::Running.as_str()])
-}
-
-/// The state of an operation just accepted.
-pub fn pending() -> Schema {
-    one_of_words(&[OperationState::Pending.as_str()])
-}
-
-/// What an accepted operation is: a renewal or a return (loans are
-/// answered at once).
-pub fn renewal_or_return() -> Schema {
-    one_of_words(&[
-        OperationKind::Renewal.as_str(),
-        OperationKind::Return.as_str(),
-    ])
-}
-
-/// How an operation was settled.
-pub fn settled() -> Schema {
-    one_of_words(&[
-        OperationState::Applied.as_str(),
-        OperationState::Rejected.as_str(),
-    ])
 }
 
 text_schema! {
@@ -314,66 +286,4 @@ pub fn tagged(schema: RefOr<Schema>, name: &str, tag: &str) -> Schema {
             )
             .into(),
     }
-}
-
-/// A [`Refusal`](crate::library::outcome::Refusal) of each of `codes`, as
-/// its serialiser writes it: `code`, `message` and the data members of that
-/// code, each present (`null` when not known); with `outcome` too when
-/// given (a refused operation's outcome).
-pub fn refusals(codes: &[RefusalCode], outcome: Option<&str>) -> Vec<Schema> {
-    let nullable =
-        |ty: Type| ObjectBuilder::new().schema_type(SchemaType::from_iter([ty, Type::Null]));
-    let text = || nullable(Type::String);
-    let time =
-        || nullable(Type::String).format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)));
-    let int64 = || Some(SchemaFormat::KnownFormat(KnownFormat::Int64));
-    let count = || {
-        ObjectBuilder::new()
-            .schema_type(Type::Integer)
-            .format(int64())
-    };
-    codes
-        .iter()
-        .map(|code| {
-            let data: Vec<(&str, ObjectBuilder)> = match code {
-                RefusalCode::IdempotencyKeyReused | RefusalCode::NotOnLoan => vec![],
-                RefusalCode::PatronNotFound => vec![("patron", text())],
-                RefusalCode::TitleNotFound => vec![("isbn", text())],
-                RefusalCode::LoanLimitReached => vec![
-                    ("patron", text()),
-                    ("open_loans", count()),
-                    ("max_loans", count()),
-                ],
-                RefusalCode::NotAvailable => vec![("title", text()), ("earliest_due_at", time())],
-                RefusalCode::Overdue => vec![("due_at", time())],
-                RefusalCode::RenewalLimitReached => {
-                    vec![("renewals", nullable(Type::Integer).format(int64()))]
-                }
-                RefusalCode::PatronBlocked => vec![("patron", text()), ("reason", text())],
-            };
-            let mut object = ObjectBuilder::new()
-                .schema_type(Type::Object)
-                .title(Some(code.as_str()));
-            if let Some(outcome) = outcome {
-                object = object
-                    .property("outcome", word(outcome))
-                    .required("outcome");
-            }
-            object = object
-                .property("code", word(code.as_str()))
-                .required("code")
-                .property(
-                    "message",
-                    ObjectBuilder::new()
-                        .schema_type(Type::String)
-                        .description(Some("What a person reads.")),
-                )
-                .required("message");
-            data.into_iter()
-                .fold(object, |o, (name, schema)| {
-                    o.property(name, schema).required(name)
-                })
-                .into()
-        })
-        .collect()
 }

@@ -52,7 +52,7 @@ pub struct BranchSeries {
 pub struct KindCount {
     pub kind: OperationKind,
     /// `applied` or `rejected`.
-    #[schema(schema_with = crate::schema::settled)]
+    #[schema(schema_with = crate::library::message::settled)]
     pub outcome: OperationState,
     #[schema(minimum = 0)]
     pub count: i64,

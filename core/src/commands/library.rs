@@ -87,9 +87,9 @@ pub struct CirculationRequest {
 #[schema(as = AcceptedOperation)]
 pub struct OperationAccepted {
     pub operation_id: Uuid,
-    #[schema(schema_with = crate::schema::renewal_or_return)]
+    #[schema(schema_with = crate::library::message::renewal_or_return)]
     pub kind: OperationKind,
-    #[schema(schema_with = crate::schema::pending)]
+    #[schema(schema_with = crate::library::message::pending)]
     pub state: OperationState,
     pub loan_id: Uuid,
     pub branch: String,

@@ -4,6 +4,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::schema;
+
 /// A loan request on the loans RPC queue; the reply goes to `reply_to`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoanRequestMessage {
@@ -110,4 +112,28 @@ impl CirculationEvent {
             applied => format!("{applied}.{}", self.branch),
         }
     }
+}
+
+// The OpenAPI schemas of the words an operation answer may hold.
+
+/// The state of an operation just accepted.
+pub fn pending() -> utoipa::openapi::Schema {
+    schema::one_of_words(&[OperationState::Pending.as_str()])
+}
+
+/// What an accepted operation is: a renewal or a return (loans are
+/// answered at once).
+pub fn renewal_or_return() -> utoipa::openapi::Schema {
+    schema::one_of_words(&[
+        OperationKind::Renewal.as_str(),
+        OperationKind::Return.as_str(),
+    ])
+}
+
+/// How an operation was settled.
+pub fn settled() -> utoipa::openapi::Schema {
+    schema::one_of_words(&[
+        OperationState::Applied.as_str(),
+        OperationState::Rejected.as_str(),
+    ])
 }

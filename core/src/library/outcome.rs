@@ -9,7 +9,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize, ser::SerializeMap};
 
-use utoipa::PartialSchema;
+use utoipa::{PartialSchema, openapi::Schema};
 use uuid::Uuid;
 
 use crate::schema;
@@ -213,7 +213,7 @@ impl Serialize for Refusal {
 /// when not known).
 impl utoipa::PartialSchema for Refusal {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        schema::one_of(schema::refusals(RefusalCode::ALL, None))
+        schema::one_of(refusals(RefusalCode::ALL, None))
             .description(Some(
                 "Why an operation was refused: a stable `code`, its `message`, and what the refusal is about.",
             ))
@@ -327,8 +327,8 @@ impl utoipa::PartialSchema for OperationOutcome {
             schema::tagged(Renewed::schema(), "outcome", "renewed"),
             schema::tagged(Returned::schema(), "outcome", "returned"),
         ];
-        objects.extend(schema::refusals(RefusalCode::ALL, Some("rejected")));
-        objects.extend(schema::refusals(
+        objects.extend(refusals(RefusalCode::ALL, Some("rejected")));
+        objects.extend(refusals(
             &[RefusalCode::PatronNotFound, RefusalCode::TitleNotFound],
             Some("not_found"),
         ));
@@ -375,6 +375,69 @@ impl From<Settlement> for OperationOutcome {
             Settlement::Returned(r) => Self::Returned(r),
         }
     }
+}
+
+/// A [`Refusal`](crate::library::outcome::Refusal) of each of `codes`, as
+/// its serialiser writes it: `code`, `message` and the data members of that
+/// code, each present (`null` when not known); with `outcome` too when
+/// given (a refused operation's outcome).
+pub(crate) fn refusals(codes: &[RefusalCode], outcome: Option<&str>) -> Vec<Schema> {
+    use utoipa::openapi::{KnownFormat, ObjectBuilder, SchemaFormat, Type, schema::SchemaType};
+    let nullable =
+        |ty: Type| ObjectBuilder::new().schema_type(SchemaType::from_iter([ty, Type::Null]));
+    let text = || nullable(Type::String);
+    let time =
+        || nullable(Type::String).format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)));
+    let int64 = || Some(SchemaFormat::KnownFormat(KnownFormat::Int64));
+    let count = || {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(int64())
+    };
+    codes
+        .iter()
+        .map(|code| {
+            let data: Vec<(&str, ObjectBuilder)> = match code {
+                RefusalCode::IdempotencyKeyReused | RefusalCode::NotOnLoan => vec![],
+                RefusalCode::PatronNotFound => vec![("patron", text())],
+                RefusalCode::TitleNotFound => vec![("isbn", text())],
+                RefusalCode::LoanLimitReached => vec![
+                    ("patron", text()),
+                    ("open_loans", count()),
+                    ("max_loans", count()),
+                ],
+                RefusalCode::NotAvailable => vec![("title", text()), ("earliest_due_at", time())],
+                RefusalCode::Overdue => vec![("due_at", time())],
+                RefusalCode::RenewalLimitReached => {
+                    vec![("renewals", nullable(Type::Integer).format(int64()))]
+                }
+                RefusalCode::PatronBlocked => vec![("patron", text()), ("reason", text())],
+            };
+            let mut object = ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .title(Some(code.as_str()));
+            if let Some(outcome) = outcome {
+                object = object
+                    .property("outcome", schema::word(outcome))
+                    .required("outcome");
+            }
+            object = object
+                .property("code", schema::word(code.as_str()))
+                .required("code")
+                .property(
+                    "message",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .description(Some("What a person reads.")),
+                )
+                .required("message");
+            data.into_iter()
+                .fold(object, |o, (name, schema)| {
+                    o.property(name, schema).required(name)
+                })
+                .into()
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ mod message;
 mod report;
 pub mod retention;
 mod run;
+pub mod state;
 pub mod store;
 
 use std::{fmt, str::FromStr, time::Duration};
@@ -18,31 +19,8 @@ use serde_json::Value;
 
 pub use message::{TaskEvent, TaskMessage};
 
-crate::words::word_enum!(
-    "task state",
-    /// States a task goes through: `queued` → `running` → `succeeded` |
-    /// `failed`, back to `queued` while it waits for a retry, `dead` when it
-    /// gives up, `cancelled` when a client cancelled it first.
-    pub enum TaskState {
-        Queued = "queued",
-        Running = "running",
-        Succeeded = "succeeded",
-        Failed = "failed",
-        Dead = "dead",
-        Cancelled = "cancelled",
-    }
-);
-
-impl TaskState {
-    /// True for the states a task never leaves.
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            Self::Succeeded | Self::Failed | Self::Dead | Self::Cancelled
-        )
-    }
-}
 pub use run::{ContentType, TaskFailure, TaskOutput, run};
+pub use state::TaskState;
 
 /// Error code of a task stopped by its time limit.
 pub const TIMEOUT_CODE: &str = "timeout";
