@@ -372,7 +372,11 @@ impl Commands {
         Ok(SubmittedTask {
             id: holder.id,
             action,
-            state: TaskState::Queued,
+            state: if holder.delayed {
+                TaskState::Scheduled
+            } else {
+                TaskState::Queued
+            },
             replayed: true,
         })
     }

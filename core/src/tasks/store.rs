@@ -85,6 +85,8 @@ pub struct KeyHolder {
     pub id: Uuid,
     pub action: String,
     pub fingerprint: Option<String>,
+    /// Submitted with `run_at` or `delay_ms`.
+    pub delayed: bool,
 }
 
 pub async fn by_idempotency_key(
@@ -93,7 +95,8 @@ pub async fn by_idempotency_key(
 ) -> Result<Option<KeyHolder>, tokio_postgres::Error> {
     let row = db
         .query_opt(
-            "SELECT id, action, fingerprint FROM tasks WHERE idempotency_key = $1",
+            "SELECT id, action, fingerprint, run_at IS NOT NULL
+               FROM tasks WHERE idempotency_key = $1",
             &[&key],
         )
         .await?;
@@ -101,6 +104,7 @@ pub async fn by_idempotency_key(
         id: r.get(0),
         action: r.get(1),
         fingerprint: r.get(2),
+        delayed: r.get(3),
     }))
 }
 
