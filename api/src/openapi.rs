@@ -92,6 +92,15 @@ pub fn with_timeout_max(mut doc: Value, max: std::time::Duration) -> Value {
     doc
 }
 
+/// The document with `delay_ms` limited to the configured maximum, as the
+/// server limits it.
+pub fn with_delay_max(mut doc: Value, max: std::time::Duration) -> Value {
+    if let Some(delay) = doc.pointer_mut("/components/schemas/TaskSubmission/properties/delay_ms") {
+        delay["maximum"] = json!(u64::try_from(max.as_millis()).unwrap_or(u64::MAX));
+    }
+    doc
+}
+
 /// OpenAPI has no catch-all parameter: axum's `{*key}` (a value that may
 /// hold `/`s) is a plain `{key}` there.
 fn catch_all_paths(doc: &mut Value) {

@@ -143,6 +143,13 @@ pub enum TaskCommand {
         /// Send the payload as a string even when it looks like JSON.
         #[arg(long)]
         string: bool,
+        /// Run it at this time (RFC 3339, e.g. 2030-01-31T09:00:00Z): it is
+        /// `scheduled` until then.
+        #[arg(long, value_name = "RFC3339", conflicts_with = "delay")]
+        at: Option<String>,
+        /// Run it this many milliseconds from now.
+        #[arg(long, value_name = "MS")]
+        delay: Option<u64>,
         /// Wait for the task to finish and print its result.
         #[arg(long)]
         wait: bool,

@@ -92,16 +92,19 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 action,
                 payload,
                 string,
+                at,
+                delay,
                 wait,
                 wait_for,
             } => {
                 let payload = tasks::parse_payload(&payload.join(" "), string);
+                let schedule = tasks::Schedule { at, delay };
                 let wait = if wait {
                     Some(seconds(wait_for.timeout, "--wait-timeout")?)
                 } else {
                     None
                 };
-                tasks::submit(&api, out, &action, payload, wait).await
+                tasks::submit(&api, out, &action, payload, &schedule, wait).await
             }
             TaskCommand::Get { id } => tasks::get(&api, out, &id).await,
             TaskCommand::Cancel { id } => tasks::cancel(&api, out, &id).await,

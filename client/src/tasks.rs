@@ -39,13 +39,33 @@ pub fn is_final(state: &str) -> bool {
 
 /// Submits and returns the API's answer (`id`, `state`, `links`).
 pub async fn submit_raw(api: &Api, action: &str, payload: Value) -> Result<Value, Failure> {
-    Ok(api
-        .post(
-            "/v1/tasks",
-            &json!({ "action": action, "payload": payload }),
-        )
-        .await?
-        .body)
+    submit_scheduled(api, action, payload, &Schedule::default()).await
+}
+
+/// When a submitted task should run: `--at` or `--delay`, or at once.
+#[derive(Debug, Clone, Default)]
+pub struct Schedule {
+    /// RFC 3339.
+    pub at: Option<String>,
+    /// Milliseconds from now.
+    pub delay: Option<u64>,
+}
+
+/// Submits, with `run_at` or `delay_ms` when given, and returns the API's answer.
+pub async fn submit_scheduled(
+    api: &Api,
+    action: &str,
+    payload: Value,
+    schedule: &Schedule,
+) -> Result<Value, Failure> {
+    let mut body = json!({ "action": action, "payload": payload });
+    if let Some(at) = &schedule.at {
+        body["run_at"] = json!(at);
+    }
+    if let Some(delay) = schedule.delay {
+        body["delay_ms"] = json!(delay);
+    }
+    Ok(api.post("/v1/tasks", &body).await?.body)
 }
 
 /// Polls the task until it is final or `timeout` passes. A task that
@@ -90,14 +110,19 @@ pub async fn submit(
     out: Output,
     action: &str,
     payload: Value,
+    schedule: &Schedule,
     wait_for: Option<Duration>,
 ) -> Result<(), Failure> {
     let started = Instant::now();
-    let accepted = submit_raw(api, action, payload).await?;
+    let accepted = submit_scheduled(api, action, payload, schedule).await?;
     let id = output::text(&accepted["id"]);
     let Some(timeout) = wait_for else {
         if !out.json(&accepted) {
-            println!("queued  {id}  {}", output::text(&accepted["action"]));
+            println!(
+                "{}  {id}  {}",
+                output::text(&accepted["state"]),
+                output::text(&accepted["action"])
+            );
             println!("  follow: bibliomq task get {id}");
         }
         return Ok(());

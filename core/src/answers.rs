@@ -35,7 +35,7 @@ impl TaskLinks {
 pub struct TaskAccepted {
     pub id: Uuid,
     pub action: Action,
-    #[schema(schema_with = crate::schema::queued)]
+    #[schema(schema_with = crate::schema::queued_or_scheduled)]
     pub state: TaskState,
     pub links: TaskLinks,
 }

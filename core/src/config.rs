@@ -149,6 +149,8 @@ pub struct TaskSettings {
     /// How often each worker process tries a janitor pass (one process at
     /// a time runs it).
     pub janitor_interval: Duration,
+    /// The furthest ahead a task may be scheduled (`run_at`, `delay_ms`).
+    pub delay_max: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -315,6 +317,7 @@ impl Settings {
                     )?
                     .0,
                 janitor_interval: env.millis("TASK_JANITOR_INTERVAL_MS", 60_000)?,
+                delay_max: env.millis("TASK_DELAY_MAX_MS", 7 * 86_400_000)?,
             },
             library: LibrarySettings {
                 branches: env

@@ -234,9 +234,10 @@ pub fn one_of_words(words: &[&str]) -> Schema {
         .into()
 }
 
-/// The state of a task just accepted.
-pub fn queued() -> Schema {
-    one_of_words(&[TaskState::Queued.as_str()])
+/// The state of a task just accepted: `queued`, or `scheduled` when it
+/// was submitted with `run_at` or `delay_ms`.
+pub fn queued_or_scheduled() -> Schema {
+    one_of_words(&[TaskState::Queued.as_str(), TaskState::Scheduled.as_str()])
 }
 
 /// The state of a task a cancel answers with: cancelled, or still running

@@ -128,7 +128,7 @@ mod tests {
         let e = "done".parse::<TaskState>().unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unknown task state `done`; expected one of queued, running, succeeded, failed, dead, cancelled"
+            "unknown task state `done`; expected one of scheduled, queued, running, succeeded, failed, dead, cancelled"
         );
         assert_eq!(
             serde_json::from_str::<OperationState>("\"applied\"").unwrap(),

@@ -170,7 +170,7 @@ pub fn error_reply(error: WireError) -> String {
 }
 
 /// `{"action": "task", "task": "fib", "payload": 30}`, optionally with
-/// `"idempotency_key"` and `"timeout_ms"`: submit, wait up to the task wait
+/// `"idempotency_key"`, `"timeout_ms"`, `"run_at"` or `"delay_ms"`: submit, wait up to the task wait
 /// timeout, reply with the outcome or the state reached.
 async fn task(commands: Commands, request: Request) -> Reply {
     let action = request.str("task")?.to_owned();
@@ -184,6 +184,8 @@ async fn task(commands: Commands, request: Request) -> Reply {
         payload,
         timeout_ms: request.fields.get("timeout_ms").cloned(),
         idempotency_key: request.opt_str(&["idempotency_key"])?,
+        run_at: request.fields.get("run_at").cloned(),
+        delay_ms: request.fields.get("delay_ms").cloned(),
     };
     let wait = commands
         .settings()

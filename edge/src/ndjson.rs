@@ -9,7 +9,8 @@
 //!
 //! `id` is optional (any JSON value, echoed; `null` when absent or unreadable).
 //! `idempotency_key` (a retry with the same key and request answers with the
-//! first task) and `timeout_ms` (a time limit for the run) are optional too.
+//! first task) and `timeout_ms` (a time limit for the run) are optional too,
+//! as are `run_at` (RFC 3339) or `delay_ms` (a delayed task).
 //! Answers come in the order of the lines (see [`crate::lines`]).
 
 use std::{future::Future, time::Duration};
@@ -145,7 +146,8 @@ async fn answer(commands: Commands, line: Result<String, BadLine>) -> Answer {
     }
 }
 
-/// Reads `id`, `action`, `payload`, `idempotency_key` and `timeout_ms` from
+/// Reads `id`, `action`, `payload`, `idempotency_key`, `timeout_ms`,
+/// `run_at` and `delay_ms` from
 /// a request line. The error keeps the id when it could be read, so the
 /// client can tell which line failed.
 fn parse(line: &str) -> Result<(Value, TaskSubmission), (Value, WireError)> {
@@ -193,6 +195,8 @@ fn parse(line: &str) -> Result<(Value, TaskSubmission), (Value, WireError)> {
         }
     };
     let timeout_ms = fields.remove("timeout_ms");
+    let run_at = fields.remove("run_at");
+    let delay_ms = fields.remove("delay_ms");
     Ok((
         id,
         TaskSubmission {
@@ -200,6 +204,8 @@ fn parse(line: &str) -> Result<(Value, TaskSubmission), (Value, WireError)> {
             payload,
             timeout_ms,
             idempotency_key,
+            run_at,
+            delay_ms,
         },
     ))
 }

@@ -201,6 +201,7 @@ mod tests {
             error: None,
             error_code: None,
             cancel_requested_at: None,
+            run_at: None,
             payload: Some(json!("1,2")),
             result: Some(json!(3)),
             result_object: None,

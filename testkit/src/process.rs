@@ -107,6 +107,7 @@ pub fn settings_env(settings: &Settings) -> Vec<(String, String)> {
             bibliomq_core::config::HumanDuration(s.tasks.retention).to_string(),
         ),
         ("TASK_JANITOR_INTERVAL_MS", ms(s.tasks.janitor_interval)),
+        ("TASK_DELAY_MAX_MS", ms(s.tasks.delay_max)),
         ("BRANCHES", branches),
         ("LOAN_DAYS", s.library.loan_days.to_string()),
         ("RENEWAL_DAYS", s.library.renewal_days.to_string()),
@@ -441,6 +442,7 @@ mod tests {
         s.tasks.timeout_max = Duration::from_millis(4_321);
         s.tasks.retention = Duration::from_secs(3_600);
         s.tasks.janitor_interval = Duration::from_millis(750);
+        s.tasks.delay_max = Duration::from_millis(86_400_000);
         s.library.branches.reverse();
         s.library.loan_timeout = Duration::from_millis(1_500);
         s.worker.ops_port = 0;

@@ -10,6 +10,7 @@
 //!   whose message was lost.
 //! - [`cancels`]: tells running tasks that a client cancelled them.
 //! - [`janitor`]: deletes tasks past their retention, with their stored results.
+//! - [`scheduler`]: publishes delayed (`scheduled`) tasks when they are due.
 //!
 //! Next to the consumers each worker process serves `/metrics`, `/healthz`
 //! and `/readyz` on its operations port ([`bibliomq_core::ops`]).
@@ -20,6 +21,7 @@ pub mod events;
 pub mod janitor;
 pub mod library;
 pub mod reaper;
+pub mod scheduler;
 pub mod tasks;
 
 use std::{sync::Arc, time::Duration};
@@ -112,6 +114,11 @@ impl WorkerApp {
             self.clock.clone(),
             reaper_stop.clone(),
         ));
+        let scheduler = tokio::spawn(scheduler::run(
+            infra.pool.clone(),
+            publisher.clone(),
+            reaper_stop.clone(),
+        ));
         let reaper = tokio::spawn(reaper::run(
             infra.pool.clone(),
             publisher.clone(),
@@ -180,6 +187,7 @@ impl WorkerApp {
         reaper_stop.cancel();
         let _ = reaper.await;
         let _ = janitor.await;
+        let _ = scheduler.await;
         let _ = cancel_watch.await;
         ops_stop.cancel();
         match ops.await {

@@ -73,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .collect();
     let document = crate::openapi::with_branches(crate::openapi::finish(openapi), &branches);
     let document = crate::openapi::with_timeout_max(document, state.settings.tasks.timeout_max);
+    let document = crate::openapi::with_delay_max(document, state.settings.tasks.delay_max);
     router
         .merge(crate::ui::pages())
         .fallback(not_found)

@@ -54,6 +54,19 @@ struct SubmitTask {
     #[serde(default)]
     #[schema(value_type = Option<u64>, minimum = 1)]
     timeout_ms: Option<Value>,
+    /// Run it at this time (RFC 3339), not before: the task is `scheduled`
+    /// until then. At most 5 s in the past and at most
+    /// BIBLIOMQ_TASK_DELAY_MAX_MS ahead, else 400 `invalid_schedule`. Not
+    /// with `delay_ms`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    run_at: Option<Value>,
+    /// Run it this many milliseconds from now: the task is `scheduled`
+    /// until then. Up to BIBLIOMQ_TASK_DELAY_MAX_MS (the `maximum` here).
+    /// Not with `run_at`.
+    #[serde(default)]
+    #[schema(value_type = Option<u64>, minimum = 0)]
+    delay_ms: Option<Value>,
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -78,12 +91,12 @@ struct TaskId {
     )),
     request_body = SubmitTask,
     responses(
-        (status = 202, description = "Queued (or, for a retried Idempotency-Key, the first answer again); follow it at `Location`.", body = TaskAccepted,
+        (status = 202, description = "Queued, or `scheduled` when `run_at` or `delay_ms` was given (or, for a retried Idempotency-Key, the first answer again); follow it at `Location`.", body = TaskAccepted,
             headers(
                 ("Location" = String, description = "The task's path."),
                 ("idempotent-replayed" = String, description = "`true` when this is the answer to an earlier request with the same Idempotency-Key."),
             )),
-        (status = 400, description = "The body is not JSON (`malformed_json`), `timeout_ms` is not from 1 to BIBLIOMQ_TASK_TIMEOUT_MAX_MS (`invalid_timeout`, with `field`), or the Idempotency-Key is not visible ASCII (`invalid_idempotency_key`); nothing was queued.", body = ErrorAnswer),
+        (status = 400, description = "The body is not JSON (`malformed_json`), `timeout_ms` is not from 1 to BIBLIOMQ_TASK_TIMEOUT_MAX_MS (`invalid_timeout`, with `field`), `run_at` is in the past, beyond BIBLIOMQ_TASK_DELAY_MAX_MS or not RFC 3339, `delay_ms` is over that maximum, or both are given (`invalid_schedule`, with `field`), or the Idempotency-Key is not visible ASCII (`invalid_idempotency_key`); nothing was queued.", body = ErrorAnswer),
         (status = 409, description = "The Idempotency-Key was already used for a different request (`idempotency_key_reused`).", body = ErrorAnswer),
         (status = 413, description = "The body is larger than BIBLIOMQ_API_BODY_LIMIT (`payload_too_large`).", body = ErrorAnswer),
         (status = 415, description = "No `Content-Type: application/json` (`unsupported_media_type`).", body = ErrorAnswer),
@@ -102,6 +115,8 @@ async fn submit(
         payload: req.payload,
         timeout_ms: req.timeout_ms,
         idempotency_key: super::idempotency_key(&headers)?,
+        run_at: req.run_at,
+        delay_ms: req.delay_ms,
     };
     let submitted = state.commands.submit(submission, &correlation_id).await?;
     let location = format!("/v1/tasks/{}", submitted.id);

@@ -55,6 +55,10 @@ pub struct TaskSubmission {
     pub timeout_ms: Option<Value>,
     /// The client's Idempotency-Key.
     pub idempotency_key: Option<String>,
+    /// When to run it (RFC 3339; any JSON: checked here). Not with `delay_ms`.
+    pub run_at: Option<Value>,
+    /// How long from now to run it, in milliseconds (any JSON: checked here).
+    pub delay_ms: Option<Value>,
 }
 
 impl TaskSubmission {
@@ -89,15 +93,30 @@ pub struct TaskCancellation {
 }
 
 /// What makes two submissions "the same request" for an Idempotency-Key.
-fn fingerprint(action: Action, payload: &Value, timeout_ms: Option<i64>) -> String {
-    let text = format!(
+/// A schedule counts as asked (`run_at` or `delay_ms` as sent), so a retry
+/// of a delayed submission is the same request however late it comes.
+fn fingerprint(
+    action: Action,
+    payload: &Value,
+    timeout_ms: Option<i64>,
+    schedule: Option<&str>,
+) -> String {
+    let mut text = format!(
         "{}|{}|{}",
         action.as_str(),
         timeout_ms.map(|t| t.to_string()).unwrap_or_default(),
         payload
     );
+    if let Some(schedule) = schedule {
+        text.push('|');
+        text.push_str(schedule);
+    }
     hex::encode(Sha256::digest(text))
 }
+
+/// How far in the past a `run_at` may be (clocks differ, requests take
+/// time); such a task is due at once.
+pub const RUN_AT_TOLERANCE: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
 
 /// Most tasks one list call returns.
 pub const LIST_MAX: i64 = 500;
@@ -131,6 +150,8 @@ impl Commands {
             payload,
             timeout_ms,
             idempotency_key,
+            run_at,
+            delay_ms,
         } = submission;
         let action: Action = action.parse()?;
         if holds_nul(&payload) {
@@ -143,11 +164,15 @@ impl Commands {
         }
         TaskRequest::parse(action, &payload)?;
         let timeout_ms = self.check_timeout(timeout_ms.as_ref())?;
+        let (run_at, schedule) = self.check_schedule(run_at.as_ref(), delay_ms.as_ref())?;
         let idempotency = idempotency_key
             .as_deref()
             .map(super::library::valid_idempotency_key)
             .transpose()?
-            .map(|key| (key, fingerprint(action, &payload, timeout_ms)));
+            .map(|key| {
+                let print = fingerprint(action, &payload, timeout_ms, schedule.as_deref());
+                (key, print)
+            });
         let id = Uuid::now_v7();
         tracing::Span::current().record("task_id", tracing::field::display(id));
         let message = TaskMessage {
@@ -169,6 +194,7 @@ impl Commands {
                 correlation_id: correlation_id.to_owned(),
                 timeout_ms,
                 idempotency: idempotency.clone(),
+                run_at,
             })
             .await?;
         if !inserted {
@@ -176,6 +202,16 @@ impl Commands {
                 return Err(anyhow::anyhow!("a task without a key was not inserted").into());
             };
             return self.replay(action, &key, &fingerprint).await;
+        }
+        if run_at.is_some() {
+            // Stored, not published: the workers' scheduler publishes it
+            // when it is due.
+            return Ok(SubmittedTask {
+                id,
+                action,
+                state: TaskState::Scheduled,
+                replayed: false,
+            });
         }
 
         let props = headers::with_header(
@@ -232,6 +268,74 @@ impl Commands {
         i64::try_from(ms).map(Some).map_err(|_| refused())
     }
 
+    /// `run_at` (RFC 3339, not more than [`RUN_AT_TOLERANCE`] in the past)
+    /// or `delay_ms` (a whole number of milliseconds), not both, at most
+    /// the configured maximum ahead. Returns when the task is due and the
+    /// schedule as asked (for the fingerprint); anything else is refused
+    /// before anything is stored, naming the field.
+    fn check_schedule(
+        &self,
+        run_at: Option<&Value>,
+        delay_ms: Option<&Value>,
+    ) -> Result<(Option<chrono::DateTime<chrono::Utc>>, Option<String>), CommandError> {
+        let run_at = run_at.filter(|v| !v.is_null());
+        let delay_ms = delay_ms.filter(|v| !v.is_null());
+        let max = self.settings().tasks.delay_max;
+        let max_ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
+        let now = chrono::Utc::now();
+        let latest = chrono::TimeDelta::from_std(max)
+            .ok()
+            .and_then(|d| now.checked_add_signed(d))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
+        let refused = |field: &'static str, message: String| {
+            CommandError::OutOfBounds(Invalid::field("invalid_schedule", field, message))
+        };
+        match (run_at, delay_ms) {
+            (None, None) => Ok((None, None)),
+            (Some(_), Some(_)) => Err(refused(
+                "delay_ms",
+                "give run_at or delay_ms, not both".to_owned(),
+            )),
+            (Some(raw), None) => {
+                let when = raw
+                    .as_str()
+                    .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                    .map(|t| t.with_timezone(&chrono::Utc))
+                    .ok_or_else(|| {
+                        refused(
+                            "run_at",
+                            "run_at must be an RFC 3339 date-time, e.g. 2030-01-31T09:00:00Z"
+                                .to_owned(),
+                        )
+                    })?;
+                if when < now - RUN_AT_TOLERANCE {
+                    return Err(refused("run_at", "run_at is in the past".to_owned()));
+                }
+                if when > latest {
+                    return Err(refused(
+                        "run_at",
+                        format!("run_at may be at most {max_ms} ms from now"),
+                    ));
+                }
+                Ok((Some(when), Some(format!("run_at={raw}"))))
+            }
+            (None, Some(raw)) => {
+                let ms = crate::tasks::whole_number(raw)
+                    .filter(|ms| *ms <= max_ms)
+                    .ok_or_else(|| {
+                        refused(
+                            "delay_ms",
+                            format!(
+                                "delay_ms must be a whole number of milliseconds from 0 to {max_ms}"
+                            ),
+                        )
+                    })?;
+                let delay = chrono::TimeDelta::milliseconds(i64::try_from(ms).unwrap_or(i64::MAX));
+                Ok((Some(now + delay), Some(format!("delay_ms={ms}"))))
+            }
+        }
+    }
+
     /// The answer to a submission whose Idempotency-Key a task already holds.
     async fn replay(
         &self,
@@ -268,12 +372,16 @@ impl Commands {
         Ok(SubmittedTask {
             id: holder.id,
             action,
-            state: TaskState::Queued,
+            state: if holder.delayed {
+                TaskState::Scheduled
+            } else {
+                TaskState::Queued
+            },
             replayed: true,
         })
     }
 
-    /// Cancels a task: a queued one at once (it will never run), a running
+    /// Cancels a task: a queued or scheduled one at once (it will never run), a running
     /// one by telling its worker, which stops it within
     /// [`crate::tasks::CANCEL_POLL`] or so and records it `cancelled`.
     /// Cancelling again answers the same; a task that already ended

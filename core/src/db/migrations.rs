@@ -49,6 +49,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "task_retention",
         include_str!("../../../migrations/0008_task_retention.sql"),
     ),
+    (
+        9,
+        "delayed_tasks",
+        include_str!("../../../migrations/0009_delayed_tasks.sql"),
+    ),
 ];
 
 /// Arbitrary constant: the advisory lock that serialises concurrent runners

@@ -3,10 +3,12 @@
 
 crate::words::word_enum!(
     "task state",
-    /// States a task goes through: `queued` → `running` → `succeeded` |
+    /// States a task goes through: `scheduled` while a delayed task waits
+    /// for its `run_at`, then `queued` → `running` → `succeeded` |
     /// `failed`, back to `queued` while it waits for a retry, `dead` when it
     /// gives up, `cancelled` when a client cancelled it first.
     pub enum TaskState {
+        Scheduled = "scheduled",
         Queued = "queued",
         Running = "running",
         Succeeded = "succeeded",

@@ -20,9 +20,11 @@ pub struct NewTask {
     pub timeout_ms: Option<i64>,
     /// The client's Idempotency-Key and the request's fingerprint.
     pub idempotency: Option<(String, String)>,
+    /// When a delayed task is due: it is stored `scheduled`, not `queued`.
+    pub run_at: Option<DateTime<Utc>>,
 }
 
-/// Inserts tasks as `queued`. Returns, per task, whether it was inserted:
+/// Inserts tasks as `queued` (or `scheduled`, those with a `run_at`). Returns, per task, whether it was inserted:
 /// a task whose Idempotency-Key is already taken (by an earlier task, or by
 /// one earlier in the same batch) is not, and the caller reads the task that
 /// holds the key with [`by_idempotency_key`]. The unique index decides, so
@@ -44,12 +46,16 @@ pub async fn insert_queued(
         .iter()
         .map(|t| t.idempotency.as_ref().map(|(_, f)| f.as_str()))
         .collect();
+    let run_ats: Vec<Option<DateTime<Utc>>> = tasks.iter().map(|t| t.run_at).collect();
     let statement = db
         .prepare_cached(
             "INSERT INTO tasks (id, action, payload, correlation_id, timeout_ms,
-                                idempotency_key, fingerprint)
-             SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::int8[],
-                                  $6::text[], $7::text[])
+                                idempotency_key, fingerprint, run_at, state)
+             SELECT u.*, CASE WHEN u.run_at IS NULL THEN 'queued' ELSE 'scheduled' END
+               FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::int8[],
+                           $6::text[], $7::text[], $8::timestamptz[])
+                 AS u(id, action, payload, correlation_id, timeout_ms, idempotency_key,
+                      fingerprint, run_at)
              ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
              RETURNING id",
         )
@@ -65,6 +71,7 @@ pub async fn insert_queued(
                 &timeouts,
                 &keys,
                 &fingerprints,
+                &run_ats,
             ],
         )
         .await?;
@@ -78,6 +85,8 @@ pub struct KeyHolder {
     pub id: Uuid,
     pub action: String,
     pub fingerprint: Option<String>,
+    /// Submitted with `run_at` or `delay_ms`.
+    pub delayed: bool,
 }
 
 pub async fn by_idempotency_key(
@@ -86,7 +95,8 @@ pub async fn by_idempotency_key(
 ) -> Result<Option<KeyHolder>, tokio_postgres::Error> {
     let row = db
         .query_opt(
-            "SELECT id, action, fingerprint FROM tasks WHERE idempotency_key = $1",
+            "SELECT id, action, fingerprint, run_at IS NOT NULL
+               FROM tasks WHERE idempotency_key = $1",
             &[&key],
         )
         .await?;
@@ -94,13 +104,15 @@ pub async fn by_idempotency_key(
         id: r.get(0),
         action: r.get(1),
         fingerprint: r.get(2),
+        delayed: r.get(3),
     }))
 }
 
 /// What a cancel did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CancelOutcome {
-    /// The task had not started: it is `cancelled` and will never run.
+    /// The task had not started (`queued` or `scheduled`): it is
+    /// `cancelled` and will never run.
     Cancelled {
         action: String,
     },
@@ -111,7 +123,7 @@ pub enum CancelOutcome {
     NotFound,
 }
 
-/// Cancels a queued task, or asks the worker of a running one to stop it.
+/// Cancels a queued or scheduled task, or asks the worker of a running one to stop it.
 /// One statement takes the row lock, so a claim racing it either comes
 /// first (the task is `running` and gets a stop request) or second (it
 /// finds the task `cancelled` and skips it); never both ran and cancelled.
@@ -122,13 +134,16 @@ pub async fn cancel(
     let row = db
         .query_opt(
             "UPDATE tasks SET
-                state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END,
-                error = CASE WHEN state = 'queued' THEN 'cancelled before it ran' ELSE error END,
-                error_code = CASE WHEN state = 'queued' THEN 'cancelled' ELSE error_code END,
-                finished_at = CASE WHEN state = 'queued' THEN now() ELSE finished_at END,
+                state = CASE WHEN state IN ('queued', 'scheduled') THEN 'cancelled' ELSE state END,
+                error = CASE WHEN state IN ('queued', 'scheduled') THEN 'cancelled before it ran'
+                             ELSE error END,
+                error_code = CASE WHEN state IN ('queued', 'scheduled') THEN 'cancelled'
+                                  ELSE error_code END,
+                finished_at = CASE WHEN state IN ('queued', 'scheduled') THEN now()
+                                   ELSE finished_at END,
                 cancel_requested_at = coalesce(cancel_requested_at, now()),
                 updated_at = now()
-              WHERE id = $1 AND state IN ('queued', 'running')
+              WHERE id = $1 AND state IN ('queued', 'scheduled', 'running')
           RETURNING state, action",
             &[&id],
         )
@@ -188,6 +203,11 @@ pub enum Claim {
 /// run, with their attempt number; a task that already finished (a
 /// redelivery), was cancelled, or does not exist is left out. A running task
 /// whose cancel was requested is recorded `cancelled` instead.
+///
+/// A `scheduled` task is claimed too: the scheduler publishes a due task
+/// before its transaction (which holds the row) commits it `queued`, so a
+/// fast worker's claim waits for that commit and then sees `queued`. (Were
+/// the scheduler to die after the publish, the task was due anyway.)
 pub async fn claim(db: &Client, ids: &[Uuid]) -> Result<Vec<(Uuid, Claim)>, tokio_postgres::Error> {
     let statement = db
         .prepare_cached(
@@ -201,7 +221,7 @@ pub async fn claim(db: &Client, ids: &[Uuid]) -> Result<Vec<(Uuid, Claim)>, toki
                 error_code = CASE WHEN cancel_requested_at IS NULL THEN error_code
                                   ELSE 'cancelled' END,
                 updated_at = now()
-              WHERE id = ANY($1) AND state IN ('queued', 'running')
+              WHERE id = ANY($1) AND state IN ('scheduled', 'queued', 'running')
           RETURNING id, attempts, state",
         )
         .await?;
@@ -282,6 +302,58 @@ pub async fn stranded(
             attempts: r.get(5),
         })
         .collect())
+}
+
+/// Up to `limit` `scheduled` tasks whose `run_at` has come, earliest
+/// first, locked for the duration of `tx` (`SKIP LOCKED`: several worker
+/// processes schedule side by side without taking the same task, and a
+/// cancel waits for the pass). Publish them, then [`mark_queued`] in the
+/// same transaction and commit after the confirms.
+pub async fn due(
+    tx: &impl GenericClient,
+    limit: i64,
+) -> Result<Vec<Stranded>, tokio_postgres::Error> {
+    let rows = tx
+        .query(
+            "SELECT id, action, payload, created_at, coalesce(correlation_id, ''), attempts,
+                    timeout_ms
+               FROM tasks
+              WHERE state = 'scheduled' AND run_at <= now()
+              ORDER BY run_at
+              LIMIT $1
+                FOR UPDATE SKIP LOCKED",
+            &[&limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Stranded {
+            message: super::TaskMessage {
+                id: r.get(0),
+                action: r.get(1),
+                payload: r.get(2),
+                submitted_at: r.get(3),
+                timeout_ms: r
+                    .get::<_, Option<i64>>(6)
+                    .and_then(|ms| u64::try_from(ms).ok()),
+            },
+            correlation_id: r.get(4),
+            attempts: r.get(5),
+        })
+        .collect())
+}
+
+/// Records that these scheduled tasks were published: now `queued`.
+pub async fn mark_queued(
+    tx: &impl GenericClient,
+    ids: &[Uuid],
+) -> Result<u64, tokio_postgres::Error> {
+    tx.execute(
+        "UPDATE tasks SET state = 'queued', updated_at = now()
+          WHERE id = ANY($1) AND state = 'scheduled'",
+        &[&ids],
+    )
+    .await
 }
 
 /// Records that these tasks were published again.
@@ -474,6 +546,9 @@ pub struct TaskRecord {
     /// When a client asked to cancel it.
     #[schema(required = true)]
     pub cancel_requested_at: Option<DateTime<Utc>>,
+    /// For a delayed task, when it is (or was) due; null otherwise.
+    #[schema(required = true)]
+    pub run_at: Option<DateTime<Utc>>,
     /// As submitted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload: Option<Value>,
@@ -499,7 +574,7 @@ pub struct ResultObject {
 }
 
 const COLUMNS: &str = "id, action, state, attempts, correlation_id, created_at, started_at,
-    finished_at, updated_at, error, error_code, cancel_requested_at, result, result_bucket,
+    finished_at, updated_at, error, error_code, cancel_requested_at, run_at, result, result_bucket,
     result_key, result_size, result_content_type, result_sha256";
 
 fn record(row: &Row, payload: Option<Value>) -> TaskRecord {
@@ -531,6 +606,7 @@ fn record(row: &Row, payload: Option<Value>) -> TaskRecord {
         error: row.get("error"),
         error_code: row.get("error_code"),
         cancel_requested_at: row.get("cancel_requested_at"),
+        run_at: row.get("run_at"),
         payload,
         result: row.get("result"),
         result_object,

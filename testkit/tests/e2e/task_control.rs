@@ -605,3 +605,158 @@ async fn a_purge_by_hand_reports_what_it_removed_and_a_second_finds_nothing() {
     assert_eq!(purge(later).await.map(|p| p.tasks), Some(0));
     assert_eq!(metrics.tasks_purged.get(), 1);
 }
+
+/// A delayed task's `run_at`, as the API reports it.
+fn run_at_of(task: &Value) -> chrono::DateTime<chrono::Utc> {
+    task["run_at"]
+        .as_str()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .unwrap_or_else(|| panic!("no run_at: {task}"))
+        .with_timezone(&chrono::Utc)
+}
+
+fn started_at_of(task: &Value) -> chrono::DateTime<chrono::Utc> {
+    task["started_at"]
+        .as_str()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .unwrap_or_else(|| panic!("no started_at: {task}"))
+        .with_timezone(&chrono::Utc)
+}
+
+async fn submit_delayed(app: &TestApp, body: &Value) -> Uuid {
+    let (status, answer) = app.post("/v1/tasks", body).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["state"], "scheduled", "{answer}");
+    answer["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no id: {answer}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_task_is_scheduled_then_runs_after_its_time() {
+    let app = TestApp::spawn(TestEnv::new().await, |_| {}, 1).await;
+    let id = submit_delayed(
+        &app,
+        &json!({"action": "sum", "payload": "1,2", "delay_ms": 1_500}),
+    )
+    .await;
+    let task = app.task(id).await;
+    assert_eq!(task["state"], "scheduled", "{task}");
+    let run_at = run_at_of(&task);
+    // Not published: nothing waits in the queue meanwhile.
+    assert_eq!(
+        rabbit::ready_count(&app.env.amqp_url(), topology::TASKS_QUEUE).await,
+        0
+    );
+    let (status, list) = app.get_json("/v1/tasks?state=scheduled").await;
+    assert_eq!(status, 200, "{list}");
+    assert!(
+        list["tasks"]
+            .as_array()
+            .is_some_and(|tasks| tasks.iter().any(|t| t["id"] == id.to_string())),
+        "{list}"
+    );
+
+    let done = wait_for_state(&app, id, "succeeded", DEADLINE).await;
+    assert_eq!(done["result"], json!(3), "{done}");
+    assert!(
+        started_at_of(&done) >= run_at,
+        "it started before its time: {done}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_task_survives_a_worker_restart() {
+    let app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
+    let worker = WorkerProcess::start(&app.env.settings()).await;
+    let run_at = chrono::Utc::now() + chrono::TimeDelta::seconds(3);
+    let id = submit_delayed(
+        &app,
+        &json!({"action": "upper", "payload": "later", "run_at": run_at.to_rfc3339()}),
+    )
+    .await;
+    // The worker process goes (killed) before the task is due.
+    drop(worker);
+    assert_eq!(app.task(id).await["state"], "scheduled");
+
+    let _worker = WorkerProcess::start(&app.env.settings()).await;
+    let done = wait_for_state(&app, id, "succeeded", DEADLINE).await;
+    assert_eq!(done["result"], json!("LATER"), "{done}");
+    assert!(started_at_of(&done) >= run_at_of(&done), "{done}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_scheduled_task_never_runs() {
+    let app = TestApp::spawn(TestEnv::new().await, |_| {}, 1).await;
+    let id = submit_delayed(
+        &app,
+        &json!({"action": "sum", "payload": "1,2", "delay_ms": 800}),
+    )
+    .await;
+    let (status, answer) = cancel(&app, id).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["state"], "cancelled");
+    assert_eq!(answer["stopping"], false);
+    // Past its time and then some, it is still cancelled and never started.
+    let due = run_at_of(&app.task(id).await) + chrono::TimeDelta::milliseconds(600);
+    let (status, probe) = app
+        .post(
+            "/v1/tasks",
+            &json!({"action": "sum", "payload": "5,5", "run_at": due.to_rfc3339()}),
+        )
+        .await;
+    assert_eq!(status, 202, "{probe}");
+    let probe_id: Uuid = probe["id"].as_str().and_then(|s| s.parse().ok()).unwrap();
+    // The scheduler has passed the cancelled task's time once this later one ran.
+    wait_for_state(&app, probe_id, "succeeded", DEADLINE).await;
+    let task = app.task(id).await;
+    assert_eq!(task["state"], "cancelled", "{task}");
+    assert_eq!(task["error_code"], "cancelled");
+    assert_eq!(task["attempts"], 0, "{task}");
+    assert!(task["started_at"].is_null(), "{task}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_schedule_is_refused_naming_the_field_and_nothing_is_stored() {
+    let app = TestApp::spawn(
+        TestEnv::new().await,
+        |s| s.tasks.delay_max = Duration::from_secs(3_600),
+        0,
+    )
+    .await;
+    let now = chrono::Utc::now();
+    let cases = [
+        (
+            json!({"action": "sum", "payload": "1", "run_at": (now - chrono::TimeDelta::minutes(5)).to_rfc3339()}),
+            "run_at",
+        ),
+        (
+            json!({"action": "sum", "payload": "1", "run_at": (now + chrono::TimeDelta::hours(2)).to_rfc3339()}),
+            "run_at",
+        ),
+        (
+            json!({"action": "sum", "payload": "1", "run_at": "tomorrow"}),
+            "run_at",
+        ),
+        (
+            json!({"action": "sum", "payload": "1", "delay_ms": 3_600_001}),
+            "delay_ms",
+        ),
+        (
+            json!({"action": "sum", "payload": "1", "delay_ms": -1}),
+            "delay_ms",
+        ),
+        (
+            json!({"action": "sum", "payload": "1", "delay_ms": 10, "run_at": now.to_rfc3339()}),
+            "delay_ms",
+        ),
+    ];
+    for (body, field) in cases {
+        let (status, answer) = app.post("/v1/tasks", &body).await;
+        assert_eq!(status, 400, "{body} → {answer}");
+        assert_eq!(answer["error"]["code"], "invalid_schedule", "{answer}");
+        assert_eq!(answer["error"]["field"], field, "{answer}");
+    }
+    assert_eq!(app.count("SELECT count(*) FROM tasks").await, 0);
+}

@@ -211,7 +211,7 @@ async fn the_dashboard_counts_tasks_in_every_state() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body["by_state"],
-        json!({"queued": 0, "running": 0, "succeeded": 2, "failed": 0, "dead": 0, "cancelled": 0})
+        json!({"scheduled": 0, "queued": 0, "running": 0, "succeeded": 2, "failed": 0, "dead": 0, "cancelled": 0})
     );
     assert_eq!(body["total"], 2);
 }

@@ -37,7 +37,7 @@ async function queues() {
     : '';
 }
 
-const STATES = ['queued', 'running', 'succeeded', 'failed', 'dead', 'cancelled'];
+const STATES = ['scheduled', 'queued', 'running', 'succeeded', 'failed', 'dead', 'cancelled'];
 
 async function tasks() {
   const res = await get('/v1/dashboard/tasks');
