@@ -166,22 +166,7 @@ pub async fn reap_once(
     let mut published = Vec::with_capacity(stranded.len());
     for task in &stranded {
         let message = &task.message;
-        let body = serde_json::to_vec(message).context("Failed to encode a task message")?;
-        let props = headers::with_header(
-            headers::persistent_json(&message.id.to_string(), &task.correlation_id),
-            headers::ATTEMPT,
-            AMQPValue::LongLongInt(i64::from(task.attempts.max(0)) + 1),
-        );
-        match publisher
-            .publish(
-                topology::TASKS_EXCHANGE,
-                &message.routing_key(),
-                &body,
-                props,
-                true,
-            )
-            .await
-        {
+        match publish(publisher, task).await {
             Ok(()) => {
                 tracing::warn!(task_id = %message.id, "task had no live message; published it again");
                 published.push(message.id);
@@ -200,4 +185,27 @@ pub async fn reap_once(
         .await
         .context("Failed to commit the reaper's pass")?;
     Ok(published.len())
+}
+
+/// Publishes a stored task as its next attempt: persistent, confirmed and
+/// mandatory, as the API first published it. The reaper and the scheduler
+/// both send tasks this way.
+pub(crate) async fn publish(publisher: &Publisher, task: &store::Stranded) -> anyhow::Result<()> {
+    let message = &task.message;
+    let body = serde_json::to_vec(message).context("Failed to encode a task message")?;
+    let props = headers::with_header(
+        headers::persistent_json(&message.id.to_string(), &task.correlation_id),
+        headers::ATTEMPT,
+        AMQPValue::LongLongInt(i64::from(task.attempts.max(0)) + 1),
+    );
+    publisher
+        .publish(
+            topology::TASKS_EXCHANGE,
+            &message.routing_key(),
+            &body,
+            props,
+            true,
+        )
+        .await?;
+    Ok(())
 }

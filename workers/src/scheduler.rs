@@ -17,12 +17,8 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use bibliomq_core::{
-    broker::{Publisher, headers, topology},
-    tasks::store,
-};
+use bibliomq_core::{broker::Publisher, tasks::store};
 use deadpool_postgres::Pool;
-use lapin::types::AMQPValue;
 use tokio_util::sync::CancellationToken;
 
 /// How often each worker process looks for due tasks.
@@ -77,22 +73,7 @@ pub async fn schedule_once(pool: &Pool, publisher: &Publisher) -> anyhow::Result
     let mut published = Vec::with_capacity(due.len());
     for task in &due {
         let message = &task.message;
-        let body = serde_json::to_vec(message).context("Failed to encode a task message")?;
-        let props = headers::with_header(
-            headers::persistent_json(&message.id.to_string(), &task.correlation_id),
-            headers::ATTEMPT,
-            AMQPValue::LongLongInt(i64::from(task.attempts.max(0)) + 1),
-        );
-        match publisher
-            .publish(
-                topology::TASKS_EXCHANGE,
-                &message.routing_key(),
-                &body,
-                props,
-                true,
-            )
-            .await
-        {
+        match crate::reaper::publish(publisher, task).await {
             Ok(()) => published.push(message.id),
             // Marked only once confirmed: the rest stay for the next pass.
             Err(e) => {

@@ -252,13 +252,36 @@ pub async fn heartbeat(
     .await
 }
 
-/// A task the reaper publishes again.
+/// A stored task the workers publish: again (the reaper), or when it is
+/// due (the scheduler).
 #[derive(Debug, Clone)]
 pub struct Stranded {
     pub message: super::TaskMessage,
     pub correlation_id: String,
     /// Attempts so far; the new message is attempt `attempts + 1`.
     pub attempts: i32,
+}
+
+/// The columns [`stranded`] and [`due`] select, in this order.
+const TO_PUBLISH: &str =
+    "id, action, payload, created_at, coalesce(correlation_id, ''), attempts, timeout_ms";
+
+impl Stranded {
+    fn from_row(r: &tokio_postgres::Row) -> Self {
+        Self {
+            message: super::TaskMessage {
+                id: r.get(0),
+                action: r.get(1),
+                payload: r.get(2),
+                submitted_at: r.get(3),
+                timeout_ms: r
+                    .get::<_, Option<i64>>(6)
+                    .and_then(|ms| u64::try_from(ms).ok()),
+            },
+            correlation_id: r.get(4),
+            attempts: r.get(5),
+        }
+    }
 }
 
 /// Up to `limit` tasks still `queued` or `running` with no change for
@@ -274,34 +297,20 @@ pub async fn stranded(
     let seconds = older_than.as_secs_f64();
     let rows = tx
         .query(
-            "SELECT id, action, payload, created_at, coalesce(correlation_id, ''), attempts,
-                    timeout_ms
-               FROM tasks
-              WHERE state IN ('queued', 'running')
-                AND reaped_at IS NULL
-                AND updated_at < now() - make_interval(secs => $1)
-              ORDER BY updated_at
-              LIMIT $2
-                FOR UPDATE SKIP LOCKED",
+            &format!(
+                "SELECT {TO_PUBLISH}
+                   FROM tasks
+                  WHERE state IN ('queued', 'running')
+                    AND reaped_at IS NULL
+                    AND updated_at < now() - make_interval(secs => $1)
+                  ORDER BY updated_at
+                  LIMIT $2
+                    FOR UPDATE SKIP LOCKED"
+            ),
             &[&seconds, &limit],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| Stranded {
-            message: super::TaskMessage {
-                id: r.get(0),
-                action: r.get(1),
-                payload: r.get(2),
-                submitted_at: r.get(3),
-                timeout_ms: r
-                    .get::<_, Option<i64>>(6)
-                    .and_then(|ms| u64::try_from(ms).ok()),
-            },
-            correlation_id: r.get(4),
-            attempts: r.get(5),
-        })
-        .collect())
+    Ok(rows.iter().map(Stranded::from_row).collect())
 }
 
 /// Up to `limit` `scheduled` tasks whose `run_at` has come, earliest
@@ -315,32 +324,18 @@ pub async fn due(
 ) -> Result<Vec<Stranded>, tokio_postgres::Error> {
     let rows = tx
         .query(
-            "SELECT id, action, payload, created_at, coalesce(correlation_id, ''), attempts,
-                    timeout_ms
-               FROM tasks
-              WHERE state = 'scheduled' AND run_at <= now()
-              ORDER BY run_at
-              LIMIT $1
-                FOR UPDATE SKIP LOCKED",
+            &format!(
+                "SELECT {TO_PUBLISH}
+                   FROM tasks
+                  WHERE state = 'scheduled' AND run_at <= now()
+                  ORDER BY run_at
+                  LIMIT $1
+                    FOR UPDATE SKIP LOCKED"
+            ),
             &[&limit],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| Stranded {
-            message: super::TaskMessage {
-                id: r.get(0),
-                action: r.get(1),
-                payload: r.get(2),
-                submitted_at: r.get(3),
-                timeout_ms: r
-                    .get::<_, Option<i64>>(6)
-                    .and_then(|ms| u64::try_from(ms).ok()),
-            },
-            correlation_id: r.get(4),
-            attempts: r.get(5),
-        })
-        .collect())
+    Ok(rows.iter().map(Stranded::from_row).collect())
 }
 
 /// Records that these scheduled tasks were published: now `queued`.
