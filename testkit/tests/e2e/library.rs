@@ -1041,7 +1041,10 @@ async fn a_loan_nobody_answers_times_out_and_is_never_made_behind_the_callers_ba
     .unwrap();
     assert_eq!(app.count("SELECT count(*) FROM loans").await, 0);
 
-    // Retrying with the same key now makes the loan, once.
+    // Retrying with the same key now makes the loan, once: once the worker
+    // consumes (its start is not its subscription), or the retry would
+    // only time out again.
+    rabbit::wait_for_consumers(&url, topology::LOANS_QUEUE, 1).await;
     let (status, answer) = status_and_json(request().await.unwrap()).await;
     assert_eq!(status, 201, "{answer}");
     assert_eq!(app.count("SELECT count(*) FROM loans").await, 1);
