@@ -164,6 +164,11 @@ pub struct LibrarySettings {
     pub max_loans: u32,
     /// How long a loan request waits for the loan worker's answer.
     pub loan_timeout: Duration,
+    /// How long a copy waits on the hold shelf for the patron whose hold it
+    /// went to; a hold keeps the period in force when it was placed.
+    pub hold_pickup: Duration,
+    /// How often each worker process looks for pickups past their deadline.
+    pub hold_expiry_interval: Duration,
 }
 
 /// What the web dashboard reads besides the API's own data.
@@ -340,6 +345,13 @@ impl Settings {
                 max_renewals: env.get("MAX_RENEWALS", 2)?,
                 max_loans: env.get("MAX_LOANS", 5)?,
                 loan_timeout: env.millis("LOAN_TIMEOUT_MS", 5_000)?,
+                hold_pickup: env
+                    .get(
+                        "HOLD_PICKUP",
+                        HumanDuration(Duration::from_secs(3 * 86_400)),
+                    )?
+                    .0,
+                hold_expiry_interval: env.millis("HOLD_EXPIRY_INTERVAL_MS", 60_000)?,
             },
             dashboard: DashboardSettings {
                 rabbitmq_mgmt_url: env
@@ -377,6 +389,12 @@ impl Settings {
         }
         if self.tasks.reap_interval.is_zero() {
             bail!("BIBLIOMQ_TASK_REAP_INTERVAL_MS must be above 0");
+        }
+        if self.library.hold_pickup.is_zero() {
+            bail!("BIBLIOMQ_HOLD_PICKUP must be above 0");
+        }
+        if self.library.hold_expiry_interval.is_zero() {
+            bail!("BIBLIOMQ_HOLD_EXPIRY_INTERVAL_MS must be above 0");
         }
         Ok(())
     }

@@ -195,13 +195,13 @@ pub fn plain_text() -> Schema {
 pub fn copy_status() -> Schema {
     ObjectBuilder::new()
         .schema_type(Type::String)
-        .enum_values(Some(["available", "on_loan"]))
+        .enum_values(Some(["available", "on_loan", "on_hold_shelf"]))
         .into()
 }
 
 /// A copy's status, withdrawn copies included.
 pub fn copy_record_status() -> Schema {
-    one_of_words(&["available", "on_loan", "withdrawn"])
+    one_of_words(&["available", "on_loan", "on_hold_shelf", "withdrawn"])
 }
 
 fn count() -> ObjectBuilder {

@@ -114,6 +114,14 @@ pub fn settings_env(settings: &Settings) -> Vec<(String, String)> {
         ("MAX_RENEWALS", s.library.max_renewals.to_string()),
         ("MAX_LOANS", s.library.max_loans.to_string()),
         ("LOAN_TIMEOUT_MS", ms(s.library.loan_timeout)),
+        (
+            "HOLD_PICKUP",
+            bibliomq_core::config::HumanDuration(s.library.hold_pickup).to_string(),
+        ),
+        (
+            "HOLD_EXPIRY_INTERVAL_MS",
+            ms(s.library.hold_expiry_interval),
+        ),
         ("RABBITMQ_MGMT_URL", s.dashboard.rabbitmq_mgmt_url.clone()),
         ("RABBITMQ_MGMT_USER", s.dashboard.rabbitmq_mgmt_user.clone()),
         (

@@ -11,6 +11,7 @@
 //! - [`cancels`]: tells running tasks that a client cancelled them.
 //! - [`janitor`]: deletes tasks past their retention, with their stored results.
 //! - [`scheduler`]: publishes delayed (`scheduled`) tasks when they are due.
+//! - [`holds`]: expires hold-shelf pickups past their deadline.
 //!
 //! Next to the consumers each worker process serves `/metrics`, `/healthz`
 //! and `/readyz` on its operations port ([`bibliomq_core::ops`]).
@@ -18,6 +19,7 @@
 pub mod cancels;
 pub mod consumer;
 pub mod events;
+pub mod holds;
 pub mod janitor;
 pub mod library;
 pub mod reaper;
@@ -119,6 +121,13 @@ impl WorkerApp {
             publisher.clone(),
             reaper_stop.clone(),
         ));
+        let hold_shelf = tokio::spawn(holds::run(
+            infra.pool.clone(),
+            publisher.clone(),
+            self.clock.clone(),
+            infra.settings.library.hold_expiry_interval,
+            reaper_stop.clone(),
+        ));
         let reaper = tokio::spawn(reaper::run(
             infra.pool.clone(),
             publisher.clone(),
@@ -188,6 +197,7 @@ impl WorkerApp {
         let _ = reaper.await;
         let _ = janitor.await;
         let _ = scheduler.await;
+        let _ = hold_shelf.await;
         let _ = cancel_watch.await;
         ops_stop.cancel();
         match ops.await {

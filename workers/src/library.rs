@@ -9,7 +9,9 @@
 //!   duplicate and changes nothing.
 //!
 //! After each committed change an outcome event goes to `bibliomq.events`:
-//! `loaned.<branch>`, `renewed.<branch>`, `returned.<branch>`, `rejected.<op>.<branch>`.
+//! `loaned.<branch>`, `renewed.<branch>`, `returned.<branch>`, `rejected.<op>.<branch>`;
+//! and `hold.ready.<pickup branch>` when a returned copy goes onto the hold
+//! shelf for the first waiting hold of its title.
 
 use std::{sync::Arc, time::Instant};
 
@@ -20,6 +22,7 @@ use bibliomq_core::{
     db::DbFailure,
     library::{
         Rules,
+        hold::{HoldEvent, HoldEventType},
         message::{
             CirculationEvent, CirculationEventType, CirculationMessage, LoanRequestMessage,
             OperationKind, OperationState,
@@ -350,6 +353,11 @@ impl CirculationWorker {
         };
         deps.settle(self.queue, &delivery, Settle::Ack).await;
 
+        // A returned copy that went onto the hold shelf for a hold.
+        let shelved = match &outcome {
+            Settlement::Returned(r) => r.hold.clone(),
+            _ => None,
+        };
         let refusal = outcome.refusal().cloned();
         let (event, state) = match &refusal {
             None => (message.kind.applied_event(), OperationState::Applied),
@@ -377,6 +385,10 @@ impl CirculationWorker {
             at: now,
         };
         announce(&deps.publisher, event.routing_key(), &event);
+        if let Some(pickup) = shelved {
+            let event = HoldEvent::new(HoldEventType::Ready, &pickup, now);
+            announce(&deps.publisher, event.routing_key(), &event);
+        }
     }
 }
 

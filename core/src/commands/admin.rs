@@ -260,6 +260,12 @@ impl Commands {
                 "copy_on_loan",
                 format!("the copy {code} is on loan; withdraw it once it is returned"),
             )),
+            Withdrawal::OnHoldShelf => Err(CommandError::conflict(
+                "copy_on_hold_shelf",
+                format!(
+                    "the copy {code} is on the hold shelf for a patron's hold; withdraw it once it has left the shelf"
+                ),
+            )),
             Withdrawal::NoSuchCopy => Err(CommandError::not_found(
                 "copy_not_found",
                 format!("no copy with barcode {code}"),

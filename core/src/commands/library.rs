@@ -157,25 +157,9 @@ impl Commands {
         let patron = PatronId::parse(&req.patron)?;
         let branch = self.branch(&req.branch)?;
         let key = check_idempotency_key(req.idempotency_key.as_deref())?;
-        let isbn = match (req.isbn.as_deref(), req.title.as_deref()) {
-            (Some(_), Some(_)) => {
-                return Err(Invalid::new(
-                    "isbn_or_title",
-                    "give either an isbn or a title, not both",
-                )
-                .into());
-            }
-            (None, None) => {
-                return Err(Invalid::field(
-                    "missing_field",
-                    "isbn",
-                    "give the isbn (or the title) of the book",
-                )
-                .into());
-            }
-            (Some(isbn), None) => Isbn::parse(isbn)?,
-            (None, Some(title)) => self.resolve_title(title).await?,
-        };
+        let isbn = self
+            .isbn_or_title(req.isbn.as_deref(), req.title.as_deref())
+            .await?;
 
         let now = self.clock().now();
         let fingerprint = hex::encode(Sha256::digest(format!("{isbn}|{patron}|{branch}")));
@@ -212,6 +196,29 @@ impl Commands {
         let reply: LoanOutcome = serde_json::from_slice(&reply)
             .map_err(|e| anyhow::anyhow!("unreadable loan reply: {e}"))?;
         loan_outcome(reply, key)
+    }
+
+    /// The book a request names, by ISBN or by title words (one of them).
+    pub(super) async fn isbn_or_title(
+        &self,
+        isbn: Option<&str>,
+        title: Option<&str>,
+    ) -> Result<Isbn, CommandError> {
+        match (isbn, title) {
+            (Some(_), Some(_)) => Err(Invalid::new(
+                "isbn_or_title",
+                "give either an isbn or a title, not both",
+            )
+            .into()),
+            (None, None) => Err(Invalid::field(
+                "missing_field",
+                "isbn",
+                "give the isbn (or the title) of the book",
+            )
+            .into()),
+            (Some(isbn), None) => Ok(Isbn::parse(isbn)?),
+            (None, Some(title)) => self.resolve_title(title).await,
+        }
     }
 
     async fn resolve_title(&self, title: &str) -> Result<Isbn, CommandError> {

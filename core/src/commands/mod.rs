@@ -4,6 +4,7 @@
 mod admin;
 mod dashboard;
 mod dead;
+mod holds;
 mod library;
 mod tasks;
 
@@ -24,6 +25,7 @@ pub use dead::{
     DEAD_LIST_MAX, DEAD_REACH, DeadLetter, DeadLetterList, DeadLetterReplay, DeadQueue,
     ReplaySelection,
 };
+pub use holds::{HoldCancel, HoldCancelled, HoldRequest, PatronHolds, TitleHolds, hold_id};
 pub use library::{
     CirculationRequest, LoanReceipt, LoanRequest, OperationAccepted, SEARCH_MAX_LIMIT,
     SEARCH_MAX_WORDS,

@@ -54,6 +54,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "delayed_tasks",
         include_str!("../../../migrations/0009_delayed_tasks.sql"),
     ),
+    (
+        10,
+        "holds",
+        include_str!("../../../migrations/0010_holds.sql"),
+    ),
 ];
 
 /// Arbitrary constant: the advisory lock that serialises concurrent runners

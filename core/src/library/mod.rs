@@ -7,6 +7,7 @@
 //! What the functions answer (codes and data) is typed in [`outcome`], where
 //! the messages are written.
 
+pub mod hold;
 pub mod message;
 pub mod outcome;
 pub mod seed;

@@ -28,6 +28,10 @@ pub struct LoanMade {
     pub loaned_at: DateTime<Utc>,
     pub due_at: DateTime<Utc>,
     pub renewals: i32,
+    /// The hold this loan fulfilled, when the patron had one on the title.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub fulfilled_hold: Option<Uuid>,
 }
 
 crate::words::word_enum!(
@@ -43,6 +47,7 @@ crate::words::word_enum!(
         Overdue = "overdue",
         RenewalLimitReached = "renewal_limit_reached",
         PatronBlocked = "patron_blocked",
+        OnHold = "on_hold",
     }
 );
 
@@ -90,6 +95,11 @@ pub enum Refusal {
         #[serde(default)]
         reason: Option<String>,
     },
+    /// A renewal while holds wait for the title: how many.
+    OnHold {
+        #[serde(default)]
+        waiting: Option<i64>,
+    },
 }
 
 /// A timestamp in messages: to the second, in UTC.
@@ -109,6 +119,7 @@ impl Refusal {
             Self::Overdue { .. } => RefusalCode::Overdue,
             Self::RenewalLimitReached { .. } => RefusalCode::RenewalLimitReached,
             Self::PatronBlocked { .. } => RefusalCode::PatronBlocked,
+            Self::OnHold { .. } => RefusalCode::OnHold,
         }
     }
 
@@ -166,6 +177,14 @@ impl Refusal {
                 patron.as_deref().unwrap_or("?"),
                 reason.as_deref().unwrap_or("no reason recorded")
             ),
+            Self::OnHold { waiting } => format!(
+                "{} waiting for this title; a loan others wait for cannot be renewed",
+                match waiting {
+                    Some(1) => "a hold is".to_owned(),
+                    Some(n) => format!("{n} holds are"),
+                    None => "holds are".to_owned(),
+                }
+            ),
         }
     }
 }
@@ -203,6 +222,7 @@ impl Serialize for Refusal {
                 map.serialize_entry("patron", patron)?;
                 map.serialize_entry("reason", reason)?;
             }
+            Self::OnHold { waiting } => map.serialize_entry("waiting", waiting)?,
         }
         map.end()
     }
@@ -260,6 +280,11 @@ pub struct Returned {
     pub returned_at: DateTime<Utc>,
     pub was_due_at: DateTime<Utc>,
     pub overdue: bool,
+    /// The first waiting hold of the title, when there was one: the copy
+    /// went onto the hold shelf for it instead of back to available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub hold: Option<crate::library::hold::HoldPickup>,
 }
 
 /// What a settled operation did, as stored with it: a loan's outcome, a
@@ -412,6 +437,9 @@ pub(crate) fn refusals(codes: &[RefusalCode], outcome: Option<&str>) -> Vec<Sche
                     vec![("renewals", nullable(Type::Integer).format(int64()))]
                 }
                 RefusalCode::PatronBlocked => vec![("patron", text()), ("reason", text())],
+                RefusalCode::OnHold => {
+                    vec![("waiting", nullable(Type::Integer).format(int64()))]
+                }
             };
             let mut object = ObjectBuilder::new()
                 .schema_type(Type::Object)

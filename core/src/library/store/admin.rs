@@ -137,6 +137,8 @@ pub enum Withdrawal {
     /// Withdrawn now, or earlier (withdrawing twice changes nothing).
     Withdrawn(CopyRecord),
     OnLoan,
+    /// On the hold shelf, kept for a patron's hold.
+    OnHoldShelf,
     NoSuchCopy,
 }
 
@@ -166,6 +168,7 @@ pub async fn withdraw_copy(
     Ok(match row.as_ref().map(copy_of) {
         None => Withdrawal::NoSuchCopy,
         Some(c) if c.status == "withdrawn" => Withdrawal::Withdrawn(c),
+        Some(c) if c.status == "on_hold_shelf" => Withdrawal::OnHoldShelf,
         Some(_) => Withdrawal::OnLoan,
     })
 }

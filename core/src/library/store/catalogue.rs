@@ -34,7 +34,7 @@ pub struct BranchAvailability {
 pub struct CopyView {
     pub barcode: String,
     pub branch: String,
-    /// `available` or `on_loan`.
+    /// `available`, `on_loan` or `on_hold_shelf` (kept for a patron's hold).
     #[schema(schema_with = crate::schema::copy_status)]
     pub status: String,
     #[schema(required = true)]

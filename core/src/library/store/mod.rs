@@ -8,18 +8,21 @@
 //! - [`loans`]: loans and operations as the API shows them, and the open loan
 //!   a renewal or return names.
 //! - [`history`]: the circulation history, counted per minute.
+//! - [`holds`]: placing, cancelling, listing and expiring holds.
 //! - [`settle`]: recording operations as pending and the circulation
 //!   functions that settle loans, renewals and returns.
 
 mod admin;
 mod catalogue;
 mod history;
+mod holds;
 mod loans;
 mod settle;
 
 pub use admin::*;
 pub use catalogue::*;
 pub use history::*;
+pub use holds::*;
 pub use loans::*;
 pub use settle::*;
 
