@@ -47,6 +47,7 @@ use utoipa::OpenApi;
         (name = "library", description = "Loans, renewals, returns and the catalogue"),
         (name = "catalogue", description = "Adding and changing titles; adding and withdrawing copies"),
         (name = "patrons", description = "Adding, changing, blocking and finding patrons"),
+        (name = "holds", description = "Holds on titles with no copy at hand: the queue, the hold shelf, pickups"),
         (name = "web", description = "What the web pages show beyond the rest of the API: live events, dashboard figures, the results bucket"),
         (name = "operations", description = "Health, readiness, metrics, this document")
     )
@@ -77,6 +78,11 @@ pub fn with_branches(mut doc: Value, branches: &[&str]) -> Value {
         {
             branch["enum"] = json!(branches);
         }
+    }
+    if let Some(branch) =
+        doc.pointer_mut("/components/schemas/HoldRequest/properties/pickup_branch")
+    {
+        branch["enum"] = json!(branches);
     }
     doc
 }

@@ -142,7 +142,7 @@ async fn import_patrons(
     Ok(Json(state.commands.import_patrons(rows).await?))
 }
 
-fn created<T: serde::Serialize>(location: &str, body: T) -> Response {
+pub(super) fn created<T: serde::Serialize>(location: &str, body: T) -> Response {
     let mut response = (StatusCode::CREATED, Json(body)).into_response();
     if let Ok(v) = HeaderValue::from_str(location) {
         response.headers_mut().insert(header::LOCATION, v);
@@ -310,7 +310,7 @@ struct BarcodePath {
     responses(
         (status = 200, description = "Withdrawn.", body = CopyRecord),
         (status = 404, description = "No such copy (`copy_not_found`).", body = ErrorAnswer),
-        (status = 409, description = "On loan: withdraw it once returned (`copy_on_loan`).", body = ErrorAnswer),
+        (status = 409, description = "On loan: withdraw it once returned (`copy_on_loan`); on the hold shelf for a hold (`copy_on_hold_shelf`).", body = ErrorAnswer),
         (status = 422, description = "Not a barcode (`invalid_barcode`).", body = ErrorAnswer),
         (status = 503, description = "PostgreSQL unreachable (`unavailable`); nothing changed.", body = ErrorAnswer),
     )

@@ -7,6 +7,7 @@
 mod admin;
 mod dead_letters;
 mod health;
+mod holds;
 mod library;
 mod tasks;
 
@@ -30,6 +31,7 @@ fn v1_routes() -> Routes {
         .merge(dead_letters::routes())
         .merge(library::routes())
         .merge(admin::routes())
+        .merge(holds::routes())
         .merge(crate::ui::api_routes())
 }
 
