@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::request::{Reply, Request};
 use crate::{
-    admin, library,
+    admin, holds, library,
     outcome::{self, Progress},
     reply::{Answer, TaskReply, ZmqReply},
     wire::{WireError, to_text},
@@ -101,6 +101,19 @@ pub const ROUTES: &[Route] = &[
     Route {
         names: &["patron_list"],
         handler: |c, r| Box::pin(admin::list_patrons(c, r)),
+    },
+    // Holds (see `crate::holds`).
+    Route {
+        names: &["hold_place"],
+        handler: |c, r| Box::pin(holds::place(c, r)),
+    },
+    Route {
+        names: &["hold_cancel"],
+        handler: |c, r| Box::pin(holds::cancel(c, r)),
+    },
+    Route {
+        names: &["holds"],
+        handler: |c, r| Box::pin(holds::list(c, r)),
     },
 ];
 

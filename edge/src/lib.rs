@@ -17,6 +17,7 @@
 //! - [`dispatch`]: the table from action name to handler, and the task actions.
 //! - [`library`]: the library actions (look-ups, loans, renewals, returns).
 //! - [`admin`]: catalogue and patron administration (titles, copies, patrons).
+//! - [`holds`]: placing, cancelling and listing holds.
 //! - [`events`]: the PUB socket fed from RabbitMQ.
 //! - [`lines`]: the line-oriented TCP server both gateways share.
 //! - [`ndjson`], [`pipe`]: the two gateway protocols.
@@ -28,6 +29,7 @@
 pub mod admin;
 pub mod dispatch;
 pub mod events;
+pub mod holds;
 pub mod library;
 pub mod lines;
 pub mod ndjson;

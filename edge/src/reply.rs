@@ -8,9 +8,12 @@
 
 use bibliomq_core::{
     answers::BookSearch,
-    commands::{LoanReceipt, OperationAccepted, PatronPage, TaskCancellation},
+    commands::{
+        HoldCancelled, LoanReceipt, OperationAccepted, PatronHolds, PatronPage, TaskCancellation,
+        TitleHolds,
+    },
     error::ErrorBody,
-    library::store::{BookView, CopyRecord, OperationView, PatronView, TitleView},
+    library::store::{BookView, CopyRecord, HoldView, OperationView, PatronView, TitleView},
     tasks::{
         Action, TaskState,
         store::{ResultObject, TaskRecord},
@@ -84,6 +87,14 @@ pub enum Answer {
     Patron { patron: PatronView },
     /// `patron_list`: the same page as `GET /v1/patrons`.
     Patrons(PatronPage),
+    /// `hold_place`: the hold placed, with its place in the queue.
+    Hold { hold: HoldView },
+    /// `hold_cancel`: the same answer as `DELETE /v1/holds/{id}`.
+    HoldCancelled(HoldCancelled),
+    /// `holds` with `patron`: the same answer as `GET /v1/patrons/{id}/holds`.
+    PatronHolds(PatronHolds),
+    /// `holds` with `isbn`: the same answer as `GET /v1/titles/{isbn}/holds`.
+    TitleHolds(TitleHolds),
 }
 
 /// A task: id, action, state, attempts, and the result inline, or where a
