@@ -99,6 +99,9 @@ pub enum Command {
     /// Import titles or patrons from a CSV file (see the README for the columns).
     #[command(subcommand)]
     Import(ImportCommand),
+    /// Place, cancel and list holds on titles with no copy at hand.
+    #[command(subcommand)]
+    Hold(HoldCommand),
     /// Whether the API and its dependencies (RabbitMQ, PostgreSQL, S3) are ready.
     Status,
     /// Replay a request file: one operation per line (see `bibliomq run --help`).
@@ -209,6 +212,42 @@ pub enum CopyCommand {
     },
     /// Withdraw a copy: never lent again, its history kept.
     Withdraw { barcode: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HoldCommand {
+    /// Place a hold for a patron, to pick up at a branch: answered with its
+    /// place in the title's queue.
+    Place {
+        /// The ISBN (ISBN-13, or ISBN-10; hyphens allowed).
+        #[arg(required_unless_present = "title", conflicts_with = "title")]
+        isbn: Option<String>,
+        /// Words of the title instead of the ISBN.
+        #[arg(long)]
+        title: Option<String>,
+        #[arg(long)]
+        patron: String,
+        /// Where the patron picks the copy up (see `bibliomq branches`).
+        #[arg(long)]
+        branch: String,
+    },
+    /// Cancel a hold (cancelling twice changes nothing).
+    Cancel {
+        id: String,
+        /// The patron this acts for: the hold must be theirs.
+        #[arg(long)]
+        patron: Option<String>,
+    },
+    /// A patron's holds (`--patron`) or a title's queue (`--isbn`).
+    List {
+        #[arg(long, required_unless_present = "isbn", conflicts_with = "isbn")]
+        patron: Option<String>,
+        #[arg(long)]
+        isbn: Option<String>,
+        /// A patron's closed holds too.
+        #[arg(long, requires = "patron")]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -17,6 +17,7 @@
 //!   `loans`, `branches`, `status`.
 //! - [`admin`]: `title add`, `copy add|withdraw`, `patron add|block|unblock|show|list`.
 //! - [`import`]: `import titles|patrons <file.csv>`, streamed in batches.
+//! - [`holds`]: `hold place|cancel|list`.
 //! - [`replay`]: `run <file>`: the request-file format, the paced concurrent
 //!   replay, its summary and its HTML report.
 
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod dead;
 pub mod error;
 pub mod follow;
+pub mod holds;
 pub mod http;
 pub mod import;
 pub mod library;
@@ -37,7 +39,8 @@ use std::time::Duration;
 use clap::Parser;
 
 use cli::{
-    Cli, Command, CopyCommand, DeadCommand, ImportCommand, PatronCommand, TaskCommand, TitleCommand,
+    Cli, Command, CopyCommand, DeadCommand, HoldCommand, ImportCommand, PatronCommand, TaskCommand,
+    TitleCommand,
 };
 use error::{Failure, exit};
 use output::Output;
@@ -220,6 +223,31 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Import(i) => match i {
             ImportCommand::Titles(a) => import::run(&api, out, import::Kind::Titles, &a).await,
             ImportCommand::Patrons(a) => import::run(&api, out, import::Kind::Patrons, &a).await,
+        },
+        Command::Hold(h) => match h {
+            HoldCommand::Place {
+                isbn,
+                title,
+                patron,
+                branch,
+            } => {
+                let book = match (isbn, title) {
+                    (_, Some(title)) => library::Book::Title(title),
+                    (Some(isbn), None) => library::Book::Isbn(isbn),
+                    (None, None) => {
+                        return Err(Failure::Usage("give the ISBN or --title".into()));
+                    }
+                };
+                holds::place(&api, out, &book, &patron, &branch).await
+            }
+            HoldCommand::Cancel { id, patron } => {
+                holds::cancel(&api, out, &id, patron.as_deref()).await
+            }
+            HoldCommand::List { patron, isbn, all } => match (patron, isbn) {
+                (Some(patron), _) => holds::patron(&api, out, &patron, all).await,
+                (None, Some(isbn)) => holds::title(&api, out, &isbn).await,
+                (None, None) => Err(Failure::Usage("give --patron or --isbn".into())),
+            },
         },
         Command::Status => library::status(&api, out).await,
         Command::Run(args) => {

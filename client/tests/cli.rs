@@ -864,3 +864,67 @@ async fn an_import_run_twice_changes_nothing_the_second_time_and_reports_rejects
     let ran = bibliomq(&app, &["import", "patrons", file.path()]).await;
     assert_eq!(ran.code, 2, "{ran}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_place_list_and_cancel_through_the_cli() {
+    let app = spawn_app().await;
+    app.seed(0, 12).await;
+    for patron in ["marta", "jorge"] {
+        let ran = bibliomq(
+            &app,
+            &["loan", CRIMEN, "--patron", patron, "--branch", "central"],
+        )
+        .await;
+        assert_eq!(ran.code, 0, "{ran}");
+    }
+    let ran = bibliomq(
+        &app,
+        &[
+            "hold", "place", CRIMEN, "--patron", "lucia", "--branch", "norte",
+        ],
+    )
+    .await;
+    assert_eq!(ran.code, 0, "{ran}");
+    assert!(ran.stdout.starts_with("placed hold "), "{ran}");
+    assert!(ran.stdout.contains("number 1 in the queue"), "{ran}");
+    let ran = bibliomq(&app, &["--json", "hold", "list", "--isbn", CRIMEN]).await;
+    assert_eq!(ran.code, 0, "{ran}");
+    let hold = ran.json()["holds"][0].clone();
+    assert_eq!(hold["patron"], "lucia", "{ran}");
+    assert_eq!(hold["position"], 1, "{ran}");
+    let id = hold["id"].as_str().unwrap().to_owned();
+    let ran = bibliomq(&app, &["hold", "list", "--patron", "lucia"]).await;
+    assert_eq!(ran.code, 0, "{ran}");
+    assert!(
+        ran.stdout.contains(&id) && ran.stdout.contains("waiting"),
+        "{ran}"
+    );
+
+    // A rule's refusal exits 1 with the API's message and code.
+    let ran = bibliomq(
+        &app,
+        &[
+            "hold", "place", CRIMEN, "--patron", "marta", "--branch", "norte",
+        ],
+    )
+    .await;
+    assert_eq!(ran.code, 1, "{ran}");
+    assert!(
+        ran.stderr.contains("already has Crimen y castigo on loan"),
+        "{ran}"
+    );
+    assert!(ran.stderr.contains("(409 already_on_loan)"), "{ran}");
+
+    let ran = bibliomq(&app, &["hold", "cancel", &id, "--patron", "lucia"]).await;
+    assert_eq!(ran.code, 0, "{ran}");
+    assert!(ran.stdout.starts_with("cancelled hold "), "{ran}");
+    let ran = bibliomq(&app, &["--json", "hold", "cancel", &id]).await;
+    assert_eq!(ran.code, 0, "{ran}");
+    assert_eq!(ran.json()["already_cancelled"], true, "{ran}");
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let ran = bibliomq(&app, &["hold", "cancel", &unknown]).await;
+    assert_eq!(ran.code, 1, "{ran}");
+    assert!(ran.stderr.contains("(404 hold_not_found)"), "{ran}");
+    let ran = bibliomq(&app, &["hold", "list"]).await;
+    assert_eq!(ran.code, 2, "give --patron or --isbn: {ran}");
+}
