@@ -391,3 +391,82 @@ async fn a_running_task_is_cancelled_from_its_page() {
     browser.screenshot("task-cancelled").await;
     browser.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_desk_places_a_hold_and_after_a_return_lends_the_copy_from_the_hold_shelf() {
+    const ISBN: &str = "9788450000030";
+    let app = spawn_app().await;
+    app.add_title(ISBN, "Solo en la central", &[1, 0]).await;
+    let patrons = app.add_patrons("d", 2).await;
+    let (status, lent) = app
+        .post(
+            "/v1/loans",
+            &json!({"isbn": ISBN, "patron": patrons[0], "branch": "central"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{lent}");
+    let copy = lent["loan"]["copy"].as_str().unwrap().to_owned();
+    let browser = Browser::start("holds").await;
+
+    // No copy at hand: the book page places a hold for d2, at norte.
+    browser.goto(&app.url(&format!("/ui/books/{ISBN}"))).await;
+    browser.wait_text("#book-title", "Solo en la central").await;
+    browser.fill("#hold-patron", &patrons[1]).await;
+    browser.choose("#hold-branch", "norte").await;
+    browser.click("#hold-form button[type=submit]").await;
+    let placed = browser.wait_text("#hold-out.ok", "Hold placed").await;
+    assert!(placed.contains("number 1 in the queue"), "{placed}");
+    browser.wait_text("#book-holds tbody", &patrons[1]).await;
+    let (_, holds) = app
+        .get_json(&format!("/v1/patrons/{}/holds", patrons[1]))
+        .await;
+    assert_eq!(holds["holds"][0]["state"], "waiting", "{holds}");
+    browser.screenshot("hold-placed").await;
+
+    // The copy comes back: the page says it goes onto norte's hold shelf.
+    let copy_row = format!("#book-copies tr[data-copy='{copy}']");
+    browser
+        .click(&format!("{copy_row} button[aria-label^='Return']"))
+        .await;
+    let returned = browser.wait_text("#copy-out.ok", "hold shelf").await;
+    assert!(returned.contains(&patrons[1]), "{returned}");
+    browser.wait_text(&copy_row, "on hold shelf").await;
+    browser.wait_text("#book-holds tbody", "ready").await;
+
+    // Someone else is refused; the patron it waits for gets it.
+    browser.fill("#loan-patron", &patrons[0]).await;
+    browser.click("#loan-form button[type=submit]").await;
+    browser.wait_text("#loan-out.err", "not_available").await;
+    browser.fill("#loan-patron", &patrons[1]).await;
+    browser.choose("#loan-branch", "norte").await;
+    browser.click("#loan-form button[type=submit]").await;
+    let lent = browser.wait_text("#loan-out.ok", "their hold").await;
+    assert!(lent.contains(&copy), "{lent}");
+    browser.wait_text(&copy_row, "on loan").await;
+    let (_, holds) = app
+        .get_json(&format!("/v1/patrons/{}/holds?all=true", patrons[1]))
+        .await;
+    assert_eq!(holds["holds"][0]["state"], "fulfilled", "{holds}");
+    browser.screenshot("hold-lent").await;
+
+    // The patron page lists open holds with a cancel button.
+    let (status, _) = app
+        .post(
+            "/v1/holds",
+            &json!({"isbn": ISBN, "patron": patrons[0], "pickup_branch": "central"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    browser
+        .goto(&app.url(&format!("/ui/patrons/{}", patrons[0])))
+        .await;
+    browser
+        .wait_text("#patron-holds tbody", "Solo en la central")
+        .await;
+    browser
+        .click("#patron-holds tbody button[aria-label^='Cancel']")
+        .await;
+    browser.wait_text("#hold-action-out.ok", "Cancelled").await;
+    browser.wait_text("#patron-holds tbody", "No holds").await;
+    browser.close().await;
+}

@@ -1,8 +1,9 @@
 // A book: availability per branch, each copy with its status and due date,
-// renew or return a copy on loan, lend another.
+// renew or return a copy on loan, lend another (a copy on the hold shelf
+// goes to the patron it waits for), place a hold, see the queue.
 
-import { $, h, get, start, say, errorNodes, day, badge, branchName } from './common.js';
-import { lend, circulate } from './forms.js';
+import { $, h, get, start, say, errorNodes, day, when, badge, branchName } from './common.js';
+import { lend, circulate, placeHold } from './forms.js';
 
 start();
 
@@ -28,6 +29,21 @@ async function load() {
     h('td', {}, b.total),
     h('td', {}, b.next_due_at ? day(b.next_due_at) : '—'))));
   $('#book-copies tbody').replaceChildren(...book.copies.map(copyRow));
+  await loadHolds();
+}
+
+async function loadHolds() {
+  const res = await get(`/v1/titles/${encodeURIComponent(isbn)}/holds`);
+  if (!res.ok) return;
+  const rows = res.data.holds.map((hold) => h('tr', { 'data-hold': hold.id },
+    h('td', {}, hold.position ?? '—'),
+    h('td', {}, h('a', { href: `/ui/patrons/${encodeURIComponent(hold.patron)}` }, hold.patron)),
+    h('td', {}, branchName(hold.pickup_branch)),
+    h('td', {}, badge(hold.state)),
+    h('td', { class: 'mono' }, hold.copy || ''),
+    h('td', {}, hold.pickup_by ? when(hold.pickup_by) : '')));
+  $('#book-holds tbody').replaceChildren(...(rows.length ? rows
+    : [h('tr', {}, h('td', { colspan: 6, class: 'muted' }, 'No holds.'))]));
 }
 
 function copyRow(copy) {
@@ -40,7 +56,19 @@ function copyRow(copy) {
         onclick: async (event) => {
           event.currentTarget.disabled = true;
           await circulate(kind, { loan_id: copy.loan_id, branch: $('#desk-branch').value }, $('#copy-out'));
-          await load();
+          await $('#hold-form').addEventListener('submit', async (event) => {
+  event.preventDefault();
+  const button = event.currentTarget.querySelector('button[type=submit]');
+  button.disabled = true;
+  try {
+    await placeHold($('#hold-out'), { isbn }, $('#hold-patron').value.trim(), $('#hold-branch').value);
+    await load();
+  } finally {
+    button.disabled = false;
+  }
+});
+
+load();
         },
       }, label));
     }
@@ -60,6 +88,30 @@ $('#loan-form').addEventListener('submit', async (event) => {
   button.disabled = true;
   try {
     await lend(form, $('#loan-out'), { isbn }, $('#loan-patron').value.trim(), $('#loan-branch').value);
+    await $('#hold-form').addEventListener('submit', async (event) => {
+  event.preventDefault();
+  const button = event.currentTarget.querySelector('button[type=submit]');
+  button.disabled = true;
+  try {
+    await placeHold($('#hold-out'), { isbn }, $('#hold-patron').value.trim(), $('#hold-branch').value);
+    await load();
+  } finally {
+    button.disabled = false;
+  }
+});
+
+load();
+  } finally {
+    button.disabled = false;
+  }
+});
+
+$('#hold-form').addEventListener('submit', async (event) => {
+  event.preventDefault();
+  const button = event.currentTarget.querySelector('button[type=submit]');
+  button.disabled = true;
+  try {
+    await placeHold($('#hold-out'), { isbn }, $('#hold-patron').value.trim(), $('#hold-branch').value);
     await load();
   } finally {
     button.disabled = false;

@@ -138,7 +138,7 @@ export function bytes(n) {
   return unit === 0 ? `${value} B` : `${value.toFixed(value < 10 ? 1 : 0)} ${units[unit]}`;
 }
 
-export const badge = (text, kind = text) => h('span', { class: `badge ${kind}` }, String(text).replace('_', ' '));
+export const badge = (text, kind = text) => h('span', { class: `badge ${kind}` }, String(text).replace(/_/g, ' '));
 
 export const short = (id) => String(id).slice(0, 8);
 

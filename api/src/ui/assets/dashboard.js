@@ -131,6 +131,12 @@ function describe(key, e) {
     const late = e.outcome && e.outcome.overdue ? ', late' : '';
     return `${e.isbn} returned${e.patron ? ` by ${e.patron}` : ''} at ${at}${late}`;
   }
+  if (key.startsWith('hold.ready.')) {
+    return `${e.isbn} (copy ${e.copy}) on the hold shelf at ${at} for ${e.patron}, pick up by ${day(e.pickup_by)}`;
+  }
+  if (key.startsWith('hold.expired.')) {
+    return `hold of ${e.patron} on ${e.isbn} expired at ${at}: copy ${e.copy} not picked up`;
+  }
   if (key.startsWith('rejected.')) {
     const message = e.message || (e.outcome && e.outcome.message) || '';
     return `${e.operation} of ${e.isbn}${who} refused at ${at}: ${e.reason}${message ? ` (${message})` : ''}`;
@@ -139,7 +145,7 @@ function describe(key, e) {
 }
 
 function feedItem({ routing_key: key, event }) {
-  const bad = key.startsWith('rejected.') || key === 'task.failed' || key === 'task.dead';
+  const bad = key.startsWith('rejected.') || key.startsWith('hold.expired.') || key === 'task.failed' || key === 'task.dead';
   const item = h('li', { class: 'fresh', 'data-key': key },
     h('time', { datetime: (event && event.at) || new Date().toISOString() }, clock(event && event.at)),
     h('span', { class: `key ${bad ? 'bad' : 'good'}` }, key),

@@ -2,7 +2,7 @@
 // Every rule is the API's: these functions send what was typed, and show
 // what came back (the loan and its due date, or the refusal's message).
 
-import { h, post, get, say, errorNodes, day, branchName } from './common.js';
+import { h, post, get, call, say, errorNodes, day, when, branchName } from './common.js';
 
 const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
 
@@ -29,7 +29,7 @@ export async function lend(form, out, book, patron, branch) {
       h('a', { href: `/ui/books/${encodeURIComponent(loan.isbn)}` }, loan.title),
       ` (copy ${loan.copy}) to `,
       h('a', { href: `/ui/patrons/${encodeURIComponent(loan.patron)}` }, loan.patron),
-      ` at ${branchName(loan.branch)}, `,
+      ` at ${branchName(loan.branch)}`, loan.fulfilled_hold ? ' (their hold)' : '', ', ',
       h('strong', { class: 'due' }, `due ${day(loan.due_at)}`), '.');
     return true;
   }
@@ -91,7 +91,9 @@ export async function circulate(kind, request, out) {
         ` (renewal ${outcome.renewals}).`);
     } else {
       say(out, 'ok', h('strong', {}, `${k.done}: `), `copy ${outcome.copy} is back`,
-        outcome.overdue ? `, late: it was due ${day(outcome.was_due_at)}.` : ', on time.');
+        outcome.overdue ? `, late: it was due ${day(outcome.was_due_at)}.` : ', on time.',
+        outcome.hold ? [' It goes onto the hold shelf at ', h('strong', {}, branchName(outcome.hold.pickup_branch)),
+          ` for ${outcome.hold.patron}, to pick up by ${when(outcome.hold.pickup_by)}.`] : '');
     }
     return true;
   }
@@ -114,4 +116,34 @@ async function settle(id) {
     await sleep(pause);
     pause = Math.min(pause * 2, 1000);
   }
+}
+
+/** Places a hold for a patron on `book` ({isbn} or {title}), to pick up at `branch`. */
+export async function placeHold(out, book, patron, branch) {
+  say(out, 'pending', 'Placing the hold…');
+  const res = await post('/v1/holds', { ...book, patron, pickup_branch: branch });
+  if (res.ok) {
+    const hold = res.data;
+    say(out, 'ok', h('strong', {}, 'Hold placed: '), `${hold.title} for `,
+      h('a', { href: `/ui/patrons/${encodeURIComponent(hold.patron)}` }, hold.patron),
+      `, to pick up at ${branchName(hold.pickup_branch)}; number `, h('strong', {}, hold.position),
+      ' in the queue.');
+    return true;
+  }
+  say(out, 'err', h('strong', {}, res.status === 409 ? 'Refused: ' : 'Not placed: '), ...errorNodes(res.error));
+  return false;
+}
+
+/** Cancels a hold; says where a copy on the shelf for it went. */
+export async function cancelHold(out, id) {
+  say(out, 'pending', 'Cancelling the hold…');
+  const res = await call('DELETE', `/v1/holds/${encodeURIComponent(id)}`);
+  if (!res.ok) {
+    say(out, 'err', h('strong', {}, 'Not cancelled: '), ...errorNodes(res.error));
+    return false;
+  }
+  const passed = res.data.passed_to;
+  say(out, 'ok', h('strong', {}, 'Cancelled: '), `the hold on ${res.data.hold.title}.`,
+    passed ? ` Copy ${passed.copy} now waits at ${branchName(passed.pickup_branch)} for ${passed.patron}.` : '');
+  return true;
 }

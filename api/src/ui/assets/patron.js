@@ -1,7 +1,8 @@
-// A patron: current loans (returned ones on request), renew or return each.
+// A patron: current loans (returned ones on request), renew or return each;
+// their open holds, cancel each.
 
-import { $, h, get, start, say, errorNodes, day, badge, branchName } from './common.js';
-import { circulate } from './forms.js';
+import { $, h, get, start, say, errorNodes, day, when, badge, branchName } from './common.js';
+import { circulate, cancelHold } from './forms.js';
 
 start();
 
@@ -23,6 +24,30 @@ async function load() {
   const rows = data.loans.map(loanRow);
   $('#patron-loans tbody').replaceChildren(...(rows.length ? rows
     : [h('tr', {}, h('td', { colspan: 7, class: 'muted' }, 'No loans.'))]));
+  await loadHolds();
+}
+
+async function loadHolds() {
+  const res = await get(`/v1/patrons/${encodeURIComponent(patron)}/holds`);
+  if (!res.ok) return;
+  const rows = res.data.holds.map((hold) => h('tr', { 'data-hold': hold.id },
+    h('td', {}, h('a', { href: `/ui/books/${encodeURIComponent(hold.isbn)}` }, hold.title)),
+    h('td', {}, branchName(hold.pickup_branch)),
+    h('td', {}, badge(hold.state)),
+    h('td', {}, hold.position ?? '—'),
+    h('td', { class: 'mono' }, hold.copy || ''),
+    h('td', {}, hold.pickup_by ? when(hold.pickup_by) : ''),
+    h('td', { class: 'actions' }, h('button', {
+      type: 'button', class: 'small secondary',
+      'aria-label': `Cancel the hold on ${hold.title}`,
+      onclick: async (event) => {
+        event.currentTarget.disabled = true;
+        await cancelHold($('#hold-action-out'), hold.id);
+        await load();
+      },
+    }, 'Cancel'))));
+  $('#patron-holds tbody').replaceChildren(...(rows.length ? rows
+    : [h('tr', {}, h('td', { colspan: 7, class: 'muted' }, 'No holds.'))]));
 }
 
 function loanRow(loan) {
