@@ -717,7 +717,7 @@ async fn a_return_closes_the_loan_and_frees_the_copy() {
 }
 
 /// A private queue on an exchange, to watch what flows through it.
-async fn watch(
+pub(crate) async fn watch(
     env: &TestEnv,
     exchange: &str,
     keys: &[&str],
@@ -733,7 +733,7 @@ async fn watch(
         .expect("the watch queue never got bound")
 }
 
-async fn next_event(
+pub(crate) async fn next_event(
     rx: &mut tokio::sync::mpsc::Receiver<bibliomq_core::broker::events::EventMessage>,
     key: &str,
 ) -> Value {

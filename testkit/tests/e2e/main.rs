@@ -9,6 +9,7 @@ mod cluster;
 mod contract;
 mod edge;
 mod failover;
+mod holds;
 mod library;
 mod openapi;
 mod ops;

@@ -4,6 +4,7 @@
 
 mod events;
 mod gateways;
+mod holds;
 mod library;
 mod requests;
 mod task_control;
