@@ -718,6 +718,80 @@ async fn every_documented_operation_answers_as_documented() {
         409,
     )
     .await;
+
+    // Holds: the title above has no copy left, so a hold is taken.
+    let hold = c
+        .check(
+            call(Method::POST, "/v1/holds").json(
+                json!({"isbn": "9780140449136", "patron": "zoe", "pickup_branch": "central"}),
+            ),
+            201,
+        )
+        .await;
+    let hold_id = hold["id"].as_str().unwrap().to_owned();
+    c.check(
+        call(Method::POST, "/v1/holds")
+            .json(json!({"isbn": "9780140449136", "patron": "zoe", "pickup_branch": "central"})),
+        409,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/holds")
+            .json(json!({"isbn": "9780140449136", "patron": "nadie", "pickup_branch": "central"})),
+        404,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/holds")
+            .json(json!({"isbn": "9780140449136", "patron": "zoe", "pickup_branch": "lejos"})),
+        422,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/holds").raw("application/json", "{"),
+        400,
+    )
+    .await;
+    c.check(call(Method::POST, "/v1/holds").raw("", "{}"), 415)
+        .await;
+    c.check(call(Method::GET, format!("/v1/holds/{hold_id}")), 200)
+        .await;
+    c.check(call(Method::GET, format!("/v1/holds/{missing}")), 404)
+        .await;
+    c.check(call(Method::GET, "/v1/holds/nope"), 422).await;
+    c.check(call(Method::GET, "/v1/patrons/zoe/holds"), 200)
+        .await;
+    c.check(call(Method::GET, "/v1/patrons/zoe/holds?all=true"), 200)
+        .await;
+    c.check(call(Method::GET, "/v1/patrons/nadie/holds"), 404)
+        .await;
+    c.check(call(Method::GET, "/v1/patrons/NO%20WAY/holds"), 422)
+        .await;
+    c.check(call(Method::GET, "/v1/patrons/zoe/holds?all=maybe"), 400)
+        .await;
+    c.check(call(Method::GET, "/v1/titles/9780140449136/holds"), 200)
+        .await;
+    c.check(call(Method::GET, "/v1/titles/9780306406157/holds"), 404)
+        .await;
+    c.check(call(Method::GET, "/v1/titles/123/holds"), 422)
+        .await;
+    c.check(
+        call(Method::DELETE, format!("/v1/holds/{hold_id}?patron=ana")),
+        409,
+    )
+    .await;
+    c.check(
+        call(Method::DELETE, format!("/v1/holds/{hold_id}?colour=red")),
+        400,
+    )
+    .await;
+    c.check(call(Method::DELETE, format!("/v1/holds/{hold_id}")), 200)
+        .await;
+    c.check(call(Method::DELETE, format!("/v1/holds/{hold_id}")), 200)
+        .await;
+    c.check(call(Method::DELETE, format!("/v1/holds/{missing}")), 404)
+        .await;
+    c.check(call(Method::DELETE, "/v1/holds/nope"), 422).await;
     c.check(
         call(Method::POST, "/v1/patrons").json(json!({"id": "zoe2", "name": "Zoe", "email": "no"})),
         422,
