@@ -5,7 +5,10 @@
 //! available (`hold.expired`), renewals refused `on_hold`, cancelling, bad
 //! input, and the races of one title across two worker processes.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::HashMap,
+    sync::atomic::{AtomicUsize, Ordering},
+};
 
 use bibliomq_core::{broker::topology, clock::ManualClock, metrics::MessageOutcome};
 use bibliomq_testkit::{
@@ -522,6 +525,12 @@ async fn bad_hold_requests_get_clear_errors_and_change_nothing() {
     assert_eq!(app.count("SELECT count(*) FROM holds").await, 0);
 }
 
+/// What a latecomer in the race ended with.
+enum Late {
+    Held(Value),
+    Lent(Value),
+}
+
 /// Hold placements, cancellations, returns and loans of one title at once,
 /// with loans and returns decided by two worker processes: every outcome is
 /// one of those allowed, each copy is with exactly one patron or shelf or
@@ -530,7 +539,7 @@ async fn bad_hold_requests_get_clear_errors_and_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_returns_holds_cancellations_and_loans_never_give_a_copy_twice_or_skip_the_queue()
  {
-    const COPIES: usize = 6;
+    const COPIES: usize = 10;
     let app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
     let workers = WorkerProcess::start_many(&app.env.settings(), 2).await;
     rabbit::wait_for_consumers(&app.env.amqp_url(), topology::LOANS_QUEUE, 2).await;
@@ -557,106 +566,144 @@ async fn concurrent_returns_holds_cancellations_and_loans_never_give_a_copy_twic
         early_holds.push(hold["id"].as_str().unwrap().to_owned());
     }
 
-    // At once: every copy returned, the first three early holds cancelled,
-    // ten more holds placed, ten walk-in loans, and loans by the last three
-    // early patrons (who may find their copy on the shelf, or not yet).
-    enum Did {
-        Return(u16, Value),
-        Cancel(u16, Value),
-        Place(String, u16, Value),
-        WalkIn(String, u16, Value),
-        HolderLoan(String, u16, Value),
-    }
-    let mut work: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = Did> + Send + '_>>> =
-        Vec::new();
-    for loan in &loans {
-        let app = &app;
-        work.push(Box::pin(async move {
-            let (s, b) = app
-                .post(
-                    "/v1/returns",
-                    &json!({"loan_id": loan, "branch": "central"}),
-                )
-                .await;
-            Did::Return(s, b)
-        }));
-    }
-    for id in &early_holds[..3] {
-        let app = &app;
-        work.push(Box::pin(async move {
-            let (s, b) = app.delete(&format!("/v1/holds/{id}")).await;
-            Did::Cancel(s, b)
-        }));
-    }
-    for n in &late {
-        let app = &app;
-        work.push(Box::pin(async move {
-            let (s, b) = place(app, isbn, n, "central").await;
-            Did::Place(n.clone(), s, b)
-        }));
-    }
-    for w in &walk_ins {
-        let app = &app;
-        work.push(Box::pin(async move {
-            let (s, b) = lend(app, isbn, w, "central").await;
-            Did::WalkIn(w.clone(), s, b)
-        }));
-    }
-    for e in &early[3..] {
-        let app = &app;
-        work.push(Box::pin(async move {
-            let (s, b) = lend(app, isbn, e, "central").await;
-            Did::HolderLoan(e.clone(), s, b)
-        }));
-    }
-    let done = join_all(work).await;
-
-    // Every answer is one the rules allow.
-    let mut returns = Vec::new();
-    let mut placed = HashSet::new();
-    let mut refused_places = 0;
-    let mut walk_in_loans = HashSet::new();
-    let mut holder_loans = HashMap::new();
-    for did in &done {
-        match did {
-            Did::Return(s, b) => {
-                assert_eq!(*s, 202, "{b}");
-                returns.push(b["operation_id"].as_str().unwrap().to_owned());
+    // At once, while the returns are applied one by one by the two worker
+    // processes: e1's hold is cancelled at once, e2's as soon as a copy waits
+    // for it (so the copy passes on), e3's once any copy is on the shelf;
+    // e4..e6 ask for a loan until their copy is there; ten walk-ins ask for a
+    // loan until every return is applied; ten latecomers, one more after each
+    // return, place a hold, or, when told a copy is available, lend it
+    // instead.
+    let settled = AtomicUsize::new(0);
+    let settled = &settled;
+    let returns = loans.len();
+    let app_ref = &app;
+    let hold_state = |id: String| async move {
+        app_ref.get_json(&format!("/v1/holds/{id}")).await.1["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let returning = join_all(loans.iter().map(|loan| async move {
+        let op = give_back(app_ref, loan, "central").await;
+        settled.fetch_add(1, Ordering::SeqCst);
+        op
+    }));
+    let cancelling = join_all(early_holds[..3].iter().enumerate().map(|(i, id)| {
+        let hold_state = &hold_state;
+        async move {
+            match i {
+                0 => {}
+                1 => wait_until(DEADLINE, || async {
+                    (hold_state(id.clone()).await == "ready").then_some(())
+                })
+                .await
+                .expect("e2's copy never came"),
+                _ => wait_until(DEADLINE, || async {
+                    let (_, queue) = app_ref.get_json(&format!("/v1/titles/{isbn}/holds")).await;
+                    queue["holds"]
+                        .as_array()
+                        .is_some_and(|q| q.iter().any(|h| h["state"] == "ready"))
+                        .then_some(())
+                })
+                .await
+                .expect("no copy ever reached the shelf"),
             }
-            Did::Cancel(s, b) => {
-                assert_eq!(*s, 200, "{b}");
-                assert_eq!(b["already_cancelled"], false, "{b}");
+            app_ref.delete(&format!("/v1/holds/{id}")).await
+        }
+    }));
+    let holders_lending = join_all(early[3..].iter().map(|e| async move {
+        wait_until(DEADLINE, || async {
+            let (s, b) = lend(app_ref, isbn, e, "central").await;
+            match (s, b["error"]["code"].as_str()) {
+                (201, None) => Some(b),
+                (409, Some("not_available")) => None,
+                other => panic!("a holder's loan answered {other:?}: {b}"),
             }
-            Did::Place(who, s, b) => match (*s, b["error"]["code"].as_str()) {
-                (201, None) => {
-                    placed.insert(who.clone());
-                }
-                (409, Some("available_at_branch")) => refused_places += 1,
-                other => panic!("placing a hold answered {other:?}: {b}"),
-            },
-            Did::WalkIn(who, s, b) => match (*s, b["error"]["code"].as_str()) {
+        })
+        .await
+        .unwrap_or_else(|| panic!("{e}'s copy never reached the shelf"))
+    }));
+    let walking_in = join_all(walk_ins.iter().map(|w| async move {
+        wait_until(DEADLINE, || async {
+            let all_back = settled.load(Ordering::SeqCst) == returns;
+            let (s, b) = lend(app_ref, isbn, w, "central").await;
+            match (s, b["error"]["code"].as_str()) {
                 (201, None) => {
                     assert!(b["loan"]["fulfilled_hold"].is_null(), "{b}");
-                    walk_in_loans.insert(who.clone());
+                    Some(Some(b))
                 }
-                (409, Some("not_available")) => {}
+                (409, Some("not_available")) => all_back.then_some(None),
                 other => panic!("a walk-in loan answered {other:?}: {b}"),
-            },
-            Did::HolderLoan(who, s, b) => match (*s, b["error"]["code"].as_str()) {
-                (201, None) => {
-                    assert!(b["loan"]["fulfilled_hold"].is_string(), "{b}");
-                    holder_loans.insert(who.clone(), b["loan"]["copy"].clone());
-                }
+            }
+        })
+        .await
+        .expect("walk-ins stop once every copy is back")
+    }));
+    let arriving = join_all(late.iter().enumerate().map(|(i, n)| async move {
+        // Latecomer i comes once i copies are back, so some find copies
+        // left over and some find a queue.
+        wait_until(DEADLINE, || async {
+            (settled.load(Ordering::SeqCst) >= i).then_some(())
+        })
+        .await
+        .expect("the returns are applied");
+        let mut refused = 0;
+        loop {
+            let (s, b) = place(app_ref, isbn, n, "central").await;
+            match (s, b["error"]["code"].as_str()) {
+                (201, None) => return (n.clone(), Late::Held(b), refused),
+                (409, Some("available_at_branch")) => refused += 1,
+                other => panic!("placing a hold answered {other:?}: {b}"),
+            }
+            let (s, b) = lend(app_ref, isbn, n, "central").await;
+            match (s, b["error"]["code"].as_str()) {
+                (201, None) => return (n.clone(), Late::Lent(b), refused),
+                // Someone else took it in between: try the hold again.
                 (409, Some("not_available")) => {}
-                other => panic!("a holder's loan answered {other:?}: {b}"),
-            },
+                other => panic!("lending instead answered {other:?}: {b}"),
+            }
+            assert!(refused < 50, "{n} went round {refused} times");
+        }
+    }));
+    let (returned, cancelled, holder_loans, walked_in, arrived) =
+        tokio::join!(returning, cancelling, holders_lending, walking_in, arriving);
+
+    // Every answer is one the rules allow, and each is counted.
+    assert!(returned.iter().all(|op| op["state"] == "applied"));
+    for (status, body) in &cancelled {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(body["already_cancelled"], false, "{body}");
+    }
+    // e2's copy went to the next waiting hold, or, with none waiting, back
+    // to available.
+    let passed = &cancelled[1].1["passed_to"];
+    assert!(
+        passed.is_null() || (passed["isbn"] == isbn && passed["patron"] != "e2"),
+        "{passed}"
+    );
+    for (loan, hold) in holder_loans.iter().zip(&early_holds[3..]) {
+        assert_eq!(loan["loan"]["fulfilled_hold"], hold.as_str(), "{loan}");
+    }
+    for (n, late, _) in &arrived {
+        match late {
+            Late::Held(hold) => assert_eq!(hold["state"], "waiting", "{n}: {hold}"),
+            Late::Lent(loan) => assert!(loan["loan"]["fulfilled_hold"].is_null(), "{n}: {loan}"),
         }
     }
-    for op in &returns {
-        let op = app.wait_for_operation(op).await;
-        assert_eq!(op["state"], "applied", "{op}");
-    }
-    assert_eq!(placed.len() + refused_places, late.len());
+    let walk_in_loans: Vec<&Value> = walked_in.iter().flatten().collect();
+    let placed: Vec<&String> = arrived
+        .iter()
+        .filter_map(|(n, l, _)| matches!(l, Late::Held(_)).then_some(n))
+        .collect();
+    let late_loans = arrived.len() - placed.len();
+    let lent_instead: usize = arrived.iter().map(|(_, _, r)| *r).sum();
+    eprintln!(
+        "race: {} walk-in loans, {} holds placed, {late_loans} latecomers lent instead \
+         ({lent_instead} refusals to place), e2's copy passed to {}",
+        walk_in_loans.len(),
+        placed.len(),
+        cancelled[1].1["passed_to"]["patron"]
+    );
 
     let count = |sql: String| {
         let app = &app;
@@ -695,7 +742,7 @@ async fn concurrent_returns_holds_cancellations_and_loans_never_give_a_copy_twic
     assert_eq!(open_loans, on_loan);
     assert_eq!(
         open_loans,
-        i64::try_from(walk_in_loans.len() + holder_loans.len()).unwrap()
+        i64::try_from(walk_in_loans.len() + holder_loans.len() + late_loans).unwrap()
     );
     assert_eq!(ready, on_shelf);
     assert_eq!(
