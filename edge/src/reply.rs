@@ -84,6 +84,8 @@ pub enum Answer {
     Patron { patron: PatronView },
     /// `patron_list`: the same page as `GET /v1/patrons`.
     Patrons(PatronPage),
+    /// `me`: the same answer as `GET /v1/me`.
+    Me { caller: bibliomq_core::auth::Caller },
 }
 
 /// A task: id, action, state, attempts, and the result inline, or where a

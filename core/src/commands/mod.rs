@@ -4,6 +4,7 @@
 mod admin;
 mod dashboard;
 mod dead;
+mod keys;
 mod library;
 mod tasks;
 
@@ -24,6 +25,7 @@ pub use dead::{
     DEAD_LIST_MAX, DEAD_REACH, DeadLetter, DeadLetterList, DeadLetterReplay, DeadQueue,
     ReplaySelection,
 };
+pub use keys::{KeyCreated, KeyInfo, NewKey};
 pub use library::{
     CirculationRequest, LoanReceipt, LoanRequest, OperationAccepted, SEARCH_MAX_LIMIT,
     SEARCH_MAX_WORDS,
@@ -39,10 +41,13 @@ use crate::{
     storage::ObjectStore,
 };
 
-/// What the commands need, shared by every request. Cheap to clone.
+/// What the commands need, shared by every request, and who they act for
+/// (see [`Commands::acting_as`]). Cheap to clone.
 #[derive(Clone)]
 pub struct Commands {
     inner: Arc<Inner>,
+    /// `None`: nobody, every command answers `unauthorized`.
+    caller: Option<Arc<crate::auth::Caller>>,
 }
 
 struct Inner {
@@ -59,6 +64,8 @@ struct Inner {
     /// Listing and replaying dead letters hold a queue's messages; one at a
     /// time in this process, so two do not each see half of them.
     dead_letters: tokio::sync::Mutex<()>,
+    /// Key look-ups and per-key budgets.
+    gate: crate::auth::Gate,
 }
 
 impl Commands {
@@ -73,8 +80,17 @@ impl Commands {
         let task_inserts = tasks::inserter(pool.clone());
         let request_inserts = library::request_inserter(pool.clone());
         let rpc = RpcClient::new(publisher.broker().clone(), settings.amqp.confirm_timeout);
+        let gate = crate::auth::Gate::new(
+            settings.auth.cache_ttl,
+            settings.auth.rate_per_sec,
+            settings.auth.rate_burst,
+        );
         Self {
+            // The process's own use (CLI sub-commands); transports start
+            // from `for_transport` instead.
+            caller: Some(Arc::new(crate::auth::Caller::internal())),
             inner: Arc::new(Inner {
+                gate,
                 pool,
                 publisher,
                 rpc,

@@ -54,6 +54,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "delayed_tasks",
         include_str!("../../../migrations/0009_delayed_tasks.sql"),
     ),
+    (
+        11,
+        "api_keys",
+        include_str!("../../../migrations/0011_api_keys.sql"),
+    ),
 ];
 
 /// Arbitrary constant: the advisory lock that serialises concurrent runners
