@@ -62,7 +62,7 @@ struct KeyBody {
     patron: Option<String>,
     /// A note for people: whose key it is, what for.
     #[serde(default)]
-    #[schema(nullable = false, min_length = 1, max_length = 200)]
+    #[schema(schema_with = bibliomq_core::schema::person_name)]
     name: Option<String>,
 }
 

@@ -274,7 +274,7 @@ impl Commands {
         let name = new
             .name
             .as_deref()
-            .map(|n| super::admin::label(n, "name", 200))
+            .map(|n| super::admin::label(n, "name", crate::limits::NAME_MAX))
             .transpose()?;
         let client = self.pool().get().await?;
         if let Some(p) = &patron
