@@ -71,6 +71,9 @@ impl From<CommandError> for ApiError {
             CommandError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             CommandError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             CommandError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            CommandError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            CommandError::Forbidden(_) => StatusCode::FORBIDDEN,
+            CommandError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         };
         Self {
             status,
@@ -147,11 +150,25 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::warn!(status = %self.status, code = self.body.code, "request failed");
         }
+        let retry_after = match self.body.details.as_deref() {
+            Some(ErrorDetails::RateLimited { retry_after }) => Some(*retry_after),
+            _ => None,
+        };
         let mut response = (self.status, Json(ErrorAnswer { error: self.body })).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(retry_after) = retry_after
+            && let Ok(v) = HeaderValue::from_str(&retry_after.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
         }
         response
     }

@@ -64,6 +64,13 @@ impl Application {
 
     /// As [`Application::build`], with the clock the library rules read.
     pub async fn build_with_clock(settings: Settings, clock: Clock) -> anyhow::Result<Self> {
+        settings.auth.check_bind(&settings.api.host, "API")?;
+        if settings.auth.enabled && settings.api.token.is_some() {
+            tracing::warn!(
+                "BIBLIOMQ_API_TOKEN is ignored with BIBLIOMQ_AUTH=on: requests need an API key \
+                 (bibliomq-api keys create)"
+            );
+        }
         let infra = Infra::connect(settings, "bibliomq-api", Duration::from_secs(5)).await?;
         let addr = format!("{}:{}", infra.settings.api.host, infra.settings.api.port);
         let listener = TcpListener::bind(&addr)
@@ -72,7 +79,7 @@ impl Application {
         Ok(Self {
             listener,
             state: AppState {
-                commands: infra.commands(clock),
+                commands: infra.commands(clock).for_transport(),
                 metrics: infra.metrics.clone(),
                 broker: infra.broker.clone(),
                 settings: Arc::new(infra.settings),

@@ -46,9 +46,110 @@ enum Command {
         #[arg(long)]
         older_than: Option<HumanDuration>,
     },
+    /// API keys (README "API keys and roles"): make, list, revoke.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Ask this machine's API for `/readyz`: exit 0 when it answers 200,
     /// 1 otherwise (for container healthchecks; no curl needed).
     Healthcheck,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make a key and print it: this is the only time it is shown.
+    Create {
+        /// admin, librarian, patron or service.
+        #[arg(long)]
+        role: String,
+        /// A librarian key's branch (absent: every branch).
+        #[arg(long)]
+        branch: Option<String>,
+        /// A patron key's patron (required for that role).
+        #[arg(long)]
+        patron: Option<String>,
+        /// A note: whose key it is, what for.
+        #[arg(long)]
+        name: Option<String>,
+        /// Print only the key (for scripts).
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// List the keys (never their secrets).
+    List {
+        /// Revoked keys too.
+        #[arg(long)]
+        revoked: bool,
+    },
+    /// Revoke a key by its id (or the whole key).
+    Revoke { id: String },
+}
+
+async fn keys(settings: Settings, command: KeysCommand) -> anyhow::Result<()> {
+    let infra = bibliomq_core::infra::Infra::connect(
+        settings,
+        "bibliomq-api-keys",
+        std::time::Duration::ZERO,
+    )
+    .await?;
+    // The CLI acts as the process itself: whoever can run it here can
+    // already reach the database.
+    let commands = infra.commands(bibliomq_core::clock::Clock::system());
+    let show = |k: &bibliomq_core::commands::KeyInfo| {
+        format!(
+            "{}  {:<9}  branch={}  patron={}  name={}  created={}{}",
+            k.id,
+            k.role.as_str(),
+            k.branch.as_deref().unwrap_or("-"),
+            k.patron.as_deref().unwrap_or("-"),
+            k.name.as_deref().unwrap_or("-"),
+            k.created_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            k.revoked_at.map_or(String::new(), |r| format!(
+                "  revoked={}",
+                r.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )),
+        )
+    };
+    let result = match command {
+        KeysCommand::Create {
+            role,
+            branch,
+            patron,
+            name,
+            quiet,
+        } => commands
+            .create_key(bibliomq_core::commands::NewKey {
+                role,
+                branch,
+                patron,
+                name,
+            })
+            .await
+            .map(|created| {
+                if quiet {
+                    println!("{}", created.key);
+                } else {
+                    println!("{}", show(&created.info));
+                    println!("key (shown this once; keep it secret): {}", created.key);
+                }
+            }),
+        KeysCommand::List { revoked } => commands.list_keys(revoked).await.map(|keys| {
+            for k in &keys {
+                println!("{}", show(k));
+            }
+            if keys.is_empty() {
+                println!("no keys");
+            }
+        }),
+        KeysCommand::Revoke { id } => commands
+            .revoke_key(&id)
+            .await
+            .map(|k| println!("revoked: {}", show(&k))),
+    };
+    infra.broker.close().await;
+    result.map_err(|e| anyhow::anyhow!("{} ({})", e.public_message(), e.code()))
 }
 
 #[tokio::main]
@@ -57,6 +158,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     telemetry::init(settings.log_format);
     match cli.command.unwrap_or(Command::Serve) {
+        Command::Keys { command } => keys(settings, command).await,
         Command::Healthcheck => ops::healthcheck(&settings.api.host, settings.api.port).await,
         Command::Migrate => {
             let applied = db::migrate_database(&settings.database).await?;

@@ -10,7 +10,10 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use bibliomq_core::telemetry::{self, CORRELATION_HEADER};
+use bibliomq_core::{
+    auth::{Caller, same_secret},
+    telemetry::{self, CORRELATION_HEADER},
+};
 use tracing::Instrument;
 
 use crate::{AppState, error::ApiError};
@@ -34,6 +37,7 @@ pub async fn correlate(mut req: Request, next: Next) -> Response {
         method = %req.method(),
         path = %req.uri().path(),
         correlation_id = %id,
+        key = tracing::field::Empty,
         status = tracing::field::Empty,
     );
     let started = std::time::Instant::now();
@@ -101,29 +105,52 @@ pub async fn record_metrics(State(state): State<AppState>, req: Request, next: N
     response
 }
 
-/// With `BIBLIOMQ_API_TOKEN` set, lets through only requests that carry
-/// `Authorization: Bearer <that token>`; otherwise `401` with the JSON error
-/// body. Without a token configured it does nothing.
-pub async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(expected) = state.settings.api.token.as_ref() else {
+/// Who is calling, for every `/v1` route: with BIBLIOMQ_AUTH=on, the
+/// `Authorization: Bearer <key>` checked by the command layer
+/// ([`bibliomq_core::commands::Commands::authenticate`]: 401 without a valid
+/// key, 429 past the key's budget); the [`Caller`] goes into the request's
+/// extensions for [`crate::extract::Acting`]. With it off, everyone is the
+/// open caller, and `BIBLIOMQ_API_TOKEN`, when set, still guards `/v1` as a
+/// shared token (401 without it), as before keys existed.
+pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let given = bearer(&req);
+    if !state.settings.auth.enabled {
+        if let Some(expected) = state.settings.api.token.as_ref() {
+            match given {
+                Some(token) if same_secret(token.as_bytes(), expected.0.as_bytes()) => {}
+                Some(_) => return unauthorized("the bearer token is not the one this API expects"),
+                None => {
+                    return unauthorized(
+                        "this API requires a token: send `Authorization: Bearer <token>` \
+                         (the bibliomq client reads BIBLIOMQ_API_TOKEN or --token)",
+                    );
+                }
+            }
+        }
+        req.extensions_mut().insert(Caller::open());
         return next.run(req).await;
-    };
-    let given = req
-        .headers()
+    }
+    match state.commands.authenticate(given.as_deref()).await {
+        Ok(caller) => {
+            tracing::Span::current().record("key", caller.key.as_str());
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// The bearer credential, when one is sent.
+fn bearer(req: &Request) -> Option<String> {
+    req.headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             let (scheme, token) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
-    match given {
-        Some(token) if same_secret(token.as_bytes(), expected.0.as_bytes()) => next.run(req).await,
-        Some(_) => unauthorized("the bearer token is not the one this API expects"),
-        None => unauthorized(
-            "this API requires a token: send `Authorization: Bearer <token>` \
-             (the bibliomq client reads BIBLIOMQ_API_TOKEN or --token)",
-        ),
-    }
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim().to_owned())
+        })
 }
 
 fn unauthorized(message: &str) -> Response {
@@ -134,16 +161,6 @@ fn unauthorized(message: &str) -> Response {
         HeaderValue::from_static("Bearer"),
     );
     response
-}
-
-/// Compares without stopping at the first difference, so the time taken
-/// does not tell a guesser how much of the token they got right.
-fn same_secret(given: &[u8], expected: &[u8]) -> bool {
-    let mut diff = u8::from(given.len() != expected.len());
-    for (i, e) in expected.iter().enumerate() {
-        diff |= given.get(i).unwrap_or(&0) ^ e;
-    }
-    diff == 0
 }
 
 #[cfg(test)]

@@ -38,7 +38,7 @@ use utoipa::OpenApi;
 #[openapi(
     info(
         title = "bibliomq",
-        description = "Tasks (submit, follow, fetch results) and library circulation (loans, renewals, returns, catalogue) over RabbitMQ, PostgreSQL and S3. Every error has the body `{\"error\": {\"code\", \"message\", \"field\"?}}`; every response carries `x-correlation-id`. When the server has `BIBLIOMQ_API_TOKEN` set, `/v1/*` needs `Authorization: Bearer <token>`.",
+        description = "Tasks (submit, follow, fetch results) and library circulation (loans, renewals, returns, catalogue) over RabbitMQ, PostgreSQL and S3. Every error has the body `{\"error\": {\"code\", \"message\", \"field\"?}}`; every response carries `x-correlation-id`. With `BIBLIOMQ_AUTH=on`, `/v1/*` needs an API key, `Authorization: Bearer <key>`: 401 without a valid one, 403 when its role does not cover the request, 429 past its rate. With it off (the development default), when the server has `BIBLIOMQ_API_TOKEN` set, `/v1/*` needs `Authorization: Bearer <token>`.",
         license(name = "MIT OR Apache-2.0", identifier = "MIT OR Apache-2.0")
     ),
     servers((url = "/")),
@@ -48,6 +48,7 @@ use utoipa::OpenApi;
         (name = "catalogue", description = "Adding and changing titles; adding and withdrawing copies"),
         (name = "patrons", description = "Adding, changing, blocking and finding patrons"),
         (name = "holds", description = "Holds on titles with no copy at hand: the queue, the hold shelf, pickups"),
+        (name = "keys", description = "Who is calling; API keys and their roles (admins)"),
         (name = "web", description = "What the web pages show beyond the rest of the API: live events, dashboard figures, the results bucket"),
         (name = "operations", description = "Health, readiness, metrics, this document")
     )
@@ -146,8 +147,15 @@ fn shared_answers(doc: &mut Value) {
                 continue;
             }
             responses["401"] = error(
-                "A token is configured and the request has none, or the wrong one (`unauthorized`).",
+                "BIBLIOMQ_AUTH=on and no valid key (`unauthorized`: none, unknown, revoked); or, with it off, a token is configured and the request has none or the wrong one.",
             );
+            responses["403"] = error(
+                "The key's role, branch or patron does not cover this (`forbidden`, with `required_roles` and `role`).",
+            );
+            responses["429"] = error(
+                "The key made too many requests (`rate_limited`, with `retry_after`); try again after `Retry-After` seconds.",
+            );
+            responses["429"]["headers"] = json!({"Retry-After": {"schema": {"type": "string"}}});
             responses["500"] =
                 error("Our failure (`internal`); the details are in the server's log.");
             responses["504"] = error(
@@ -164,7 +172,7 @@ fn shared_answers(doc: &mut Value) {
         "bearer": {
             "type": "http",
             "scheme": "bearer",
-            "description": "Required on /v1/* only when the server sets BIBLIOMQ_API_TOKEN."
+            "description": "An API key (`bmq_<id>_<secret>`, from `bibliomq-api keys create`), required on /v1/* with BIBLIOMQ_AUTH=on; with it off, the shared BIBLIOMQ_API_TOKEN when the server sets one."
         }
     });
     components["parameters"] = json!({
@@ -199,7 +207,7 @@ fn close_answers(doc: &mut Value) {
             // error object is closed like any answer: these are all the
             // members it may have.
             schema["description"] = json!(
-                "Some errors add details: `candidates` (ambiguous_title), `earliest_due_at` (not_available), `open_loans` and `max_loans` (loan_limit_reached), `idempotency_key` (a refused loan), `state` (result_not_ready, task_failed)."
+                "Some errors add details: `candidates` (ambiguous_title), `earliest_due_at` (not_available), `open_loans` and `max_loans` (loan_limit_reached), `idempotency_key` (a refused loan), `state` (result_not_ready, task_failed), `required_roles` and `role` (forbidden), `retry_after` (rate_limited)."
             );
         }
         close(&mut schema);

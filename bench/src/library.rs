@@ -88,6 +88,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let http = reqwest::Client::builder()
+        .default_headers(args.target.headers()?)
         .pool_max_idle_per_host(args.concurrency)
         .timeout(Duration::from_secs(30))
         .build()?;

@@ -40,6 +40,22 @@ pub struct Target {
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
+    /// API key sent as `Authorization: Bearer` (servers with BIBLIOMQ_AUTH=on).
+    #[arg(long, env = "BIBLIOMQ_API_TOKEN", hide_env_values = true)]
+    key: Option<String>,
+}
+
+impl Target {
+    /// The headers every request carries: the key, when there is one.
+    pub fn headers(&self) -> anyhow::Result<reqwest::header::HeaderMap> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(key) = self.key.as_deref().filter(|k| !k.is_empty()) {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        Ok(headers)
+    }
 }
 
 #[tokio::main]

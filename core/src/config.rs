@@ -23,7 +23,116 @@ pub struct Settings {
     pub library: LibrarySettings,
     pub dashboard: DashboardSettings,
     pub worker: WorkerSettings,
+    pub auth: AuthSettings,
     pub log_format: LogFormat,
+}
+
+/// Who may do what (see `crate::auth`): API keys and roles on every transport.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// `BIBLIOMQ_AUTH=on`: every request needs a key. Off (the development
+    /// default) lets everyone do everything, and is refused on an address
+    /// other machines can reach.
+    pub enabled: bool,
+    /// How long a key look-up is reused before PostgreSQL is asked again:
+    /// the most a revocation takes to reach a running process.
+    pub cache_ttl: Duration,
+    /// Requests a key may make per second, on average (0: no limit).
+    pub rate_per_sec: f64,
+    /// Requests a key may make at once before the average applies.
+    pub rate_burst: f64,
+    /// Source addresses whose TCP gateway connections need no `AUTH` line
+    /// (legacy clients); they get the `service` role.
+    pub gateway_allow: AddressList,
+}
+
+/// `loopback`, `none`, or a comma-separated list of IP addresses (and `loopback`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressList {
+    pub loopback: bool,
+    pub addresses: Vec<std::net::IpAddr>,
+}
+
+impl AddressList {
+    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        (self.loopback && ip.is_loopback()) || self.addresses.contains(&ip)
+    }
+}
+
+impl Display for AddressList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts: Vec<String> = self.addresses.iter().map(ToString::to_string).collect();
+        if self.loopback {
+            parts.insert(0, "loopback".to_owned());
+        }
+        if parts.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&parts.join(","))
+        }
+    }
+}
+
+impl FromStr for AddressList {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        let mut list = Self {
+            loopback: false,
+            addresses: Vec::new(),
+        };
+        for part in split_list(s) {
+            match part.as_str() {
+                "none" => {}
+                "loopback" => list.loopback = true,
+                other => list.addresses.push(other.parse().with_context(|| {
+                    format!("`{other}` is not an IP address (nor `loopback` or `none`)")
+                })?),
+            }
+        }
+        Ok(list)
+    }
+}
+
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OnOff(pub bool);
+
+impl FromStr for OnOff {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s.to_lowercase().as_str() {
+            "on" | "true" | "1" | "yes" => Ok(Self(true)),
+            "off" | "false" | "0" | "no" => Ok(Self(false)),
+            other => bail!("expected `on` or `off`, got `{other}`"),
+        }
+    }
+}
+
+impl AuthSettings {
+    /// Refuses to serve without keys on an address other machines can
+    /// reach: BIBLIOMQ_AUTH=off is for one's own machine only.
+    pub fn check_bind(&self, host: &str, what: &str) -> anyhow::Result<()> {
+        if self.enabled {
+            return Ok(());
+        }
+        let loopback = host == "localhost"
+            || host
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
+            bail!(
+                "refusing to start the {what} on {host} with BIBLIOMQ_AUTH=off: anyone who reaches that \
+                 address could do anything. Set BIBLIOMQ_AUTH=on (and create a key with \
+                 `bibliomq-api keys create --role admin`), or listen on 127.0.0.1"
+            );
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -364,6 +473,19 @@ impl Settings {
                 ops_host: env.get("WORKER_OPS_HOST", "127.0.0.1".to_owned())?,
                 ops_port: env.get("WORKER_OPS_PORT", 9101)?,
             },
+            auth: AuthSettings {
+                enabled: env.get("AUTH", OnOff(false))?.0,
+                cache_ttl: env.millis("AUTH_CACHE_MS", 2_000)?,
+                rate_per_sec: env.get("AUTH_RATE_PER_SEC", 100.0)?,
+                rate_burst: env.get("AUTH_RATE_BURST", 200.0)?,
+                gateway_allow: env.get(
+                    "AUTH_GATEWAY_ALLOW",
+                    AddressList {
+                        loopback: true,
+                        addresses: Vec::new(),
+                    },
+                )?,
+            },
             log_format: env.get("LOG_FORMAT", LogFormat::Pretty)?,
         };
         settings.check()?;
@@ -521,6 +643,27 @@ mod tests {
             .unwrap();
         assert_eq!(on.api.token, Some(ApiToken("s3cret".into())));
         assert!(!format!("{on:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn auth_is_off_by_default_and_then_only_on_loopback() {
+        let off = Settings::from_lookup(|_| None).unwrap().auth;
+        assert!(!off.enabled);
+        assert!(off.check_bind("127.0.0.1", "API").is_ok());
+        assert!(off.check_bind("::1", "API").is_ok());
+        let err = off.check_bind("0.0.0.0", "API").unwrap_err().to_string();
+        assert!(err.contains("BIBLIOMQ_AUTH=on"), "{err}");
+        let on = Settings::from_lookup(|k| (k == "BIBLIOMQ_AUTH").then(|| "on".into()))
+            .unwrap()
+            .auth;
+        assert!(on.check_bind("0.0.0.0", "API").is_ok());
+        assert!(off.gateway_allow.allows("127.0.0.1".parse().unwrap()));
+        assert!(!off.gateway_allow.allows("10.0.0.1".parse().unwrap()));
+        let list: AddressList = "10.0.0.1, loopback".parse().unwrap();
+        assert!(list.allows("10.0.0.1".parse().unwrap()));
+        assert!(list.allows("::ffff:10.0.0.1".parse().unwrap()));
+        let none: AddressList = "none".parse().unwrap();
+        assert!(!none.allows("127.0.0.1".parse().unwrap()));
     }
 
     #[test]

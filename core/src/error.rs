@@ -60,6 +60,13 @@ pub enum ErrorDetails {
     KeyReused { idempotency_key: String },
     /// `task_failed`, `result_not_ready`: the task's state.
     TaskState { state: TaskState },
+    /// `forbidden`: the roles that may do it, and the caller's.
+    Forbidden {
+        required_roles: Vec<crate::auth::Role>,
+        role: crate::auth::Role,
+    },
+    /// `rate_limited`: seconds to wait (also the `Retry-After` header).
+    RateLimited { retry_after: u64 },
 }
 
 /// A title that matched the words of a loan request.
@@ -98,6 +105,15 @@ pub struct ErrorDetailMembers {
     /// `task_failed`, `result_not_ready`, `task_finished`: the task's state.
     #[schema(nullable = false)]
     state: Option<TaskState>,
+    /// `forbidden`: the roles that may do what was asked.
+    #[schema(nullable = false)]
+    required_roles: Option<Vec<crate::auth::Role>>,
+    /// `forbidden`: the role of the key that asked.
+    #[schema(nullable = false)]
+    role: Option<crate::auth::Role>,
+    /// `rate_limited`: seconds to wait before trying again.
+    #[schema(nullable = false)]
+    retry_after: Option<u64>,
 }
 
 impl ErrorBody {
@@ -148,7 +164,20 @@ impl From<CommandError> for ErrorBody {
                 tracing::warn!(%message, "a dependency is unavailable");
                 Self::new(code, message)
             }
-            CommandError::NotFound { .. } | CommandError::Timeout(_) => Self::new(code, message),
+            CommandError::NotFound { .. }
+            | CommandError::Timeout(_)
+            | CommandError::Unauthenticated(_) => Self::new(code, message),
+            CommandError::Forbidden(refused) => {
+                Self::new(code, message).with_details(ErrorDetails::Forbidden {
+                    required_roles: refused.required,
+                    role: refused.role,
+                })
+            }
+            CommandError::RateLimited(wait) => {
+                Self::new(code, message).with_details(ErrorDetails::RateLimited {
+                    retry_after: retry_after_secs(wait),
+                })
+            }
         }
     }
 }
@@ -226,6 +255,21 @@ pub enum CommandError {
     /// Our own failure; the details are logged, never shown to the caller.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+    /// No key, or not a valid one (unknown, revoked, mistyped). The message
+    /// never repeats what was sent.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A valid key whose role (or branch, or patron) does not cover the request.
+    #[error("{}", .0.message)]
+    Forbidden(crate::auth::Refused),
+    /// The key has made too many requests; try again after the wait.
+    #[error("this key has made too many requests; try again in {} s", retry_after_secs(*.0))]
+    RateLimited(std::time::Duration),
+}
+
+/// Whole seconds to wait, at least one.
+pub fn retry_after_secs(wait: std::time::Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
 }
 
 impl CommandError {
@@ -252,6 +296,9 @@ impl CommandError {
             Self::Unavailable(_) => "unavailable",
             Self::Timeout(_) => "timeout",
             Self::Internal(_) => "internal",
+            Self::Unauthenticated(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::RateLimited(_) => "rate_limited",
         }
     }
 

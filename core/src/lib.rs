@@ -22,11 +22,13 @@
 //! - [`ops`]: `/metrics`, `/healthz`, `/readyz`, and the small server that
 //!   serves them for processes without an HTTP API of their own.
 //! - [`answers`]: the HTTP API's answers, one struct each.
+//! - [`auth`]: API keys, roles, the caller of a command and what it may do.
 //! - [`error`]: the command layer's errors (caller's mistake vs our failure).
 //! - [`words`]: enums that travel as fixed words (states, outcomes).
 //! - [`schema`]: JSON Schemas of request fields, for the OpenAPI document.
 
 pub mod answers;
+pub mod auth;
 pub mod batch;
 pub mod broker;
 pub mod clock;

@@ -126,6 +126,13 @@ pub struct EdgeLabels {
     pub outcome: String,
 }
 
+/// Why a request was refused by the key check.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthLabels {
+    /// `no_key`, `invalid_key`, `forbidden` or `rate_limited`.
+    pub reason: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProtocolLabels {
     pub protocol: String,
@@ -151,6 +158,8 @@ pub struct Metrics {
     pub tasks_purged: Counter,
     /// Stored results deleted by retention.
     pub results_purged: Counter,
+    /// Requests refused by the key check, by reason (never by key).
+    pub auth_refused: Family<AuthLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -199,6 +208,12 @@ impl Metrics {
             "results_purged",
             "Stored task results deleted from the bucket by retention",
             results_purged.clone(),
+        );
+        let auth_refused = Family::<AuthLabels, Counter>::default();
+        registry.register(
+            "auth_refused",
+            "Requests refused by the API key check, by reason (no_key, invalid_key, forbidden, rate_limited)",
+            auth_refused.clone(),
         );
         let dead_letters_replayed = Counter::default();
         registry.register(
@@ -278,7 +293,26 @@ impl Metrics {
             dead_letters_replayed,
             tasks_purged,
             results_purged,
+            auth_refused,
         }
+    }
+
+    /// Counts a request refused by the key check.
+    pub fn auth_refused(&self, reason: &str) {
+        self.auth_refused
+            .get_or_create(&AuthLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Refusals counted so far for `reason`.
+    pub fn auth_refused_count(&self, reason: &str) -> u64 {
+        self.auth_refused
+            .get_or_create(&AuthLabels {
+                reason: reason.to_owned(),
+            })
+            .get()
     }
 
     /// Counts and times one request answered by the edge.

@@ -115,7 +115,16 @@ pub const ROUTES: &[Route] = &[
         names: &["holds"],
         handler: |c, r| Box::pin(holds::list(c, r)),
     },
+    Route {
+        names: &["me", "quien_soy", "quién_soy"],
+        handler: |c, r| Box::pin(me(c, r)),
+    },
 ];
+
+/// The fields a request may carry its API key in (`clave` for the clients
+/// that speak Spanish). Taken out of the request before any handler sees
+/// it, so it is never echoed nor logged.
+pub const KEY_FIELDS: [&str; 2] = ["key", "clave"];
 
 /// Finds the route for `action`: trimmed, any case, any alias.
 pub fn route(action: &str) -> Option<&'static Route> {
@@ -139,9 +148,29 @@ async fn answer(
     body: &[u8],
     deadline: Instant,
 ) -> (&'static str, &'static str, String) {
-    let request = match Request::parse(body, deadline) {
+    let mut request = match Request::parse(body, deadline) {
         Ok(r) => r,
         Err(e) => return ("unknown", e.code, error_reply(e)),
+    };
+    // Who is asking, before anything else: the same check as every transport's.
+    let mut key = None;
+    for name in KEY_FIELDS {
+        match request.fields.remove(name) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(k)) => key = Some(k),
+            Some(_) => {
+                let e = WireError::new("invalid_field", format!("`{name}` must be a string"))
+                    .with_field(name);
+                return ("unknown", e.code, error_reply(e));
+            }
+        }
+    }
+    let commands = match commands.authenticate(key.as_deref()).await {
+        Ok(caller) => commands.acting_as(caller),
+        Err(e) => {
+            let e = WireError::from(e);
+            return ("unknown", e.code, error_reply(e));
+        }
     };
     let Some(route) = route(&request.action) else {
         let known: Vec<&str> = ROUTES
@@ -232,6 +261,13 @@ async fn task_status(commands: Commands, request: Request) -> Reply {
 async fn task_cancel(commands: Commands, request: Request) -> Reply {
     let cancelled = commands.cancel_task(task_id(&request)?).await?;
     Ok(Answer::Cancelled(cancelled))
+}
+
+/// `{"action": "me"}`: who the key is (role, branch, patron).
+async fn me(commands: Commands, _request: Request) -> Reply {
+    Ok(Answer::Me {
+        caller: commands.me()?,
+    })
 }
 
 /// The `id` field: a task id.

@@ -77,6 +77,7 @@ impl EdgeApp {
     /// fine, requests answer `unavailable` until they are back) and binds all
     /// four sockets; port 0 picks a free port.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.auth.check_bind(&settings.edge.host, "edge")?;
         let infra = Infra::connect(settings, "bibliomq-edge", Duration::from_secs(5)).await?;
         let settings = &infra.settings;
         let ops = OpsServer::bind(
@@ -100,7 +101,7 @@ impl EdgeApp {
             ndjson: ndjson.local_addr()?.port(),
             pipe: pipe.local_addr()?.port(),
         };
-        let commands = infra.commands(Clock::system());
+        let commands = infra.commands(Clock::system()).for_transport();
         Ok(Self {
             commands,
             broker: infra.broker,

@@ -11,9 +11,16 @@
 //!   an error; the connection goes on. Blank lines are skipped.
 //! - **Shutdown.** The listener stops accepting, each connection stops
 //!   reading, writes the answers still due, and closes.
+//! - **Keys.** With BIBLIOMQ_AUTH=on, a connection sends `AUTH <key>` as
+//!   its first line, answered in the protocol's own shape; its lines then
+//!   act for that key. A connection from an address on
+//!   BIBLIOMQ_AUTH_GATEWAY_ALLOW (legacy clients that cannot send a key)
+//!   acts with the `service` role without one; any other acts for nobody,
+//!   and the command layer answers each of its lines `unauthorized`.
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
+use bibliomq_core::{auth::Caller, commands::Commands};
 use futures::{StreamExt, stream::FuturesOrdered};
 use tokio::{
     io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter},
@@ -66,6 +73,15 @@ pub trait LineProtocol: Clone + Send + Sync + 'static {
 
     /// Where answered lines are counted.
     fn metrics(&self) -> &bibliomq_core::metrics::Metrics;
+
+    /// The commands the lines run, acting for the connection's caller.
+    fn commands(&self) -> &Commands;
+
+    /// The same protocol, its lines run by `commands`.
+    fn acting_as(&self, commands: Commands) -> Self;
+
+    /// The answer line to an `AUTH <key>` line: who the key is, or why not.
+    fn auth_answer(&self, outcome: Result<&Caller, crate::wire::WireError>) -> String;
 
     /// The answer line (without its newline) to `line`. Must always answer,
     /// within the protocol's own time limit.
@@ -123,6 +139,7 @@ async fn connection<P: LineProtocol>(
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    let mut protocol = bind_caller(&protocol, peer);
     let (read, write) = stream.into_split();
     let mut lines = LineReader::new(BufReader::new(read), MAX_LINE_BYTES);
     let mut out = BufWriter::new(write);
@@ -148,16 +165,40 @@ async fn connection<P: LineProtocol>(
             }
             () = shutdown.cancelled(), if reading => reading = false,
             line = lines.next_line(), if reading && pending.len() < MAX_IN_FLIGHT => match line {
+                Ok(Some(Ok(line))) if auth_line(&line).is_some() => {
+                    let key = auth_line(&line).unwrap_or_default();
+                    let started = std::time::Instant::now();
+                    let commands = protocol.commands().clone();
+                    let (answer, outcome) = match commands.authenticate(Some(key)).await {
+                        Ok(caller) => {
+                            let answer = protocol.auth_answer(Ok(&caller));
+                            protocol = protocol.acting_as(commands.acting_as(caller));
+                            (answer, "ok")
+                        }
+                        Err(e) => {
+                            // Explicit credentials that fail are not made up
+                            // for by the source address.
+                            let nobody = commands.acting_as_nobody();
+                            let e = crate::wire::WireError::from(e);
+                            let outcome = e.code;
+                            let answer = protocol.auth_answer(Err(e));
+                            protocol = protocol.acting_as(nobody);
+                            (answer, outcome)
+                        }
+                    };
+                    protocol.metrics().edge_request(P::NAME, "auth", outcome, started.elapsed());
+                    pending.push_back(futures::future::Either::Left(std::future::ready(answer)));
+                }
                 Ok(Some(line)) => {
                     let answer = protocol.answer(line);
                     let metrics = protocol.metrics().clone();
-                    pending.push_back(async move {
+                    pending.push_back(futures::future::Either::Right(async move {
                         let started = std::time::Instant::now();
                         let answer = answer.await;
                         let outcome = if P::succeeded(&answer) { "ok" } else { "error" };
                         metrics.edge_request(P::NAME, P::ACTION, outcome, started.elapsed());
                         answer
-                    });
+                    }));
                 }
                 Ok(None) => reading = false,
                 Err(e) => {
@@ -174,6 +215,29 @@ async fn connection<P: LineProtocol>(
     let _ = out.flush().await;
     let _ = out.shutdown().await;
     tracing::debug!(%peer, gateway = P::NAME, "connection closed");
+}
+
+/// The key of an `AUTH <key>` line (the word in any case).
+fn auth_line(line: &str) -> Option<&str> {
+    let line = line.trim();
+    let (word, key) = line.split_once(char::is_whitespace)?;
+    word.eq_ignore_ascii_case("AUTH").then(|| key.trim())
+}
+
+/// Whom a new connection acts for before any `AUTH` line: anyone with
+/// BIBLIOMQ_AUTH=off; with it on, the `service` role for an allowed source
+/// address, nobody otherwise.
+fn bind_caller<P: LineProtocol>(protocol: &P, peer: SocketAddr) -> P {
+    let commands = protocol.commands();
+    let auth = &commands.settings().auth;
+    let bound = if !auth.enabled {
+        commands.acting_as(Caller::open())
+    } else if auth.gateway_allow.allows(peer.ip()) {
+        commands.acting_as(Caller::address(peer.ip()))
+    } else {
+        commands.acting_as_nobody()
+    };
+    protocol.acting_as(bound)
 }
 
 /// Reads lines of at most `max` bytes. Cancel-safe: bytes taken from the

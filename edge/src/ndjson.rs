@@ -16,6 +16,7 @@
 use std::{future::Future, time::Duration};
 
 use bibliomq_core::{
+    auth::Caller,
     commands::{Commands, TaskSubmission},
     tasks::TaskState,
     telemetry,
@@ -111,6 +112,26 @@ impl LineProtocol for Ndjson {
         self.commands.metrics()
     }
 
+    fn commands(&self) -> &Commands {
+        &self.commands
+    }
+
+    fn acting_as(&self, commands: Commands) -> Self {
+        Self { commands }
+    }
+
+    /// `{"id":null,"status":"done","result":{"ok":true,"data":{"key",...}}}`,
+    /// or the error in the usual shape.
+    fn auth_answer(&self, outcome: Result<&Caller, WireError>) -> String {
+        to_text(&match outcome {
+            Ok(caller) => done(
+                Value::Null,
+                serde_json::to_value(caller).unwrap_or(Value::Null),
+            ),
+            Err(e) => error(Value::Null, e),
+        })
+    }
+
     fn answer(
         &self,
         line: Result<String, BadLine>,
@@ -135,6 +156,9 @@ async fn answer(commands: Commands, line: Result<String, BadLine>) -> Answer {
         Ok(request) => request,
         Err((id, e)) => return error(id, e),
     };
+    if let Err(e) = commands.admit_current() {
+        return error(id, e.into());
+    }
     let correlation_id = telemetry::new_correlation_id();
     let span = tracing::info_span!("ndjson_request", action = %submission.action, %correlation_id);
     let limit = commands.settings().edge.request_timeout;

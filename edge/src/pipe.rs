@@ -6,7 +6,7 @@
 
 use std::{fmt, future::Future, time::Duration};
 
-use bibliomq_core::{commands::Commands, tasks::TaskState, telemetry};
+use bibliomq_core::{auth::Caller, commands::Commands, tasks::TaskState, telemetry};
 use serde_json::Value;
 use tracing::Instrument;
 
@@ -62,6 +62,27 @@ impl LineProtocol for Pipe {
         self.commands.metrics()
     }
 
+    fn commands(&self) -> &Commands {
+        &self.commands
+    }
+
+    fn acting_as(&self, commands: Commands) -> Self {
+        Self { commands }
+    }
+
+    /// `RESULT|AUTH|<role>` or `ERROR|AUTH|<message>`.
+    fn auth_answer(&self, outcome: Result<&Caller, WireError>) -> String {
+        let id = "AUTH".to_owned();
+        match outcome {
+            Ok(caller) => Answer::Result {
+                id,
+                value: Value::String(caller.role.to_string()),
+            },
+            Err(error) => Answer::Error { id, error },
+        }
+        .to_string()
+    }
+
     fn answer(
         &self,
         line: Result<String, BadLine>,
@@ -89,6 +110,12 @@ async fn answer(commands: Commands, line: Result<String, BadLine>) -> Answer {
         Ok(request) => request,
         Err((id, message)) => return error(id, message),
     };
+    if let Err(e) = commands.admit_current() {
+        return Answer::Error {
+            id,
+            error: e.into(),
+        };
+    }
     let correlation_id = telemetry::new_correlation_id();
     let span = tracing::info_span!("pipe_request", %id, %correlation_id);
     let limit = commands.settings().edge.request_timeout;

@@ -95,6 +95,8 @@ pub enum Answer {
     PatronHolds(PatronHolds),
     /// `holds` with `isbn`: the same answer as `GET /v1/titles/{isbn}/holds`.
     TitleHolds(TitleHolds),
+    /// `me`: the same answer as `GET /v1/me`.
+    Me { caller: bibliomq_core::auth::Caller },
 }
 
 /// A task: id, action, state, attempts, and the result inline, or where a

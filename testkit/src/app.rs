@@ -133,6 +133,65 @@ impl TestApp {
         }
     }
 
+    /// With BIBLIOMQ_AUTH=on: the API and `workers` workers with keys
+    /// required (tweak the rest with `tweak`). Make keys with [`TestApp::key`].
+    pub async fn spawn_with_auth(
+        env: TestEnv,
+        tweak: impl Fn(&mut Settings),
+        workers: usize,
+    ) -> Self {
+        Self::spawn(
+            env,
+            |s| {
+                s.auth.enabled = true;
+                tweak(s);
+            },
+            workers,
+        )
+        .await
+    }
+
+    /// A new API key with `role` (and a librarian's `branch`, a patron's
+    /// `patron`), written straight to the test's database as
+    /// `bibliomq-api keys create` would; returns the whole key.
+    pub async fn key(&self, role: &str, branch: Option<&str>, patron: Option<&str>) -> String {
+        let secret = bibliomq_core::auth::new_secret();
+        self.env
+            .db()
+            .await
+            .execute(
+                "INSERT INTO api_keys (id, digest, role, branch, patron, name)
+                 VALUES ($1, $2, $3, $4, $5, 'test')",
+                &[&secret.id, &secret.digest, &role, &branch, &patron],
+            )
+            .await
+            .unwrap();
+        secret.text
+    }
+
+    /// `method path` with `Authorization: Bearer <key>` (none when `key` is
+    /// `None`) and, when given, a JSON body: the status, the headers and
+    /// the JSON answer (`null` when not JSON).
+    pub async fn call_as(
+        &self,
+        key: Option<&str>,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req.send().await.unwrap();
+        let headers = resp.headers().clone();
+        let (status, json) = status_and_json(resp).await;
+        (status, headers, json)
+    }
+
     /// Adds patrons `prefix1` .. `prefixN`.
     pub async fn add_patrons(&self, prefix: &str, n: usize) -> Vec<String> {
         let db = self.env.db().await;

@@ -131,6 +131,11 @@ pub fn settings_env(settings: &Settings) -> Vec<(String, String)> {
         ("S3_CONSOLE_URL", s.dashboard.s3_console_url.clone()),
         ("WORKER_OPS_HOST", s.worker.ops_host.clone()),
         ("WORKER_OPS_PORT", s.worker.ops_port.to_string()),
+        ("AUTH", if s.auth.enabled { "on" } else { "off" }.to_owned()),
+        ("AUTH_CACHE_MS", ms(s.auth.cache_ttl)),
+        ("AUTH_RATE_PER_SEC", s.auth.rate_per_sec.to_string()),
+        ("AUTH_RATE_BURST", s.auth.rate_burst.to_string()),
+        ("AUTH_GATEWAY_ALLOW", s.auth.gateway_allow.to_string()),
         ("LOG_FORMAT", log_format.to_owned()),
     ];
     vars.into_iter()

@@ -2,7 +2,7 @@
 
 use axum::{
     Json,
-    extract::{Path, State},
+    extract::Path,
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -21,9 +21,8 @@ use super::{
     library::{IsbnPath, PatronPath},
 };
 use crate::{
-    AppState,
     error::{ApiError, ErrorAnswer},
-    extract::{JsonBody, QueryParams},
+    extract::{Acting, JsonBody, QueryParams},
 };
 
 pub fn routes() -> Routes {
@@ -92,7 +91,7 @@ struct PatronImportBody {
     )
 )]
 async fn import_titles(
-    State(state): State<AppState>,
+    Acting(state): Acting,
     JsonBody(body): JsonBody<TitleImportBody>,
 ) -> Result<Json<ImportReport>, ApiError> {
     let rows = body
@@ -127,7 +126,7 @@ async fn import_titles(
     )
 )]
 async fn import_patrons(
-    State(state): State<AppState>,
+    Acting(state): Acting,
     JsonBody(body): JsonBody<PatronImportBody>,
 ) -> Result<Json<ImportReport>, ApiError> {
     let rows = body
@@ -186,7 +185,7 @@ struct TitleBody {
     )
 )]
 async fn add_title(
-    State(state): State<AppState>,
+    Acting(state): Acting,
     JsonBody(body): JsonBody<TitleBody>,
 ) -> Result<Response, ApiError> {
     let title = state
@@ -233,7 +232,7 @@ struct TitlePatch {
     )
 )]
 async fn change_title(
-    State(state): State<AppState>,
+    Acting(state): Acting,
     Path(IsbnPath { isbn }): Path<IsbnPath>,
     JsonBody(body): JsonBody<TitlePatch>,
 ) -> Result<Json<TitleView>, ApiError> {
@@ -281,7 +280,7 @@ struct CopyBody {
     )
 )]
 async fn add_copy(
-    State(state): State<AppState>,
+    Acting(state): Acting,
     Path(IsbnPath { isbn }): Path<IsbnPath>,
     JsonBody(body): JsonBody<CopyBody>,
 ) -> Result<Response, ApiError> {
@@ -316,7 +315,7 @@ struct BarcodePath {
     )
 )]
 async fn withdraw_copy(
-    State(state): State<AppState>,
+    Acting(state): Acting,
     Path(BarcodePath { barcode }): Path<BarcodePath>,
 ) -> Result<Json<CopyRecord>, ApiError> {
     Ok(Json(state.commands.withdraw_copy(&barcode).await?))
@@ -353,7 +352,7 @@ struct PatronBody {
     )
 )]
 async fn add_patron(
-    State(state): State<AppState>,
+    Acting(state): Acting,
     JsonBody(body): JsonBody<PatronBody>,
 ) -> Result<Response, ApiError> {
     let patron = state
@@ -418,7 +417,7 @@ struct PatronPatch {
     )
 )]
 async fn change_patron(
-    State(state): State<AppState>,
+    Acting(state): Acting,
     Path(PatronPath { id }): Path<PatronPath>,
     JsonBody(body): JsonBody<PatronPatch>,
 ) -> Result<Json<PatronView>, ApiError> {
@@ -449,7 +448,7 @@ async fn change_patron(
     )
 )]
 async fn show_patron(
-    State(state): State<AppState>,
+    Acting(state): Acting,
     Path(PatronPath { id }): Path<PatronPath>,
 ) -> Result<Json<PatronView>, ApiError> {
     Ok(Json(state.commands.patron(&id).await?))
@@ -484,7 +483,7 @@ struct PatronsQuery {
     )
 )]
 async fn list_patrons(
-    State(state): State<AppState>,
+    Acting(state): Acting,
     QueryParams(q): QueryParams<PatronsQuery>,
 ) -> Result<Json<PatronPage>, ApiError> {
     let limit = super::parse_limit(q.limit.as_deref())?;

@@ -1,6 +1,6 @@
 //! `/v1/dead-letters`: what the dead-letter queues hold, and replaying it.
 
-use axum::{Json, extract::State};
+use axum::Json;
 use bibliomq_core::commands::{DeadLetterList, DeadLetterReplay, DeadQueue, ReplaySelection};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
@@ -8,9 +8,8 @@ use utoipa_axum::routes;
 
 use super::Routes;
 use crate::{
-    AppState,
     error::{ApiError, ErrorAnswer},
-    extract::{JsonBody, QueryParams},
+    extract::{Acting, JsonBody, QueryParams},
 };
 
 pub fn routes() -> Routes {
@@ -47,7 +46,7 @@ struct ListQuery {
     )
 )]
 async fn list(
-    State(state): State<AppState>,
+    Acting(state): Acting,
     QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<DeadLetterList>, ApiError> {
     let limit = super::parse_limit(q.limit.as_deref())?;
@@ -96,7 +95,7 @@ struct ReplayBody {
     )
 )]
 async fn replay(
-    State(state): State<AppState>,
+    Acting(state): Acting,
     JsonBody(body): JsonBody<ReplayBody>,
 ) -> Result<Json<DeadLetterReplay>, ApiError> {
     let selection = match (body.ids, body.all) {

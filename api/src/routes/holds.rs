@@ -2,11 +2,7 @@
 //! it, list a patron's or a title's. The rules are in the command layer
 //! and its SQL functions.
 
-use axum::{
-    Json,
-    extract::{Path, State},
-    response::Response,
-};
+use axum::{Json, extract::Path, response::Response};
 use bibliomq_core::{
     commands::{HoldCancel, HoldCancelled, HoldRequest, PatronHolds, TitleHolds},
     library::store::HoldView,
@@ -21,9 +17,8 @@ use super::{
     library::{IsbnPath, PatronPath},
 };
 use crate::{
-    AppState,
     error::{ApiError, ErrorAnswer},
-    extract::{JsonBody, QueryParams},
+    extract::{Acting, JsonBody, QueryParams},
 };
 
 pub fn routes() -> Routes {
@@ -75,7 +70,7 @@ struct HoldBody {
     )
 )]
 async fn place_hold(
-    State(state): State<AppState>,
+    Acting(state): Acting,
     JsonBody(body): JsonBody<HoldBody>,
 ) -> Result<Response, ApiError> {
     let hold = state
@@ -110,7 +105,7 @@ struct HoldPath {
     )
 )]
 async fn show_hold(
-    State(state): State<AppState>,
+    Acting(state): Acting,
     Path(HoldPath { id }): Path<HoldPath>,
 ) -> Result<Json<HoldView>, ApiError> {
     Ok(Json(state.commands.hold_view(&id).await?))
@@ -143,7 +138,7 @@ struct CancelQuery {
     )
 )]
 async fn cancel_hold(
-    State(state): State<AppState>,
+    Acting(state): Acting,
     Path(HoldPath { id }): Path<HoldPath>,
     QueryParams(q): QueryParams<CancelQuery>,
 ) -> Result<Json<HoldCancelled>, ApiError> {
@@ -182,7 +177,7 @@ struct PatronHoldsQuery {
     )
 )]
 async fn patron_holds(
-    State(state): State<AppState>,
+    Acting(state): Acting,
     Path(PatronPath { id }): Path<PatronPath>,
     QueryParams(q): QueryParams<PatronHoldsQuery>,
 ) -> Result<Json<PatronHolds>, ApiError> {
@@ -209,7 +204,7 @@ async fn patron_holds(
     )
 )]
 async fn title_holds(
-    State(state): State<AppState>,
+    Acting(state): Acting,
     Path(IsbnPath { isbn }): Path<IsbnPath>,
 ) -> Result<Json<TitleHolds>, ApiError> {
     Ok(Json(state.commands.title_holds(&isbn).await?))

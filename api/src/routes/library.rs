@@ -3,7 +3,7 @@
 
 use axum::{
     Extension, Json,
-    extract::{Path, State},
+    extract::Path,
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -18,9 +18,8 @@ use utoipa_axum::routes;
 
 use super::Routes;
 use crate::{
-    AppState,
     error::{ApiError, ErrorAnswer},
-    extract::{JsonBody, QueryParams},
+    extract::{Acting, JsonBody, QueryParams},
     middleware::CorrelationId,
 };
 
@@ -112,7 +111,7 @@ pub(super) struct IsbnPath {
     )
 )]
 async fn loan(
-    State(state): State<AppState>,
+    Acting(state): Acting,
     Extension(CorrelationId(correlation_id)): Extension<CorrelationId>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<LoanBody>,
@@ -160,7 +159,7 @@ async fn loan(
     )
 )]
 async fn show_loan(
-    State(state): State<AppState>,
+    Acting(state): Acting,
     Path(IdPath { id }): Path<IdPath>,
 ) -> Result<Json<LoanView>, ApiError> {
     let id = super::parse_uuid(&id, "a loan id", "invalid_loan_id")?;
@@ -227,7 +226,7 @@ fn accepted(op: OperationAccepted) -> Response {
     )
 )]
 async fn renew(
-    State(state): State<AppState>,
+    Acting(state): Acting,
     Extension(CorrelationId(correlation_id)): Extension<CorrelationId>,
     JsonBody(body): JsonBody<CirculationBody>,
 ) -> Result<Response, ApiError> {
@@ -256,7 +255,7 @@ async fn renew(
     )
 )]
 async fn return_loan(
-    State(state): State<AppState>,
+    Acting(state): Acting,
     Extension(CorrelationId(correlation_id)): Extension<CorrelationId>,
     JsonBody(body): JsonBody<CirculationBody>,
 ) -> Result<Response, ApiError> {
@@ -279,7 +278,7 @@ async fn return_loan(
     )
 )]
 async fn operation(
-    State(state): State<AppState>,
+    Acting(state): Acting,
     Path(IdPath { id }): Path<IdPath>,
 ) -> Result<Json<OperationView>, ApiError> {
     let id = super::parse_uuid(&id, "an operation id", "invalid_operation_id")?;
@@ -298,7 +297,7 @@ async fn operation(
     )
 )]
 async fn book(
-    State(state): State<AppState>,
+    Acting(state): Acting,
     Path(IsbnPath { isbn }): Path<IsbnPath>,
 ) -> Result<Json<BookView>, ApiError> {
     Ok(Json(state.commands.book(&isbn).await?))
@@ -345,7 +344,7 @@ impl ToSchema for SearchWords {}
     )
 )]
 async fn search(
-    State(state): State<AppState>,
+    Acting(state): Acting,
     QueryParams(q): QueryParams<SearchQuery>,
 ) -> Result<Json<BookSearch>, ApiError> {
     #[allow(deprecated)]
@@ -376,7 +375,7 @@ struct PatronLoansQuery {
     )
 )]
 async fn patron_loans(
-    State(state): State<AppState>,
+    Acting(state): Acting,
     Path(PatronPath { id }): Path<PatronPath>,
     QueryParams(q): QueryParams<PatronLoansQuery>,
 ) -> Result<Json<PatronLoans>, ApiError> {
@@ -393,6 +392,6 @@ async fn patron_loans(
     get, path = "/branches", tag = "library", operation_id = "listBranches",
     responses((status = 200, description = "Branches in display order.", body = BranchList))
 )]
-async fn branches(State(state): State<AppState>) -> Json<BranchList> {
+async fn branches(Acting(state): Acting) -> Json<BranchList> {
     Json(BranchList::from(state.commands.branches()))
 }

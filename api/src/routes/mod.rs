@@ -8,6 +8,7 @@ mod admin;
 mod dead_letters;
 mod health;
 mod holds;
+mod keys;
 mod library;
 mod tasks;
 
@@ -24,7 +25,8 @@ fn open_routes() -> Routes {
     health::routes()
 }
 
-/// Under `/v1`, behind the bearer token when one is configured: the API
+/// Under `/v1`, behind the key check (or the shared token with
+/// BIBLIOMQ_AUTH=off, when one is configured): the API
 /// and the JSON routes of the web pages alike.
 fn v1_routes() -> Routes {
     tasks::routes()
@@ -32,6 +34,7 @@ fn v1_routes() -> Routes {
         .merge(library::routes())
         .merge(admin::routes())
         .merge(holds::routes())
+        .merge(keys::routes())
         .merge(crate::ui::api_routes())
 }
 
@@ -63,7 +66,7 @@ pub fn router(state: AppState) -> Router {
         .into_inner()
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            middleware::require_token,
+            middleware::authenticate,
         ));
     let (router, openapi) = described(v1).split_for_parts();
     let branches: Vec<&str> = state

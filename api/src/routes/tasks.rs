@@ -3,7 +3,7 @@
 use axum::{
     Extension, Json,
     body::Body,
-    extract::{Path, State},
+    extract::Path,
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Redirect, Response},
 };
@@ -21,9 +21,8 @@ use uuid::Uuid;
 
 use super::Routes;
 use crate::{
-    AppState,
     error::{ApiError, ErrorAnswer},
-    extract::{JsonBody, QueryParams},
+    extract::{Acting, JsonBody, QueryParams},
     middleware::CorrelationId,
 };
 
@@ -105,7 +104,7 @@ struct TaskId {
     )
 )]
 async fn submit(
-    State(state): State<AppState>,
+    Acting(state): Acting,
     Extension(CorrelationId(correlation_id)): Extension<CorrelationId>,
     headers: HeaderMap,
     JsonBody(req): JsonBody<SubmitTask>,
@@ -149,7 +148,7 @@ async fn submit(
     )
 )]
 async fn cancel(
-    State(state): State<AppState>,
+    Acting(state): Acting,
     Path(TaskId { id }): Path<TaskId>,
 ) -> Result<Response, ApiError> {
     let cancelled = state.commands.cancel_task(parse_id(&id)?).await?;
@@ -177,7 +176,7 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     )
 )]
 async fn show(
-    State(state): State<AppState>,
+    Acting(state): Acting,
     Path(TaskId { id }): Path<TaskId>,
 ) -> Result<Json<TaskAnswer>, ApiError> {
     let task = state.commands.task(parse_id(&id)?).await?;
@@ -214,7 +213,7 @@ struct ListQuery {
     )
 )]
 async fn list(
-    State(state): State<AppState>,
+    Acting(state): Acting,
     QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<TaskList>, ApiError> {
     let limit = super::parse_limit(q.limit.as_deref())?;
@@ -261,7 +260,7 @@ struct ResultQuery {
     )
 )]
 async fn result(
-    State(state): State<AppState>,
+    Acting(state): Acting,
     Path(TaskId { id }): Path<TaskId>,
     QueryParams(q): QueryParams<ResultQuery>,
 ) -> Result<Response, ApiError> {

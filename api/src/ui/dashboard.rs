@@ -3,7 +3,7 @@
 //! circulation per minute from the command layer. Each is its own route so that one
 //! source being down leaves the others on screen.
 
-use axum::{Json, extract::State, http::StatusCode};
+use axum::{Json, http::StatusCode};
 use bibliomq_core::commands::{Circulation, TaskCounts};
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -11,11 +11,11 @@ use utoipa_axum::routes;
 
 use super::management::{Management, ManagementError, VhostFigures};
 use crate::{
-    AppState,
     error::{ApiError, ErrorAnswer},
-    extract::QueryParams,
+    extract::{Acting, QueryParams},
     routing::Routes,
 };
+use bibliomq_core::auth::Permission;
 
 pub fn routes() -> Routes {
     Routes::new()
@@ -37,7 +37,8 @@ pub fn routes() -> Routes {
         (status = 503, description = "The management API does not answer (`management_unavailable`).", body = ErrorAnswer),
     )
 )]
-async fn queues(State(state): State<AppState>) -> Result<Json<VhostFigures>, ApiError> {
+async fn queues(Acting(state): Acting) -> Result<Json<VhostFigures>, ApiError> {
+    state.commands.authorize(Permission::WatchTasks)?;
     let management = Management::new(&state.settings);
     let figures = management.figures().await.map_err(|e| {
         let status = match e {
@@ -57,7 +58,7 @@ async fn queues(State(state): State<AppState>) -> Result<Json<VhostFigures>, Api
         (status = 503, description = "RabbitMQ, PostgreSQL or object storage unreachable (`unavailable`).", body = ErrorAnswer),
     )
 )]
-async fn tasks(State(state): State<AppState>) -> Result<Json<TaskCounts>, ApiError> {
+async fn tasks(Acting(state): Acting) -> Result<Json<TaskCounts>, ApiError> {
     Ok(Json(state.commands.task_counts().await?))
 }
 
@@ -85,7 +86,7 @@ struct CirculationQuery {
     )
 )]
 async fn circulation(
-    State(state): State<AppState>,
+    Acting(state): Acting,
     QueryParams(q): QueryParams<CirculationQuery>,
 ) -> Result<Json<Circulation>, ApiError> {
     Ok(Json(state.commands.circulation(q.minutes).await?))

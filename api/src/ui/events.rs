@@ -11,7 +11,6 @@
 use std::{convert::Infallible, time::Duration};
 
 use axum::{
-    extract::State,
     http::StatusCode,
     response::sse::{Event, KeepAlive, Sse},
 };
@@ -23,11 +22,11 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::routes;
 
 use crate::{
-    AppState,
     error::{ApiError, ErrorAnswer},
-    extract::QueryParams,
+    extract::{Acting, QueryParams},
     routing::Routes,
 };
+use bibliomq_core::auth::Permission;
 
 /// Most patterns one stream may follow.
 pub const MAX_KEYS: usize = 16;
@@ -142,9 +141,10 @@ fn parse_keys(raw: Option<&str>) -> Result<Vec<String>, ApiError> {
     )
 )]
 async fn stream_events(
-    State(state): State<AppState>,
+    Acting(state): Acting,
     QueryParams(q): QueryParams<StreamQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    state.commands.authorize(Permission::WatchEvents)?;
     let keys = parse_keys(q.keys.as_deref())?;
     let patterns: Vec<&str> = keys.iter().map(String::as_str).collect();
     let rx = state

@@ -5,7 +5,7 @@
 use axum::{
     Json,
     body::Body,
-    extract::{Path, State},
+    extract::Path,
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Redirect, Response},
 };
@@ -20,9 +20,10 @@ use super::PATH;
 use crate::{
     AppState,
     error::{ApiError, ErrorAnswer},
-    extract::QueryParams,
+    extract::{Acting, QueryParams},
     routing::Routes,
 };
+use bibliomq_core::auth::Permission;
 
 /// Most objects one page lists.
 pub const MAX_LIMIT: i32 = 1_000;
@@ -180,9 +181,10 @@ pub struct ObjectPage {
     )
 )]
 async fn list(
-    State(state): State<AppState>,
+    Acting(state): Acting,
     QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<ObjectPage>, ApiError> {
+    state.commands.authorize(Permission::WatchTasks)?;
     let prefix = q.prefix.unwrap_or_default();
     plain_text(&prefix, "prefix")?;
     // An empty cursor is the first page, as no cursor is.
@@ -316,10 +318,11 @@ struct DownloadQuery {
     )
 )]
 async fn download(
-    State(state): State<AppState>,
+    Acting(state): Acting,
     Path(KeyPath { key }): Path<KeyPath>,
     QueryParams(q): QueryParams<DownloadQuery>,
 ) -> Result<Response, ApiError> {
+    state.commands.authorize(Permission::WatchTasks)?;
     let store = state.commands.store();
     let full = format!("{}{key}", store.prefix());
     if q.redirect.unwrap_or(false) {

@@ -73,6 +73,14 @@ impl Page<'_> {
         let mut html = LAYOUT
             .replace("{{title}}", &escape(self.title))
             .replace("{{script}}", self.script)
+            .replace(
+                "{{auth}}",
+                if state.settings.auth.enabled {
+                    "on"
+                } else {
+                    "off"
+                },
+            )
             .replace("{{branch_names}}", &branch_options(state));
         for nav in ["desk", "tasks", "dashboard", "objects"] {
             let current = if nav == self.nav {

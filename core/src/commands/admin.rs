@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::Commands;
 use crate::{
+    auth::Permission,
     error::{CommandError, Invalid},
     library::{
         Isbn, PatronId,
@@ -185,6 +186,7 @@ impl NewPatron {
 impl Commands {
     /// Adds a title; `409 title_exists` when its ISBN is taken.
     pub async fn add_title(&self, new: NewTitle) -> Result<TitleView, CommandError> {
+        self.authorize(Permission::AddTitle)?;
         let title = new.check()?;
         let client = self.pool().get().await?;
         store::insert_title(&**client, &title)
@@ -205,6 +207,7 @@ impl Commands {
         isbn: &str,
         change: TitleChange,
     ) -> Result<TitleView, CommandError> {
+        self.authorize(Permission::ChangeTitle)?;
         let isbn = Isbn::parse(isbn)?;
         let title = change
             .title
@@ -234,6 +237,9 @@ impl Commands {
     ) -> Result<CopyRecord, CommandError> {
         let isbn = Isbn::parse(isbn)?;
         let branch = self.branch(branch)?;
+        self.authorize(Permission::AddCopy {
+            branch: branch.as_str(),
+        })?;
         let given = barcode_given.map(barcode).transpose()?;
         let client = self.pool().get().await?;
         match store::add_copy(&**client, isbn.as_str(), branch.as_str(), given.as_deref()).await? {
@@ -252,8 +258,19 @@ impl Commands {
     /// Withdraws a copy: never lent again, its history kept. Refused while
     /// it is on loan; withdrawing twice changes nothing.
     pub async fn withdraw_copy(&self, raw: &str) -> Result<CopyRecord, CommandError> {
+        self.authorize_role(Permission::WithdrawCopy { branch: "" })?;
         let code = barcode(raw)?;
         let client = self.pool().get().await?;
+        // A branch librarian withdraws only their branch's copies.
+        if self.caller().is_some_and(|c| c.branch.is_some()) {
+            let branch: Option<String> = client
+                .query_opt("SELECT branch FROM copies WHERE barcode = $1", &[&code])
+                .await?
+                .map(|r| r.get(0));
+            if let Some(branch) = branch {
+                self.authorize(Permission::WithdrawCopy { branch: &branch })?;
+            }
+        }
         match store::withdraw_copy(&**client, &code).await? {
             Withdrawal::Withdrawn(copy) => Ok(copy),
             Withdrawal::OnLoan => Err(CommandError::conflict(
@@ -275,6 +292,7 @@ impl Commands {
 
     /// Adds a patron; `409 patron_exists` when the id is taken.
     pub async fn add_patron(&self, new: NewPatron) -> Result<PatronView, CommandError> {
+        self.authorize(Permission::AddPatron)?;
         let patron = new.check()?;
         let client = self.pool().get().await?;
         store::insert_patron(&**client, &patron.id, &patron.name, patron.email.as_deref())
@@ -292,6 +310,7 @@ impl Commands {
         id: &str,
         edit: PatronEdit,
     ) -> Result<PatronView, CommandError> {
+        self.authorize(Permission::ChangePatron)?;
         let id = PatronId::parse(id)?;
         let change = PatronChange {
             name: edit
@@ -316,6 +335,9 @@ impl Commands {
 
     pub async fn patron(&self, id: &str) -> Result<PatronView, CommandError> {
         let id = PatronId::parse(id)?;
+        self.authorize(Permission::ReadPatron {
+            patron: id.as_str(),
+        })?;
         let client = self.pool().get().await?;
         store::patron(&**client, id.as_str())
             .await?
@@ -330,6 +352,7 @@ impl Commands {
         limit: Option<i64>,
         cursor: Option<&str>,
     ) -> Result<PatronPage, CommandError> {
+        self.authorize(Permission::ListPatrons)?;
         let q = match q {
             Some(q) if q.chars().count() > PATRON_QUERY_MAX || q.chars().any(char::is_control) => {
                 return Err(Invalid::field(
@@ -463,6 +486,7 @@ fn checked<T, K: Eq + std::hash::Hash>(
 impl Commands {
     /// Adds or updates titles (by ISBN); copies are not touched.
     pub async fn import_titles(&self, rows: Vec<NewTitle>) -> Result<ImportReport, CommandError> {
+        self.authorize(Permission::Import)?;
         let mut report = ImportReport::default();
         let rows = rows.iter().map(NewTitle::check).collect();
         let good = checked(&mut report, rows, |t: &TitleView| t.isbn.clone(), "ISBN")?;
@@ -478,6 +502,7 @@ impl Commands {
 
     /// Adds or updates patrons (by id): name and e-mail; blocks are kept.
     pub async fn import_patrons(&self, rows: Vec<NewPatron>) -> Result<ImportReport, CommandError> {
+        self.authorize(Permission::Import)?;
         let mut report = ImportReport::default();
         let rows = rows.iter().map(NewPatron::check).collect();
         let good = checked(

@@ -72,6 +72,7 @@ pub struct Circulation {
 impl Commands {
     /// How many tasks are in each state (every state listed).
     pub async fn task_counts(&self) -> Result<TaskCounts, CommandError> {
+        self.authorize(crate::auth::Permission::WatchTasks)?;
         let client = self.pool().get().await?;
         let counts = task_store::count_by_state(&**client).await?;
         let mut by_state: BTreeMap<TaskState, i64> =
@@ -87,6 +88,7 @@ impl Commands {
     /// last `minutes` minutes (30 by default, at most a day), from the
     /// circulation history.
     pub async fn circulation(&self, minutes: Option<u32>) -> Result<Circulation, CommandError> {
+        self.authorize(crate::auth::Permission::WatchCirculation)?;
         let minutes = minutes.unwrap_or(CIRCULATION_DEFAULT_MINUTES);
         if !(1..=CIRCULATION_MAX_MINUTES).contains(&minutes) {
             return Err(Invalid::field(

@@ -165,6 +165,7 @@ impl Commands {
         limit: Option<i64>,
         cursor: Option<&str>,
     ) -> Result<DeadLetterList, CommandError> {
+        self.authorize(crate::auth::Permission::ReadDeadLetters)?;
         let queue = parse_queue(queue)?;
         let limit = limit.unwrap_or(50);
         if !(1..=DEAD_LIST_MAX).contains(&limit) {
@@ -217,6 +218,7 @@ impl Commands {
         queue: Option<&str>,
         selection: ReplaySelection,
     ) -> Result<DeadLetterReplay, CommandError> {
+        self.authorize(crate::auth::Permission::ReplayDeadLetters)?;
         let queue = parse_queue(queue)?;
         if let ReplaySelection::Ids(ids) = &selection
             && ids.is_empty()

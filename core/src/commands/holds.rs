@@ -12,6 +12,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::Commands;
+use crate::auth::Permission;
 use crate::{
     broker::{headers, topology},
     error::{CommandError, Invalid},
@@ -101,6 +102,10 @@ impl Commands {
     pub async fn place_hold(&self, req: HoldRequest) -> Result<HoldView, CommandError> {
         let patron = PatronId::parse(&req.patron)?;
         let branch = self.pickup_branch(&req.pickup_branch)?;
+        self.authorize(Permission::PlaceHold {
+            patron: patron.as_str(),
+            branch: branch.as_str(),
+        })?;
         let isbn = self
             .isbn_or_title(req.isbn.as_deref(), req.title.as_deref())
             .await?;
@@ -142,8 +147,15 @@ impl Commands {
     pub async fn cancel_hold(&self, req: HoldCancel) -> Result<HoldCancelled, CommandError> {
         let id = hold_id(&req.hold_id)?;
         let patron = req.patron.as_deref().map(PatronId::parse).transpose()?;
+        self.authorize_role(Permission::CancelHold { patron: "" })?;
         let now = self.clock().now();
         let mut client = self.pool().get().await?;
+        // Whose hold it is decides whether a patron key may cancel it.
+        if let Some(hold) = store::hold(&**client, id).await? {
+            self.authorize(Permission::CancelHold {
+                patron: &hold.patron,
+            })?;
+        }
         let mut tries = 0;
         let (cancelled, view) =
             loop {
@@ -209,10 +221,15 @@ impl Commands {
 
     pub async fn hold_view(&self, id: &str) -> Result<HoldView, CommandError> {
         let id = hold_id(id)?;
+        self.authorize_role(Permission::ListHolds { patron: "" })?;
         let client = self.pool().get().await?;
-        store::hold(&**client, id).await?.ok_or_else(|| {
+        let view = store::hold(&**client, id).await?.ok_or_else(|| {
             CommandError::not_found("hold_not_found", format!("no hold with id {id}"))
-        })
+        })?;
+        self.authorize(Permission::ListHolds {
+            patron: &view.patron,
+        })?;
+        Ok(view)
     }
 
     /// A patron's open holds, and with `include_closed` the closed ones too.
@@ -222,6 +239,9 @@ impl Commands {
         include_closed: bool,
     ) -> Result<PatronHolds, CommandError> {
         let patron = PatronId::parse(patron)?;
+        self.authorize(Permission::ListHolds {
+            patron: patron.as_str(),
+        })?;
         let client = self.pool().get().await?;
         let holds = store::patron_holds(&**client, patron.as_str(), include_closed)
             .await?
@@ -237,6 +257,7 @@ impl Commands {
     /// A title's open holds, in the order they are served.
     pub async fn title_holds(&self, isbn: &str) -> Result<TitleHolds, CommandError> {
         let isbn = crate::library::Isbn::parse(isbn)?;
+        self.authorize(Permission::ListTitleHolds)?;
         let client = self.pool().get().await?;
         let holds = store::title_holds(&**client, isbn.as_str())
             .await?

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::Commands;
 use crate::{
+    auth::{Permission, Role},
     batch::Batcher,
     broker::{headers, rpc::RpcError, topology},
     config::Branch,
@@ -156,6 +157,10 @@ impl Commands {
     ) -> Result<LoanReceipt, CommandError> {
         let patron = PatronId::parse(&req.patron)?;
         let branch = self.branch(&req.branch)?;
+        self.authorize(Permission::Lend {
+            patron: patron.as_str(),
+            branch: branch.as_str(),
+        })?;
         let key = check_idempotency_key(req.idempotency_key.as_deref())?;
         let isbn = self
             .isbn_or_title(req.isbn.as_deref(), req.title.as_deref())
@@ -324,6 +329,30 @@ impl Commands {
             }
         };
 
+        match kind {
+            OperationKind::Return => self.authorize(Permission::Return {
+                branch: branch.as_str(),
+            })?,
+            _ => {
+                let owner = match (&patron, loan_id) {
+                    (Some(p), _) => Some(p.to_string()),
+                    // A patron key renews its own loans only: whose is it?
+                    (None, Some(id)) if self.caller().is_some_and(|c| c.role == Role::Patron) => {
+                        let client = self.pool().get().await?;
+                        match store::find_loan_by_id(&**client, id).await? {
+                            LoanLookup::Found(open) => Some(open.patron),
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                };
+                self.authorize(Permission::Renew {
+                    patron: owner.as_deref(),
+                    branch: branch.as_str(),
+                })?
+            }
+        };
+
         // Find the open loan and record the operation as pending, in one
         // statement shared with whatever other requests arrive meanwhile.
         let id = Uuid::now_v7();
@@ -430,13 +459,19 @@ impl Commands {
     }
 
     pub async fn operation(&self, id: Uuid) -> Result<OperationView, CommandError> {
+        self.authorize_role(Permission::ReadOperation { patron: "" })?;
         let client = self.pool().get().await?;
-        store::operation(&**client, id).await?.ok_or_else(|| {
+        let op = store::operation(&**client, id).await?.ok_or_else(|| {
             CommandError::not_found("operation_not_found", format!("no operation with id {id}"))
-        })
+        })?;
+        self.authorize(Permission::ReadOperation {
+            patron: op.patron.as_deref().unwrap_or_default(),
+        })?;
+        Ok(op)
     }
 
     pub async fn book(&self, isbn: &str) -> Result<BookView, CommandError> {
+        self.authorize(Permission::Search)?;
         let isbn = Isbn::parse(isbn)?;
         let client = self.pool().get().await?;
         store::book(&**client, isbn.as_str()).await?.ok_or_else(|| {
@@ -453,6 +488,7 @@ impl Commands {
         query: &str,
         limit: Option<i64>,
     ) -> Result<Vec<BookSummary>, CommandError> {
+        self.authorize(Permission::Search)?;
         let words: Vec<String> = query.split_whitespace().map(str::to_owned).collect();
         if words.is_empty()
             || words.len() > SEARCH_MAX_WORDS
@@ -486,6 +522,9 @@ impl Commands {
         include_returned: bool,
     ) -> Result<PatronLoans, CommandError> {
         let patron = PatronId::parse(patron)?;
+        self.authorize(Permission::ReadLoans {
+            patron: patron.as_str(),
+        })?;
         let client = self.pool().get().await?;
         let now = self.clock().now();
         store::patron_loans(
@@ -502,12 +541,17 @@ impl Commands {
     }
 
     pub async fn loan_view(&self, id: Uuid) -> Result<LoanView, CommandError> {
+        self.authorize_role(Permission::ReadLoans { patron: "" })?;
         let client = self.pool().get().await?;
-        store::loan(&**client, id, self.clock().now())
+        let loan = store::loan(&**client, id, self.clock().now())
             .await?
             .ok_or_else(|| {
                 CommandError::not_found("loan_not_found", format!("no loan with id {id}"))
-            })
+            })?;
+        self.authorize(Permission::ReadLoans {
+            patron: &loan.patron,
+        })?;
+        Ok(loan)
     }
 }
 

@@ -5,6 +5,7 @@ mod admin;
 mod dashboard;
 mod dead;
 mod holds;
+mod keys;
 mod library;
 mod tasks;
 
@@ -26,6 +27,7 @@ pub use dead::{
     ReplaySelection,
 };
 pub use holds::{HoldCancel, HoldCancelled, HoldRequest, PatronHolds, TitleHolds, hold_id};
+pub use keys::{KeyCreated, KeyInfo, NewKey};
 pub use library::{
     CirculationRequest, LoanReceipt, LoanRequest, OperationAccepted, SEARCH_MAX_LIMIT,
     SEARCH_MAX_WORDS,
@@ -41,10 +43,13 @@ use crate::{
     storage::ObjectStore,
 };
 
-/// What the commands need, shared by every request. Cheap to clone.
+/// What the commands need, shared by every request, and who they act for
+/// (see [`Commands::acting_as`]). Cheap to clone.
 #[derive(Clone)]
 pub struct Commands {
     inner: Arc<Inner>,
+    /// `None`: nobody, every command answers `unauthorized`.
+    caller: Option<Arc<crate::auth::Caller>>,
 }
 
 struct Inner {
@@ -61,6 +66,8 @@ struct Inner {
     /// Listing and replaying dead letters hold a queue's messages; one at a
     /// time in this process, so two do not each see half of them.
     dead_letters: tokio::sync::Mutex<()>,
+    /// Key look-ups and per-key budgets.
+    gate: crate::auth::Gate,
 }
 
 impl Commands {
@@ -75,8 +82,17 @@ impl Commands {
         let task_inserts = tasks::inserter(pool.clone());
         let request_inserts = library::request_inserter(pool.clone());
         let rpc = RpcClient::new(publisher.broker().clone(), settings.amqp.confirm_timeout);
+        let gate = crate::auth::Gate::new(
+            settings.auth.cache_ttl,
+            settings.auth.rate_per_sec,
+            settings.auth.rate_burst,
+        );
         Self {
+            // The process's own use (CLI sub-commands); transports start
+            // from `for_transport` instead.
+            caller: Some(Arc::new(crate::auth::Caller::internal())),
             inner: Arc::new(Inner {
+                gate,
                 pool,
                 publisher,
                 rpc,

@@ -145,6 +145,7 @@ impl Commands {
         submission: TaskSubmission,
         correlation_id: &str,
     ) -> Result<SubmittedTask, CommandError> {
+        self.authorize(crate::auth::Permission::SubmitTask)?;
         let TaskSubmission {
             action,
             payload,
@@ -388,6 +389,7 @@ impl Commands {
     /// otherwise is a conflict (`task_finished`).
     #[tracing::instrument(skip(self))]
     pub async fn cancel_task(&self, id: Uuid) -> Result<TaskCancellation, CommandError> {
+        self.authorize(crate::auth::Permission::CancelTask)?;
         let client = self.pool().get().await?;
         let (state, stopping) = match store::cancel(&**client, id).await? {
             CancelOutcome::Cancelled { action } => {
@@ -418,6 +420,7 @@ impl Commands {
     }
 
     pub async fn task(&self, id: Uuid) -> Result<TaskRecord, CommandError> {
+        self.authorize(crate::auth::Permission::ReadTask)?;
         let client = self.pool().get().await?;
         store::get(&client, id).await?.ok_or_else(|| {
             CommandError::not_found("task_not_found", format!("no task with id {id}"))
@@ -482,6 +485,7 @@ impl Commands {
         limit: Option<i64>,
         before: Option<Uuid>,
     ) -> Result<Vec<TaskRecord>, CommandError> {
+        self.authorize(crate::auth::Permission::ListTasks)?;
         let state = state
             .map(str::parse::<TaskState>)
             .transpose()
@@ -515,6 +519,7 @@ impl Commands {
         bucket: &str,
         key: &str,
     ) -> Result<ObjectBody, CommandError> {
+        self.authorize(crate::auth::Permission::ReadTask)?;
         self.store().get(bucket, key).await.map_err(|e| match e {
             crate::storage::StorageError::NotFound => CommandError::not_found(
                 "result_missing",
@@ -529,6 +534,7 @@ impl Commands {
 
     /// A presigned link to a stored result.
     pub async fn presign_result(&self, bucket: &str, key: &str) -> Result<String, CommandError> {
+        self.authorize(crate::auth::Permission::ReadTask)?;
         self.store()
             .presigned_get(bucket, key)
             .await

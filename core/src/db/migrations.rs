@@ -59,6 +59,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "holds",
         include_str!("../../../migrations/0010_holds.sql"),
     ),
+    (
+        11,
+        "api_keys",
+        include_str!("../../../migrations/0011_api_keys.sql"),
+    ),
 ];
 
 /// Arbitrary constant: the advisory lock that serialises concurrent runners

@@ -922,6 +922,37 @@ async fn every_documented_operation_answers_as_documented() {
     )
     .await;
 
+    // Who is calling, and keys (auth off here: the open caller, an admin).
+    let me = c.check(call(Method::GET, "/v1/me"), 200).await;
+    assert_eq!(
+        (me["role"].clone(), me["auth"].clone()),
+        (json!("admin"), json!(false))
+    );
+    let made = c
+        .check(
+            call(Method::POST, "/v1/keys").json(json!({"role": "librarian", "branch": "norte"})),
+            201,
+        )
+        .await;
+    c.check(
+        call(Method::POST, "/v1/keys").json(json!({"role": "wizard"})),
+        422,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/keys").json(json!({"role": "patron", "patron": "nadie"})),
+        404,
+    )
+    .await;
+    c.check(call(Method::GET, "/v1/keys"), 200).await;
+    c.check(call(Method::GET, "/v1/keys?revoked=maybe"), 400)
+        .await;
+    let id = made["id"].as_str().unwrap();
+    c.check(call(Method::DELETE, format!("/v1/keys/{id}")), 200)
+        .await;
+    c.check(call(Method::DELETE, "/v1/keys/0123456789ab"), 404)
+        .await;
+
     // The same routes when what they read from fails: an app whose
     // RabbitMQ, PostgreSQL, object storage and management API are behind
     // proxies this test cuts, and whose management credentials are wrong.
@@ -1062,4 +1093,41 @@ async fn with_a_token_v1_answers_401_without_it_and_operations_stay_open() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200, "the scheme is case-insensitive");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_keys_v1_answers_401_403_and_429_as_documented() {
+    let app = TestApp::spawn(
+        TestEnv::new().await,
+        |s| {
+            s.auth.enabled = true;
+            s.auth.rate_per_sec = 0.01;
+            s.auth.rate_burst = 2.0;
+        },
+        0,
+    )
+    .await;
+    let mut anonymous = Checker::new(&app, None).await;
+    let doc = anonymous.doc.clone();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let concrete = concrete(path);
+        for method in item.as_object().unwrap().keys() {
+            let m: Method = method.to_uppercase().parse().unwrap();
+            let expect = if path.starts_with("/v1/") { 401 } else { 200 };
+            let body = anonymous
+                .check(call(m, concrete.clone()).json(json!({})), expect)
+                .await;
+            if expect == 401 {
+                assert_eq!(body["error"]["code"], "unauthorized", "{method} {path}");
+            }
+        }
+    }
+    let service = app.key("service", None, None).await;
+    let mut limited = Checker::new(&app, Some(service.as_str())).await;
+    let refused = limited.check(call(Method::GET, "/v1/keys"), 403).await;
+    assert_eq!(refused["error"]["required_roles"], json!(["admin"]));
+    assert_eq!(refused["error"]["role"], "service");
+    limited.check(call(Method::GET, "/v1/me"), 200).await;
+    let late = limited.check(call(Method::GET, "/v1/me"), 429).await;
+    assert_eq!(late["error"]["code"], "rate_limited");
 }

@@ -150,8 +150,9 @@ export function branchName(code) {
 
 // ---------------------------------------------------------------- pages
 
-/** Every page: the health banner, remembered branch choices, token prompt. */
+/** Every page: the health banner, remembered branch choices, token prompt, the caller's role. */
 export function start() {
+  showCaller();
   for (const select of document.querySelectorAll('select[data-branch]')) {
     const saved = localStorage.getItem(BRANCH_KEY);
     if (saved && [...select.options].some((o) => o.value === saved)) select.value = saved;
@@ -213,6 +214,60 @@ export async function watchHealth() {
 
 let tokenGiven = null;
 
+/** Whether the server asks for API keys (BIBLIOMQ_AUTH=on). */
+const keysOn = () => document.body.dataset.auth === 'on';
+
+/** What the caller is, once `/v1/me` has said; null before. */
+export let caller = null;
+
+/**
+ * Asks the API who this browser is (its key's role, branch, patron) and
+ * offers only what that role may do: elements with `data-roles` show for
+ * those roles only, `data-own-patron` inputs hold a patron key's own patron.
+ * With keys on and none kept yet, asks for one first; a refused `/v1/me`
+ * otherwise waits for the next key given (askForToken calls this again).
+ */
+export async function showCaller() {
+  if (keysOn() && !localStorage.getItem(TOKEN_KEY)) {
+    askForToken();
+    return;
+  }
+  const answer = await send('GET', '/v1/me', undefined, {});
+  if (!answer.ok) {
+    // A kept key that is refused (revoked, mistyped): ask for another.
+    if (keysOn() && answer.status === 401) askForToken();
+    return;
+  }
+  caller = answer.data;
+  // The style sheet hides `data-roles` elements not for this role, those
+  // made later included.
+  document.body.dataset.role = caller.role;
+  for (const el of document.querySelectorAll('[data-roles]')) {
+    el.hidden = !el.dataset.roles.split(' ').includes(caller.role);
+  }
+  for (const input of document.querySelectorAll('input[data-own-patron]')) {
+    if (caller.role === 'patron') {
+      input.value = caller.patron;
+      input.readOnly = true;
+    }
+  }
+  const who = $('#who');
+  if (!who) return;
+  if (!caller.auth) {
+    who.replaceChildren('open access (BIBLIOMQ_AUTH=off)');
+    return;
+  }
+  const scope = caller.branch ? ` at ${caller.branch}` : caller.patron ? ` ${caller.patron}` : '';
+  who.replaceChildren(
+    h('span', {}, `${caller.role}${scope}`), ' ', h('code', {}, caller.key), ' ',
+    h('button', {
+      type: 'button', class: 'link',
+      onclick: () => { localStorage.removeItem(TOKEN_KEY); location.reload(); },
+    }, 'Forget key'),
+  );
+  document.dispatchEvent(new CustomEvent('bibliomq:caller', { detail: caller }));
+}
+
 /**
  * The API said 401: asks for its token and keeps it in this browser.
  * Resolves once the person has given one. However many calls were refused
@@ -236,10 +291,13 @@ export function askForToken() {
         form.remove();
         tokenGiven = null;
         resolve(token);
+        showCaller();
       },
     },
-    h('strong', {}, refused ? 'The API refused the token this browser had. ' : 'This API asks for a token. '),
-    h('label', { for: 'api-token' }, 'Token'), input, h('button', { type: 'submit' }, 'Use it'));
+    keysOn()
+      ? h('strong', {}, refused ? 'The API refused the key this browser had. ' : 'This desk needs an API key. ')
+      : h('strong', {}, refused ? 'The API refused the token this browser had. ' : 'This API asks for a token. '),
+    h('label', { for: 'api-token' }, keysOn() ? 'Key' : 'Token'), input, h('button', { type: 'submit' }, 'Use it'));
     $('#banner').after(form);
     input.focus();
   });

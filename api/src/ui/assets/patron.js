@@ -56,6 +56,8 @@ function loanRow(loan) {
     for (const [kind, label] of [['renewal', 'Renew'], ['return', 'Return']]) {
       actions.append(h('button', {
         type: 'button', class: 'small secondary',
+        // A patron's own key renews; returns are the desk's.
+        'data-roles': kind === 'return' ? 'admin librarian' : null,
         'aria-label': `${label} ${loan.title}`,
         onclick: async (event) => {
           event.currentTarget.disabled = true;
