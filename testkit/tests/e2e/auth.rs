@@ -118,6 +118,40 @@ impl Secured {
         body["barcode"].as_str().unwrap().to_owned()
     }
 
+    /// A title whose one copy (at `central`) is lent to `auth4`, so holds
+    /// may be placed on it there: its ISBN.
+    async fn held_title(&self) -> String {
+        let isbn = fresh_isbn();
+        self.app
+            .add_title(&isbn, &format!("Auth held {isbn}"), &[1])
+            .await;
+        let (status, body) = self
+            .http(
+                &self.admin,
+                Method::POST,
+                "/v1/loans",
+                Some(json!({"isbn": isbn, "patron": "auth4", "branch": "central"})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        isbn
+    }
+
+    /// A hold placed by the admin for `patron` at `central`: its id.
+    async fn hold(&self, patron: &str) -> String {
+        let isbn = self.held_title().await;
+        let (status, body) = self
+            .http(
+                &self.admin,
+                Method::POST,
+                "/v1/holds",
+                Some(json!({"isbn": isbn, "patron": patron, "pickup_branch": "central"})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_str().unwrap().to_owned()
+    }
+
     /// A task submitted by the admin: its id.
     async fn task(&self) -> String {
         let (status, body) = self
@@ -220,9 +254,14 @@ enum Op {
     ReadOtherLoans,
     DeadLetters,
     Keys,
+    PlaceOwnHold,
+    CancelOwnHold,
+    ReadOwnHolds,
+    ReadOtherHolds,
+    TitleHolds,
 }
 
-const ALL_OPS: [Op; 15] = [
+const ALL_OPS: [Op; 20] = [
     Op::SubmitTask,
     Op::ReadTask,
     Op::Loan,
@@ -238,13 +277,23 @@ const ALL_OPS: [Op; 15] = [
     Op::ReadOtherLoans,
     Op::DeadLetters,
     Op::Keys,
+    Op::PlaceOwnHold,
+    Op::CancelOwnHold,
+    Op::ReadOwnHolds,
+    Op::ReadOtherHolds,
+    Op::TitleHolds,
 ];
 
 /// Who may: the roles table of the README.
 fn allowed(op: Op) -> &'static [&'static str] {
     match op {
         Op::SubmitTask | Op::ReadTask => &["admin", "service"],
-        Op::RenewOwn | Op::Search | Op::ReadOwnLoans => &["admin", "librarian", "patron"],
+        Op::RenewOwn
+        | Op::Search
+        | Op::ReadOwnLoans
+        | Op::PlaceOwnHold
+        | Op::CancelOwnHold
+        | Op::ReadOwnHolds => &["admin", "librarian", "patron"],
         Op::Loan
         | Op::Return
         | Op::AddTitle
@@ -252,7 +301,9 @@ fn allowed(op: Op) -> &'static [&'static str] {
         | Op::WithdrawCopy
         | Op::AddPatron
         | Op::BlockPatron
-        | Op::ReadOtherLoans => &["admin", "librarian"],
+        | Op::ReadOtherLoans
+        | Op::ReadOtherHolds
+        | Op::TitleHolds => &["admin", "librarian"],
         Op::DeadLetters | Op::Keys => &["admin"],
     }
 }
@@ -316,6 +367,25 @@ async fn over_http(s: &Secured, key: &str, op: Op) -> Outcome {
         Op::ReadOtherLoans => (Method::GET, "/v1/patrons/auth2/loans".to_owned(), None),
         Op::DeadLetters => (Method::GET, "/v1/dead-letters".to_owned(), None),
         Op::Keys => (Method::GET, "/v1/keys".to_owned(), None),
+        Op::PlaceOwnHold => (
+            Method::POST,
+            "/v1/holds".to_owned(),
+            Some(json!({
+                "isbn": s.held_title().await, "patron": "auth1", "pickup_branch": "central"
+            })),
+        ),
+        Op::CancelOwnHold => (
+            Method::DELETE,
+            format!("/v1/holds/{}", s.hold("auth1").await),
+            None,
+        ),
+        Op::ReadOwnHolds => (Method::GET, "/v1/patrons/auth1/holds".to_owned(), None),
+        Op::ReadOtherHolds => (Method::GET, "/v1/patrons/auth2/holds".to_owned(), None),
+        Op::TitleHolds => (
+            Method::GET,
+            format!("/v1/titles/{}/holds", s.held_title().await),
+            None,
+        ),
     };
     let (status, body) = s.http(key, method, &path, body).await;
     http_outcome(status, &body)
@@ -355,6 +425,14 @@ async fn over_zmq(s: &Secured, key: &str, op: Op, spanish: bool) -> Option<Outco
         // A patron's record stands for their loans here: ZeroMQ has no loan list.
         Op::ReadOwnLoans => json!({"action": "patron_show", "id": "auth1"}),
         Op::ReadOtherLoans => json!({"action": "patron_show", "id": "auth2"}),
+        Op::PlaceOwnHold => json!({
+            "action": "hold_place", "isbn": s.held_title().await,
+            "patron": "auth1", "pickup_branch": "central"
+        }),
+        Op::CancelOwnHold => json!({"action": "hold_cancel", "id": s.hold("auth1").await}),
+        Op::ReadOwnHolds => json!({"action": "holds", "patron": "auth1"}),
+        Op::ReadOtherHolds => json!({"action": "holds", "patron": "auth2"}),
+        Op::TitleHolds => json!({"action": "holds", "isbn": s.held_title().await}),
         Op::DeadLetters | Op::Keys => return None,
     };
     request[if spanish { "clave" } else { "key" }] = json!(key);
@@ -408,7 +486,7 @@ fn check(transport: &str, role: &str, op: Op, outcome: Outcome) {
                 // The roles that may, each within its scope: another
                 // patron's loans are that patron's own.
                 let mut expected: Vec<&str> = allowed(op).to_vec();
-                if op == Op::ReadOtherLoans {
+                if op == Op::ReadOtherLoans || op == Op::ReadOtherHolds {
                     expected.push("patron");
                 }
                 expected.sort_unstable();
