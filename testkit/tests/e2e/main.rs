@@ -7,6 +7,7 @@ mod admin;
 mod browser;
 mod cluster;
 mod contract;
+mod desk_admin;
 mod edge;
 mod failover;
 mod library;
