@@ -151,6 +151,9 @@ pub struct Metrics {
     pub tasks_purged: Counter,
     /// Stored results deleted by retention.
     pub results_purged: Counter,
+    /// Seconds from a delayed task's `run_at` to its publication by the
+    /// scheduler (confirmed and marked `queued`).
+    pub scheduler_lag: Histogram,
 }
 
 impl Default for Metrics {
@@ -199,6 +202,17 @@ impl Metrics {
             "results_purged",
             "Stored task results deleted from the bucket by retention",
             results_purged.clone(),
+        );
+        let scheduler_lag = Histogram::new(
+            [
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 60.0,
+            ]
+            .into_iter(),
+        );
+        registry.register(
+            "scheduler_lag_seconds",
+            "Delayed tasks: seconds from their run_at to their publication by the scheduler",
+            scheduler_lag.clone(),
         );
         let dead_letters_replayed = Counter::default();
         registry.register(
@@ -278,6 +292,7 @@ impl Metrics {
             dead_letters_replayed,
             tasks_purged,
             results_purged,
+            scheduler_lag,
         }
     }
 

@@ -117,6 +117,7 @@ impl WorkerApp {
         let scheduler = tokio::spawn(scheduler::run(
             infra.pool.clone(),
             publisher.clone(),
+            infra.metrics.clone(),
             reaper_stop.clone(),
         ));
         let reaper = tokio::spawn(reaper::run(

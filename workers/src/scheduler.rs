@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use bibliomq_core::{broker::Publisher, tasks::store};
+use bibliomq_core::{broker::Publisher, metrics::Metrics, tasks::store};
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
@@ -28,7 +28,7 @@ pub const INTERVAL: Duration = Duration::from_millis(200);
 const BATCH: i64 = 500;
 
 /// Publishes due tasks every [`INTERVAL`] until `shutdown`.
-pub async fn run(pool: Pool, publisher: Publisher, shutdown: CancellationToken) {
+pub async fn run(pool: Pool, publisher: Publisher, metrics: Metrics, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -38,7 +38,7 @@ pub async fn run(pool: Pool, publisher: Publisher, shutdown: CancellationToken) 
         }
         // A full batch means more may be due: go on without waiting.
         loop {
-            match schedule_once(&pool, &publisher).await {
+            match schedule_once(&pool, &publisher, &metrics).await {
                 Ok(n) if usize::try_from(BATCH).is_ok_and(|b| n >= b) => {
                     if shutdown.is_cancelled() {
                         return;
@@ -55,7 +55,11 @@ pub async fn run(pool: Pool, publisher: Publisher, shutdown: CancellationToken) 
 }
 
 /// One pass: publishes the scheduled tasks that are due and returns how many.
-pub async fn schedule_once(pool: &Pool, publisher: &Publisher) -> anyhow::Result<usize> {
+pub async fn schedule_once(
+    pool: &Pool,
+    publisher: &Publisher,
+    metrics: &Metrics,
+) -> anyhow::Result<usize> {
     let mut client = pool
         .get()
         .await
@@ -82,12 +86,15 @@ pub async fn schedule_once(pool: &Pool, publisher: &Publisher) -> anyhow::Result
             }
         }
     }
-    store::mark_queued(&*tx, &published)
+    let lags = store::mark_queued(&*tx, &published)
         .await
         .context("Failed to record the published tasks")?;
     tx.commit()
         .await
         .context("Failed to commit the scheduler's pass")?;
+    for lag in lags {
+        metrics.scheduler_lag.observe(lag.max(0.0));
+    }
     tracing::debug!(tasks = published.len(), "published due tasks");
     Ok(published.len())
 }
