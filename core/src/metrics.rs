@@ -154,6 +154,15 @@ pub struct Metrics {
     /// Seconds from a delayed task's `run_at` to its publication by the
     /// scheduler (confirmed and marked `queued`).
     pub scheduler_lag: Histogram,
+    /// Circulation-history rows deleted by their retention.
+    pub history_purged: Counter,
+    /// Rows whose patron was replaced by the anonymous marker, by table.
+    pub history_anonymised: Family<TableLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    pub table: String,
 }
 
 impl Default for Metrics {
@@ -213,6 +222,18 @@ impl Metrics {
             "scheduler_lag_seconds",
             "Delayed tasks: seconds from their run_at to their publication by the scheduler",
             scheduler_lag.clone(),
+        );
+        let history_purged = Counter::default();
+        registry.register(
+            "history_purged",
+            "Circulation-history rows deleted by BIBLIOMQ_HISTORY_RETENTION",
+            history_purged.clone(),
+        );
+        let history_anonymised = Family::<TableLabels, Counter>::default();
+        registry.register(
+            "history_anonymised",
+            "Rows whose patron was anonymised by BIBLIOMQ_HISTORY_ANONYMISE_AFTER, by table",
+            history_anonymised.clone(),
         );
         let dead_letters_replayed = Counter::default();
         registry.register(
@@ -293,6 +314,8 @@ impl Metrics {
             tasks_purged,
             results_purged,
             scheduler_lag,
+            history_purged,
+            history_anonymised,
         }
     }
 

@@ -54,6 +54,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "delayed_tasks",
         include_str!("../../../migrations/0009_delayed_tasks.sql"),
     ),
+    (
+        14,
+        "history_retention",
+        include_str!("../../../migrations/0014_history_retention.sql"),
+    ),
 ];
 
 /// Arbitrary constant: the advisory lock that serialises concurrent runners

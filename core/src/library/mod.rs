@@ -9,6 +9,7 @@
 
 pub mod message;
 pub mod outcome;
+pub mod retention;
 pub mod seed;
 pub mod store;
 

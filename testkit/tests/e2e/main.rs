@@ -10,6 +10,7 @@ mod contract;
 mod desk_admin;
 mod edge;
 mod failover;
+mod history_retention;
 mod library;
 mod openapi;
 mod ops;
