@@ -33,7 +33,7 @@ pub struct Args {
     spread_secs: f64,
     /// From the first submission to the first due time: enough to submit
     /// every task of a round before any is due.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 10.0)]
     lead_secs: f64,
     /// Concurrent HTTP clients submitting.
     #[arg(long, default_value_t = 32)]

@@ -212,12 +212,9 @@ impl Metrics {
             "Stored task results deleted from the bucket by retention",
             results_purged.clone(),
         );
-        let scheduler_lag = Histogram::new(
-            [
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 60.0,
-            ]
-            .into_iter(),
-        );
+        let scheduler_lag = Histogram::new([
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 60.0,
+        ]);
         registry.register(
             "scheduler_lag_seconds",
             "Delayed tasks: seconds from their run_at to their publication by the scheduler",
