@@ -39,12 +39,21 @@ enum Command {
         on_loan: f64,
     },
     /// Run one retention pass by hand: delete the tasks that finished longer
-    /// ago than `--older-than`, with their stored results, and print what
-    /// was removed.
+    /// ago than `--older-than`, with their stored results; then apply the
+    /// circulation history's retention and anonymisation (when set, or
+    /// asked for here); print what was removed.
     Purge {
         /// `90s`, `30m`, `1h`, `7d` (default: BIBLIOMQ_TASK_RETENTION).
         #[arg(long)]
         older_than: Option<HumanDuration>,
+        /// Delete circulation-history rows older than this (default:
+        /// BIBLIOMQ_HISTORY_RETENTION; unset keeps them all).
+        #[arg(long)]
+        history_older_than: Option<HumanDuration>,
+        /// Remove the patron from history rows and settled operations older
+        /// than this (default: BIBLIOMQ_HISTORY_ANONYMISE_AFTER; unset: none).
+        #[arg(long)]
+        anonymise_older_than: Option<HumanDuration>,
     },
     /// API keys (README "API keys and roles"): make, list, revoke.
     Keys {
@@ -152,6 +161,52 @@ async fn keys(settings: Settings, command: KeysCommand) -> anyhow::Result<()> {
     result.map_err(|e| anyhow::anyhow!("{} ({})", e.public_message(), e.code()))
 }
 
+/// The circulation history's part of `purge`: one pass, and what it did.
+async fn history_pass(
+    pool: &deadpool_postgres::Pool,
+    retention: Option<std::time::Duration>,
+    anonymise: Option<std::time::Duration>,
+    metrics: &bibliomq_core::metrics::Metrics,
+) -> anyhow::Result<()> {
+    use bibliomq_core::library::retention::{HistoryCutoffs, purge_history};
+    let cutoffs = HistoryCutoffs::at(chrono::Utc::now(), retention, anonymise);
+    let when =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    if cutoffs.is_nothing() {
+        println!(
+            "circulation history kept whole (BIBLIOMQ_HISTORY_RETENTION and \
+             BIBLIOMQ_HISTORY_ANONYMISE_AFTER unset)"
+        );
+        return Ok(());
+    }
+    match purge_history(pool, cutoffs, metrics).await? {
+        Some(p) => {
+            match cutoffs.delete_before {
+                Some(t) => println!(
+                    "removed {} circulation-history row(s) from before {}",
+                    p.deleted,
+                    when(t)
+                ),
+                None => {
+                    println!("circulation history: none removed (BIBLIOMQ_HISTORY_RETENTION unset)")
+                }
+            }
+            if let Some(t) = cutoffs.anonymise_before {
+                println!(
+                    "anonymised {} circulation-history row(s) and {} operation(s) from before {}",
+                    p.anonymised,
+                    p.operations_anonymised,
+                    when(t)
+                );
+            }
+        }
+        None => println!(
+            "another process is applying the history's retention now; nothing changed by this one"
+        ),
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -188,7 +243,11 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Purge { older_than } => {
+        Command::Purge {
+            older_than,
+            history_older_than,
+            anonymise_older_than,
+        } => {
             let older_than = older_than.map_or(settings.tasks.retention, |d| d.0);
             let cutoff = chrono::Utc::now()
                 - chrono::Duration::from_std(older_than).context("--older-than is too long")?;
@@ -204,7 +263,13 @@ async fn main() -> anyhow::Result<()> {
                 ),
                 None => println!("another process is purging now; nothing removed by this one"),
             }
-            Ok(())
+            let retention = history_older_than
+                .map(|d| d.0)
+                .or(settings.library.history_retention);
+            let anonymise = anonymise_older_than
+                .map(|d| d.0)
+                .or(settings.library.history_anonymise_after);
+            history_pass(&pool, retention, anonymise, &metrics).await
         }
         Command::Serve => {
             let token = shutdown::on_signals();

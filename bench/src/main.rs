@@ -5,6 +5,7 @@
 //! PostgreSQL, where the workers commit them.
 
 mod library;
+mod scheduled;
 mod stats;
 mod tasks;
 
@@ -23,6 +24,8 @@ enum Command {
     Tasks(tasks::Args),
     /// A circulation mix (loans, renewals, returns) over HTTP.
     Library(library::Args),
+    /// Delayed tasks: how late each starts after its `run_at`.
+    Scheduled(scheduled::Args),
 }
 
 /// What a benchmark runs against, and how it reports.
@@ -63,5 +66,6 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Tasks(args) => tasks::run(args).await,
         Command::Library(args) => library::run(args).await,
+        Command::Scheduled(args) => scheduled::run(args).await,
     }
 }

@@ -278,6 +278,12 @@ pub struct LibrarySettings {
     pub hold_pickup: Duration,
     /// How often each worker process looks for pickups past their deadline.
     pub hold_expiry_interval: Duration,
+    /// Circulation-history rows older than this are deleted by the
+    /// workers' janitor; `None` (the default) keeps them forever.
+    pub history_retention: Option<Duration>,
+    /// The patron of history rows and settled operations older than this
+    /// is removed by the janitor; `None` (the default) never does it.
+    pub history_anonymise_after: Option<Duration>,
 }
 
 /// What the web dashboard reads besides the API's own data.
@@ -461,6 +467,12 @@ impl Settings {
                     )?
                     .0,
                 hold_expiry_interval: env.millis("HOLD_EXPIRY_INTERVAL_MS", 60_000)?,
+                history_retention: env
+                    .get::<OptionalDuration>("HISTORY_RETENTION", OptionalDuration(None))?
+                    .0,
+                history_anonymise_after: env
+                    .get::<OptionalDuration>("HISTORY_ANONYMISE_AFTER", OptionalDuration(None))?
+                    .0,
             },
             dashboard: DashboardSettings {
                 rabbitmq_mgmt_url: env
@@ -700,6 +712,22 @@ mod tests {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
 
+/// A [`HumanDuration`], or `forever` / `never` / `off` for none (as is
+/// an unset variable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalDuration(pub Option<Duration>);
+
+impl FromStr for OptionalDuration {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "" | "forever" | "never" | "off" => Ok(Self(None)),
+            _ => raw.parse::<HumanDuration>().map(|d| Some(d.0)).map(Self),
+        }
+    }
+}
+
 impl FromStr for HumanDuration {
     type Err = String;
 
@@ -752,5 +780,22 @@ mod duration_tests {
             round.parse::<HumanDuration>().map(|h| h.0),
             Ok(Duration::from_millis(1_500))
         );
+    }
+
+    #[test]
+    fn an_optional_duration_is_a_duration_or_forever() {
+        let d = |s: &str| s.parse::<OptionalDuration>().map(|h| h.0);
+        assert_eq!(d("365d"), Ok(Some(Duration::from_secs(365 * 86_400))));
+        for none in ["", "forever", "Never", "off"] {
+            assert_eq!(d(none), Ok(None), "{none}");
+        }
+        assert!(d("soon").is_err());
+    }
+
+    #[test]
+    fn the_history_is_kept_whole_unless_told_otherwise() {
+        let settings = Settings::from_lookup(|_| None).unwrap();
+        assert_eq!(settings.library.history_retention, None);
+        assert_eq!(settings.library.history_anonymise_after, None);
     }
 }

@@ -160,6 +160,18 @@ pub struct Metrics {
     pub results_purged: Counter,
     /// Requests refused by the key check, by reason (never by key).
     pub auth_refused: Family<AuthLabels, Counter>,
+    /// Seconds from a delayed task's `run_at` to its publication by the
+    /// scheduler (confirmed and marked `queued`).
+    pub scheduler_lag: Histogram,
+    /// Circulation-history rows deleted by their retention.
+    pub history_purged: Counter,
+    /// Rows whose patron was replaced by the anonymous marker, by table.
+    pub history_anonymised: Family<TableLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    pub table: String,
 }
 
 impl Default for Metrics {
@@ -214,6 +226,26 @@ impl Metrics {
             "auth_refused",
             "Requests refused by the API key check, by reason (no_key, invalid_key, forbidden, rate_limited)",
             auth_refused.clone(),
+        );
+        let scheduler_lag = Histogram::new([
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 60.0,
+        ]);
+        registry.register(
+            "scheduler_lag_seconds",
+            "Delayed tasks: seconds from their run_at to their publication by the scheduler",
+            scheduler_lag.clone(),
+        );
+        let history_purged = Counter::default();
+        registry.register(
+            "history_purged",
+            "Circulation-history rows deleted by BIBLIOMQ_HISTORY_RETENTION",
+            history_purged.clone(),
+        );
+        let history_anonymised = Family::<TableLabels, Counter>::default();
+        registry.register(
+            "history_anonymised",
+            "Rows whose patron was anonymised by BIBLIOMQ_HISTORY_ANONYMISE_AFTER, by table",
+            history_anonymised.clone(),
         );
         let dead_letters_replayed = Counter::default();
         registry.register(
@@ -294,6 +326,9 @@ impl Metrics {
             tasks_purged,
             results_purged,
             auth_refused,
+            scheduler_lag,
+            history_purged,
+            history_anonymised,
         }
     }
 

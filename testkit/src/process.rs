@@ -122,6 +122,20 @@ pub fn settings_env(settings: &Settings) -> Vec<(String, String)> {
             "HOLD_EXPIRY_INTERVAL_MS",
             ms(s.library.hold_expiry_interval),
         ),
+        (
+            "HISTORY_RETENTION",
+            s.library
+                .history_retention
+                .map(|d| bibliomq_core::config::HumanDuration(d).to_string())
+                .unwrap_or_default(),
+        ),
+        (
+            "HISTORY_ANONYMISE_AFTER",
+            s.library
+                .history_anonymise_after
+                .map(|d| bibliomq_core::config::HumanDuration(d).to_string())
+                .unwrap_or_default(),
+        ),
         ("RABBITMQ_MGMT_URL", s.dashboard.rabbitmq_mgmt_url.clone()),
         ("RABBITMQ_MGMT_USER", s.dashboard.rabbitmq_mgmt_user.clone()),
         (

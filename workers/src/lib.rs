@@ -109,16 +109,20 @@ impl WorkerApp {
             reaper_stop.clone(),
         ));
         let janitor = tokio::spawn(janitor::run(
-            infra.pool.clone(),
-            infra.store.clone(),
-            infra.settings.tasks.clone(),
-            infra.metrics.clone(),
-            self.clock.clone(),
+            janitor::Janitor {
+                pool: infra.pool.clone(),
+                store: infra.store.clone(),
+                settings: infra.settings.tasks.clone(),
+                library: infra.settings.library.clone(),
+                metrics: infra.metrics.clone(),
+                clock: self.clock.clone(),
+            },
             reaper_stop.clone(),
         ));
         let scheduler = tokio::spawn(scheduler::run(
             infra.pool.clone(),
             publisher.clone(),
+            infra.metrics.clone(),
             reaper_stop.clone(),
         ));
         let hold_shelf = tokio::spawn(holds::run(

@@ -3,8 +3,9 @@
 //! A task submitted with `run_at` or `delay_ms` is stored `scheduled` in
 //! PostgreSQL and not published. Every [`INTERVAL`], each worker process, in
 //! one transaction, takes the due ones (`FOR UPDATE SKIP LOCKED`, earliest
-//! first, at most [`BATCH`]), publishes each task message with a confirm,
-//! marks them `queued`, and commits after the confirms. Several worker
+//! first, at most [`BATCH`]), publishes their task messages ([`IN_FLIGHT`]
+//! at a time awaiting their confirms), marks the confirmed ones `queued`,
+//! and commits. Several worker
 //! processes share the work without taking the same task; a cancel racing a
 //! pass waits for its commit and then finds the task `queued` (or still
 //! `scheduled`), never both.
@@ -17,18 +18,25 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use bibliomq_core::{broker::Publisher, tasks::store};
+use bibliomq_core::{broker::Publisher, metrics::Metrics, tasks::store};
 use deadpool_postgres::Pool;
+use futures::{StreamExt, stream::FuturesOrdered};
 use tokio_util::sync::CancellationToken;
 
 /// How often each worker process looks for due tasks.
 pub const INTERVAL: Duration = Duration::from_millis(200);
 
 /// Most tasks one pass publishes; the next pass (at once) takes the rest.
-const BATCH: i64 = 500;
+/// Each pass commits before the workers can claim its tasks (a claim
+/// waits for the row lock), so a smaller batch lets the first ones start
+/// sooner.
+const BATCH: i64 = 200;
+
+/// Publishes of one pass awaiting their confirms at the same time.
+const IN_FLIGHT: usize = 64;
 
 /// Publishes due tasks every [`INTERVAL`] until `shutdown`.
-pub async fn run(pool: Pool, publisher: Publisher, shutdown: CancellationToken) {
+pub async fn run(pool: Pool, publisher: Publisher, metrics: Metrics, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -38,7 +46,7 @@ pub async fn run(pool: Pool, publisher: Publisher, shutdown: CancellationToken) 
         }
         // A full batch means more may be due: go on without waiting.
         loop {
-            match schedule_once(&pool, &publisher).await {
+            match schedule_once(&pool, &publisher, &metrics).await {
                 Ok(n) if usize::try_from(BATCH).is_ok_and(|b| n >= b) => {
                     if shutdown.is_cancelled() {
                         return;
@@ -55,7 +63,11 @@ pub async fn run(pool: Pool, publisher: Publisher, shutdown: CancellationToken) 
 }
 
 /// One pass: publishes the scheduled tasks that are due and returns how many.
-pub async fn schedule_once(pool: &Pool, publisher: &Publisher) -> anyhow::Result<usize> {
+pub async fn schedule_once(
+    pool: &Pool,
+    publisher: &Publisher,
+    metrics: &Metrics,
+) -> anyhow::Result<usize> {
     let mut client = pool
         .get()
         .await
@@ -70,24 +82,52 @@ pub async fn schedule_once(pool: &Pool, publisher: &Publisher) -> anyhow::Result
     if due.is_empty() {
         return Ok(0);
     }
-    let mut published = Vec::with_capacity(due.len());
+    // Up to IN_FLIGHT publishes wait for their confirms at once: one
+    // confirm round trip after another made a burst of due tasks wait
+    // seconds for the last ones (see the README, "Delayed tasks").
+    let mut in_flight = FuturesOrdered::new();
+    let mut outcomes = Vec::with_capacity(due.len());
     for task in &due {
-        let message = &task.message;
-        match crate::reaper::publish(publisher, task).await {
-            Ok(()) => published.push(message.id),
+        if in_flight.len() >= IN_FLIGHT
+            && let Some(outcome) = in_flight.next().await
+        {
+            outcomes.push(outcome);
+        }
+        in_flight.push_back(publish_one(publisher, task));
+    }
+    while let Some(outcome) = in_flight.next().await {
+        outcomes.push(outcome);
+    }
+    let mut published = Vec::with_capacity(due.len());
+    for (id, outcome) in outcomes {
+        match outcome {
+            Ok(()) => published.push(id),
             // Marked only once confirmed: the rest stay for the next pass.
             Err(e) => {
-                tracing::warn!(task_id = %message.id, error = %e, "could not publish a due task");
-                break;
+                tracing::warn!(task_id = %id, error = %e, "could not publish a due task");
             }
         }
     }
-    store::mark_queued(&*tx, &published)
+    let lags = store::mark_queued(&*tx, &published)
         .await
         .context("Failed to record the published tasks")?;
     tx.commit()
         .await
         .context("Failed to commit the scheduler's pass")?;
+    for lag in lags {
+        metrics.scheduler_lag.observe(lag.max(0.0));
+    }
     tracing::debug!(tasks = published.len(), "published due tasks");
     Ok(published.len())
+}
+
+/// Publishes one due task; its id and how it went.
+async fn publish_one(
+    publisher: &Publisher,
+    task: &store::Stranded,
+) -> (uuid::Uuid, anyhow::Result<()>) {
+    (
+        task.message.id,
+        crate::reaper::publish(publisher, task).await,
+    )
 }

@@ -30,6 +30,9 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("dashboard.js", JS, include_str!("assets/dashboard.js")),
     ("objects.js", JS, include_str!("assets/objects.js")),
     ("plain.js", JS, include_str!("assets/plain.js")),
+    ("admin.js", JS, include_str!("assets/admin.js")),
+    ("titles.js", JS, include_str!("assets/titles.js")),
+    ("patrons.js", JS, include_str!("assets/patrons.js")),
 ];
 const CSS: &str = "text/css; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";
@@ -48,6 +51,8 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/desk", get(desk))
         .route("/ui/books/{isbn}", get(book))
         .route("/ui/patrons/{id}", get(patron))
+        .route("/ui/titles/new", get(new_title))
+        .route("/ui/patrons", get(patrons))
         .route("/ui/tasks", get(tasks))
         .route("/ui/tasks/{id}", get(task))
         .route("/ui/dashboard", get(dashboard))
@@ -82,7 +87,7 @@ impl Page<'_> {
                 },
             )
             .replace("{{branch_names}}", &branch_options(state));
-        for nav in ["desk", "tasks", "dashboard", "objects"] {
+        for nav in ["desk", "titles", "patrons", "tasks", "dashboard", "objects"] {
             let current = if nav == self.nav {
                 r#" aria-current="page""#
             } else {
@@ -162,6 +167,28 @@ async fn patron(State(state): State<AppState>, Path(_id): Path<String>) -> Respo
         nav: "desk",
         script: "patron.js",
         body: with_branches(&state, include_str!("assets/patron.html")),
+    }
+    .render(&state, StatusCode::OK)
+}
+
+/// Adding a title with its copies.
+async fn new_title(State(state): State<AppState>) -> Response {
+    Page {
+        title: "Add a title",
+        nav: "titles",
+        script: "titles.js",
+        body: with_branches(&state, include_str!("assets/titles.html")),
+    }
+    .render(&state, StatusCode::OK)
+}
+
+/// Finding, changing, blocking and adding patrons.
+async fn patrons(State(state): State<AppState>) -> Response {
+    Page {
+        title: "Patrons",
+        nav: "patrons",
+        script: "patrons.js",
+        body: include_str!("assets/patrons.html").to_owned(),
     }
     .render(&state, StatusCode::OK)
 }

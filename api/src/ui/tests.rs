@@ -97,6 +97,8 @@ async fn every_page_is_html_with_its_script_the_navigation_and_a_strict_policy()
         ),
         ("/ui/dashboard", "dashboard.js", "Dashboard"),
         ("/ui/objects", "objects.js", "Objects"),
+        ("/ui/titles/new", "titles.js", "Add a title"),
+        ("/ui/patrons", "patrons.js", "Patrons"),
     ];
     for (path, script, current) in pages {
         let (status, headers, html) = get(path).await;
@@ -194,6 +196,8 @@ async fn pages_load_only_scripts_that_exist() {
         "/ui/tasks",
         "/ui/dashboard",
         "/ui/objects",
+        "/ui/titles/new",
+        "/ui/patrons",
         "/ui/x",
     ] {
         let (_, _, html) = get(path).await;

@@ -64,6 +64,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "api_keys",
         include_str!("../../../migrations/0011_api_keys.sql"),
     ),
+    (
+        14,
+        "history_retention",
+        include_str!("../../../migrations/0014_history_retention.sql"),
+    ),
 ];
 
 /// Arbitrary constant: the advisory lock that serialises concurrent runners

@@ -10,6 +10,7 @@
 pub mod hold;
 pub mod message;
 pub mod outcome;
+pub mod retention;
 pub mod seed;
 pub mod store;
 

@@ -339,16 +339,24 @@ pub async fn due(
 }
 
 /// Records that these scheduled tasks were published: now `queued`.
+/// Returns, for each, how late it was: seconds from its `run_at` to now
+/// (the wall clock, not the transaction's start).
 pub async fn mark_queued(
     tx: &impl GenericClient,
     ids: &[Uuid],
-) -> Result<u64, tokio_postgres::Error> {
-    tx.execute(
-        "UPDATE tasks SET state = 'queued', updated_at = now()
-          WHERE id = ANY($1) AND state = 'scheduled'",
-        &[&ids],
-    )
-    .await
+) -> Result<Vec<f64>, tokio_postgres::Error> {
+    let rows = tx
+        .query(
+            "UPDATE tasks SET state = 'queued', updated_at = now()
+              WHERE id = ANY($1) AND state = 'scheduled'
+          RETURNING extract(epoch FROM clock_timestamp() - run_at)::float8",
+            &[&ids],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| r.get::<_, Option<f64>>(0))
+        .collect())
 }
 
 /// Records that these tasks were published again.

@@ -1,0 +1,262 @@
+//! Circulation-history retention and patron anonymisation: old rows
+//! deleted, older-than-N rows and settled operations stripped of their
+//! patron, newer ones kept; the table still append-only for everything but
+//! that pass; and by default nothing touched at all.
+
+use std::time::Duration;
+
+use bibliomq_core::{
+    library::retention::{HistoryCutoffs, HistoryPurged, purge_history},
+    metrics::{Metrics, TableLabels},
+};
+use bibliomq_testkit::{
+    TestApp, TestEnv,
+    app::{DEADLINE, wait_until},
+    spawn_app,
+};
+use chrono::Utc;
+use serde_json::{Value, json};
+
+const QUIJOTE: &str = "9788437604947";
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// Writes a history row `days` days old for `patron`, as `library_settle`
+/// writes one: a loan, with the patron inside `details` too.
+async fn history_row(app: &TestApp, days: i32, patron: &str) -> i64 {
+    let details = json!({
+        "outcome": "loaned",
+        "loan": {"id": uuid::Uuid::new_v4(), "isbn": QUIJOTE, "patron": patron, "copy": "C-1"},
+    });
+    app.env
+        .db()
+        .await
+        .query_one(
+            "INSERT INTO circulation_history
+                    (at, operation_id, kind, outcome, isbn, patron_id, branch, details)
+             VALUES (now() - make_interval(days => $1), gen_random_uuid(), 'loan', 'applied',
+                     $2, $3, 'central', $4)
+             RETURNING id",
+            &[&days, &QUIJOTE, &patron, &details],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A history row's patron and details, or `None` once it is deleted.
+async fn history(app: &TestApp, id: i64) -> Option<(Option<String>, Value)> {
+    app.env
+        .db()
+        .await
+        .query_opt(
+            "SELECT patron_id, details FROM circulation_history WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .map(|r| (r.get(0), r.get(1)))
+}
+
+fn anonymised(metrics: &Metrics, table: &str) -> u64 {
+    metrics
+        .history_anonymised
+        .get_or_create(&TableLabels {
+            table: table.to_owned(),
+        })
+        .get()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_pass_deletes_old_rows_anonymises_older_than_n_days_and_keeps_newer_ones() {
+    let app = spawn_app().await;
+    app.seed(0, 5).await;
+    // Two real loans (an operation has its loan's id): the first settled,
+    // as if, forty days ago.
+    let (status, old_loan) = app
+        .post(
+            "/v1/loans",
+            &json!({"isbn": QUIJOTE, "patron": "ana", "branch": "central"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{old_loan}");
+    let old_op = old_loan["loan"]["id"].as_str().unwrap().to_owned();
+    let (status, new_loan) = app
+        .post(
+            "/v1/loans",
+            &json!({"isbn": QUIJOTE, "patron": "ana", "branch": "norte"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{new_loan}");
+    let new_op = new_loan["loan"]["id"].as_str().unwrap().to_owned();
+    let db = app.env.db().await;
+    db.execute(
+        "UPDATE operations SET settled_at = now() - interval '40 days' WHERE id = $1::text::uuid",
+        &[&old_op],
+    )
+    .await
+    .unwrap();
+    let ancient = history_row(&app, 400, "ana").await;
+    let old = history_row(&app, 40, "ana").await;
+    let recent = history_row(&app, 1, "ana").await;
+    let history_before = app.count("SELECT count(*) FROM circulation_history").await;
+
+    let pool = bibliomq_core::db::pool(&app.env.settings().database).unwrap();
+    let metrics = Metrics::new();
+    let cutoffs = HistoryCutoffs::at(Utc::now(), Some(365 * DAY), Some(30 * DAY));
+    let pass = purge_history(&pool, cutoffs, &metrics).await.unwrap();
+    assert_eq!(
+        pass,
+        Some(HistoryPurged {
+            deleted: 1,
+            anonymised: 1,
+            operations_anonymised: 1,
+        })
+    );
+
+    assert_eq!(history(&app, ancient).await, None, "past the retention");
+    let (patron, details) = history(&app, old).await.expect("kept");
+    assert_eq!(patron, None, "anonymised");
+    assert_eq!(details["loan"]["patron"], "~anonymised", "{details}");
+    assert!(
+        !details.to_string().contains("\"ana\""),
+        "no trace of the patron: {details}"
+    );
+    let (patron, details) = history(&app, recent).await.expect("kept");
+    assert_eq!(patron.as_deref(), Some("ana"));
+    assert_eq!(details["loan"]["patron"], "ana");
+    assert_eq!(
+        app.count("SELECT count(*) FROM circulation_history").await,
+        history_before - 1
+    );
+
+    // The old operation still reads, without its patron; today's keeps it.
+    let (status, op) = app.get_json(&format!("/v1/operations/{old_op}")).await;
+    assert_eq!(status, 200, "{op}");
+    assert!(op["patron"].is_null(), "{op}");
+    assert_eq!(op["outcome"]["loan"]["patron"], "~anonymised", "{op}");
+    let (_, op) = app.get_json(&format!("/v1/operations/{new_op}")).await;
+    assert_eq!(op["patron"], "ana", "{op}");
+    // The loans themselves are the patron's record and stay as they were.
+    assert_eq!(
+        app.count("SELECT count(*) FROM loans WHERE patron_id = 'ana'")
+            .await,
+        2
+    );
+
+    assert_eq!(metrics.history_purged.get(), 1);
+    assert_eq!(anonymised(&metrics, "circulation_history"), 1);
+    assert_eq!(anonymised(&metrics, "operations"), 1);
+    // A second pass finds nothing more to do.
+    assert_eq!(
+        purge_history(&pool, cutoffs, &metrics).await.unwrap(),
+        Some(HistoryPurged::default())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_still_refuses_an_ordinary_update_or_delete() {
+    let app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
+    let row = history_row(&app, 400, "ana").await;
+    let db = app.env.db().await;
+    let refused = |r: Result<u64, tokio_postgres::Error>| {
+        let e = r.expect_err("the change went through");
+        let text = format!("{e:?}");
+        assert!(text.contains("append-only"), "{text}");
+    };
+    refused(
+        db.execute("DELETE FROM circulation_history WHERE id = $1", &[&row])
+            .await,
+    );
+    refused(
+        db.execute(
+            "UPDATE circulation_history
+                SET patron_id = NULL, details = library_without_patron(details)
+              WHERE id = $1",
+            &[&row],
+        )
+        .await,
+    );
+    // With the maintenance flag, still nothing but the patron may change.
+    let mut db = db;
+    let tx = db.transaction().await.unwrap();
+    tx.execute(
+        "SELECT set_config('bibliomq.history_maintenance', 'on', true)",
+        &[],
+    )
+    .await
+    .unwrap();
+    refused(
+        tx.execute(
+            "UPDATE circulation_history SET patron_id = NULL, branch = 'norte' WHERE id = $1",
+            &[&row],
+        )
+        .await,
+    );
+    tx.rollback().await.unwrap();
+    // The flag is the transaction's own: gone after it.
+    refused(
+        db.execute("DELETE FROM circulation_history WHERE id = $1", &[&row])
+            .await,
+    );
+    assert_eq!(
+        history(&app, row).await.map(|(p, _)| p),
+        Some(Some("ana".to_owned()))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_the_whole_history_is_kept() {
+    let app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
+    let settings = app.env.settings();
+    assert_eq!(settings.library.history_retention, None);
+    assert_eq!(settings.library.history_anonymise_after, None);
+    let row = history_row(&app, 3650, "ana").await;
+    let cutoffs = HistoryCutoffs::at(
+        Utc::now(),
+        settings.library.history_retention,
+        settings.library.history_anonymise_after,
+    );
+    assert!(cutoffs.is_nothing());
+    let pool = bibliomq_core::db::pool(&settings.database).unwrap();
+    let metrics = Metrics::new();
+    assert_eq!(
+        purge_history(&pool, cutoffs, &metrics).await.unwrap(),
+        Some(HistoryPurged::default())
+    );
+    assert_eq!(
+        history(&app, row).await.map(|(p, _)| p),
+        Some(Some("ana".to_owned())),
+        "ten years old and kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workers_janitor_applies_the_history_retention_it_is_given() {
+    let app = TestApp::spawn(
+        TestEnv::new().await,
+        |s| {
+            s.library.history_retention = Some(365 * DAY);
+            s.library.history_anonymise_after = Some(30 * DAY);
+            s.tasks.janitor_interval = Duration::from_millis(200);
+        },
+        1,
+    )
+    .await;
+    let ancient = history_row(&app, 400, "ana").await;
+    let old = history_row(&app, 40, "ana").await;
+    let recent = history_row(&app, 1, "ana").await;
+    wait_until(DEADLINE, || async {
+        let done = history(&app, ancient).await.is_none()
+            && history(&app, old).await.is_some_and(|(p, _)| p.is_none());
+        done.then_some(())
+    })
+    .await
+    .expect("the janitor never applied the history's retention");
+    assert_eq!(
+        history(&app, recent).await.map(|(p, _)| p),
+        Some(Some("ana".to_owned()))
+    );
+    let metrics = &app.workers[0].metrics;
+    assert_eq!(metrics.history_purged.get(), 1);
+    assert_eq!(anonymised(metrics, "circulation_history"), 1);
+}
