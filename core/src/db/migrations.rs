@@ -54,6 +54,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "delayed_tasks",
         include_str!("../../../migrations/0009_delayed_tasks.sql"),
     ),
+    (
+        13,
+        "flat_counters",
+        include_str!("../../../migrations/0013_flat_counters.sql"),
+    ),
 ];
 
 /// Arbitrary constant: the advisory lock that serialises concurrent runners
