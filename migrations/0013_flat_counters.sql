@@ -173,6 +173,12 @@ BEGIN
     RETURN v_tasks + v_minutes;
 END $$;
 
+-- Task lists filtered by action and state at once: the state-only and
+-- action-only indexes would walk every task of the action (or state) to
+-- find a rare pair, or none; this one goes straight to the pair, newest
+-- first, and pages by (created_at, id).
+CREATE INDEX tasks_by_action_state ON tasks (action, state, created_at DESC, id DESC);
+
 -- Title search. The folded title (lower case, accents removed) is stored,
 -- so a search compares a plain column instead of folding every title it
 -- looks at, and the planner has statistics for it (a finer histogram, to
