@@ -5,6 +5,7 @@
 //! PostgreSQL, where the workers commit them.
 
 mod library;
+mod reads;
 mod stats;
 mod tasks;
 
@@ -23,6 +24,8 @@ enum Command {
     Tasks(tasks::Args),
     /// A circulation mix (loans, renewals, returns) over HTTP.
     Library(library::Args),
+    /// The read routes, each at a fixed rate: p50 and p99 per route.
+    Reads(reads::Args),
 }
 
 /// What a benchmark runs against, and how it reports.
@@ -47,5 +50,6 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Tasks(args) => tasks::run(args).await,
         Command::Library(args) => library::run(args).await,
+        Command::Reads(args) => reads::run(args).await,
     }
 }
