@@ -8,7 +8,8 @@
 -- 97884 ones), titles built from a small Spanish vocabulary (so "de", "la",
 -- "el" are in most of them, as in a real catalogue) plus an invented proper
 -- name from three syllables (about 14,000 of them, so such a word is rare),
--- one or two copies each. Tasks: finished over the last 30 days (96 %
+-- one or two copies each. Tasks: finished over the last 6 days (inside the
+-- default 7-day retention, so the janitor leaves them alone; 96 %
 -- succeeded, 3 % failed, 1 % cancelled), ids that grow with time. History:
 -- settled operations spread over the last 24 hours.
 \set ON_ERROR_STOP on
@@ -80,7 +81,7 @@ SELECT ('b0' || lpad(to_hex(g), 30, '0'))::uuid,
        CASE WHEN g % 100 BETWEEN 96 AND 98 THEN 'invalid_payload' WHEN g % 100 = 99 THEN 'cancelled' END,
        CASE WHEN g % 100 < 96 THEN '6'::jsonb END
   FROM generate_series(1, :tasks) g,
-       LATERAL (SELECT now() - interval '30 days' + (g * (interval '30 days' / :tasks)) AS t) c;
+       LATERAL (SELECT now() - interval '6 days' + (g * (interval '6 days' / :tasks)) AS t) c;
 
 INSERT INTO circulation_history (at, operation_id, kind, outcome, reason, branch)
 SELECT now() - (g * (interval '24 hours' / :history)),
