@@ -222,7 +222,7 @@ wait_http() {
   done
 }
 
-# start_bench_stack NAME: a release-built API (port 18080) and
+# start_bench_stack NAME: a release-built API (port $BENCH_PORT, 18080 unless set) and
 # $BIBLIOMQ_WORKERS workers on a vhost and database of their own, fresh each
 # time, so a benchmark neither disturbs nor is disturbed by scripts/up.
 # With BENCH_CLUSTER=1 the vhost and database are on the cluster of
@@ -231,7 +231,7 @@ wait_http() {
 # Sets BENCH_URL, BENCH_DB_URL and BENCH_PROCS (--process name=pid ...);
 # the processes stop when the calling script exits.
 start_bench_stack() {
-  local name=$1 vhost="bibliomq-$1" db="bibliomq_${1//-/_}" port=18080 mgmt psql_on
+  local name=$1 vhost="bibliomq-$1" db="bibliomq_${1//-/_}" port=${BENCH_PORT:-18080} mgmt psql_on
   if [[ "${BENCH_CLUSTER:-}" == 1 ]]; then
     "$BIBLIOMQ_ROOT/scripts/cluster" up --services-only >/dev/null
     cluster_urls "$vhost" "$db"

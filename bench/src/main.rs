@@ -6,6 +6,7 @@
 
 mod library;
 mod scheduled;
+mod reads;
 mod stats;
 mod tasks;
 
@@ -26,6 +27,8 @@ enum Command {
     Library(library::Args),
     /// Delayed tasks: how late each starts after its `run_at`.
     Scheduled(scheduled::Args),
+    /// The read routes, each at a fixed rate: p50 and p99 per route.
+    Reads(reads::Args),
 }
 
 /// What a benchmark runs against, and how it reports.
@@ -67,5 +70,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Tasks(args) => tasks::run(args).await,
         Command::Library(args) => library::run(args).await,
         Command::Scheduled(args) => scheduled::run(args).await,
+        Command::Reads(args) => reads::run(args).await,
     }
 }

@@ -10,6 +10,7 @@
 //!   whose message was lost.
 //! - [`cancels`]: tells running tasks that a client cancelled them.
 //! - [`janitor`]: deletes tasks past their retention, with their stored results.
+//! - [`counters`]: folds the dashboard's counters, kept by triggers as work flows.
 //! - [`scheduler`]: publishes delayed (`scheduled`) tasks when they are due.
 //! - [`holds`]: expires hold-shelf pickups past their deadline.
 //!
@@ -18,6 +19,7 @@
 
 pub mod cancels;
 pub mod consumer;
+pub mod counters;
 pub mod events;
 pub mod holds;
 pub mod janitor;
@@ -119,6 +121,7 @@ impl WorkerApp {
             },
             reaper_stop.clone(),
         ));
+        let counters = tokio::spawn(counters::run(infra.pool.clone(), reaper_stop.clone()));
         let scheduler = tokio::spawn(scheduler::run(
             infra.pool.clone(),
             publisher.clone(),
@@ -200,6 +203,7 @@ impl WorkerApp {
         reaper_stop.cancel();
         let _ = reaper.await;
         let _ = janitor.await;
+        let _ = counters.await;
         let _ = scheduler.await;
         let _ = hold_shelf.await;
         let _ = cancel_watch.await;

@@ -65,6 +65,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../../migrations/0011_api_keys.sql"),
     ),
     (
+        13,
+        "flat_counters",
+        include_str!("../../../migrations/0013_flat_counters.sql"),
+    ),
+    (
         14,
         "history_retention",
         include_str!("../../../migrations/0014_history_retention.sql"),

@@ -1,5 +1,7 @@
-//! PostgreSQL connection pool and the migration runner.
+//! PostgreSQL connection pool, the migration runner and the counters kept
+//! by triggers ([`counters`]).
 
+pub mod counters;
 mod migrations;
 
 use std::time::Duration;

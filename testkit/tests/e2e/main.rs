@@ -18,6 +18,7 @@ mod openapi;
 mod ops;
 mod resilience;
 mod restarts;
+mod scale;
 mod task_control;
 mod tasks;
 mod web;

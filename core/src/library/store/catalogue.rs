@@ -121,8 +121,21 @@ fn like_literal(word: &str) -> String {
         .replace('_', "\\_")
 }
 
+/// How many matching titles a search ranks at most. A query matching fewer
+/// is ranked whole; one matching more (a common word: "de" is in most
+/// Spanish titles) takes the first this many the index or table scan finds
+/// and ranks those, so its cost does not grow with the catalogue.
+pub const SEARCH_CANDIDATES: i64 = 500;
+
 /// Titles whose title contains every word, ignoring case and accents
-/// ("quijote" finds "Don Quijote de la Mancha"). Closest matches first.
+/// ("quijote" finds "Don Quijote de la Mancha"). Closest matches first: an
+/// exact title, then by trigram similarity to the words, then by title.
+///
+/// Every title that matches all the words is a candidate, but at most
+/// [`SEARCH_CANDIDATES`] of them are ranked (plus any exact title, always
+/// found through its own index). Below that many matches the ranking is
+/// over all of them; above it, the answer holds only matching titles, the
+/// best of those candidates — the common-words fast path.
 pub async fn search(
     db: &impl GenericClient,
     words: &[String],
@@ -133,22 +146,30 @@ pub async fn search(
         .map(|w| format!("%{}%", like_literal(w)))
         .collect();
     let phrase = words.join(" ");
-    // One LIKE per word keeps the trigram index usable.
+    // One LIKE per word on the stored folded title: the trigram index
+    // serves rare words, and for common ones the planner reads the table
+    // and stops after the candidates it needs. `library_fold` of a
+    // parameter is folded once, when the statement is planned.
     let mut conditions = Vec::new();
-    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&phrase, &limit];
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+        vec![&phrase, &limit, &SEARCH_CANDIDATES];
     for (i, p) in patterns.iter().enumerate() {
-        conditions.push(format!(
-            "library_fold(t.title) LIKE library_fold(${})",
-            i + 3
-        ));
+        conditions.push(format!("title_folded LIKE library_fold(${})", i + 4));
         params.push(p);
     }
     let sql = format!(
-        "SELECT t.isbn, t.title, t.authors, t.published_year
-           FROM titles t
-          WHERE {}
-          ORDER BY (library_fold(t.title) = library_fold($1)) DESC,
-                   similarity(library_fold(t.title), library_fold($1)) DESC, t.title, t.isbn
+        "WITH candidates AS MATERIALIZED (
+                SELECT isbn, title, authors, published_year, title_folded FROM titles
+                 WHERE {}
+                 LIMIT $3),
+              exact AS (
+                SELECT isbn, title, authors, published_year, title_folded FROM titles
+                 WHERE title_folded = library_fold($1)
+                 ORDER BY isbn LIMIT $2)
+         SELECT isbn, title, authors, published_year
+           FROM (SELECT * FROM candidates UNION SELECT * FROM exact) t
+          ORDER BY (title_folded = library_fold($1)) DESC,
+                   similarity(title_folded, library_fold($1)) DESC, title, isbn
           LIMIT $2",
         conditions.join(" AND ")
     );
@@ -196,7 +217,7 @@ pub async fn resolve_title(
 ) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
     let exact = db
         .query(
-            "SELECT isbn, title FROM titles WHERE library_fold(title) = library_fold($1)
+            "SELECT isbn, title FROM titles WHERE title_folded = library_fold($1)
               ORDER BY isbn LIMIT 10",
             &[&query],
         )

@@ -6,7 +6,8 @@ use tokio_postgres::GenericClient;
 use crate::library::message::{OperationKind, OperationState};
 
 /// A count of settled operations of one kind, outcome and branch, in the
-/// minute `minutes_ago` minutes before the end of the window (0: the last).
+/// calendar minute `minutes_ago` minutes before the one holding the end of
+/// the window (0: the last, still running, minute).
 #[derive(Debug, Clone)]
 pub struct CirculationCount {
     pub branch: String,
@@ -17,7 +18,13 @@ pub struct CirculationCount {
 }
 
 /// Settled operations per branch, minute, kind and outcome in the `minutes`
-/// minutes up to `until`.
+/// calendar minutes (UTC) ending with the one that holds `until`.
+///
+/// Read from the per-minute counts that a trigger keeps as the history is
+/// written (migration 0013): folded minutes plus the deltas not folded yet,
+/// in one statement. The cost follows the window's length, not how much
+/// history there is. A minute may come in several rows (folded and not
+/// yet); the caller adds them up.
 pub async fn circulation_counts(
     db: &impl GenericClient,
     until: DateTime<Utc>,
@@ -27,23 +34,48 @@ pub async fn circulation_counts(
     let rows = db
         .query(
             "SELECT branch,
-                    floor(extract(epoch FROM ($1::timestamptz - at)) / 60)::int AS ago,
-                    kind, outcome, count(*)
-               FROM circulation_history
-              WHERE at > $1::timestamptz - make_interval(mins => $2) AND at <= $1::timestamptz
-              GROUP BY 1, 2, 3, 4",
+                    (date_part('epoch', date_trunc('minute', $1::timestamptz) - minute) / 60)::int,
+                    loan_applied, loan_rejected, renewal_applied, renewal_rejected,
+                    return_applied, return_rejected
+               FROM circulation_minutes
+              WHERE minute > date_trunc('minute', $1::timestamptz) - make_interval(mins => $2)
+                AND minute <= date_trunc('minute', $1::timestamptz)
+             UNION ALL
+             SELECT branch,
+                    (date_part('epoch', date_trunc('minute', $1::timestamptz) - minute) / 60)::int,
+                    loan_applied, loan_rejected, renewal_applied, renewal_rejected,
+                    return_applied, return_rejected
+               FROM circulation_minute_deltas
+              WHERE minute > date_trunc('minute', $1::timestamptz) - make_interval(mins => $2)
+                AND minute <= date_trunc('minute', $1::timestamptz)",
             &[&until, &minutes],
         )
         .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(CirculationCount {
-                branch: r.try_get(0)?,
-                minutes_ago: r.try_get(1)?,
-                kind: r.try_get(2)?,
-                outcome: r.try_get(3)?,
-                count: r.try_get(4)?,
-            })
-        })
-        .collect()
+    // The columns after the minute, in order.
+    const COLUMNS: [(OperationKind, OperationState); 6] = [
+        (OperationKind::Loan, OperationState::Applied),
+        (OperationKind::Loan, OperationState::Rejected),
+        (OperationKind::Renewal, OperationState::Applied),
+        (OperationKind::Renewal, OperationState::Rejected),
+        (OperationKind::Return, OperationState::Applied),
+        (OperationKind::Return, OperationState::Rejected),
+    ];
+    let mut counts = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let branch: String = r.try_get(0)?;
+        let minutes_ago: i32 = r.try_get(1)?;
+        for (i, (kind, outcome)) in COLUMNS.iter().enumerate() {
+            let n: i32 = r.try_get(i + 2)?;
+            if n != 0 {
+                counts.push(CirculationCount {
+                    branch: branch.clone(),
+                    minutes_ago,
+                    kind: *kind,
+                    outcome: *outcome,
+                    count: i64::from(n),
+                });
+            }
+        }
+    }
+    Ok(counts)
 }
