@@ -64,7 +64,9 @@ impl From<Invalid> for ApiError {
 impl From<CommandError> for ApiError {
     fn from(e: CommandError) -> Self {
         let status = match &e {
-            CommandError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            CommandError::Invalid(_) | CommandError::InvalidItems(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             CommandError::OutOfBounds(_) => StatusCode::BAD_REQUEST,
             CommandError::NotFound { .. } => StatusCode::NOT_FOUND,
             CommandError::Conflict { .. } => StatusCode::CONFLICT,

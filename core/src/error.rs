@@ -60,6 +60,24 @@ pub enum ErrorDetails {
     KeyReused { idempotency_key: String },
     /// `task_failed`, `result_not_ready`: the task's state.
     TaskState { state: TaskState },
+    /// `invalid_tasks` (a batch submission): what is wrong with which item.
+    Items { errors: Vec<ItemError> },
+}
+
+/// What is wrong with one item of a batch, by its index (from 0).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct ItemError {
+    /// The item's place in the batch, from 0.
+    pub index: usize,
+    /// Stable machine-readable code, as the single request would answer it
+    /// (`invalid_payload`, `unknown_action`, `idempotency_key_reused`, ...).
+    #[schema(value_type = String)]
+    pub code: &'static str,
+    pub message: String,
+    /// The item's field at fault, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub field: Option<String>,
 }
 
 /// A title that matched the words of a loan request.
@@ -98,6 +116,9 @@ pub struct ErrorDetailMembers {
     /// `task_failed`, `result_not_ready`, `task_finished`: the task's state.
     #[schema(nullable = false)]
     state: Option<TaskState>,
+    /// `invalid_tasks`: the refused items of a batch, by index.
+    #[schema(nullable = false)]
+    errors: Option<Vec<ItemError>>,
 }
 
 impl ErrorBody {
@@ -149,6 +170,9 @@ impl From<CommandError> for ErrorBody {
                 Self::new(code, message)
             }
             CommandError::NotFound { .. } | CommandError::Timeout(_) => Self::new(code, message),
+            CommandError::InvalidItems(errors) => {
+                Self::new(code, message).with_details(ErrorDetails::Items { errors })
+            }
         }
     }
 }
@@ -226,6 +250,10 @@ pub enum CommandError {
     /// Our own failure; the details are logged, never shown to the caller.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+    /// Items of a batch that cannot be carried out as given, by index
+    /// (`invalid_tasks`); nothing of the batch was done.
+    #[error("{} item(s) of the batch were refused, the first at index {}; nothing was queued", .0.len(), .0.first().map_or(0, |e| e.index))]
+    InvalidItems(Vec<ItemError>),
 }
 
 impl CommandError {
@@ -252,6 +280,7 @@ impl CommandError {
             Self::Unavailable(_) => "unavailable",
             Self::Timeout(_) => "timeout",
             Self::Internal(_) => "internal",
+            Self::InvalidItems(_) => "invalid_tasks",
         }
     }
 

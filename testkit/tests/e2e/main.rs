@@ -14,6 +14,7 @@ mod openapi;
 mod ops;
 mod resilience;
 mod restarts;
+mod task_batch;
 mod task_control;
 mod tasks;
 mod web;
