@@ -5,6 +5,7 @@
 //! PostgreSQL, where the workers commit them.
 
 mod library;
+mod serial;
 mod stats;
 mod tasks;
 
@@ -30,16 +31,16 @@ enum Command {
 pub struct Target {
     /// Base URL of the API.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
-    url: String,
+    pub(crate) url: String,
     /// PostgreSQL database the workers write to (completion times are read there).
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/bibliomq")]
-    database_url: String,
+    pub(crate) database_url: String,
     /// Process ids whose peak memory to report, as name=pid.
     #[arg(long = "process", value_parser = stats::parse_process)]
-    processes: Vec<(String, u32)>,
+    pub(crate) processes: Vec<(String, u32)>,
     /// Print the results as JSON.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[tokio::main]
