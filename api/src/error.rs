@@ -64,6 +64,13 @@ impl From<Invalid> for ApiError {
 impl From<CommandError> for ApiError {
     fn from(e: CommandError) -> Self {
         let status = match &e {
+            // Only Idempotency-Keys held for other requests: a conflict, as
+            // for a single submission.
+            CommandError::InvalidItems(items)
+                if items.iter().all(|i| i.code == "idempotency_key_reused") =>
+            {
+                StatusCode::CONFLICT
+            }
             CommandError::Invalid(_) | CommandError::InvalidItems(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }

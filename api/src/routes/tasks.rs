@@ -212,6 +212,7 @@ fn batch_item(value: Value) -> Result<TaskSubmission, Invalid> {
     responses(
         (status = 202, description = "All queued (or `scheduled`, or for an item's retried `idempotency_key` the first task again), in the order sent.", body = TaskBatchAccepted),
         (status = 400, description = "The body is not JSON (`malformed_json`), holds no task (`empty_batch`) or more than 1,000 (`too_many_tasks`); nothing was queued.", body = ErrorAnswer),
+        (status = 409, description = "Every refused item's `idempotency_key` was already used for a different task request (`invalid_tasks`, each error `idempotency_key_reused`); nothing was queued.", body = ErrorAnswer),
         (status = 413, description = "The body is larger than BIBLIOMQ_API_BODY_LIMIT (`payload_too_large`).", body = ErrorAnswer),
         (status = 415, description = "No `Content-Type: application/json` (`unsupported_media_type`).", body = ErrorAnswer),
         (status = 422, description = "The body is not an array (`invalid_field`), or items were refused (`invalid_tasks`): `errors` lists each with its `index` (from 0), `code` and `message` as the single submission would answer, and `field`; nothing was queued.", body = ErrorAnswer),

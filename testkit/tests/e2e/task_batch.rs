@@ -176,14 +176,16 @@ async fn items_with_idempotency_keys_are_queued_once_and_a_reused_key_refuses_th
     );
 
     // A key reused for another request (here within the batch too):
-    // refused by index, and the batch's new items are not kept.
+    // refused by index (409, as a single submission's reused key), and the
+    // batch's new items are not kept.
     let reused = json!([
         {"action": "sum", "payload": "5,6", "idempotency_key": "batch-c"},
         {"action": "sum", "payload": "9,9", "idempotency_key": "batch-a"},
         {"action": "sum", "payload": "7,7", "idempotency_key": "batch-c"},
     ]);
     let (status, answer) = app.post("/v1/tasks/batch", &reused).await;
-    assert_eq!(status, 422, "{answer}");
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(answer["error"]["code"], "invalid_tasks", "{answer}");
     let errors = answer["error"]["errors"].as_array().unwrap();
     let refused: Vec<(u64, &str)> = errors
         .iter()
