@@ -46,6 +46,7 @@ pub struct Target {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Tasks(args) if args.one_at_a_time => serial::run(args).await,
         Command::Tasks(args) => tasks::run(args).await,
         Command::Library(args) => library::run(args).await,
     }

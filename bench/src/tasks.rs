@@ -66,9 +66,6 @@ pub enum Via {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    if args.one_at_a_time {
-        return crate::serial::run(args).await;
-    }
     if let Some(n) = args.batch
         && !(1..=1000).contains(&n)
     {
@@ -257,7 +254,7 @@ async fn submit_all(
 
 /// Waits until every task is final, reading PostgreSQL (not the API, so the
 /// measurement does not load the API).
-pub(crate) async fn wait_done(db: &tokio_postgres::Client, ids: &[Uuid]) -> anyhow::Result<()> {
+async fn wait_done(db: &tokio_postgres::Client, ids: &[Uuid]) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let pending: i64 = db
