@@ -230,7 +230,8 @@ wait_http() {
 # nodes join the processes whose memory is reported.
 # With BENCH_EDGE=1 the ZeroMQ edge runs too (request socket BENCH_ZMQ_URL).
 # BENCH_NO_BUILD=1 skips the release build; BENCH_APP_BIN=DIR runs the API,
-# workers and edge found in DIR (the load generator stays this build's).
+# workers and edge found in DIR (the load generator stays this build's, or
+# the one in BENCH_LOAD_BIN=DIR).
 # Sets BENCH_URL, BENCH_DB_URL and BENCH_PROCS (--process name=pid ...);
 # the processes stop when the calling script exits.
 start_bench_stack() {
@@ -251,7 +252,7 @@ start_bench_stack() {
     log "building (release)"
     cargo build --locked --release --bins
   fi
-  BENCH_BIN="$CARGO_TARGET_DIR/release"
+  BENCH_BIN="${BENCH_LOAD_BIN:-$CARGO_TARGET_DIR/release}"
   # BENCH_APP_BIN=DIR: the API, workers and edge from another build (to
   # compare two versions under the same load generator).
   local app_bin="${BENCH_APP_BIN:-$BENCH_BIN}"
