@@ -228,10 +228,16 @@ wait_http() {
 # With BENCH_CLUSTER=1 the vhost and database are on the cluster of
 # scripts/cluster (started without its apps when down), and the cluster's
 # nodes join the processes whose memory is reported.
+# With BENCH_EDGE=1 the ZeroMQ edge runs too (request socket BENCH_ZMQ_URL).
+# BENCH_NO_BUILD=1 skips the release build; BENCH_APP_BIN=DIR runs the API,
+# workers and edge found in DIR (the load generator stays this build's, or
+# the one in BENCH_LOAD_BIN=DIR).
 # Sets BENCH_URL, BENCH_DB_URL and BENCH_PROCS (--process name=pid ...);
 # the processes stop when the calling script exits.
 start_bench_stack() {
-  local name=$1 vhost="bibliomq-$1" db="bibliomq_${1//-/_}" port=${BENCH_PORT:-18080} mgmt psql_on
+  # BENCH_SUFFIX and BENCH_PORT keep two benchmark stacks on one machine apart.
+  local name=$1${BENCH_SUFFIX:-}
+  local vhost="bibliomq-$name" db="bibliomq_${name//-/_}" port=${BENCH_PORT:-18080} mgmt psql_on
   if [[ "${BENCH_CLUSTER:-}" == 1 ]]; then
     "$BIBLIOMQ_ROOT/scripts/cluster" up --services-only >/dev/null
     cluster_urls "$vhost" "$db"
@@ -242,9 +248,14 @@ start_bench_stack() {
     mgmt="http://127.0.0.1:15672"
     psql_on=(psql -h 127.0.0.1 -U postgres -d postgres)
   fi
-  log "building (release)"
-  cargo build --locked --release --bins
-  BENCH_BIN="$CARGO_TARGET_DIR/release"
+  if [[ "${BENCH_NO_BUILD:-}" != 1 ]]; then
+    log "building (release)"
+    cargo build --locked --release --bins
+  fi
+  BENCH_BIN="${BENCH_LOAD_BIN:-$CARGO_TARGET_DIR/release}"
+  # BENCH_APP_BIN=DIR: the API, workers and edge from another build (to
+  # compare two versions under the same load generator).
+  local app_bin="${BENCH_APP_BIN:-$BENCH_BIN}"
   curl -fsS -u guest:guest -X DELETE "$mgmt/api/vhosts/$vhost" >/dev/null 2>&1 || true
   curl -fsS -u guest:guest -X PUT -H 'content-type: application/json' -d '{}' \
     "$mgmt/api/vhosts/$vhost" >/dev/null
@@ -273,19 +284,29 @@ start_bench_stack() {
   BENCH_DB_URL="$BIBLIOMQ_DATABASE_URL"
   local logs="$BIBLIOMQ_STATE_DIR/bench"
   mkdir -p "$logs"
-  "$BENCH_BIN/bibliomq-api" migrate
+  "$app_bin/bibliomq-api" migrate
   BENCH_PIDS=()
   trap 'for p in "${BENCH_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true' EXIT
-  "$BENCH_BIN/bibliomq-api" >"$logs/$name-api.log" 2>&1 &
+  "$app_bin/bibliomq-api" >"$logs/$name-api.log" 2>&1 &
   BENCH_PIDS+=($!)
   BENCH_PROCS=(--process "api=$!")
   local i
   for i in $(seq 1 "${BIBLIOMQ_WORKERS:-1}"); do
-    "$BENCH_BIN/bibliomq-workers" >"$logs/$name-workers-$i.log" 2>&1 &
+    "$app_bin/bibliomq-workers" >"$logs/$name-workers-$i.log" 2>&1 &
     BENCH_PIDS+=($!)
     BENCH_PROCS+=(--process "workers-$i=$!")
   done
+  if [[ "${BENCH_EDGE:-}" == 1 ]]; then
+    # The ZeroMQ edge on ports of its own (scripts/up's edge keeps 5555-5558).
+    BIBLIOMQ_EDGE_ZMQ_REQUEST_PORT=15555 BIBLIOMQ_EDGE_ZMQ_PUB_PORT=15556 \
+      BIBLIOMQ_EDGE_NDJSON_PORT=15557 BIBLIOMQ_EDGE_PIPE_PORT=15558 BIBLIOMQ_EDGE_OPS_PORT=19102 \
+      "$app_bin/bibliomq-edge" >"$logs/$name-edge.log" 2>&1 &
+    BENCH_PIDS+=($!)
+    BENCH_PROCS+=(--process "edge=$!")
+    BENCH_ZMQ_URL="tcp://127.0.0.1:15555"
+  fi
   wait_http "$BENCH_URL/readyz" 60 "the benchmark API"
+  if [[ "${BENCH_EDGE:-}" == 1 ]]; then wait_http "http://127.0.0.1:19102/readyz" 60 "the benchmark edge"; fi
   if [[ "${BENCH_CLUSTER:-}" == 1 ]]; then
     # The memory of each RabbitMQ and Garage node (one process each; a
     # PostgreSQL node's memory is spread over its backends). The CPU

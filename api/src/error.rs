@@ -64,7 +64,16 @@ impl From<Invalid> for ApiError {
 impl From<CommandError> for ApiError {
     fn from(e: CommandError) -> Self {
         let status = match &e {
-            CommandError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            // Only Idempotency-Keys held for other requests: a conflict, as
+            // for a single submission.
+            CommandError::InvalidItems(items)
+                if items.iter().all(|i| i.code == "idempotency_key_reused") =>
+            {
+                StatusCode::CONFLICT
+            }
+            CommandError::Invalid(_) | CommandError::InvalidItems(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             CommandError::OutOfBounds(_) => StatusCode::BAD_REQUEST,
             CommandError::NotFound { .. } => StatusCode::NOT_FOUND,
             CommandError::Conflict { .. } => StatusCode::CONFLICT,

@@ -91,10 +91,12 @@ pub fn with_branches(mut doc: Value, branches: &[&str]) -> Value {
 /// The document with `timeout_ms` limited to the configured maximum, as the
 /// server limits it.
 pub fn with_timeout_max(mut doc: Value, max: std::time::Duration) -> Value {
-    if let Some(timeout) =
-        doc.pointer_mut("/components/schemas/TaskSubmission/properties/timeout_ms")
-    {
-        timeout["maximum"] = json!(u64::try_from(max.as_millis()).unwrap_or(u64::MAX));
+    for name in ["TaskSubmission", "TaskBatchItem"] {
+        if let Some(timeout) =
+            doc.pointer_mut(&format!("/components/schemas/{name}/properties/timeout_ms"))
+        {
+            timeout["maximum"] = json!(u64::try_from(max.as_millis()).unwrap_or(u64::MAX));
+        }
     }
     doc
 }
@@ -102,8 +104,12 @@ pub fn with_timeout_max(mut doc: Value, max: std::time::Duration) -> Value {
 /// The document with `delay_ms` limited to the configured maximum, as the
 /// server limits it.
 pub fn with_delay_max(mut doc: Value, max: std::time::Duration) -> Value {
-    if let Some(delay) = doc.pointer_mut("/components/schemas/TaskSubmission/properties/delay_ms") {
-        delay["maximum"] = json!(u64::try_from(max.as_millis()).unwrap_or(u64::MAX));
+    for name in ["TaskSubmission", "TaskBatchItem"] {
+        if let Some(delay) =
+            doc.pointer_mut(&format!("/components/schemas/{name}/properties/delay_ms"))
+        {
+            delay["maximum"] = json!(u64::try_from(max.as_millis()).unwrap_or(u64::MAX));
+        }
     }
     doc
 }
@@ -302,9 +308,21 @@ fn task_payloads(doc: &mut Value) {
             {"type": "object", "propertyNames": {"pattern": NO_NUL}, "additionalProperties": {"$ref": "#/components/schemas/JsonWithoutNul"}}
         ]
     });
-    let submission = &mut schemas["TaskSubmission"];
-    if submission.is_object() {
-        submission["oneOf"] = Value::Array(Action::ALL.iter().map(|a| payload_of(*a)).collect());
+    // A batch item takes what a single submission takes.
+    for name in ["TaskSubmission", "TaskBatchItem"] {
+        let submission = &mut schemas[name];
+        if submission.is_object() {
+            submission["oneOf"] =
+                Value::Array(Action::ALL.iter().map(|a| payload_of(*a)).collect());
+        }
+    }
+    // From 1 to BATCH_MAX items, which utoipa cannot say of a `Vec` body.
+    if let Some(batch) = doc
+        .pointer_mut("/paths/~1v1~1tasks~1batch/post/requestBody/content/application~1json/schema")
+        && batch.is_object()
+    {
+        batch["minItems"] = json!(1);
+        batch["maxItems"] = json!(bibliomq_core::commands::BATCH_MAX);
     }
 }
 

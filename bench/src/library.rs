@@ -2,9 +2,11 @@
 //! systems replayed — about half loans, a quarter renewals, a quarter
 //! returns, over both branches and many patrons — sent over HTTP.
 //!
-//! With `--rate` the load is open-loop (operations start on schedule
-//! whether or not earlier ones finished), so latency percentiles are not
-//! flattered by a slow server holding the clients back.
+//! With `--rate` the load is open-loop: each operation is due at its place
+//! in the schedule and its latency is counted from then, also when every
+//! `--concurrency` slot was busy and it had to wait for one, so latency
+//! percentiles are not flattered by a slow server holding the clients back
+//! (coordinated omission).
 
 use std::{
     collections::HashMap,
@@ -110,11 +112,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.concurrency
     );
     for i in 0..args.ops {
-        if let Some(rate) = args.rate {
-            #[allow(clippy::cast_precision_loss)]
-            let at = started + Duration::from_secs_f64(i as f64 / rate);
-            tokio::time::sleep_until(at.into()).await;
-        }
+        // With `--rate`, an operation's clock starts when it was due, not
+        // when a slot frees: time spent waiting behind a slow server is
+        // latency too (no coordinated omission).
+        let due = match args.rate {
+            Some(rate) => {
+                #[allow(clippy::cast_precision_loss)]
+                let at = started + Duration::from_secs_f64(i as f64 / rate);
+                tokio::time::sleep_until(at.into()).await;
+                at
+            }
+            None => Instant::now(),
+        };
         let permit = permits.clone().acquire_owned().await?;
         let roll = rng.below(4);
         let loan_id = {
@@ -154,9 +163,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         };
         let (http, tally, open_loans) = (http.clone(), tally.clone(), open_loans.clone());
         handles.push(tokio::spawn(async move {
-            let t = Instant::now();
             let resp = http.post(&url).json(&body).send().await;
-            let elapsed = t.elapsed();
+            let elapsed = due.elapsed();
             let (status, answer) = match resp {
                 Ok(r) => {
                     let s = r.status().as_u16();

@@ -5,8 +5,9 @@
 //! PostgreSQL, where the workers commit them.
 
 mod library;
-mod scheduled;
 mod reads;
+mod scheduled;
+mod serial;
 mod stats;
 mod tasks;
 
@@ -36,16 +37,16 @@ enum Command {
 pub struct Target {
     /// Base URL of the API.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
-    url: String,
+    pub(crate) url: String,
     /// PostgreSQL database the workers write to (completion times are read there).
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/bibliomq")]
-    database_url: String,
+    pub(crate) database_url: String,
     /// Process ids whose peak memory to report, as name=pid.
     #[arg(long = "process", value_parser = stats::parse_process)]
-    processes: Vec<(String, u32)>,
+    pub(crate) processes: Vec<(String, u32)>,
     /// Print the results as JSON.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// API key sent as `Authorization: Bearer` (servers with BIBLIOMQ_AUTH=on).
     #[arg(long, env = "BIBLIOMQ_API_TOKEN", hide_env_values = true)]
     key: Option<String>,
@@ -67,6 +68,7 @@ impl Target {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Tasks(args) if args.one_at_a_time => serial::run(args).await,
         Command::Tasks(args) => tasks::run(args).await,
         Command::Library(args) => library::run(args).await,
         Command::Scheduled(args) => scheduled::run(args).await,

@@ -74,6 +74,7 @@ impl CpuSnapshot {
                 "bibliomq-api" => "api",
                 "bibliomq-worker" | "bibliomq-workers" => "workers",
                 "bibliomq-bench" => "load generator",
+                "bibliomq-edge" => "edge",
                 "garage" => "garage",
                 _ => continue,
             };

@@ -1,4 +1,8 @@
-//! `bibliomq-bench tasks`: N tasks from C concurrent HTTP clients.
+//! `bibliomq-bench tasks`: N tasks from C concurrent HTTP clients, one task a
+//! request or `--batch` tasks a request (`POST /v1/tasks/batch`); or, with
+//! `--one-at-a-time`, one task at a time on a quiet system, measuring
+//! submit → done as the client sees it over HTTP or the ZeroMQ `task`
+//! request.
 
 use std::{
     sync::{
@@ -17,25 +21,56 @@ use crate::stats::{CpuSnapshot, cpu_json, memory_json, ms, percentile, print_res
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    target: crate::Target,
+    pub(crate) target: crate::Target,
     /// Tasks to submit.
     #[arg(long, default_value_t = 20_000)]
-    count: usize,
+    pub(crate) count: usize,
     /// Concurrent HTTP clients.
     #[arg(long, default_value_t = 64)]
-    concurrency: usize,
+    pub(crate) concurrency: usize,
     /// Task action.
     #[arg(long, default_value = "sum")]
-    action: String,
+    pub(crate) action: String,
     /// Task payload, as JSON.
     #[arg(long, default_value = "\"1,2,3,4,5\"")]
-    payload: String,
+    pub(crate) payload: String,
     /// Tasks run first and left out of the numbers.
     #[arg(long, default_value_t = 1_000)]
-    warmup: usize,
+    pub(crate) warmup: usize,
+    /// Send this many tasks a request to `POST /v1/tasks/batch` (1 to 1000)
+    /// instead of one a request to `POST /v1/tasks`.
+    #[arg(long, value_name = "N", conflicts_with = "one_at_a_time")]
+    pub(crate) batch: Option<usize>,
+    /// One task at a time, each submitted when the one before is done:
+    /// submit → done latency as the client sees it, p50 and p99.
+    #[arg(long)]
+    pub(crate) one_at_a_time: bool,
+    /// With `--one-at-a-time`: over HTTP (submit, then poll the task until
+    /// it is final) or over the ZeroMQ edge's `task` request (which answers
+    /// when the task is done).
+    #[arg(long, value_enum, default_value = "http")]
+    pub(crate) via: Via,
+    /// The ZeroMQ edge's request socket (for `--via zmq`).
+    #[arg(long, default_value = "tcp://127.0.0.1:5555")]
+    pub(crate) zmq_url: String,
+    /// With `--one-at-a-time --via http`: the pause between two polls of
+    /// the task, in microseconds.
+    #[arg(long, default_value_t = 200)]
+    pub(crate) poll_us: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Via {
+    Http,
+    Zmq,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(n) = args.batch
+        && !(1..=1000).contains(&n)
+    {
+        bail!("--batch must be from 1 to 1000");
+    }
     let payload: Value = serde_json::from_str(&args.payload).context("--payload is not JSON")?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
@@ -53,8 +88,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     eprintln!(
-        "submitting {} `{}` tasks from {} concurrent clients",
-        args.count, args.action, args.concurrency
+        "submitting {} `{}` tasks from {} concurrent clients, {} a request",
+        args.count,
+        args.action,
+        args.concurrency,
+        args.batch.unwrap_or(1)
     );
     let cpu_before = CpuSnapshot::take();
     let started = Instant::now();
@@ -100,6 +138,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let report = json!({
         "action": args.action,
         "tasks": ids.len(),
+        "tasks_per_request": args.batch.unwrap_or(1),
         "concurrency": args.concurrency,
         "submit_failures": failures,
         "not_succeeded": not_succeeded,
@@ -115,10 +154,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         println!("{report:#}");
     } else {
         println!(
-            "tasks                 {} `{}` ({} clients)",
+            "tasks                 {} `{}` ({} clients, {} a request)",
             ids.len(),
             args.action,
-            args.concurrency
+            args.concurrency,
+            args.batch.unwrap_or(1)
         );
         println!(
             "end to end            {throughput:.0} tasks/s (first submit → last result committed)"
@@ -151,10 +191,17 @@ async fn submit_all(
     payload: &Value,
     count: usize,
 ) -> anyhow::Result<(Vec<Uuid>, Vec<Duration>, usize)> {
+    let per_request = args.batch.unwrap_or(1);
+    let one = json!({"action": args.action, "payload": payload});
+    let (path, body) = match args.batch {
+        None => ("tasks", one.to_string()),
+        Some(n) => ("tasks/batch", Value::Array(vec![one; n]).to_string()),
+    };
+    let requests = count.div_ceil(per_request);
     let next = Arc::new(AtomicUsize::new(0));
-    let body = Arc::new(json!({"action": args.action, "payload": payload}).to_string());
+    let body = Arc::new(body);
     let url = Arc::new(format!(
-        "{}/v1/tasks",
+        "{}/v1/{path}",
         args.target.url.trim_end_matches('/')
     ));
     let mut clients = Vec::new();
@@ -164,7 +211,7 @@ async fn submit_all(
             let mut ids: Vec<Uuid> = Vec::new();
             let mut latencies = Vec::new();
             let mut failures = 0usize;
-            while next.fetch_add(1, Ordering::Relaxed) < count {
+            while next.fetch_add(1, Ordering::Relaxed) < requests {
                 let t = Instant::now();
                 let resp = http
                     .post(url.as_str())
@@ -176,19 +223,25 @@ async fn submit_all(
                 match resp {
                     Ok(r) if r.status() == 202 => {
                         let v: Value = r.json().await.unwrap_or_default();
-                        match v["id"].as_str().and_then(|s| s.parse().ok()) {
-                            Some(id) => ids.push(id),
-                            None => failures += 1,
+                        let answered: Vec<&Value> = match v["tasks"].as_array() {
+                            Some(tasks) => tasks.iter().collect(),
+                            None => vec![&v],
+                        };
+                        for t in answered {
+                            match t["id"].as_str().and_then(|s| s.parse().ok()) {
+                                Some(id) => ids.push(id),
+                                None => failures += 1,
+                            }
                         }
                     }
-                    _ => failures += 1,
+                    _ => failures += per_request,
                 }
             }
             (ids, latencies, failures)
         }));
     }
     let mut ids = Vec::with_capacity(count);
-    let mut latencies = Vec::with_capacity(count);
+    let mut latencies = Vec::with_capacity(requests);
     let mut failures = 0;
     for c in clients {
         let (i, l, f) = c.await?;

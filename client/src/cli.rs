@@ -139,8 +139,10 @@ pub enum DeadCommand {
 pub enum TaskCommand {
     /// Submit a task. The payload is JSON when it parses as JSON, otherwise
     /// the words given, as one string: `task submit upper hola mundo`.
+    /// With `--file`, submit every task of an NDJSON file in batches.
     Submit {
-        action: String,
+        #[arg(required_unless_present = "file")]
+        action: Option<String>,
         /// `30`, `1,2,3`, `'{"name": "Ana"}'`, `hola mundo`...
         payload: Vec<String>,
         /// Send the payload as a string even when it looks like JSON.
@@ -158,6 +160,17 @@ pub enum TaskCommand {
         wait: bool,
         #[command(flatten)]
         wait_for: WaitArgs,
+        /// Submit the tasks of this NDJSON file (`-` for stdin), one JSON
+        /// object a line as `POST /v1/tasks/batch` takes them
+        /// (`{"action": "sum", "payload": "1,2"}`, optionally `timeout_ms`,
+        /// `run_at`, `delay_ms`, `idempotency_key`), streamed in batches:
+        /// each batch is queued whole or not at all. Prints a summary.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["action", "payload", "at", "delay", "wait"])]
+        file: Option<PathBuf>,
+        /// Tasks per batch with `--file` (1 to 1000).
+        #[arg(long, value_name = "N", default_value_t = 1000, requires = "file",
+              value_parser = clap::value_parser!(u16).range(1..=1000))]
+        batch_size: u16,
     },
     /// A task's state, attempts, timestamps, error and (small) result.
     Get { id: String },

@@ -99,7 +99,15 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 delay,
                 wait,
                 wait_for,
+                file,
+                batch_size,
             } => {
+                if let Some(file) = file {
+                    return tasks::submit_file(&api, out, &file, usize::from(batch_size)).await;
+                }
+                let Some(action) = action else {
+                    return Err(Failure::Usage("give an action (or --file FILE)".to_owned()));
+                };
                 let payload = tasks::parse_payload(&payload.join(" "), string);
                 let schedule = tasks::Schedule { at, delay };
                 let wait = if wait {

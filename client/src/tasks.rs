@@ -141,6 +141,186 @@ pub async fn submit(
     Ok(())
 }
 
+/// What became of one batch of a file.
+enum BatchOutcome {
+    Queued(Vec<String>),
+    /// Refused, whole: the lines at fault and why.
+    Refused(Vec<Value>),
+}
+
+/// Sends one batch; `lines` are the file's line numbers of its items.
+async fn send_batch(
+    api: &Api,
+    items: Vec<Value>,
+    lines: &[usize],
+) -> Result<BatchOutcome, Failure> {
+    match api.post("/v1/tasks/batch", &Value::Array(items)).await {
+        Ok(answer) => Ok(BatchOutcome::Queued(
+            answer.body["tasks"]
+                .as_array()
+                .map(|tasks| tasks.iter().map(|t| output::text(&t["id"])).collect())
+                .unwrap_or_default(),
+        )),
+        Err(Failure::Api {
+            status,
+            code,
+            message,
+            error,
+            ..
+        }) if status == 422 || status == 400 => {
+            let refused = match error["errors"].as_array() {
+                Some(errors) => errors
+                    .iter()
+                    .map(|e| {
+                        let line = e["index"]
+                            .as_u64()
+                            .and_then(|i| lines.get(usize::try_from(i).ok()?))
+                            .copied();
+                        json!({
+                            "line": line,
+                            "code": e["code"],
+                            "message": e["message"],
+                            "field": e["field"],
+                        })
+                    })
+                    .collect(),
+                None => vec![json!({
+                    "line": lines.first(),
+                    "code": code,
+                    "message": message,
+                })],
+            };
+            Ok(BatchOutcome::Refused(refused))
+        }
+        Err(other) => Err(other),
+    }
+}
+
+/// `task submit --file FILE`: reads NDJSON (blank lines skipped), sends
+/// batches of `batch_size` to `POST /v1/tasks/batch` as they fill, and
+/// prints a summary. A batch holding a line that is not a JSON object is
+/// not sent (the server would refuse it whole); a batch the server refuses
+/// queued nothing. Either way the summary names the lines at fault and the
+/// exit code is 1; the other batches are queued.
+pub async fn submit_file(
+    api: &Api,
+    out: Output,
+    path: &Path,
+    batch_size: usize,
+) -> Result<(), Failure> {
+    use tokio::io::AsyncBufReadExt;
+    let started = Instant::now();
+    let reader: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if path == Path::new("-") {
+        Box::new(tokio::io::stdin())
+    } else {
+        Box::new(
+            tokio::fs::File::open(path)
+                .await
+                .map_err(|e| Failure::Local(format!("cannot read {}: {e}", path.display())))?,
+        )
+    };
+    let mut lines = tokio::io::BufReader::new(reader).lines();
+    let mut ids: Vec<String> = Vec::new();
+    let mut refused: Vec<Value> = Vec::new();
+    let (mut batches, mut refused_batches, mut refused_tasks) = (0usize, 0usize, 0usize);
+    let mut items = Vec::with_capacity(batch_size);
+    let mut numbers = Vec::with_capacity(batch_size);
+    let mut unreadable: Vec<Value> = Vec::new();
+    let mut number = 0usize;
+    loop {
+        let line = lines
+            .next_line()
+            .await
+            .map_err(|e| Failure::Local(format!("cannot read {}: {e}", path.display())))?;
+        let done = line.is_none();
+        if let Some(line) = line {
+            number += 1;
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<Value>(&line) {
+                Ok(item @ Value::Object(_)) => items.push(item),
+                Ok(_) | Err(_) => {
+                    unreadable.push(json!({
+                        "line": number,
+                        "code": "invalid_line",
+                        "message": "not a JSON object (one task per line)",
+                    }));
+                    items.push(Value::Null);
+                }
+            }
+            numbers.push(number);
+            if items.len() < batch_size {
+                continue;
+            }
+        }
+        if !items.is_empty() {
+            batches += 1;
+            let sent = std::mem::take(&mut items);
+            let count = sent.len();
+            if unreadable.is_empty() {
+                match send_batch(api, sent, &numbers).await? {
+                    BatchOutcome::Queued(batch_ids) => ids.extend(batch_ids),
+                    BatchOutcome::Refused(errors) => {
+                        refused_batches += 1;
+                        refused_tasks += count;
+                        refused.extend(errors);
+                    }
+                }
+            } else {
+                refused_batches += 1;
+                refused_tasks += count;
+                refused.append(&mut unreadable);
+            }
+            numbers.clear();
+        }
+        if done {
+            break;
+        }
+    }
+    let summary = json!({
+        "submitted": ids.len(),
+        "batches": batches,
+        "refused_batches": refused_batches,
+        "refused_tasks": refused_tasks,
+        "refused": refused,
+        "seconds": started.elapsed().as_secs_f64(),
+        "ids": ids,
+    });
+    if !out.json(&summary) {
+        println!(
+            "submitted {} task{} in {} batch{} ({:.2} s)",
+            ids.len(),
+            if ids.len() == 1 { "" } else { "s" },
+            batches - refused_batches,
+            if batches - refused_batches == 1 {
+                ""
+            } else {
+                "es"
+            },
+            started.elapsed().as_secs_f64()
+        );
+        if refused_batches > 0 {
+            println!(
+                "refused {refused_batches} batch{} ({refused_tasks} tasks, none of them queued):",
+                if refused_batches == 1 { "" } else { "es" }
+            );
+            for e in &refused {
+                println!(
+                    "  line {}: {} ({})",
+                    output::text(&e["line"]),
+                    output::text(&e["message"]),
+                    output::text(&e["code"])
+                );
+            }
+        }
+    }
+    if refused_batches > 0 {
+        return Err(Failure::Reported(crate::error::exit::FAILED));
+    }
+    Ok(())
+}
+
 fn print_result(task: &Value) {
     let id = output::text(&task["id"]);
     if task["result_object"].is_object() {

@@ -928,3 +928,78 @@ async fn hold_place_list_and_cancel_through_the_cli() {
     let ran = bibliomq(&app, &["hold", "list"]).await;
     assert_eq!(ran.code, 2, "give --patron or --isbn: {ran}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_submit_file_streams_batches_and_names_the_bad_line_of_a_refused_batch() {
+    let app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
+    // Batches of 3: lines 1-3 (good), 4-7 with a blank line skipped and
+    // line 6 not JSON (refused whole, not sent), 8 (good, but a bad action
+    // at the server refuses it).
+    let file = TempFile::with(
+        "tasks.ndjson",
+        concat!(
+            "{\"action\": \"sum\", \"payload\": \"1,2\"}\n",
+            "{\"action\": \"upper\", \"payload\": \"hola\"}\n",
+            "{\"action\": \"fib\", \"payload\": 10}\n",
+            "{\"action\": \"sum\", \"payload\": \"3,4\"}\n",
+            "\n",
+            "{\"action\": \"sum\", \"payload\": \n",
+            "{\"action\": \"sum\", \"payload\": \"5,6\"}\n",
+            "{\"action\": \"teleport\", \"payload\": 1}\n",
+        ),
+    );
+    let ran = bibliomq(
+        &app,
+        &["task", "submit", "--file", file.path(), "--batch-size", "3"],
+    )
+    .await;
+    assert_eq!(ran.code, 1, "{ran}");
+    assert!(
+        ran.stdout.starts_with("submitted 3 tasks in 1 batch"),
+        "{ran}"
+    );
+    assert!(
+        ran.stdout
+            .contains("refused 2 batches (4 tasks, none of them queued)"),
+        "{ran}"
+    );
+    assert!(ran.stdout.contains("  line 6: not a JSON object"), "{ran}");
+    assert!(ran.stdout.contains("  line 8: unknown action"), "{ran}");
+    assert_eq!(app.count("SELECT count(*) FROM tasks").await, 3);
+
+    let ran = bibliomq(&app, &["--json", "task", "submit", "--file", file.path()]).await;
+    assert_eq!(ran.code, 1, "{ran}");
+    let summary = ran.json();
+    assert_eq!(summary["submitted"], 0, "{summary}");
+    assert_eq!(summary["refused_batches"], 1, "{summary}");
+    assert_eq!(summary["refused"][0]["line"], 6, "{summary}");
+    assert_eq!(app.count("SELECT count(*) FROM tasks").await, 3);
+
+    let good = TempFile::with(
+        "good.ndjson",
+        &(0..25)
+            .map(|i| format!("{{\"action\": \"sum\", \"payload\": \"{i},1\"}}\n"))
+            .collect::<String>(),
+    );
+    let ran = bibliomq(
+        &app,
+        &[
+            "--json",
+            "task",
+            "submit",
+            "--file",
+            good.path(),
+            "--batch-size",
+            "10",
+        ],
+    )
+    .await;
+    assert_eq!(ran.code, 0, "{ran}");
+    let summary = ran.json();
+    assert_eq!(
+        (summary["submitted"].as_u64(), summary["batches"].as_u64()),
+        (Some(25), Some(3))
+    );
+    assert_eq!(summary["ids"].as_array().unwrap().len(), 25);
+    assert_eq!(app.count("SELECT count(*) FROM tasks").await, 28);
+}

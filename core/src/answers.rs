@@ -51,6 +51,22 @@ impl From<&SubmittedTask> for TaskAccepted {
     }
 }
 
+/// `202` to `POST /v1/tasks/batch`: every task of the batch, in the order
+/// sent.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = TaskBatchAccepted)]
+pub struct TaskBatchAccepted {
+    pub tasks: Vec<TaskAccepted>,
+}
+
+impl From<&[SubmittedTask]> for TaskBatchAccepted {
+    fn from(tasks: &[SubmittedTask]) -> Self {
+        Self {
+            tasks: tasks.iter().map(TaskAccepted::from).collect(),
+        }
+    }
+}
+
 /// `200` (cancelled) or `202` (running, being stopped) to
 /// `POST /v1/tasks/{id}/cancel`.
 #[derive(Debug, Clone, Serialize, ToSchema)]

@@ -67,6 +67,24 @@ pub enum ErrorDetails {
     },
     /// `rate_limited`: seconds to wait (also the `Retry-After` header).
     RateLimited { retry_after: u64 },
+    /// `invalid_tasks` (a batch submission): what is wrong with which item.
+    Items { errors: Vec<ItemError> },
+}
+
+/// What is wrong with one item of a batch, by its index (from 0).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct ItemError {
+    /// The item's place in the batch, from 0.
+    pub index: usize,
+    /// Stable machine-readable code, as the single request would answer it
+    /// (`invalid_payload`, `unknown_action`, `idempotency_key_reused`, ...).
+    #[schema(value_type = String)]
+    pub code: &'static str,
+    pub message: String,
+    /// The item's field at fault, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub field: Option<String>,
 }
 
 /// A title that matched the words of a loan request.
@@ -114,6 +132,9 @@ pub struct ErrorDetailMembers {
     /// `rate_limited`: seconds to wait before trying again.
     #[schema(nullable = false)]
     retry_after: Option<u64>,
+    /// `invalid_tasks`: the refused items of a batch, by index.
+    #[schema(nullable = false)]
+    errors: Option<Vec<ItemError>>,
 }
 
 impl ErrorBody {
@@ -177,6 +198,9 @@ impl From<CommandError> for ErrorBody {
                 Self::new(code, message).with_details(ErrorDetails::RateLimited {
                     retry_after: retry_after_secs(wait),
                 })
+            }
+            CommandError::InvalidItems(errors) => {
+                Self::new(code, message).with_details(ErrorDetails::Items { errors })
             }
         }
     }
@@ -265,6 +289,10 @@ pub enum CommandError {
     /// The key has made too many requests; try again after the wait.
     #[error("this key has made too many requests; try again in {} s", retry_after_secs(*.0))]
     RateLimited(std::time::Duration),
+    /// Items of a batch that cannot be carried out as given, by index
+    /// (`invalid_tasks`); nothing of the batch was done.
+    #[error("{} item(s) of the batch were refused, the first at index {}; nothing was queued", .0.len(), .0.first().map_or(0, |e| e.index))]
+    InvalidItems(Vec<ItemError>),
 }
 
 /// Whole seconds to wait, at least one.
@@ -299,6 +327,7 @@ impl CommandError {
             Self::Unauthenticated(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::RateLimited(_) => "rate_limited",
+            Self::InvalidItems(_) => "invalid_tasks",
         }
     }
 

@@ -36,6 +36,10 @@ pub const ROUTES: &[Route] = &[
         handler: |c, r| Box::pin(task(c, r)),
     },
     Route {
+        names: &["task_batch", "tasks"],
+        handler: |c, r| Box::pin(task_batch(c, r)),
+    },
+    Route {
         names: &["task_status"],
         handler: |c, r| Box::pin(task_status(c, r)),
     },
@@ -247,6 +251,102 @@ async fn task(commands: Commands, request: Request) -> Reply {
     Ok(match progress {
         Progress::Finished(task) => Answer::Task(TaskReply::from(&*task)),
         Progress::Unfinished(progress) => Answer::TaskProgress(progress),
+    })
+}
+
+/// `{"action": "task_batch", "tasks": [{"task": "sum", "payload": "1,2"}, ...]}`:
+/// up to 1,000 tasks, each as in a `task` request (`task`, `payload`,
+/// optionally `idempotency_key`, `timeout_ms`, `run_at`, `delay_ms`). All
+/// are queued or none; the reply lists each task (`id`, `action`, `state`)
+/// in the order sent, without waiting for them to run. A refused batch
+/// answers `invalid_tasks` with `errors` by index.
+async fn task_batch(commands: Commands, request: Request) -> Reply {
+    let items = match request.fields.get("tasks") {
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            return Err(
+                WireError::new("invalid_field", "`tasks` must be an array of tasks")
+                    .with_field("tasks"),
+            );
+        }
+        None => {
+            return Err(WireError::new("missing_field", "`tasks` is required").with_field("tasks"));
+        }
+    };
+    let items = items.iter().map(batch_item).collect();
+    let submitted = commands
+        .submit_batch(items, &request.correlation_id)
+        .await
+        .map_err(|e| {
+            let mut e = WireError::from(e);
+            // In this request a task's action is named `task`.
+            if let Some(bibliomq_core::error::ErrorDetails::Items { errors }) =
+                e.details.as_deref_mut()
+            {
+                for item in errors {
+                    if item.field.as_deref() == Some("action") {
+                        item.field = Some("task".into());
+                    }
+                }
+            }
+            e
+        })?;
+    Ok(Answer::TaskBatch {
+        tasks: submitted
+            .iter()
+            .map(|t| crate::reply::TaskProgress {
+                id: t.id,
+                action: t.action,
+                state: t.state,
+            })
+            .collect(),
+    })
+}
+
+/// One item of a `task_batch`, read as a `task` request reads its fields.
+fn batch_item(item: &Value) -> Result<TaskSubmission, bibliomq_core::error::Invalid> {
+    use bibliomq_core::error::Invalid;
+    let Value::Object(fields) = item else {
+        return Err(Invalid::new(
+            "invalid_field",
+            "each task must be an object with `task` and `payload`",
+        ));
+    };
+    let action = match fields.get("task") {
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => {
+            return Err(Invalid::field(
+                "invalid_field",
+                "task",
+                "`task` must be a string",
+            ));
+        }
+        None => {
+            return Err(Invalid::field(
+                "missing_field",
+                "task",
+                "`task` is required",
+            ));
+        }
+    };
+    let idempotency_key = match fields.get("idempotency_key") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => {
+            return Err(Invalid::field(
+                "invalid_field",
+                "idempotency_key",
+                "`idempotency_key` must be a string",
+            ));
+        }
+    };
+    Ok(TaskSubmission {
+        action,
+        payload: fields.get("payload").cloned().unwrap_or(Value::Null),
+        timeout_ms: fields.get("timeout_ms").cloned(),
+        idempotency_key,
+        run_at: fields.get("run_at").cloned(),
+        delay_ms: fields.get("delay_ms").cloned(),
     })
 }
 

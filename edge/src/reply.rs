@@ -66,6 +66,8 @@ pub enum Answer {
     Task(TaskReply),
     /// `task` still queued or running when the wait ended.
     TaskProgress(TaskProgress),
+    /// `task_batch`: every task of the batch, in the order sent.
+    TaskBatch { tasks: Vec<TaskProgress> },
     /// `task_cancel`: `cancelled`, or `running` with `stopping` while its
     /// worker stops it.
     Cancelled(TaskCancellation),

@@ -49,6 +49,15 @@ enum Ended {
     Cancelled,
 }
 type Finishes = Batcher<Finish, bool, DbFailure>;
+type QuickFinishes = Batcher<Finish, Option<i32>, DbFailure>;
+
+/// A run that ends within this is recorded without a `running` write
+/// first: claim and outcome in one statement. Long enough for the quick
+/// actions (sum, upper, echo, greet, small fib and wordcount) to fit
+/// with room for a busy machine; short enough that a long task shows as
+/// `running` (and can be cancelled, and is kept off the reaper by
+/// heartbeats) almost from its start.
+const QUICK_RUN: std::time::Duration = std::time::Duration::from_millis(50);
 
 pub struct TaskWorker {
     publisher: Publisher,
@@ -57,6 +66,7 @@ pub struct TaskWorker {
     topology: topology::Topology,
     claims: Claims,
     finishes: Finishes,
+    quick_finishes: QuickFinishes,
     metrics: Metrics,
     in_flight: InFlight,
 }
@@ -84,14 +94,26 @@ impl TaskWorker {
                 }
             },
         );
+        let finish_pool = pool.clone();
         let finishes = Batcher::spawn(
+            512,
+            bibliomq_core::batch::IN_FLIGHT,
+            move |outcomes: Vec<Finish>| {
+                let pool = finish_pool.clone();
+                async move {
+                    let client = pool.get().await?;
+                    Ok(store::finish(&client, &outcomes).await?)
+                }
+            },
+        );
+        let quick_finishes = Batcher::spawn(
             512,
             bibliomq_core::batch::IN_FLIGHT,
             move |outcomes: Vec<Finish>| {
                 let pool = pool.clone();
                 async move {
                     let client = pool.get().await?;
-                    Ok(store::finish(&client, &outcomes).await?)
+                    Ok(store::claim_and_finish(&client, &outcomes).await?)
                 }
             },
         );
@@ -102,6 +124,7 @@ impl TaskWorker {
             settings,
             claims,
             finishes,
+            quick_finishes,
             metrics,
             in_flight,
         }
@@ -132,19 +155,128 @@ impl TaskWorker {
             return;
         }
 
-        let attempts = match self.claims.submit(message.id).await {
-            Ok(Some(Claim::Run { attempts })) => attempts,
+        let parsed = message
+            .action
+            .parse::<Action>()
+            .and_then(|a| TaskRequest::parse(a, &message.payload));
+        // Cancelled when the run must end early (time limit, a client's
+        // cancel, or this function returning), so a blocking action stops
+        // too, not only the future awaiting it.
+        let stop = CancellationToken::new();
+        let _stop_on_exit = stop.clone().drop_guard();
+        let run = async {
+            match parsed {
+                Err(invalid) => Err(Ended::Failed(invalid.to_string())),
+                Ok(request) => {
+                    let limit = message.time_limit(request.action(), self.settings.timeout_max);
+                    tokio::select! {
+                        out = self.timed_run(request, &stop) => out.map_err(|f| Ended::Failed(f.to_string())),
+                        () = tokio::time::sleep(limit) => {
+                            stop.cancel();
+                            Err(Ended::TimedOut(limit))
+                        }
+                    }
+                }
+            }
+        };
+        tokio::pin!(run);
+
+        // A quick run is not claimed first: when it ends within
+        // QUICK_RUN, its claim and its outcome are one write (the row goes
+        // from `queued` to its final state, never `running`). Until the
+        // outcome is committed the row stays `queued` and the message
+        // unacked, so a crash loses nothing: the message is delivered
+        // again and the task run again, as after a crash while `running`.
+        let quick = tokio::select! {
+            out = &mut run => Some(out),
+            () = tokio::time::sleep(QUICK_RUN) => None,
+            () = abandon.cancelled() => {
+                tracing::warn!("shutting down mid-task; requeueing it");
+                self.settle(&delivery, Settle::Requeue).await;
+                return;
+            }
+        };
+        if let Some(outcome) = quick {
+            if matches!(&outcome, Ok(o) if o.bytes.len() > self.settings.inline_result_limit) {
+                // A result for object storage: claimed first, as a long
+                // run is, so that a store that fails counts its attempt.
+                let Some(attempts) = self.claim(&delivery, &message, attempt).await else {
+                    return;
+                };
+                if let Some(finish) = self.finish_of(&delivery, &message, attempt, outcome).await {
+                    self.complete(&delivery, &message, attempt, attempts, finish)
+                        .await;
+                }
+                return;
+            }
+            let Some(finish) = self.finish_of(&delivery, &message, attempt, outcome).await else {
+                return;
+            };
+            match self.quick_finishes.submit(finish.clone()).await {
+                Ok(Some(attempts)) => {
+                    self.settle(&delivery, Settle::Ack).await;
+                    self.announce_finish(&message, &finish, attempts).await;
+                }
+                // Not waiting to run (already running elsewhere, finished,
+                // cancelled or withdrawn): claim it as usual, which says
+                // which, and record this run's outcome if it is ours.
+                Ok(None) => {
+                    if let Some(attempts) = self.claim(&delivery, &message, attempt).await {
+                        self.complete(&delivery, &message, attempt, attempts, finish)
+                            .await;
+                    }
+                }
+                Err(e) => {
+                    self.retry_or_give_up(&delivery, &message, attempt, format!("database: {e}"))
+                        .await;
+                }
+            }
+            return;
+        }
+
+        let Some(attempts) = self.claim(&delivery, &message, attempt).await else {
+            return;
+        };
+        tracing::debug!(attempts, "running");
+        // Heartbeats keep the reaper off this task while it is in hand; the
+        // cancel watcher finds it through the same registration.
+        let held = self.in_flight.hold(message.id);
+        let outcome = tokio::select! {
+            out = &mut run => out,
+            () = held.cancelled().cancelled() => {
+                stop.cancel();
+                Err(Ended::Cancelled)
+            }
+            () = abandon.cancelled() => {
+                tracing::warn!("shutting down mid-task; requeueing it");
+                self.settle(&delivery, Settle::Requeue).await;
+                return;
+            }
+        };
+        let Some(finish) = self.finish_of(&delivery, &message, attempt, outcome).await else {
+            return;
+        };
+        self.complete(&delivery, &message, attempt, attempts, finish)
+            .await;
+    }
+
+    /// Marks the task `running` and returns its attempt number; or settles
+    /// the delivery (a duplicate, a cancelled task, a database failure) and
+    /// returns `None`.
+    async fn claim(&self, delivery: &Delivery, message: &TaskMessage, attempt: u64) -> Option<i32> {
+        match self.claims.submit(message.id).await {
+            Ok(Some(Claim::Run { attempts })) => Some(attempts),
             Ok(Some(Claim::Cancelled)) => {
                 tracing::info!("task was cancelled while its worker was away; not running it");
-                self.settle(&delivery, Settle::Ack).await;
+                self.settle(delivery, Settle::Ack).await;
                 self.announce(
-                    &message,
+                    message,
                     TaskState::Cancelled,
                     0,
                     Some("cancelled while it ran"),
                 )
                 .await;
-                return;
+                None
             }
             Ok(None) => {
                 tracing::info!(
@@ -152,61 +284,36 @@ impl TaskWorker {
                 );
                 self.metrics
                     .message(topology::TASKS_QUEUE, MessageOutcome::Duplicate);
-                self.settle(&delivery, Settle::Ack).await;
-                return;
+                self.settle(delivery, Settle::Ack).await;
+                None
             }
             Err(e) => {
-                self.retry_or_give_up(&delivery, &message, attempt, format!("database: {e}"))
+                self.retry_or_give_up(delivery, message, attempt, format!("database: {e}"))
                     .await;
-                return;
+                None
             }
-        };
-        tracing::debug!(attempts, "running");
-        // Heartbeats keep the reaper off this task while it is in hand; the
-        // cancel watcher finds it through the same registration.
-        let held = self.in_flight.hold(message.id);
+        }
+    }
 
-        let outcome = match message
-            .action
-            .parse::<Action>()
-            .and_then(|a| TaskRequest::parse(a, &message.payload))
-        {
-            Err(invalid) => Err(Ended::Failed(invalid.to_string())),
-            Ok(request) => {
-                let limit = message.time_limit(request.action(), self.settings.timeout_max);
-                // Cancelled when the run must end early (time limit, a
-                // client's cancel, or this function returning), so a
-                // blocking action stops too, not only the future awaiting it.
-                let stop = CancellationToken::new();
-                let _stop_on_exit = stop.clone().drop_guard();
-                tokio::select! {
-                    out = self.timed_run(request, &stop) => out.map_err(|f| Ended::Failed(f.to_string())),
-                    () = tokio::time::sleep(limit) => {
-                        stop.cancel();
-                        Err(Ended::TimedOut(limit))
-                    }
-                    () = held.cancelled().cancelled() => {
-                        stop.cancel();
-                        Err(Ended::Cancelled)
-                    }
-                    () = abandon.cancelled() => {
-                        tracing::warn!("shutting down mid-task; requeueing it");
-                        self.settle(&delivery, Settle::Requeue).await;
-                        return;
-                    }
-                }
-            }
-        };
-        let finish = match outcome {
-            Ok(output) => match self.keep_result(&message, output).await {
+    /// The outcome to record for how a run ended; a result that cannot be
+    /// kept (object storage down) sends the task to retry and gives `None`.
+    async fn finish_of(
+        &self,
+        delivery: &Delivery,
+        message: &TaskMessage,
+        attempt: u64,
+        outcome: Result<TaskOutput, Ended>,
+    ) -> Option<Finish> {
+        Some(match outcome {
+            Ok(output) => match self.keep_result(message, output).await {
                 Ok(result) => Finish::Succeeded {
                     id: message.id,
                     result,
                 },
                 Err(e) => {
-                    self.retry_or_give_up(&delivery, &message, attempt, e.to_string())
+                    self.retry_or_give_up(delivery, message, attempt, e.to_string())
                         .await;
-                    return;
+                    return None;
                 }
             },
             Err(Ended::Failed(error)) => Finish::Failed {
@@ -229,30 +336,42 @@ impl TaskWorker {
                 tracing::info!("task stopped: a client cancelled it");
                 Finish::Cancelled { id: message.id }
             }
-        };
-        let state = match &finish {
-            Finish::Succeeded { .. } => TaskState::Succeeded,
-            Finish::Cancelled { .. } => TaskState::Cancelled,
-            _ => TaskState::Failed,
-        };
-        let error = match &finish {
-            Finish::Failed { error, .. } => Some(error.clone()),
-            Finish::Cancelled { .. } => Some("cancelled while it ran".to_owned()),
-            _ => None,
-        };
-        match self.finishes.submit(finish).await {
+        })
+    }
+
+    /// Commits the outcome of a claimed run, then acks, then announces it.
+    async fn complete(
+        &self,
+        delivery: &Delivery,
+        message: &TaskMessage,
+        attempt: u64,
+        attempts: i32,
+        finish: Finish,
+    ) {
+        match self.finishes.submit(finish.clone()).await {
             Ok(applied) => {
-                self.settle(&delivery, Settle::Ack).await;
+                self.settle(delivery, Settle::Ack).await;
                 if applied {
-                    self.announce(&message, state, attempts, error.as_deref())
-                        .await;
+                    self.announce_finish(message, &finish, attempts).await;
                 }
             }
             Err(e) => {
-                self.retry_or_give_up(&delivery, &message, attempt, format!("database: {e}"))
+                self.retry_or_give_up(delivery, message, attempt, format!("database: {e}"))
                     .await;
             }
         }
+    }
+
+    /// Publishes the outcome event of a recorded finish.
+    async fn announce_finish(&self, message: &TaskMessage, finish: &Finish, attempts: i32) {
+        let (state, error) = match finish {
+            Finish::Succeeded { .. } => (TaskState::Succeeded, None),
+            Finish::Cancelled { .. } => (TaskState::Cancelled, Some("cancelled while it ran")),
+            Finish::Failed { error, .. } => (TaskState::Failed, Some(error.as_str())),
+            Finish::Retrying { .. } => (TaskState::Queued, None),
+            Finish::Dead { error, .. } => (TaskState::Dead, Some(error.as_str())),
+        };
+        self.announce(message, state, attempts, error).await;
     }
 
     /// Small results stay inline; large ones go to object storage.

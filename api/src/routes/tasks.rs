@@ -8,9 +8,9 @@ use axum::{
     response::{IntoResponse, Redirect, Response},
 };
 use bibliomq_core::{
-    answers::{TaskAccepted, TaskAnswer, TaskCancelAnswer, TaskList},
+    answers::{TaskAccepted, TaskAnswer, TaskBatchAccepted, TaskCancelAnswer, TaskList},
     commands::TaskSubmission,
-    error::ErrorDetails,
+    error::{ErrorDetails, Invalid},
     tasks::{Action, TaskState},
 };
 use serde::Deserialize;
@@ -29,6 +29,7 @@ use crate::{
 pub fn routes() -> Routes {
     Routes::new()
         .routes(routes!(list, submit))
+        .routes(routes!(submit_batch))
         .routes(routes!(show))
         .routes(routes!(result))
         .routes(routes!(cancel))
@@ -128,6 +129,107 @@ async fn submit(
         h.insert(super::IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
     Ok(response)
+}
+
+/// One task of a batch: a task submission, with its own Idempotency-Key.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = TaskBatchItem)]
+struct BatchTask {
+    #[schema(value_type = Action)]
+    action: String,
+    /// What the action works on, as for a single submission.
+    #[serde(default)]
+    payload: Value,
+    /// A time limit for this run, in milliseconds, as for a single submission.
+    #[serde(default)]
+    #[schema(value_type = Option<u64>, minimum = 1)]
+    timeout_ms: Option<Value>,
+    /// Run it at this time (RFC 3339), as for a single submission.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    run_at: Option<Value>,
+    /// Run it this many milliseconds from now, as for a single submission.
+    #[serde(default)]
+    #[schema(value_type = Option<u64>, minimum = 0)]
+    delay_ms: Option<Value>,
+    /// This task's key for safe retries, as the `Idempotency-Key` header
+    /// of a single submission: sent again with the same task, the item
+    /// answers with the first task and queues nothing.
+    #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[!-~]+$",
+        nullable = false
+    )]
+    idempotency_key: Option<String>,
+}
+
+impl From<BatchTask> for TaskSubmission {
+    fn from(t: BatchTask) -> Self {
+        Self {
+            action: t.action,
+            payload: t.payload,
+            timeout_ms: t.timeout_ms,
+            idempotency_key: t.idempotency_key,
+            run_at: t.run_at,
+            delay_ms: t.delay_ms,
+        }
+    }
+}
+
+/// An item of a batch as a submission, or why it cannot be one (its
+/// shape: a missing or unknown member, a wrong type).
+fn batch_item(value: Value) -> Result<TaskSubmission, Invalid> {
+    serde_json::from_value::<BatchTask>(value)
+        .map(TaskSubmission::from)
+        .map_err(|e| {
+            let text = e.to_string();
+            let field = ["missing field `", "unknown field `"]
+                .iter()
+                .find_map(|m| text.split(m).nth(1))
+                .and_then(|rest| rest.split('`').next())
+                .map(str::to_owned);
+            Invalid {
+                code: "invalid_field",
+                field,
+                message: text,
+            }
+        })
+}
+
+/// Submit many tasks at once
+///
+/// Up to 1,000 tasks, each checked as `POST /v1/tasks` checks one: all are
+/// queued, or none. Stored in one transaction, published together, and
+/// answered once RabbitMQ has confirmed every message, with every task in
+/// the order sent.
+#[utoipa::path(
+    post, path = "/tasks/batch", tag = "tasks", operation_id = "submitTaskBatch",
+    request_body(content = Vec<BatchTask>, description = "From 1 to 1,000 tasks."),
+    responses(
+        (status = 202, description = "All queued (or `scheduled`, or for an item's retried `idempotency_key` the first task again), in the order sent.", body = TaskBatchAccepted),
+        (status = 400, description = "The body is not JSON (`malformed_json`), holds no task (`empty_batch`) or more than 1,000 (`too_many_tasks`); nothing was queued.", body = ErrorAnswer),
+        (status = 409, description = "Every refused item's `idempotency_key` was already used for a different task request (`invalid_tasks`, each error `idempotency_key_reused`); nothing was queued.", body = ErrorAnswer),
+        (status = 413, description = "The body is larger than BIBLIOMQ_API_BODY_LIMIT (`payload_too_large`).", body = ErrorAnswer),
+        (status = 415, description = "No `Content-Type: application/json` (`unsupported_media_type`).", body = ErrorAnswer),
+        (status = 422, description = "The body is not an array (`invalid_field`), or items were refused (`invalid_tasks`): `errors` lists each with its `index` (from 0), `code` and `message` as the single submission would answer, and `field`; nothing was queued.", body = ErrorAnswer),
+        (status = 503, description = "RabbitMQ, PostgreSQL or object storage unreachable (`unavailable`); the batch's tasks no worker had taken were withdrawn: send it again, with `idempotency_key`s to be safe.", body = ErrorAnswer),
+    )
+)]
+async fn submit_batch(
+    Acting(state): Acting,
+    Extension(CorrelationId(correlation_id)): Extension<CorrelationId>,
+    JsonBody(items): JsonBody<Vec<Value>>,
+) -> Result<Response, ApiError> {
+    let items = items.into_iter().map(batch_item).collect();
+    let submitted = state.commands.submit_batch(items, &correlation_id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(TaskBatchAccepted::from(submitted.as_slice())),
+    )
+        .into_response())
 }
 
 /// Cancel a task

@@ -159,11 +159,19 @@ pub async fn run(api: &Api, out: Output, args: &RunArgs) -> Result<(), Failure> 
     // key waits for it to end.
     let mut last_of_key: HashMap<String, oneshot::Receiver<()>> = HashMap::new();
     for (i, line) in lines.into_iter().enumerate() {
-        if let Some(rate) = args.rate {
+        // With `--rate`, when the line was due: its latency counts from
+        // then, also the time it waited for a free slot or for the line
+        // before it about the same patron, so a slow server cannot hide
+        // the queue it builds (no coordinated omission).
+        #[allow(clippy::cast_precision_loss)]
+        let due = args
+            .rate
+            .map(|rate| start + Duration::from_secs_f64(i as f64 / rate));
+        if let Some(at) = due {
             // Steady pacing from the start time, so a slow answer does not
             // shift every later start (no drift, no bursts to catch up
             // beyond what the concurrency limit holds back).
-            tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
+            tokio::time::sleep_until(at).await;
         }
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
@@ -177,7 +185,7 @@ pub async fn run(api: &Api, out: Output, args: &RunArgs) -> Result<(), Failure> 
                 // Err: the earlier one's task ended without a word; go on.
                 let _ = before.await;
             }
-            let sent = Instant::now();
+            let sent = due.unwrap_or_else(Instant::now);
             let class = execute(&api, &line.op, wait).await;
             let ended = Instant::now();
             let _ = done_tx.send(());

@@ -148,6 +148,23 @@ impl Publisher {
         result
     }
 
+    /// Publishes every message at once on the shared channel and waits for
+    /// all their confirms together: one round of confirms for a batch
+    /// instead of one per message. Each message keeps the promise of
+    /// [`Publisher::publish`] (confirmed, or sent again until the confirm
+    /// timeout); the answers come in the order of `messages`.
+    pub async fn publish_many(
+        &self,
+        exchange: &str,
+        messages: &[(String, Vec<u8>, BasicProperties)],
+        mandatory: bool,
+    ) -> Vec<Result<(), PublishError>> {
+        futures::future::join_all(messages.iter().map(|(routing_key, body, props)| {
+            self.publish(exchange, routing_key, body, props.clone(), mandatory)
+        }))
+        .await
+    }
+
     async fn publish_confirmed(
         &self,
         exchange: &str,

@@ -32,7 +32,9 @@ pub use library::{
     CirculationRequest, LoanReceipt, LoanRequest, OperationAccepted, SEARCH_MAX_LIMIT,
     SEARCH_MAX_WORDS,
 };
-pub use tasks::{LIST_MAX, SubmittedTask, TaskCancellation, TaskInserter, TaskSubmission};
+pub use tasks::{
+    BATCH_MAX, LIST_MAX, SubmittedTask, TaskCancellation, TaskInserter, TaskSubmission,
+};
 
 use crate::{
     broker::{Publisher, rpc::RpcClient},

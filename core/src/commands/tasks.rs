@@ -12,7 +12,7 @@ use crate::{
     batch::Batcher,
     broker::{headers, topology},
     db::DbFailure,
-    error::{CommandError, ErrorDetails, Invalid},
+    error::{CommandError, ErrorDetails, Invalid, ItemError},
     storage::ObjectBody,
     tasks::{
         Action, TaskMessage, TaskRequest, TaskState,
@@ -114,9 +114,47 @@ fn fingerprint(
     hex::encode(Sha256::digest(text))
 }
 
+/// A submission that passed every check: its row and its message.
+struct Checked {
+    id: Uuid,
+    action: Action,
+    /// The message body (a [`TaskMessage`]).
+    body: Vec<u8>,
+    task: NewTask,
+}
+
+/// The properties of a task's first message: persistent, attempt 1.
+fn first_attempt(id: Uuid, correlation_id: &str) -> lapin::BasicProperties {
+    headers::with_header(
+        headers::persistent_json(&id.to_string(), correlation_id),
+        headers::ATTEMPT,
+        lapin::types::AMQPValue::LongLongInt(1),
+    )
+}
+
 /// How far in the past a `run_at` may be (clocks differ, requests take
 /// time); such a task is due at once.
 pub const RUN_AT_TOLERANCE: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
+
+/// Most tasks one batch submission may hold.
+pub const BATCH_MAX: usize = 1000;
+
+/// A refused batch item as its index and the error the single request
+/// would answer. Our own failures are not an item's fault: they fail the
+/// whole batch.
+fn item_error(index: usize, e: CommandError) -> Result<ItemError, CommandError> {
+    let field = match &e {
+        CommandError::Invalid(i) | CommandError::OutOfBounds(i) => i.field.clone(),
+        CommandError::Conflict { .. } | CommandError::NotFound { .. } => None,
+        _ => return Err(e),
+    };
+    Ok(ItemError {
+        index,
+        code: e.code(),
+        message: e.public_message(),
+        field,
+    })
+}
 
 /// Most tasks one list call returns.
 pub const LIST_MAX: i64 = 500;
@@ -146,6 +184,239 @@ impl Commands {
         correlation_id: &str,
     ) -> Result<SubmittedTask, CommandError> {
         self.authorize(crate::auth::Permission::SubmitTask)?;
+        let Checked {
+            id,
+            action,
+            body,
+            task,
+        } = self.check_submission(submission, correlation_id)?;
+        tracing::Span::current().record("task_id", tracing::field::display(id));
+        let run_at = task.run_at;
+        let idempotency = task.idempotency.clone();
+        let inserted = self.inner.task_inserts.submit(task).await?;
+        if !inserted {
+            let Some((key, fingerprint)) = idempotency else {
+                return Err(anyhow::anyhow!("a task without a key was not inserted").into());
+            };
+            return self.replay(action, &key, &fingerprint).await;
+        }
+        if run_at.is_some() {
+            // Stored, not published: the workers' scheduler publishes it
+            // when it is due.
+            return Ok(SubmittedTask {
+                id,
+                action,
+                state: TaskState::Scheduled,
+                replayed: false,
+            });
+        }
+
+        let published = self
+            .publisher()
+            .publish(
+                topology::TASKS_EXCHANGE,
+                &format!("task.{}", action.as_str()),
+                &body,
+                first_attempt(id, correlation_id),
+                true,
+            )
+            .await;
+        if let Err(e) = published {
+            tracing::warn!(error = %e, "publish failed; withdrawing the task");
+            if let Ok(client) = self.pool().get().await
+                && let Err(e) = store::delete_queued(&**client, id).await
+            {
+                tracing::error!(error = %e, "could not withdraw the unpublished task");
+            }
+            return Err(e.into());
+        }
+        Ok(SubmittedTask {
+            id,
+            action,
+            state: TaskState::Queued,
+            replayed: false,
+        })
+    }
+
+    /// Submits up to [`BATCH_MAX`] tasks at once: all of them, or none.
+    ///
+    /// Each item is checked exactly as [`Commands::submit`] checks one (an
+    /// item the transport could not read comes in as its error). Any
+    /// refusal answers `invalid_tasks` with every refused item by index,
+    /// and nothing is stored or published. Otherwise the rows go into
+    /// PostgreSQL in one statement and one transaction, the messages are
+    /// published together and their confirms awaited together, and the
+    /// answer lists every task in the order sent. An item whose
+    /// Idempotency-Key a task already holds for the same request answers
+    /// with that task (`replayed`) and queues nothing; for a different
+    /// request the batch is refused (`idempotency_key_reused` at its index).
+    ///
+    /// Should the broker fail part way, the batch's tasks that no worker
+    /// has taken yet are withdrawn and the answer is `unavailable`: send
+    /// it again, with Idempotency-Keys to be safe.
+    #[tracing::instrument(skip_all, fields(tasks = items.len()))]
+    pub async fn submit_batch(
+        &self,
+        items: Vec<Result<TaskSubmission, Invalid>>,
+        correlation_id: &str,
+    ) -> Result<Vec<SubmittedTask>, CommandError> {
+        self.authorize(crate::auth::Permission::SubmitTask)?;
+        if items.is_empty() {
+            return Err(CommandError::OutOfBounds(Invalid::new(
+                "empty_batch",
+                "send at least one task in the batch",
+            )));
+        }
+        if items.len() > BATCH_MAX {
+            return Err(CommandError::OutOfBounds(Invalid::new(
+                "too_many_tasks",
+                format!(
+                    "a batch holds at most {BATCH_MAX} tasks; this one has {}: split it",
+                    items.len()
+                ),
+            )));
+        }
+        let mut checked = Vec::with_capacity(items.len());
+        let mut errors = Vec::new();
+        for (index, item) in items.into_iter().enumerate() {
+            match item
+                .map_err(CommandError::from)
+                .and_then(|s| self.check_submission(s, correlation_id))
+            {
+                Ok(c) => checked.push(c),
+                Err(e) => errors.push(item_error(index, e)?),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(CommandError::InvalidItems(errors));
+        }
+        let (heads, tasks): (Vec<_>, Vec<_>) = checked
+            .into_iter()
+            .map(|c| ((c.id, c.action, c.body), c.task))
+            .unzip();
+
+        let mut client = self.pool().get().await?;
+        let tx = client.transaction().await?;
+        let inserted = store::insert_queued_in(&tx, &tasks).await?;
+        let held: Vec<&str> = tasks
+            .iter()
+            .zip(&inserted)
+            .filter(|(_, inserted)| !**inserted)
+            .filter_map(|(t, _)| t.idempotency.as_ref().map(|(k, _)| k.as_str()))
+            .collect();
+        let holders = if held.is_empty() {
+            std::collections::HashMap::new()
+        } else {
+            store::by_idempotency_keys(&*tx, &held).await?
+        };
+        let mut answers = Vec::with_capacity(tasks.len());
+        for (index, ((task, (id, action, _)), inserted)) in
+            tasks.iter().zip(&heads).zip(&inserted).enumerate()
+        {
+            if *inserted {
+                answers.push(SubmittedTask {
+                    id: *id,
+                    action: *action,
+                    state: if task.run_at.is_some() {
+                        TaskState::Scheduled
+                    } else {
+                        TaskState::Queued
+                    },
+                    replayed: false,
+                });
+                continue;
+            }
+            let Some((key, print)) = &task.idempotency else {
+                return Err(anyhow::anyhow!("a task without a key was not inserted").into());
+            };
+            let Some(holder) = holders.get(key) else {
+                return Err(CommandError::Unavailable(
+                    "the first submission with an Idempotency-Key of this batch is being withdrawn; retry"
+                        .to_owned(),
+                ));
+            };
+            if holder.fingerprint.as_deref() != Some(print.as_str()) {
+                errors.push(ItemError {
+                    index,
+                    code: "idempotency_key_reused",
+                    message: format!(
+                        "Idempotency-Key `{key}` was already used for a different task request (task {})",
+                        holder.id
+                    ),
+                    field: Some("idempotency_key".to_owned()),
+                });
+                continue;
+            }
+            answers.push(SubmittedTask {
+                id: holder.id,
+                action: holder.action.parse().unwrap_or(*action),
+                state: if holder.delayed {
+                    TaskState::Scheduled
+                } else {
+                    TaskState::Queued
+                },
+                replayed: true,
+            });
+        }
+        if !errors.is_empty() {
+            tx.rollback().await?;
+            return Err(CommandError::InvalidItems(errors));
+        }
+        tx.commit().await?;
+        drop(client);
+
+        // Published together, confirmed together; a delayed task waits
+        // for the scheduler.
+        let messages: Vec<_> = heads
+            .into_iter()
+            .zip(&tasks)
+            .zip(&inserted)
+            .filter(|((_, task), inserted)| **inserted && task.run_at.is_none())
+            .map(|(((id, action, body), _), _)| {
+                (
+                    format!("task.{}", action.as_str()),
+                    body,
+                    first_attempt(id, correlation_id),
+                )
+            })
+            .collect();
+        let published = self
+            .publisher()
+            .publish_many(topology::TASKS_EXCHANGE, &messages, true)
+            .await;
+        if let Some(Err(e)) = published.into_iter().find(Result::is_err) {
+            let ids: Vec<Uuid> = tasks
+                .iter()
+                .zip(&inserted)
+                .filter(|(_, inserted)| **inserted)
+                .map(|(t, _)| t.id)
+                .collect();
+            tracing::warn!(error = %e, tasks = ids.len(), "publish failed; withdrawing the batch");
+            match self.pool().get().await {
+                Ok(client) => match store::withdraw(&**client, &ids).await {
+                    Ok(n) if n < ids.len() as u64 => tracing::warn!(
+                        withdrawn = n,
+                        "some tasks of the failed batch were already taken by a worker"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "could not withdraw the batch"),
+                },
+                Err(e) => tracing::error!(error = %e, "could not withdraw the batch"),
+            }
+            return Err(e.into());
+        }
+        Ok(answers)
+    }
+
+    /// Every rule a submission must pass, the one place they are checked
+    /// (for a single submit and for each item of a batch): the action, the
+    /// payload, the time limit, the schedule and the Idempotency-Key.
+    /// Returns the new task's row and message; nothing is stored yet.
+    fn check_submission(
+        &self,
+        submission: TaskSubmission,
+        correlation_id: &str,
+    ) -> Result<Checked, CommandError> {
         let TaskSubmission {
             action,
             payload,
@@ -175,7 +446,6 @@ impl Commands {
                 (key, print)
             });
         let id = Uuid::now_v7();
-        tracing::Span::current().record("task_id", tracing::field::display(id));
         let message = TaskMessage {
             id,
             action: action.as_str().to_owned(),
@@ -184,66 +454,19 @@ impl Commands {
             timeout_ms: timeout_ms.and_then(|t| u64::try_from(t).ok()),
         };
         let body = serde_json::to_vec(&message).map_err(anyhow::Error::from)?;
-
-        let inserted = self
-            .inner
-            .task_inserts
-            .submit(NewTask {
+        Ok(Checked {
+            id,
+            action,
+            body,
+            task: NewTask {
                 id,
-                action: message.action.clone(),
+                action: message.action,
                 payload: message.payload,
                 correlation_id: correlation_id.to_owned(),
                 timeout_ms,
-                idempotency: idempotency.clone(),
+                idempotency,
                 run_at,
-            })
-            .await?;
-        if !inserted {
-            let Some((key, fingerprint)) = idempotency else {
-                return Err(anyhow::anyhow!("a task without a key was not inserted").into());
-            };
-            return self.replay(action, &key, &fingerprint).await;
-        }
-        if run_at.is_some() {
-            // Stored, not published: the workers' scheduler publishes it
-            // when it is due.
-            return Ok(SubmittedTask {
-                id,
-                action,
-                state: TaskState::Scheduled,
-                replayed: false,
-            });
-        }
-
-        let props = headers::with_header(
-            headers::persistent_json(&id.to_string(), correlation_id),
-            headers::ATTEMPT,
-            lapin::types::AMQPValue::LongLongInt(1),
-        );
-        let published = self
-            .publisher()
-            .publish(
-                topology::TASKS_EXCHANGE,
-                &format!("task.{}", action.as_str()),
-                &body,
-                props,
-                true,
-            )
-            .await;
-        if let Err(e) = published {
-            tracing::warn!(error = %e, "publish failed; withdrawing the task");
-            if let Ok(client) = self.pool().get().await
-                && let Err(e) = store::delete_queued(&**client, id).await
-            {
-                tracing::error!(error = %e, "could not withdraw the unpublished task");
-            }
-            return Err(e.into());
-        }
-        Ok(SubmittedTask {
-            id,
-            action,
-            state: TaskState::Queued,
-            replayed: false,
+            },
         })
     }
 

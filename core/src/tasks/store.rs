@@ -33,6 +33,35 @@ pub async fn insert_queued(
     db: &Client,
     tasks: &[NewTask],
 ) -> Result<Vec<bool>, tokio_postgres::Error> {
+    let statement = db.prepare_cached(INSERT_QUEUED).await?;
+    insert_with(&***db, &statement, tasks).await
+}
+
+/// [`insert_queued`] inside a transaction: a batch submission stores all
+/// its tasks, or none of them.
+pub async fn insert_queued_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    tasks: &[NewTask],
+) -> Result<Vec<bool>, tokio_postgres::Error> {
+    let statement = tx.prepare_cached(INSERT_QUEUED).await?;
+    insert_with(&**tx, &statement, tasks).await
+}
+
+const INSERT_QUEUED: &str = "INSERT INTO tasks (id, action, payload, correlation_id, timeout_ms,
+                                idempotency_key, fingerprint, run_at, state)
+             SELECT u.*, CASE WHEN u.run_at IS NULL THEN 'queued' ELSE 'scheduled' END
+               FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::int8[],
+                           $6::text[], $7::text[], $8::timestamptz[])
+                 AS u(id, action, payload, correlation_id, timeout_ms, idempotency_key,
+                      fingerprint, run_at)
+             ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+             RETURNING id";
+
+async fn insert_with(
+    db: &impl GenericClient,
+    statement: &tokio_postgres::Statement,
+    tasks: &[NewTask],
+) -> Result<Vec<bool>, tokio_postgres::Error> {
     let ids: Vec<Uuid> = tasks.iter().map(|t| t.id).collect();
     let actions: Vec<&str> = tasks.iter().map(|t| t.action.as_str()).collect();
     let payloads: Vec<&Value> = tasks.iter().map(|t| &t.payload).collect();
@@ -47,22 +76,9 @@ pub async fn insert_queued(
         .map(|t| t.idempotency.as_ref().map(|(_, f)| f.as_str()))
         .collect();
     let run_ats: Vec<Option<DateTime<Utc>>> = tasks.iter().map(|t| t.run_at).collect();
-    let statement = db
-        .prepare_cached(
-            "INSERT INTO tasks (id, action, payload, correlation_id, timeout_ms,
-                                idempotency_key, fingerprint, run_at, state)
-             SELECT u.*, CASE WHEN u.run_at IS NULL THEN 'queued' ELSE 'scheduled' END
-               FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::int8[],
-                           $6::text[], $7::text[], $8::timestamptz[])
-                 AS u(id, action, payload, correlation_id, timeout_ms, idempotency_key,
-                      fingerprint, run_at)
-             ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-             RETURNING id",
-        )
-        .await?;
     let rows = db
         .query(
-            &statement,
+            statement,
             &[
                 &ids,
                 &actions,
@@ -106,6 +122,44 @@ pub async fn by_idempotency_key(
         fingerprint: r.get(2),
         delayed: r.get(3),
     }))
+}
+
+/// The tasks that hold these Idempotency-Keys, by key.
+pub async fn by_idempotency_keys(
+    db: &impl GenericClient,
+    keys: &[&str],
+) -> Result<std::collections::HashMap<String, KeyHolder>, tokio_postgres::Error> {
+    let rows = db
+        .query(
+            "SELECT idempotency_key, id, action, fingerprint, run_at IS NOT NULL
+               FROM tasks WHERE idempotency_key = ANY($1)",
+            &[&keys],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                KeyHolder {
+                    id: r.get(1),
+                    action: r.get(2),
+                    fingerprint: r.get(3),
+                    delayed: r.get(4),
+                },
+            )
+        })
+        .collect())
+}
+
+/// Removes tasks of a batch whose publishing failed, as long as no worker
+/// has taken them (`queued` or `scheduled`). Returns how many were removed.
+pub async fn withdraw(db: &impl GenericClient, ids: &[Uuid]) -> Result<u64, tokio_postgres::Error> {
+    db.execute(
+        "DELETE FROM tasks WHERE id = ANY($1) AND state IN ('queued', 'scheduled')",
+        &[&ids],
+    )
+    .await
 }
 
 /// What a cancel did.
@@ -425,6 +479,38 @@ impl Finish {
 /// unfinished row), so a late duplicate never overwrites a finished task.
 /// Returns, per outcome, whether it was applied.
 pub async fn finish(db: &Client, outcomes: &[Finish]) -> Result<Vec<bool>, tokio_postgres::Error> {
+    let rows = write_outcomes(db, outcomes, FINISH).await?;
+    let applied: std::collections::HashSet<Uuid> = rows.iter().map(|r| r.get(0)).collect();
+    Ok(outcomes.iter().map(|o| applied.contains(&o.id())).collect())
+}
+
+/// Claims and finishes in one write: the outcome of a run that ended
+/// before its task was claimed (a quick run, see the task worker). Only a
+/// row still waiting to run (`queued`, or `scheduled` while its scheduler
+/// commits it `queued`) without a cancel request changes: it ends in the
+/// outcome's state with its attempt counted, never having been `running`.
+/// Returns, per outcome, the attempt number when applied; `None` for a row
+/// in any other state, which the caller claims and finishes as usual.
+pub async fn claim_and_finish(
+    db: &Client,
+    outcomes: &[Finish],
+) -> Result<Vec<Option<i32>>, tokio_postgres::Error> {
+    let rows = write_outcomes(db, outcomes, CLAIM_AND_FINISH).await?;
+    let applied: std::collections::HashMap<Uuid, i32> =
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    Ok(outcomes
+        .iter()
+        .map(|o| applied.get(&o.id()).copied())
+        .collect())
+}
+
+/// The outcomes as arrays, one per column, for [`FINISH`] and
+/// [`CLAIM_AND_FINISH`] (parameters `$1`..`$10`, the same in both).
+async fn write_outcomes(
+    db: &Client,
+    outcomes: &[Finish],
+    sql: &str,
+) -> Result<Vec<Row>, tokio_postgres::Error> {
     let n = outcomes.len();
     let mut ids = Vec::with_capacity(n);
     let mut states = Vec::with_capacity(n);
@@ -485,8 +571,21 @@ pub async fn finish(db: &Client, outcomes: &[Finish]) -> Result<Vec<bool>, tokio
             }
         }
     }
-    let statement = db
-        .prepare_cached(
+    let statement = db.prepare_cached(sql).await?;
+    db.query(
+        &statement,
+        &[
+            &ids, &states, &errors, &texts, &types, &buckets, &keys, &sizes, &shas, &codes,
+        ],
+    )
+    .await
+}
+
+/// The outcome columns every finishing write sets, from `u` (the
+/// outcomes unnested).
+macro_rules! outcome_sql {
+    ($set_more:literal, $where:literal, $returning:literal) => {
+        concat!(
             "WITH u AS (
                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                                      $6::text[], $7::text[], $8::int8[], $9::text[], $10::text[])
@@ -505,24 +604,32 @@ pub async fn finish(db: &Client, outcomes: &[Finish]) -> Result<Vec<bool>, tokio
                 result_size = coalesce(u.size, octet_length(u.text)),
                 result_sha256 = u.sha256,
                 finished_at = CASE WHEN u.state = 'queued' THEN NULL ELSE now() END,
-                updated_at = now()
+                updated_at = now()",
+            $set_more,
+            "
              FROM u
-             WHERE t.id = u.id
-               AND (t.state = 'running' OR (u.state = 'dead' AND t.state = 'queued'))
-             RETURNING t.id",
+             WHERE t.id = u.id AND ",
+            $where,
+            "
+             RETURNING ",
+            $returning
         )
-        .await?;
-    let rows = db
-        .query(
-            &statement,
-            &[
-                &ids, &states, &errors, &texts, &types, &buckets, &keys, &sizes, &shas, &codes,
-            ],
-        )
-        .await?;
-    let applied: std::collections::HashSet<Uuid> = rows.iter().map(|r| r.get(0)).collect();
-    Ok(ids.iter().map(|id| applied.contains(id)).collect())
+    };
 }
+
+const FINISH: &str = outcome_sql!(
+    "",
+    "(t.state = 'running' OR (u.state = 'dead' AND t.state = 'queued'))",
+    "t.id"
+);
+
+const CLAIM_AND_FINISH: &str = outcome_sql!(
+    ",
+                attempts = t.attempts + 1,
+                started_at = coalesce(t.started_at, now())",
+    "t.state IN ('scheduled', 'queued') AND t.cancel_requested_at IS NULL",
+    "t.id, t.attempts"
+);
 
 /// A task as clients see it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]

@@ -19,6 +19,7 @@ mod ops;
 mod resilience;
 mod restarts;
 mod scale;
+mod task_batch;
 mod task_control;
 mod tasks;
 mod web;

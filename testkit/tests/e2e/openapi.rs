@@ -350,6 +350,35 @@ async fn every_documented_operation_answers_as_documented() {
         413,
     )
     .await;
+    // The batch route: accepted, and refused in each documented way.
+    c.check(
+        call(Method::POST, "/v1/tasks/batch").json(json!([
+            {"action": "sum", "payload": "1,2"},
+            {"action": "upper", "payload": "hola", "idempotency_key": "openapi-batch-1"},
+        ])),
+        202,
+    )
+    .await;
+    c.check(call(Method::POST, "/v1/tasks/batch").json(json!([])), 400)
+        .await;
+    c.check(
+        call(Method::POST, "/v1/tasks/batch").raw("application/json", "["),
+        400,
+    )
+    .await;
+    c.check(call(Method::POST, "/v1/tasks/batch").raw("", "[]"), 415)
+        .await;
+    c.check(
+        call(Method::POST, "/v1/tasks/batch").json(json!([{"action": "nope"}])),
+        422,
+    )
+    .await;
+    c.check(
+        call(Method::POST, "/v1/tasks/batch")
+            .json(json!([{"action": "upper", "payload": "x".repeat(10_000)}])),
+        413,
+    )
+    .await;
     let (small, large, slow) = (
         small["id"].as_str().unwrap().to_owned(),
         large["id"].as_str().unwrap().to_owned(),

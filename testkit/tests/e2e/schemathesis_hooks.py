@@ -52,6 +52,13 @@ def _schedule(body: dict) -> None:
 
 @schemathesis.hook
 def map_body(context, body):
+    """A batch's items are mapped as single submissions are."""
+    if isinstance(body, list):
+        return [_map_submission(item) for item in body]
+    return _map_submission(body)
+
+
+def _map_submission(body):
     """A `report` payload ties its fields together (`group_by` and `sum` name
     columns of the CSV's header), which JSON Schema cannot say; give each
     generated one a CSV that has those columns, with numbers to sum. And a

@@ -332,3 +332,65 @@ async fn shutdown_answers_the_requests_in_flight_then_closes_every_socket() {
         "the gateway still accepts connections"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_batch_request_queues_every_task_or_none_with_errors_by_index() {
+    let (app, edge) = spawn_with_edge(|_| {}).await;
+    let endpoint = edge.request_endpoint();
+    let tasks: Vec<Value> = (0..50)
+        .map(|i| json!({"task": "sum", "payload": format!("{i},1")}))
+        .collect();
+    let reply = ask(&endpoint, json!({"action": "task_batch", "tasks": tasks})).await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    let answered = reply["tasks"].as_array().unwrap();
+    assert_eq!(answered.len(), 50);
+    for (i, t) in answered.iter().enumerate() {
+        assert_eq!(t["action"], "sum");
+        let task = app
+            .wait_for_task(t["id"].as_str().unwrap().parse().unwrap())
+            .await;
+        assert_eq!(task["result"], json!(i + 1), "item {i}: {task}");
+    }
+
+    // One bad item: the batch is refused, by index, and nothing is added.
+    let before = app.count("SELECT count(*) FROM tasks").await;
+    let reply = ask(
+        &endpoint,
+        json!({"action": "tasks", "tasks": [
+            {"task": "sum", "payload": "1,2"},
+            {"task": "teleport", "payload": 1},
+            {"payload": 1},
+        ]}),
+    )
+    .await;
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert_eq!(reply["error"]["code"], "invalid_tasks", "{reply}");
+    let errors: Vec<(u64, &str, &str)> = reply["error"]["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["index"].as_u64().unwrap(),
+                e["code"].as_str().unwrap(),
+                e["field"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        vec![(1, "unknown_action", "task"), (2, "missing_field", "task")],
+        "{reply}"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM tasks").await, before);
+
+    let reply = ask(&endpoint, json!({"action": "task_batch", "tasks": "sum"})).await;
+    assert_eq!(
+        (
+            reply["error"]["code"].as_str(),
+            reply["error"]["field"].as_str()
+        ),
+        (Some("invalid_field"), Some("tasks")),
+        "{reply}"
+    );
+}
