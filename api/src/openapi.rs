@@ -375,16 +375,19 @@ fn payload_of(action: Action) -> Value {
     })
 }
 
-/// Which fields go together: a loan names its title by `isbn` or by
-/// `title`; a renewal or return names its loan by `loan_id`, or by `isbn`
+/// Which fields go together: a loan or a hold names its title by `isbn` or
+/// by `title`; a renewal or return names its loan by `loan_id`, or by `isbn`
 /// and `patron`.
 fn circulation_choices(doc: &mut Value) {
     let schemas = &mut doc["components"]["schemas"];
-    if schemas["LoanRequest"].is_object() {
-        schemas["LoanRequest"]["oneOf"] = json!([
-            {"required": ["isbn"], "not": {"required": ["title"]}},
-            {"required": ["title"], "not": {"required": ["isbn"]}}
-        ]);
+    // A hold names its title the same way as a loan.
+    for name in ["LoanRequest", "HoldRequest"] {
+        if schemas[name].is_object() {
+            schemas[name]["oneOf"] = json!([
+                {"required": ["isbn"], "not": {"required": ["title"]}},
+                {"required": ["title"], "not": {"required": ["isbn"]}}
+            ]);
+        }
     }
     if schemas["CirculationRequest"].is_object() {
         schemas["CirculationRequest"]["oneOf"] = json!([

@@ -116,6 +116,7 @@ async fn show_hold(
 #[into_params(parameter_in = Query)]
 struct CancelQuery {
     /// The patron the request acts for: the hold must be theirs.
+    #[param(value_type = Option<bibliomq_core::schema::Patron>, inline)]
     patron: Option<String>,
 }
 
