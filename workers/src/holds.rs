@@ -35,28 +35,14 @@ pub async fn run(
     interval: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = shutdown.cancelled() => return,
-        }
-        loop {
-            match expire_once(&pool, &publisher, &clock).await {
-                Ok(n) if usize::try_from(BATCH).is_ok_and(|b| n >= b) => {
-                    if shutdown.is_cancelled() {
-                        return;
-                    }
-                }
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "hold expiry pass failed; trying again later");
-                    break;
-                }
-            }
-        }
-    }
+    crate::periodic::every(
+        interval,
+        usize::try_from(BATCH).unwrap_or(usize::MAX),
+        "hold expiry",
+        shutdown,
+        || expire_once(&pool, &publisher, &clock),
+    )
+    .await;
 }
 
 /// One pass: expires the pickups past their deadline, announces what

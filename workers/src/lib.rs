@@ -24,6 +24,7 @@ pub mod events;
 pub mod holds;
 pub mod janitor;
 pub mod library;
+pub mod periodic;
 pub mod reaper;
 pub mod scheduler;
 pub mod tasks;

@@ -37,29 +37,15 @@ const IN_FLIGHT: usize = 64;
 
 /// Publishes due tasks every [`INTERVAL`] until `shutdown`.
 pub async fn run(pool: Pool, publisher: Publisher, metrics: Metrics, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = shutdown.cancelled() => return,
-        }
-        // A full batch means more may be due: go on without waiting.
-        loop {
-            match schedule_once(&pool, &publisher, &metrics).await {
-                Ok(n) if usize::try_from(BATCH).is_ok_and(|b| n >= b) => {
-                    if shutdown.is_cancelled() {
-                        return;
-                    }
-                }
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "scheduler pass failed; trying again later");
-                    break;
-                }
-            }
-        }
-    }
+    // A full batch means more may be due: the next pass runs at once.
+    crate::periodic::every(
+        INTERVAL,
+        usize::try_from(BATCH).unwrap_or(usize::MAX),
+        "scheduler",
+        shutdown,
+        || schedule_once(&pool, &publisher, &metrics),
+    )
+    .await;
 }
 
 /// One pass: publishes the scheduled tasks that are due and returns how many.
