@@ -525,6 +525,76 @@ async fn bad_hold_requests_get_clear_errors_and_change_nothing() {
     assert_eq!(app.count("SELECT count(*) FROM holds").await, 0);
 }
 
+/// The lock protocol itself, made deterministic: a placement held open in
+/// a transaction of the test's own (as if it were slow) holds the title's
+/// lock, so a return of that title's last copy waits for it, and then
+/// serves the new hold instead of making the copy available under a hold
+/// that would wait for nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_return_racing_a_placement_waits_for_it_and_serves_the_new_hold() {
+    let app = spawn_app().await;
+    app.add_title(BOOK, "Carrera lenta", &[1, 0]).await;
+    let p = app.add_patrons("s", 2).await;
+    let (_, lent) = lend(&app, BOOK, &p[0], "central").await;
+    let copy = lent["loan"]["copy"].as_str().unwrap().to_owned();
+
+    let mut db = app.env.db().await;
+    let tx = db.transaction().await.unwrap();
+    let hold_id = uuid::Uuid::now_v7();
+    let placed: String = tx
+        .query_one(
+            "SELECT library_hold_place($1, $2, $3, 'central', now(), interval '3 days')::text",
+            &[&hold_id, &BOOK, &p[1]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(placed.contains(r#""outcome": "placed""#), "{placed}");
+
+    let (status, accepted) = app
+        .post(
+            "/v1/returns",
+            &json!({"loan_id": lent["loan"]["id"], "branch": "central"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    // The worker's return waits on the title's lock while the placement is open.
+    let watcher = app.env.db().await;
+    wait_until(DEADLINE, || async {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+                  WHERE d.datname = current_database() AND l.locktype = 'advisory'
+                    AND NOT l.granted",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (waiting > 0).then_some(())
+    })
+    .await
+    .expect("the return never waited for the placement's lock");
+    let (_, op) = app
+        .get_json(&format!(
+            "/v1/operations/{}",
+            accepted["operation_id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(op["state"], "pending", "{op}");
+
+    tx.commit().await.unwrap();
+    let op = app
+        .wait_for_operation(accepted["operation_id"].as_str().unwrap())
+        .await;
+    assert_eq!(
+        op["outcome"]["hold"]["hold_id"],
+        hold_id.to_string(),
+        "{op}"
+    );
+    assert_eq!(copy_status(&app, BOOK, &copy).await, "on_hold_shelf");
+}
+
 /// What a latecomer in the race ended with.
 enum Late {
     Held(Value),
