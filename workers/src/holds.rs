@@ -22,7 +22,7 @@ use bibliomq_core::{
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
-use crate::events::announce;
+use bibliomq_core::broker::events::announce;
 
 /// Most pickups one pass expires; a full pass is followed by another at once.
 const BATCH: i32 = 200;

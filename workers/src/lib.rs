@@ -5,7 +5,6 @@
 //!   after broker restarts, drain on shutdown) and how deliveries are settled.
 //! - [`tasks`]: the task worker (claim, run, store, commit, ack, retry, dead-letter).
 //! - [`library`]: the loan RPC server and the renewal and return workers.
-//! - [`events`]: outcome events published after commits.
 //! - [`reaper`]: heartbeats of running tasks; publishes again, once, a task
 //!   whose message was lost.
 //! - [`cancels`]: tells running tasks that a client cancelled them.
@@ -20,7 +19,6 @@
 pub mod cancels;
 pub mod consumer;
 pub mod counters;
-pub mod events;
 pub mod holds;
 pub mod janitor;
 pub mod library;

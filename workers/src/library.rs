@@ -38,10 +38,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::{
-    consumer::{Handler, Settle, settle},
-    events::announce,
-};
+use bibliomq_core::broker::events::announce;
+
+use crate::consumer::{Handler, Settle, settle};
 
 /// What the library workers share.
 pub struct LibraryDeps {

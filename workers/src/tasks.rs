@@ -549,7 +549,7 @@ impl TaskWorker {
             })
             .inc();
         let event = TaskEvent::new(message, state, attempts, error, chrono::Utc::now());
-        crate::events::announce(&self.publisher, event.event.clone(), &event);
+        bibliomq_core::broker::events::announce(&self.publisher, event.event.clone(), &event);
     }
 }
 

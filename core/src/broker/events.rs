@@ -1,7 +1,9 @@
-//! Following an exchange: a private, server-named queue bound to some
-//! routing keys, re-created after every reconnection. For live feeds (the
-//! ZeroMQ PUB socket, the dashboard); events published while the connection
-//! is down are missed, which is why outcomes live in PostgreSQL.
+//! Outcome events on `bibliomq.events`: announcing one after its change
+//! was committed, and following the exchange — a private, server-named
+//! queue bound to some routing keys, re-created after every reconnection.
+//! For live feeds (the ZeroMQ PUB socket, the dashboard); events published
+//! while the connection is down are missed, which is why outcomes live in
+//! PostgreSQL.
 
 use futures::StreamExt;
 use lapin::{
@@ -10,7 +12,35 @@ use lapin::{
 };
 use tokio::sync::mpsc;
 
-use super::Broker;
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::{Broker, Publisher, headers, topology};
+
+/// Publishes `event` under `routing_key` in the background, after the
+/// change it reports was committed. Events are notifications: the record
+/// of what happened is in PostgreSQL, so nobody holds an ack or an answer
+/// for their confirms, and a lost event is logged, never an error of the
+/// work it reports.
+pub fn announce(publisher: &Publisher, routing_key: String, event: &impl Serialize) {
+    let body = match serde_json::to_vec(event) {
+        Ok(body) => body,
+        Err(e) => {
+            tracing::error!(error = %e, %routing_key, "could not serialise an event");
+            return;
+        }
+    };
+    let publisher = publisher.clone();
+    tokio::spawn(async move {
+        let props = headers::persistent_json(&Uuid::now_v7().to_string(), "");
+        if let Err(e) = publisher
+            .publish(topology::EVENTS_EXCHANGE, &routing_key, &body, props, false)
+            .await
+        {
+            tracing::debug!(error = %e, %routing_key, "could not publish an event");
+        }
+    });
+}
 
 /// One message seen on the followed exchange.
 #[derive(Debug, Clone)]

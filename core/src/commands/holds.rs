@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::Commands;
 use crate::auth::Permission;
 use crate::{
-    broker::{headers, topology},
+    broker::events,
     error::{CommandError, Invalid},
     library::{
         BranchCode, PatronId,
@@ -187,7 +187,7 @@ impl Commands {
             };
         let (already_cancelled, passed_to) = cancelled;
         if let Some(pickup) = &passed_to {
-            self.announce_hold(HoldEventType::Ready, pickup, now).await;
+            self.announce_hold(HoldEventType::Ready, pickup, now);
         }
         Ok(HoldCancelled {
             hold: view,
@@ -196,27 +196,10 @@ impl Commands {
         })
     }
 
-    /// Publishes a hold event after its change was committed. A lost event
-    /// is logged: the record is in PostgreSQL.
-    async fn announce_hold(&self, event: HoldEventType, pickup: &HoldPickup, at: DateTime<Utc>) {
+    /// Announces a hold event after its change was committed.
+    fn announce_hold(&self, event: HoldEventType, pickup: &HoldPickup, at: DateTime<Utc>) {
         let event = HoldEvent::new(event, pickup, at);
-        let Ok(body) = serde_json::to_vec(&event) else {
-            return;
-        };
-        let props = headers::persistent_json(&Uuid::now_v7().to_string(), "");
-        if let Err(e) = self
-            .publisher()
-            .publish(
-                topology::EVENTS_EXCHANGE,
-                &event.routing_key(),
-                &body,
-                props,
-                false,
-            )
-            .await
-        {
-            tracing::warn!(error = %e, event = %event.describe(), "could not publish a hold event");
-        }
+        events::announce(self.publisher(), event.routing_key(), &event);
     }
 
     pub async fn hold_view(&self, id: &str) -> Result<HoldView, CommandError> {
