@@ -223,10 +223,26 @@ impl Commands {
             .await;
         if let Err(e) = published {
             tracing::warn!(error = %e, "publish failed; withdrawing the task");
-            if let Ok(client) = self.pool().get().await
-                && let Err(e) = store::delete_queued(&**client, id).await
-            {
-                tracing::error!(error = %e, "could not withdraw the unpublished task");
+            match self.pool().get().await {
+                Ok(client) => match store::delete_queued(&**client, id).await {
+                    // The broker had the message after all (its confirm was
+                    // lost) and a worker already took the task: it stands
+                    // accepted, so a refusal never hides a task that runs.
+                    Ok(0) => {
+                        tracing::info!("a worker took the task whose confirm was lost; accepted");
+                        return Ok(SubmittedTask {
+                            id,
+                            action,
+                            state: TaskState::Queued,
+                            replayed: false,
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not withdraw the unpublished task")
+                    }
+                },
+                Err(e) => tracing::error!(error = %e, "could not withdraw the unpublished task"),
             }
             return Err(e.into());
         }

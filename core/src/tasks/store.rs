@@ -234,13 +234,16 @@ pub async fn cancel_requested(
 }
 
 /// Removes a task that never reached the broker.
-pub async fn delete_queued(db: &impl GenericClient, id: Uuid) -> Result<(), tokio_postgres::Error> {
+/// Deletes a task still `queued`; how many rows went (0: a worker took it).
+pub async fn delete_queued(
+    db: &impl GenericClient,
+    id: Uuid,
+) -> Result<u64, tokio_postgres::Error> {
     db.execute(
         "DELETE FROM tasks WHERE id = $1 AND state = 'queued'",
         &[&id],
     )
-    .await?;
-    Ok(())
+    .await
 }
 
 /// How a claim went for one task.
