@@ -11,7 +11,7 @@ use bibliomq_core::{
 };
 use bibliomq_testkit::{
     TestApp, TestEnv,
-    app::{DEADLINE, wait_until},
+    app::{DEADLINE, Worker, wait_until},
     spawn_app,
 };
 use chrono::Utc;
@@ -232,19 +232,21 @@ async fn by_default_the_whole_history_is_kept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_workers_janitor_applies_the_history_retention_it_is_given() {
-    let app = TestApp::spawn(
-        TestEnv::new().await,
-        |s| {
-            s.library.history_retention = Some(365 * DAY);
-            s.library.history_anonymise_after = Some(30 * DAY);
-            s.tasks.janitor_interval = Duration::from_millis(200);
-        },
-        1,
-    )
-    .await;
+    let tweak = |s: &mut bibliomq_core::config::Settings| {
+        s.library.history_retention = Some(365 * DAY);
+        s.library.history_anonymise_after = Some(30 * DAY);
+        s.tasks.janitor_interval = Duration::from_millis(200);
+    };
+    let mut app = TestApp::spawn(TestEnv::new().await, tweak, 0).await;
+    // The rows are all there before the worker starts: a pass that ran
+    // between two inserts could anonymise the ancient row before a later
+    // pass deletes it, and count it twice.
     let ancient = history_row(&app, 400, "ana").await;
     let old = history_row(&app, 40, "ana").await;
     let recent = history_row(&app, 1, "ana").await;
+    let mut settings = app.env.settings();
+    tweak(&mut settings);
+    app.workers.push(Worker::start(settings).await);
     wait_until(DEADLINE, || async {
         let done = history(&app, ancient).await.is_none()
             && history(&app, old).await.is_some_and(|(p, _)| p.is_none());
