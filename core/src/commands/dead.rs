@@ -296,7 +296,7 @@ impl Commands {
                 .execute(
                     "UPDATE tasks SET state = 'queued', error = NULL, error_code = NULL,
                             finished_at = NULL, updated_at = now()
-                      WHERE id = $1 AND state = 'dead'",
+                      WHERE id = $1 AND (state = 'dead') IS TRUE",
                     &[&message.id],
                 )
                 .await?;

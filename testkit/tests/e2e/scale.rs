@@ -325,3 +325,90 @@ async fn a_word_in_more_titles_than_the_candidates_returns_only_matching_titles_
         ["El faro 12", "El faro 112", "El faro 120"]
     );
 }
+
+/// The plans of every statement that addresses tasks by id and tests their
+/// state, as PostgreSQL settles on for a prepared statement (its generic
+/// plan): the names of those that do not go through the primary key, with
+/// their plans.
+async fn off_the_primary_key(db: &tokio_postgres::Client) -> Vec<String> {
+    use bibliomq_core::tasks::store::BY_ID_WITH_STATE;
+    db.batch_execute("DEALLOCATE ALL; SET plan_cache_mode = force_generic_plan")
+        .await
+        .unwrap();
+    let mut off = Vec::new();
+    for (i, (name, sql)) in BY_ID_WITH_STATE.iter().enumerate() {
+        let prepared = format!("by_id_{i}");
+        db.batch_execute(&format!("PREPARE {prepared} AS {sql}"))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let params: i32 = db
+            .query_one(
+                "SELECT cardinality(parameter_types) FROM pg_prepared_statements WHERE name = $1",
+                &[&prepared],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let nulls = vec!["NULL"; usize::try_from(params).unwrap()].join(", ");
+        let plan: String = db
+            .query(&format!("EXPLAIN EXECUTE {prepared}({nulls})"), &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, String>(0) + "\n")
+            .collect();
+        if !plan.contains("tasks_pkey")
+            || plan.contains("Seq Scan on tasks")
+            || plan.contains("tasks_by_state")
+            || plan.contains("tasks_scheduled_run_at")
+        {
+            off.push(format!("{name}:\n{plan}"));
+        }
+    }
+    off
+}
+
+/// A backlog the planner does not know of, twice: 20,000 tasks `queued`
+/// (and some `running` and `scheduled`) in a table never analyzed, as in a
+/// new database under its first load; then the same after an ANALYZE that
+/// saw none of them waiting. Each time, every statement that addresses
+/// tasks by id and tests their state must go through the primary key: a
+/// plan that scans the table or walks `tasks_by_state` reads the whole
+/// backlog for each batch (150 to 300 ms for 100 outcomes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_by_id_go_through_the_primary_key_behind_a_backlog_the_statistics_miss() {
+    let app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
+    let db = app.env.db().await;
+    db.batch_execute(
+        "INSERT INTO tasks (id, action, payload, state)
+              SELECT gen_random_uuid(), 'sum', '\"1,2\"', 'queued'
+                FROM generate_series(1, 20000);
+         INSERT INTO tasks (id, action, payload, state, run_at)
+              SELECT gen_random_uuid(), 'sum', '\"1,2\"', 'scheduled', now() + interval '1 day'
+                FROM generate_series(1, 100);
+         UPDATE tasks SET state = 'running'
+          WHERE id IN (SELECT id FROM tasks WHERE state = 'queued' LIMIT 100);",
+    )
+    .await
+    .unwrap();
+    let never_analyzed = off_the_primary_key(&db).await;
+    assert!(
+        never_analyzed.is_empty(),
+        "never analyzed, these leave the primary key:\n{}",
+        never_analyzed.join("\n")
+    );
+
+    db.batch_execute(
+        "UPDATE tasks SET state = 'succeeded', finished_at = now() WHERE state = 'queued';
+         ANALYZE tasks;
+         UPDATE tasks SET state = 'queued', finished_at = NULL WHERE state = 'succeeded';",
+    )
+    .await
+    .unwrap();
+    let stale = off_the_primary_key(&db).await;
+    assert!(
+        stale.is_empty(),
+        "with statistics that saw no backlog, these leave the primary key:\n{}",
+        stale.join("\n")
+    );
+}
