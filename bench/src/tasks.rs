@@ -53,10 +53,11 @@ pub struct Args {
     /// The ZeroMQ edge's request socket (for `--via zmq`).
     #[arg(long, default_value = "tcp://127.0.0.1:5555")]
     pub(crate) zmq_url: String,
-    /// With `--one-at-a-time --via http`: the pause between two polls of
-    /// the task, in microseconds.
-    #[arg(long, default_value_t = 200)]
-    pub(crate) poll_us: u64,
+    /// With `--one-at-a-time --via http`: poll the task with plain GETs
+    /// this many microseconds apart, instead of one `GET ?wait_ms=` that
+    /// the API answers once the task is done.
+    #[arg(long, value_name = "MICROSECONDS")]
+    pub(crate) poll_us: Option<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -266,23 +266,57 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     super::parse_uuid(raw, "a task id", "invalid_task_id")
 }
 
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct ShowQuery {
+    /// Wait up to this many milliseconds (0 to 30000) for the task to end
+    /// before answering: one request instead of polling. The answer is the
+    /// task as it is then, finished or not (check `state`).
+    #[param(value_type = Option<u64>, minimum = 0, maximum = 30000)]
+    wait_ms: Option<String>,
+}
+
 /// A task's state, attempts, timestamps, error and result
+///
+/// With `?wait_ms=N` the answer comes as soon as the task is finished, or
+/// after N ms with the task as it is then.
 #[utoipa::path(
     get, path = "/tasks/{id}", tag = "tasks", operation_id = "getTask",
-    params(TaskId),
+    params(TaskId, ShowQuery),
     responses(
         (status = 200, description = "The task; `result` inline when small, `result_object` when stored in the bucket.", body = TaskAnswer),
-        (status = 400, description = "The id is not a UUID (`invalid_task_id`).", body = ErrorAnswer),
+        (status = 400, description = "The id is not a UUID (`invalid_task_id`), or an unknown parameter (`invalid_query`).", body = ErrorAnswer),
         (status = 404, description = "No such task (`task_not_found`).", body = ErrorAnswer),
+        (status = 422, description = "`wait_ms` is not a whole number from 0 to 30000 (`invalid_wait`).", body = ErrorAnswer),
         (status = 503, description = "RabbitMQ, PostgreSQL or object storage unreachable (`unavailable`).", body = ErrorAnswer),
     )
 )]
 async fn show(
     Acting(state): Acting,
     Path(TaskId { id }): Path<TaskId>,
+    QueryParams(q): QueryParams<ShowQuery>,
 ) -> Result<Json<TaskAnswer>, ApiError> {
-    let task = state.commands.task(parse_id(&id)?).await?;
+    let id = parse_id(&id)?;
+    let task = match q.wait_ms.as_deref().map(parse_wait).transpose()? {
+        Some(wait) if !wait.is_zero() => state.commands.wait_for_task(id, wait).await?,
+        _ => state.commands.task(id).await?,
+    };
     Ok(Json(task.into()))
+}
+
+/// `wait_ms`: 422 `invalid_wait` unless a whole number from 0 to 30000.
+fn parse_wait(raw: &str) -> Result<std::time::Duration, ApiError> {
+    use bibliomq_core::commands::WAIT_MAX_MS;
+    match raw.parse::<u64>() {
+        Ok(ms) if ms <= WAIT_MAX_MS => Ok(std::time::Duration::from_millis(ms)),
+        _ => Err(ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_wait",
+            format!("wait_ms must be a whole number of milliseconds from 0 to {WAIT_MAX_MS}, got `{raw}`"),
+        )
+        .with_field("wait_ms")),
+    }
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -33,7 +33,7 @@ pub use library::{
     SEARCH_MAX_WORDS,
 };
 pub use tasks::{
-    BATCH_MAX, LIST_MAX, SubmittedTask, TaskCancellation, TaskInserter, TaskSubmission,
+    BATCH_MAX, LIST_MAX, SubmittedTask, TaskCancellation, TaskInserter, TaskSubmission, WAIT_MAX_MS,
 };
 
 use crate::{

@@ -373,3 +373,46 @@ async fn the_correlation_id_travels_from_http_to_the_task_row() {
     let task = app.wait_for_task(id).await;
     assert_eq!(task["correlation_id"], "desk-42");
 }
+
+/// `GET /v1/tasks/{id}?wait_ms=` answers once the task is finished, in one
+/// request; a task still running after the wait comes back as it is; a bad
+/// wait or an unknown id is refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_with_wait_ms_answers_when_the_task_is_finished() {
+    let app = spawn_app().await;
+    // A short sleep: queued when asked, finished when answered.
+    let id = app.submit("sleep", json!(300)).await;
+    let (status, task) = app.get_json(&format!("/v1/tasks/{id}?wait_ms=20000")).await;
+    assert_eq!(status, 200, "{task}");
+    assert_eq!(task["state"], "succeeded", "{task}");
+
+    // A long one: the wait runs out and the task comes back unfinished.
+    let long = app.submit("sleep", json!(60_000)).await;
+    let (status, task) = app.get_json(&format!("/v1/tasks/{long}?wait_ms=100")).await;
+    assert_eq!(status, 200, "{task}");
+    assert!(
+        matches!(task["state"].as_str(), Some("queued" | "running")),
+        "{task}"
+    );
+    let (status, _) = app
+        .post(&format!("/v1/tasks/{long}/cancel"), &json!({}))
+        .await;
+    assert!(status == 200 || status == 202, "cancel answered {status}");
+
+    for bad in ["abc", "-1", "30001", "1.5"] {
+        let (status, body) = app.get_json(&format!("/v1/tasks/{id}?wait_ms={bad}")).await;
+        assert_eq!(status, 422, "wait_ms={bad}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_wait", "{body}");
+        assert_eq!(body["error"]["field"], "wait_ms", "{body}");
+    }
+    let started = std::time::Instant::now();
+    let (status, body) = app
+        .get_json(&format!("/v1/tasks/{}?wait_ms=20000", uuid::Uuid::new_v4()))
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "task_not_found", "{body}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "an unknown task is not waited for"
+    );
+}
