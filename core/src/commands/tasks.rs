@@ -416,12 +416,19 @@ impl Commands {
                 .collect();
             tracing::warn!(error = %e, tasks = ids.len(), "publish failed; withdrawing the batch");
             match self.pool().get().await {
-                Ok(client) => match store::withdraw(&**client, &ids).await {
-                    Ok(n) if n < ids.len() as u64 => tracing::warn!(
-                        withdrawn = n,
-                        "some tasks of the failed batch were already taken by a worker"
-                    ),
-                    Ok(_) => {}
+                Ok(mut client) => match store::withdraw_batch(&mut client, &ids).await {
+                    Ok(true) => {}
+                    // A worker already took one of them: the broker had its
+                    // message after all. The batch stands accepted, so a
+                    // refusal never hides a task that runs; the reaper
+                    // publishes again what never reached the broker.
+                    Ok(false) => {
+                        tracing::info!(
+                            tasks = ids.len(),
+                            "a worker took part of the batch whose publish failed; accepted"
+                        );
+                        return Ok(answers);
+                    }
                     Err(e) => tracing::error!(error = %e, "could not withdraw the batch"),
                 },
                 Err(e) => tracing::error!(error = %e, "could not withdraw the batch"),

@@ -170,6 +170,9 @@ pub async fn by_idempotency_keys(
         .collect())
 }
 
+const LOCK_WAITING: &str = "SELECT (state IN ('queued', 'scheduled')) IS TRUE FROM tasks
+              WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+
 const WITHDRAW: &str =
     "DELETE FROM tasks WHERE id = ANY($1) AND (state IN ('queued', 'scheduled')) IS TRUE";
 
@@ -216,6 +219,7 @@ const MARK_QUEUED: &str = "UPDATE tasks SET state = 'queued', updated_at = now()
 /// for the test that checks each goes through the primary key however
 /// stale the statistics (see the module's documentation).
 pub const BY_ID_WITH_STATE: &[(&str, &str)] = &[
+    ("lock_waiting", LOCK_WAITING),
     ("withdraw", WITHDRAW),
     ("cancel", CANCEL),
     ("cancel_requested", CANCEL_REQUESTED),
@@ -227,10 +231,23 @@ pub const BY_ID_WITH_STATE: &[(&str, &str)] = &[
     ("claim_and_finish", CLAIM_AND_FINISH),
 ];
 
-/// Removes tasks of a batch whose publishing failed, as long as no worker
-/// has taken them (`queued` or `scheduled`). Returns how many were removed.
-pub async fn withdraw(db: &impl GenericClient, ids: &[Uuid]) -> Result<u64, tokio_postgres::Error> {
-    db.execute(WITHDRAW, &[&ids]).await
+/// Withdraws a batch whose publishing failed, all of it or none: the
+/// tasks are deleted when every one is still waiting (`queued` or
+/// `scheduled`), and `true` comes back. When a worker already took one
+/// (the broker had its message after all and only the confirm was lost)
+/// nothing is deleted and `false` comes back: the batch stands accepted,
+/// and the reaper publishes again any task whose message never reached the
+/// broker. The rows are locked first, in id order, so a claim racing the
+/// withdrawal either comes first (and the batch stays) or finds no row.
+pub async fn withdraw_batch(db: &mut Client, ids: &[Uuid]) -> Result<bool, tokio_postgres::Error> {
+    let tx = db.transaction().await?;
+    let waiting = tx.query(LOCK_WAITING, &[&ids]).await?;
+    let all_waiting = waiting.len() == ids.len() && waiting.iter().all(|r| r.get::<_, bool>(0));
+    if all_waiting {
+        tx.execute(WITHDRAW, &[&ids]).await?;
+    }
+    tx.commit().await?;
+    Ok(all_waiting)
 }
 
 /// What a cancel did.

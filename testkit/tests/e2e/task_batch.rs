@@ -207,3 +207,55 @@ async fn items_with_idempotency_keys_are_queued_once_and_a_reused_key_refuses_th
         4
     );
 }
+
+async fn queued_batch(db: &tokio_postgres::Client, n: i64) -> Vec<uuid::Uuid> {
+    db.query(
+        "INSERT INTO tasks (id, action, payload, state)
+         SELECT gen_random_uuid(), 'sum', '\"1,2\"', 'queued' FROM generate_series(1, $1::int8)
+         RETURNING id",
+        &[&n],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+async fn still_there(db: &tokio_postgres::Client, ids: &[uuid::Uuid]) -> i64 {
+    db.query_one("SELECT count(*) FROM tasks WHERE id = ANY($1)", &[&ids])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A batch whose publish failed is withdrawn whole while every task still
+/// waits, and not at all once a worker took one of them (the broker had
+/// its message after all): then the batch stands accepted and nothing of
+/// it is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_batch_is_withdrawn_whole_unless_a_worker_already_took_part_of_it() {
+    use bibliomq_core::tasks::store::withdraw_batch;
+    let app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
+    let db = app.env.db().await;
+    let pool = bibliomq_core::db::pool(&app.env.settings().database).unwrap();
+    let mut client = pool.get().await.unwrap();
+
+    let waiting = queued_batch(&db, 5).await;
+    assert!(withdraw_batch(&mut client, &waiting).await.unwrap());
+    assert_eq!(still_there(&db, &waiting).await, 0, "withdrawn whole");
+
+    let taken = queued_batch(&db, 5).await;
+    db.execute(
+        "UPDATE tasks SET state = 'running' WHERE id = $1",
+        &[&taken[2]],
+    )
+    .await
+    .unwrap();
+    assert!(!withdraw_batch(&mut client, &taken).await.unwrap());
+    assert_eq!(
+        still_there(&db, &taken).await,
+        5,
+        "accepted whole: nothing deleted"
+    );
+}
