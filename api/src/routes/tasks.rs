@@ -270,7 +270,8 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 struct ShowQuery {
-    /// Wait up to this many milliseconds (0 to 30000) for the task to end
+    /// Wait up to this many milliseconds (0 to 30000, and at most a second
+    /// less than the server's request time limit) for the task to end
     /// before answering: one request instead of polling. The answer is the
     /// task as it is then, finished or not (check `state`).
     #[param(value_type = Option<u64>, minimum = 0, maximum = 30000)]
@@ -298,8 +299,18 @@ async fn show(
     QueryParams(q): QueryParams<ShowQuery>,
 ) -> Result<Json<TaskAnswer>, ApiError> {
     let id = parse_id(&id)?;
+    // The wait ends a second before the request's own time limit
+    // (`BIBLIOMQ_API_REQUEST_TIMEOUT_MS`), so a long wait still answers
+    // with the task rather than with 504 `request_timeout`.
+    let longest = state
+        .settings
+        .api
+        .request_timeout
+        .saturating_sub(std::time::Duration::from_secs(1));
     let task = match q.wait_ms.as_deref().map(parse_wait).transpose()? {
-        Some(wait) if !wait.is_zero() => state.commands.wait_for_task(id, wait).await?,
+        Some(wait) if !wait.is_zero() => {
+            state.commands.wait_for_task(id, wait.min(longest)).await?
+        }
         _ => state.commands.task(id).await?,
     };
     Ok(Json(task.into()))

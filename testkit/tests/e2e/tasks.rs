@@ -416,3 +416,28 @@ async fn a_get_with_wait_ms_answers_when_the_task_is_finished() {
         "an unknown task is not waited for"
     );
 }
+
+/// A wait longer than the server's request time limit ends a second before
+/// it: the answer is the task as it is then, not 504 `request_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_past_the_request_time_limit_answers_with_the_task_not_a_timeout() {
+    let app = TestApp::spawn(
+        TestEnv::new().await,
+        |s| s.api.request_timeout = std::time::Duration::from_secs(2),
+        1,
+    )
+    .await;
+    let long = app.submit("sleep", json!(60_000)).await;
+    let (status, task) = app
+        .get_json(&format!("/v1/tasks/{long}?wait_ms=30000"))
+        .await;
+    assert_eq!(status, 200, "{task}");
+    assert!(
+        matches!(task["state"].as_str(), Some("queued" | "running")),
+        "{task}"
+    );
+    let (status, _) = app
+        .post(&format!("/v1/tasks/{long}/cancel"), &json!({}))
+        .await;
+    assert!(status == 200 || status == 202, "cancel answered {status}");
+}
