@@ -215,7 +215,7 @@ fn batch_item(value: Value) -> Result<TaskSubmission, Invalid> {
         (status = 413, description = "The body is larger than BIBLIOMQ_API_BODY_LIMIT (`payload_too_large`).", body = ErrorAnswer),
         (status = 415, description = "No `Content-Type: application/json` (`unsupported_media_type`).", body = ErrorAnswer),
         (status = 422, description = "The body is not an array (`invalid_field`), or items were refused (`invalid_tasks`): `errors` lists each with its `index` (from 0), `code` and `message` as the single submission would answer, and `field`; nothing was queued.", body = ErrorAnswer),
-        (status = 503, description = "RabbitMQ, PostgreSQL or object storage unreachable (`unavailable`); the batch's tasks no worker had taken were withdrawn: send it again, with `idempotency_key`s to be safe.", body = ErrorAnswer),
+        (status = 503, description = "RabbitMQ, PostgreSQL or object storage unreachable (`unavailable`); the whole batch was withdrawn: send it again, with `idempotency_key`s to be safe. (When a worker had already taken one of its tasks, the batch stands accepted and the answer is 202.)", body = ErrorAnswer),
     )
 )]
 async fn submit_batch(

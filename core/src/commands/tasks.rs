@@ -230,26 +230,13 @@ impl Commands {
             .await;
         if let Err(e) = published {
             tracing::warn!(error = %e, "publish failed; withdrawing the task");
-            match self.pool().get().await {
-                Ok(client) => match store::delete_queued(&**client, id).await {
-                    // The broker had the message after all (its confirm was
-                    // lost) and a worker already took the task: it stands
-                    // accepted, so a refusal never hides a task that runs.
-                    Ok(0) => {
-                        tracing::info!("a worker took the task whose confirm was lost; accepted");
-                        return Ok(SubmittedTask {
-                            id,
-                            action,
-                            state: TaskState::Queued,
-                            replayed: false,
-                        });
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::error!(error = %e, "could not withdraw the unpublished task")
-                    }
-                },
-                Err(e) => tracing::error!(error = %e, "could not withdraw the unpublished task"),
+            if self.withdraw_unpublished(&[id]).await {
+                return Ok(SubmittedTask {
+                    id,
+                    action,
+                    state: TaskState::Queued,
+                    replayed: false,
+                });
             }
             return Err(e.into());
         }
@@ -415,27 +402,42 @@ impl Commands {
                 .map(|(t, _)| t.id)
                 .collect();
             tracing::warn!(error = %e, tasks = ids.len(), "publish failed; withdrawing the batch");
-            match self.pool().get().await {
-                Ok(mut client) => match store::withdraw_batch(&mut client, &ids).await {
-                    Ok(true) => {}
-                    // A worker already took one of them: the broker had its
-                    // message after all. The batch stands accepted, so a
-                    // refusal never hides a task that runs; the reaper
-                    // publishes again what never reached the broker.
-                    Ok(false) => {
-                        tracing::info!(
-                            tasks = ids.len(),
-                            "a worker took part of the batch whose publish failed; accepted"
-                        );
-                        return Ok(answers);
-                    }
-                    Err(e) => tracing::error!(error = %e, "could not withdraw the batch"),
-                },
-                Err(e) => tracing::error!(error = %e, "could not withdraw the batch"),
+            if self.withdraw_unpublished(&ids).await {
+                return Ok(answers);
             }
             return Err(e.into());
         }
         Ok(answers)
+    }
+
+    /// After a failed publish: withdraws the submission's tasks, all or
+    /// none ([`store::withdraw`]). `true` when a worker already took one of
+    /// them (the broker had its message; only the confirm was lost): the
+    /// submission stands accepted, so a refusal never hides a task that
+    /// runs. `false` when they were withdrawn, or could not be (then the
+    /// reaper publishes them again later): answer the failure.
+    async fn withdraw_unpublished(&self, ids: &[Uuid]) -> bool {
+        let withdrawn = match self.pool().get().await {
+            Ok(mut client) => store::withdraw(&mut client, ids).await,
+            Err(e) => {
+                tracing::error!(error = %e, "could not withdraw the unpublished tasks");
+                return false;
+            }
+        };
+        match withdrawn {
+            Ok(true) => false,
+            Ok(false) => {
+                tracing::info!(
+                    tasks = ids.len(),
+                    "a worker took a task whose publish failed; the submission stands accepted"
+                );
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not withdraw the unpublished tasks");
+                false
+            }
+        }
     }
 
     /// Every rule a submission must pass, the one place they are checked

@@ -202,8 +202,6 @@ const CANCEL_REQUESTED: &str = "SELECT id FROM tasks
               WHERE id = ANY($1) AND (state = 'running') IS TRUE
                 AND cancel_requested_at IS NOT NULL";
 
-const DELETE_QUEUED: &str = "DELETE FROM tasks WHERE id = $1 AND (state = 'queued') IS TRUE";
-
 const CLAIM: &str = "UPDATE tasks SET
                 state = CASE WHEN cancel_requested_at IS NULL THEN 'running' ELSE 'cancelled' END,
                 attempts = CASE WHEN cancel_requested_at IS NULL THEN attempts + 1 ELSE attempts END,
@@ -232,7 +230,6 @@ pub const BY_ID_WITH_STATE: &[(&str, &str)] = &[
     ("withdraw", WITHDRAW),
     ("cancel", CANCEL),
     ("cancel_requested", CANCEL_REQUESTED),
-    ("delete_queued", DELETE_QUEUED),
     ("claim", CLAIM),
     ("heartbeat", HEARTBEAT),
     ("mark_queued", MARK_QUEUED),
@@ -240,15 +237,16 @@ pub const BY_ID_WITH_STATE: &[(&str, &str)] = &[
     ("claim_and_finish", CLAIM_AND_FINISH),
 ];
 
-/// Withdraws a batch whose publishing failed, all of it or none: the
-/// tasks are deleted when every one is still waiting (`queued` or
-/// `scheduled`), and `true` comes back. When a worker already took one
-/// (the broker had its message after all and only the confirm was lost)
-/// nothing is deleted and `false` comes back: the batch stands accepted,
-/// and the reaper publishes again any task whose message never reached the
-/// broker. The rows are locked first, in id order, so a claim racing the
-/// withdrawal either comes first (and the batch stays) or finds no row.
-pub async fn withdraw_batch(db: &mut Client, ids: &[Uuid]) -> Result<bool, tokio_postgres::Error> {
+/// Withdraws the tasks of a submission (one task, or a batch) whose
+/// publishing failed, all of them or none: they are deleted when every one
+/// is still waiting (`queued` or `scheduled`), and `true` comes back. When
+/// a worker already took one (the broker had its message after all and
+/// only the confirm was lost) nothing is deleted and `false` comes back:
+/// the submission stands accepted, and the reaper publishes again any task
+/// whose message never reached the broker. The rows are locked first, in
+/// id order, so a claim racing the withdrawal either comes first (and the
+/// tasks stay) or finds no row.
+pub async fn withdraw(db: &mut Client, ids: &[Uuid]) -> Result<bool, tokio_postgres::Error> {
     let tx = db.transaction().await?;
     let waiting = tx.query(LOCK_WAITING, &[&ids]).await?;
     let all_waiting = waiting.len() == ids.len() && waiting.iter().all(|r| r.get::<_, bool>(0));
@@ -306,15 +304,6 @@ pub async fn cancel_requested(
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
     let rows = db.query(CANCEL_REQUESTED, &[&ids]).await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
-}
-
-/// Removes a task that never reached the broker.
-/// Deletes a task still `queued`; how many rows went (0: a worker took it).
-pub async fn delete_queued(
-    db: &impl GenericClient,
-    id: Uuid,
-) -> Result<u64, tokio_postgres::Error> {
-    db.execute(DELETE_QUEUED, &[&id]).await
 }
 
 /// How a claim went for one task.

@@ -235,14 +235,14 @@ async fn still_there(db: &tokio_postgres::Client, ids: &[uuid::Uuid]) -> i64 {
 /// it is deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_batch_is_withdrawn_whole_unless_a_worker_already_took_part_of_it() {
-    use bibliomq_core::tasks::store::withdraw_batch;
+    use bibliomq_core::tasks::store::withdraw;
     let app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
     let db = app.env.db().await;
     let pool = bibliomq_core::db::pool(&app.env.settings().database).unwrap();
     let mut client = pool.get().await.unwrap();
 
     let waiting = queued_batch(&db, 5).await;
-    assert!(withdraw_batch(&mut client, &waiting).await.unwrap());
+    assert!(withdraw(&mut client, &waiting).await.unwrap());
     assert_eq!(still_there(&db, &waiting).await, 0, "withdrawn whole");
 
     let taken = queued_batch(&db, 5).await;
@@ -252,7 +252,7 @@ async fn a_failed_batch_is_withdrawn_whole_unless_a_worker_already_took_part_of_
     )
     .await
     .unwrap();
-    assert!(!withdraw_batch(&mut client, &taken).await.unwrap());
+    assert!(!withdraw(&mut client, &taken).await.unwrap());
     assert_eq!(
         still_there(&db, &taken).await,
         5,
