@@ -60,6 +60,20 @@ pub async fn migrate_database(settings: &DatabaseSettings) -> anyhow::Result<Vec
     migrate(&pool).await
 }
 
+/// Takes the transaction-scoped advisory lock `key` unless another
+/// session holds it: `false` then (another process is doing the same work
+/// now). Released when `tx` ends. What the periodic passes that every
+/// worker process runs (the retention passes) take, so one does each.
+pub async fn try_xact_lock(
+    tx: &deadpool_postgres::Transaction<'_>,
+    key: i64,
+) -> Result<bool, tokio_postgres::Error> {
+    Ok(tx
+        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&key])
+        .await?
+        .get(0))
+}
+
 /// True when the error means PostgreSQL could not be reached or the
 /// connection broke, as opposed to a query PostgreSQL rejected.
 pub fn is_unavailable(err: &deadpool_postgres::PoolError) -> bool {

@@ -138,11 +138,9 @@ async fn batch(pool: &Pool, step: &Step, cutoff: DateTime<Utc>) -> anyhow::Resul
         .await
         .context("Failed to get a database connection")?;
     let tx = client.transaction().await.context("Failed to begin")?;
-    let locked: bool = tx
-        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&LOCK_KEY])
+    let locked = crate::db::try_xact_lock(&tx, LOCK_KEY)
         .await
-        .context("Failed to take the history-retention lock")?
-        .get(0);
+        .context("Failed to take the history-retention lock")?;
     if !locked {
         return Ok(None);
     }

@@ -44,11 +44,9 @@ pub async fn purge(
             .await
             .context("Failed to get a database connection")?;
         let tx = client.transaction().await.context("Failed to begin")?;
-        let locked: bool = tx
-            .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&LOCK_KEY])
+        let locked = crate::db::try_xact_lock(&tx, LOCK_KEY)
             .await
-            .context("Failed to take the retention lock")?
-            .get(0);
+            .context("Failed to take the retention lock")?;
         if !locked {
             // Another process is purging; what this one did so far stands.
             return Ok((total != Purged::default()).then_some(total));
