@@ -35,10 +35,17 @@ use bibliomq_core::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// What every handler can reach.
+/// What every handler can reach. Cloned for every request (and by each
+/// middleware), so a clone is three reference counts: the commands (which
+/// may act for the request's caller) and one `Arc` for the rest.
 #[derive(Clone)]
 pub struct AppState {
     pub commands: Commands,
+    shared: Arc<Shared>,
+}
+
+/// The part of [`AppState`] every request shares as it is.
+pub struct Shared {
     pub metrics: Metrics,
     pub broker: Broker,
     pub settings: Arc<Settings>,
@@ -46,6 +53,23 @@ pub struct AppState {
     /// never end by themselves (the live event stream) end and let the
     /// graceful shutdown finish.
     pub stopping: CancellationToken,
+}
+
+impl AppState {
+    pub fn new(commands: Commands, shared: Shared) -> Self {
+        Self {
+            commands,
+            shared: Arc::new(shared),
+        }
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
 }
 
 /// The API server, bound and ready to run.
@@ -78,13 +102,15 @@ impl Application {
             .with_context(|| format!("Failed to bind the API to {addr}"))?;
         Ok(Self {
             listener,
-            state: AppState {
-                commands: infra.commands(clock).for_transport(),
-                metrics: infra.metrics.clone(),
-                broker: infra.broker.clone(),
-                settings: Arc::new(infra.settings),
-                stopping: CancellationToken::new(),
-            },
+            state: AppState::new(
+                infra.commands(clock).for_transport(),
+                Shared {
+                    metrics: infra.metrics.clone(),
+                    broker: infra.broker.clone(),
+                    settings: Arc::new(infra.settings),
+                    stopping: CancellationToken::new(),
+                },
+            ),
         })
     }
 

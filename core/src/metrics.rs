@@ -138,9 +138,22 @@ pub struct ProtocolLabels {
     pub protocol: String,
 }
 
+/// Every metric of a process. Cloned for each request and message, so a
+/// clone is one reference count: the families live behind one `Arc`.
 #[derive(Clone)]
-pub struct Metrics {
-    registry: Arc<Mutex<Registry>>,
+pub struct Metrics(Arc<Families>);
+
+impl std::ops::Deref for Metrics {
+    type Target = Families;
+
+    fn deref(&self) -> &Families {
+        &self.0
+    }
+}
+
+/// The metric families, reached through [`Metrics`].
+pub struct Families {
+    registry: Mutex<Registry>,
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_duration: Family<RouteLabels, Histogram>,
     pub messages: Family<MessageLabels, Counter>,
@@ -309,8 +322,8 @@ impl Metrics {
             "Time to apply a library operation, by operation",
             operation_duration.clone(),
         );
-        Self {
-            registry: Arc::new(Mutex::new(registry)),
+        Self(Arc::new(Families {
+            registry: Mutex::new(registry),
             http_requests,
             http_duration,
             messages,
@@ -329,7 +342,7 @@ impl Metrics {
             scheduler_lag,
             history_purged,
             history_anonymised,
-        }
+        }))
     }
 
     /// Counts a request refused by the key check.

@@ -1,7 +1,7 @@
 //! The generated document: it describes exactly what the router serves,
 //! and it says the constraints the server enforces.
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::collections::BTreeSet;
 
 use axum::{
     body::Body,
@@ -51,10 +51,7 @@ fn concrete(template: &str) -> String {
 /// service; an unknown path would get the router's own 404 instead.
 #[tokio::test]
 async fn the_router_serves_exactly_the_documented_operations() {
-    let mut state = crate::ui::tests::state();
-    let mut settings = (*state.settings).clone();
-    settings.api.token = Some(ApiToken("secret".into()));
-    state.settings = Arc::new(settings);
+    let state = crate::ui::tests::state_with(|s| s.api.token = Some(ApiToken("secret".into())));
     let router = crate::router(state);
     let doc = document();
     let documented = operations(&doc);

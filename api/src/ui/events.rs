@@ -167,7 +167,7 @@ async fn stream_events(
     });
     let stream = stream::once(async move { Ok(ready) })
         .chain(events)
-        .take_until(state.stopping.cancelled_owned());
+        .take_until(state.stopping.clone().cancelled_owned());
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 

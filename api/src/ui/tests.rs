@@ -25,7 +25,12 @@ use tower::ServiceExt;
 use crate::AppState;
 
 pub(crate) fn state() -> AppState {
-    let settings = Settings::from_lookup(|key| match key {
+    state_with(|_| {})
+}
+
+/// As [`state`], with the settings changed by `change` first.
+pub(crate) fn state_with(change: impl FnOnce(&mut Settings)) -> AppState {
+    let mut settings = Settings::from_lookup(|key| match key {
         // Port 9 (discard) on loopback: nothing answers, nothing is touched.
         "BIBLIOMQ_AMQP_URL" => Some("amqp://guest:guest@127.0.0.1:9/%2f".into()),
         "BIBLIOMQ_DATABASE_URL" => Some("postgres://postgres@127.0.0.1:9/none".into()),
@@ -35,6 +40,7 @@ pub(crate) fn state() -> AppState {
         _ => None,
     })
     .unwrap();
+    change(&mut settings);
     let metrics = Metrics::new();
     let broker = Broker::start(
         &settings.amqp.url,
@@ -54,13 +60,15 @@ pub(crate) fn state() -> AppState {
         metrics.clone(),
         Clock::system(),
     );
-    AppState {
+    AppState::new(
         commands,
-        metrics,
-        broker,
-        settings: Arc::new(settings),
-        stopping: CancellationToken::new(),
-    }
+        crate::Shared {
+            metrics,
+            broker,
+            settings: Arc::new(settings),
+            stopping: CancellationToken::new(),
+        },
+    )
 }
 
 async fn get(path: &str) -> (StatusCode, axum::http::HeaderMap, String) {
