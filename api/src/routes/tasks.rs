@@ -82,25 +82,38 @@ struct TaskId {
 /// Answered once RabbitMQ has confirmed the message. With an
 /// `Idempotency-Key` already used for the same request: the first answer
 /// again, with `idempotent-replayed: true`, and nothing queued.
+///
+/// With `?wait_ms=N` the request also waits, up to N ms, for the task to
+/// end: 200 with the finished task (as `GET /v1/tasks/{id}` shows it), or,
+/// when it is still unfinished then, the usual 202. Submit and result in
+/// one request, for quick tasks.
 #[utoipa::path(
     post, path = "/tasks", tag = "tasks", operation_id = "submitTask",
-    params((
-        "Idempotency-Key" = Option<String>, Header,
-        description = "Your key for safe retries: the same key with the same request answers with the first task (header `idempotent-replayed: true`) and queues nothing; with a different request, 409 `idempotency_key_reused`. A key lives as long as its task.",
-        min_length = 1, max_length = 200, pattern = "^[!-~]+$", nullable = false
-    )),
+    params(
+        (
+            "Idempotency-Key" = Option<String>, Header,
+            description = "Your key for safe retries: the same key with the same request answers with the first task (header `idempotent-replayed: true`) and queues nothing; with a different request, 409 `idempotency_key_reused`. A key lives as long as its task.",
+            min_length = 1, max_length = 200, pattern = "^[!-~]+$", nullable = false
+        ),
+        WaitQuery,
+    ),
     request_body = SubmitTask,
     responses(
+        (status = 200, description = "With `wait_ms`: the task ended within the wait; here it is, finished (check `state`).", body = TaskAnswer,
+            headers(
+                ("Location" = String, description = "The task's path."),
+                ("idempotent-replayed" = String, description = "`true` when this is the answer to an earlier request with the same Idempotency-Key."),
+            )),
         (status = 202, description = "Queued, or `scheduled` when `run_at` or `delay_ms` was given (or, for a retried Idempotency-Key, the first answer again); follow it at `Location`.", body = TaskAccepted,
             headers(
                 ("Location" = String, description = "The task's path."),
                 ("idempotent-replayed" = String, description = "`true` when this is the answer to an earlier request with the same Idempotency-Key."),
             )),
-        (status = 400, description = "The body is not JSON (`malformed_json`), `timeout_ms` is not from 1 to BIBLIOMQ_TASK_TIMEOUT_MAX_MS (`invalid_timeout`, with `field`), `run_at` is in the past, beyond BIBLIOMQ_TASK_DELAY_MAX_MS or not RFC 3339, `delay_ms` is over that maximum, or both are given (`invalid_schedule`, with `field`), or the Idempotency-Key is not visible ASCII (`invalid_idempotency_key`); nothing was queued.", body = ErrorAnswer),
+        (status = 400, description = "The body is not JSON (`malformed_json`), `timeout_ms` is not from 1 to BIBLIOMQ_TASK_TIMEOUT_MAX_MS (`invalid_timeout`, with `field`), `run_at` is in the past, beyond BIBLIOMQ_TASK_DELAY_MAX_MS or not RFC 3339, `delay_ms` is over that maximum, or both are given (`invalid_schedule`, with `field`), the Idempotency-Key is not visible ASCII (`invalid_idempotency_key`), or an unknown query parameter (`invalid_query`); nothing was queued.", body = ErrorAnswer),
         (status = 409, description = "The Idempotency-Key was already used for a different request (`idempotency_key_reused`).", body = ErrorAnswer),
         (status = 413, description = "The body is larger than BIBLIOMQ_API_BODY_LIMIT (`payload_too_large`).", body = ErrorAnswer),
         (status = 415, description = "No `Content-Type: application/json` (`unsupported_media_type`).", body = ErrorAnswer),
-        (status = 422, description = "Unknown action or a payload the action cannot take (`unknown_action`, `invalid_payload`, `invalid_field`), or a malformed Idempotency-Key (`invalid_idempotency_key`), with `field`.", body = ErrorAnswer),
+        (status = 422, description = "Unknown action or a payload the action cannot take (`unknown_action`, `invalid_payload`, `invalid_field`), a malformed Idempotency-Key (`invalid_idempotency_key`), or `wait_ms` not a whole number from 0 to 30000 (`invalid_wait`), with `field`; nothing was queued.", body = ErrorAnswer),
         (status = 503, description = "RabbitMQ, PostgreSQL or object storage unreachable (`unavailable`); nothing changed.", body = ErrorAnswer),
     )
 )]
@@ -108,8 +121,11 @@ async fn submit(
     Acting(state): Acting,
     Extension(CorrelationId(correlation_id)): Extension<CorrelationId>,
     headers: HeaderMap,
+    QueryParams(q): QueryParams<WaitQuery>,
     JsonBody(req): JsonBody<SubmitTask>,
 ) -> Result<Response, ApiError> {
+    // Checked before anything is queued.
+    let wait = q.wait_ms.as_deref().map(parse_wait).transpose()?;
     let submission = TaskSubmission {
         action: req.action,
         payload: req.payload,
@@ -120,7 +136,29 @@ async fn submit(
     };
     let submitted = state.commands.submit(submission, &correlation_id).await?;
     let location = format!("/v1/tasks/{}", submitted.id);
-    let mut response = (StatusCode::ACCEPTED, Json(TaskAccepted::from(&submitted))).into_response();
+    // The task is queued whatever happens to the wait: a wait that fails
+    // (PostgreSQL gone meanwhile) answers the 202 as without one, never an
+    // error that would read as "not queued".
+    let finished = match wait {
+        Some(wait) if !wait.is_zero() => {
+            match state
+                .commands
+                .wait_for_task(submitted.id, wait.min(longest_wait(&state)))
+                .await
+            {
+                Ok(task) => task.state.is_final().then_some(task),
+                Err(e) => {
+                    tracing::debug!(error = %e, "waiting for a submitted task failed; answering 202");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let mut response = match finished {
+        Some(task) => (StatusCode::OK, Json(TaskAnswer::from(task))).into_response(),
+        None => (StatusCode::ACCEPTED, Json(TaskAccepted::from(&submitted))).into_response(),
+    };
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&location) {
         h.insert(header::LOCATION, v);
@@ -278,6 +316,29 @@ struct ShowQuery {
     wait_ms: Option<String>,
 }
 
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct WaitQuery {
+    /// Once queued, wait up to this many milliseconds (0 to 30000, and at
+    /// most a second less than the server's request time limit) for the
+    /// task to end: 200 with the finished task, or 202 as without it.
+    #[param(value_type = Option<u64>, minimum = 0, maximum = 30000)]
+    wait_ms: Option<String>,
+}
+
+/// The longest a request waits for a task: a second less than the
+/// request's own time limit (`BIBLIOMQ_API_REQUEST_TIMEOUT_MS`), so a long
+/// wait still answers with the task rather than with 504
+/// `request_timeout`.
+fn longest_wait(state: &crate::AppState) -> std::time::Duration {
+    state
+        .settings
+        .api
+        .request_timeout
+        .saturating_sub(std::time::Duration::from_secs(1))
+}
+
 /// A task's state, attempts, timestamps, error and result
 ///
 /// With `?wait_ms=N` the answer comes as soon as the task is finished, or
@@ -299,17 +360,12 @@ async fn show(
     QueryParams(q): QueryParams<ShowQuery>,
 ) -> Result<Json<TaskAnswer>, ApiError> {
     let id = parse_id(&id)?;
-    // The wait ends a second before the request's own time limit
-    // (`BIBLIOMQ_API_REQUEST_TIMEOUT_MS`), so a long wait still answers
-    // with the task rather than with 504 `request_timeout`.
-    let longest = state
-        .settings
-        .api
-        .request_timeout
-        .saturating_sub(std::time::Duration::from_secs(1));
     let task = match q.wait_ms.as_deref().map(parse_wait).transpose()? {
         Some(wait) if !wait.is_zero() => {
-            state.commands.wait_for_task(id, wait.min(longest)).await?
+            state
+                .commands
+                .wait_for_task(id, wait.min(longest_wait(&state)))
+                .await?
         }
         _ => state.commands.task(id).await?,
     };

@@ -417,6 +417,77 @@ async fn a_get_with_wait_ms_answers_when_the_task_is_finished() {
     );
 }
 
+/// `POST /v1/tasks?wait_ms=N`: submit and result in one request. 200 with
+/// the finished task when it ends within the wait, the usual 202 when it
+/// does not; a bad wait is refused before anything is queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_with_wait_ms_answers_with_the_finished_task() {
+    let app = spawn_app().await;
+    let body = json!({"action": "upper", "payload": "hola"});
+    let resp = app.post_json("/v1/tasks?wait_ms=20000", &body).await;
+    assert_eq!(resp.status(), 200);
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let task: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(task["state"], "succeeded", "{task}");
+    assert_eq!(task["result"], "HOLA", "{task}");
+    assert_eq!(
+        location,
+        format!("/v1/tasks/{}", task["id"].as_str().unwrap())
+    );
+    let (status, stored) = app.get_json(&location).await;
+    assert_eq!(status, 200);
+    assert_eq!(stored["state"], "succeeded");
+
+    // A retry with the same key waits for the same task and says so.
+    let keyed = || {
+        app.http
+            .post(app.url("/v1/tasks?wait_ms=20000"))
+            .header("Idempotency-Key", "wait-once")
+            .json(&body)
+            .send()
+    };
+    let first = keyed().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let first: serde_json::Value = first.json().await.unwrap();
+    let again = keyed().await.unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: serde_json::Value = again.json().await.unwrap();
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(again["result"], "HOLA");
+
+    // Unfinished when the wait ends: 202 as without a wait, and queued.
+    let (status, accepted) = app
+        .post(
+            "/v1/tasks?wait_ms=100",
+            &json!({"action": "sleep", "payload": 60_000}),
+        )
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    let long = accepted["id"].as_str().unwrap().to_owned();
+    assert!(
+        matches!(accepted["state"].as_str(), Some("queued")),
+        "{accepted}"
+    );
+    let (status, _) = app
+        .post(&format!("/v1/tasks/{long}/cancel"), &json!({}))
+        .await;
+    assert!(status == 200 || status == 202, "cancel answered {status}");
+
+    // Refused before anything is queued.
+    let before = app.count("SELECT count(*) FROM tasks").await;
+    for bad in ["abc", "-1", "30001"] {
+        let (status, answer) = app.post(&format!("/v1/tasks?wait_ms={bad}"), &body).await;
+        assert_eq!(status, 422, "wait_ms={bad}: {answer}");
+        assert_eq!(answer["error"]["code"], "invalid_wait", "{answer}");
+        assert_eq!(answer["error"]["field"], "wait_ms", "{answer}");
+    }
+    let (status, answer) = app.post("/v1/tasks?wait=5", &body).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["code"], "invalid_query", "{answer}");
+    assert_eq!(app.count("SELECT count(*) FROM tasks").await, before);
+}
+
 /// A wait longer than the server's request time limit ends a second before
 /// it: the answer is the task as it is then, not 504 `request_timeout`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
