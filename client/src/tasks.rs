@@ -58,6 +58,19 @@ pub async fn submit_scheduled(
     payload: Value,
     schedule: &Schedule,
 ) -> Result<Value, Failure> {
+    submit_waiting(api, action, payload, schedule, Duration::ZERO).await
+}
+
+/// As [`submit_scheduled`], asking the API to wait up to `wait` for the
+/// task to end (`?wait_ms=`): the answer is then the finished task, or the
+/// usual acceptance when it did not end in time.
+async fn submit_waiting(
+    api: &Api,
+    action: &str,
+    payload: Value,
+    schedule: &Schedule,
+    wait: Duration,
+) -> Result<Value, Failure> {
     let mut body = json!({ "action": action, "payload": payload });
     if let Some(at) = &schedule.at {
         body["run_at"] = json!(at);
@@ -65,8 +78,16 @@ pub async fn submit_scheduled(
     if let Some(delay) = schedule.delay {
         body["delay_ms"] = json!(delay);
     }
-    Ok(api.post("/v1/tasks", &body).await?.body)
+    let path = match wait.as_millis() {
+        0 => "/v1/tasks".to_owned(),
+        ms => format!("/v1/tasks?wait_ms={ms}"),
+    };
+    Ok(api.post(&path, &body).await?.body)
 }
+
+/// The longest the submit itself waits for the task (`?wait_ms=`), well
+/// within any HTTP time limit; a longer `--wait-timeout` goes on polling.
+const SUBMIT_WAIT: Duration = Duration::from_secs(5);
 
 /// Polls the task until it is final or `timeout` passes. A task that
 /// finished other than `succeeded` is a [`Failure::Unsuccessful`].
@@ -91,6 +112,12 @@ pub async fn wait(api: &Api, id: &str, timeout: Duration) -> Result<Value, Failu
             });
         }
     };
+    succeeded(id, task)
+}
+
+/// The task when it `succeeded`, else a [`Failure::Unsuccessful`] naming
+/// how it ended.
+fn succeeded(id: &str, task: Value) -> Result<Value, Failure> {
     match task["state"].as_str() {
         Some("succeeded") => Ok(task),
         other => Err(Failure::Unsuccessful {
@@ -114,7 +141,8 @@ pub async fn submit(
     wait_for: Option<Duration>,
 ) -> Result<(), Failure> {
     let started = Instant::now();
-    let accepted = submit_scheduled(api, action, payload, schedule).await?;
+    let submit_wait = wait_for.map_or(Duration::ZERO, |t| t.min(SUBMIT_WAIT));
+    let accepted = submit_waiting(api, action, payload, schedule, submit_wait).await?;
     let id = output::text(&accepted["id"]);
     let Some(timeout) = wait_for else {
         if !out.json(&accepted) {
@@ -127,7 +155,10 @@ pub async fn submit(
         }
         return Ok(());
     };
-    let task = wait(api, &id, timeout).await?;
+    let task = match is_final(accepted["state"].as_str().unwrap_or_default()) {
+        true => succeeded(&id, accepted)?,
+        false => wait(api, &id, timeout.saturating_sub(started.elapsed())).await?,
+    };
     if !out.json(&task) {
         println!(
             "succeeded  {id}  {}  ({} attempt{}, {} ms)",
