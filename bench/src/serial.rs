@@ -3,11 +3,12 @@
 //! the figure is the pipeline's own latency: submit → done as the client
 //! sees it.
 //!
-//! - `--via http`: the clock starts before `POST /v1/tasks` and stops when
-//!   `GET /v1/tasks/{id}?wait_ms=10000`, sent right after the 202, answers
-//!   with the task final (the API answers as soon as it sees it so); or,
-//!   with `--poll-us N`, when a plain `GET /v1/tasks/{id}` repeated every N
-//!   µs first shows it final, which adds up to one poll interval and one GET.
+//! - `--via http`: the clock starts before `POST /v1/tasks?wait_ms=10000`
+//!   and stops when it answers with the task final (the API answers as
+//!   soon as it sees it so). With `--two-requests`, the submit answers 202
+//!   and `GET /v1/tasks/{id}?wait_ms=10000`, sent right after, waits; with
+//!   `--poll-us N`, a plain `GET /v1/tasks/{id}` repeated every N µs first
+//!   shows it final, which adds up to one poll interval and one GET.
 //! - `--via zmq`: the clock starts before the edge's `task` request is sent
 //!   and stops when its reply (sent once the task is done) arrives.
 //!
@@ -164,9 +165,14 @@ impl Client {
             Self::Http(http) => {
                 let base = args.target.url.trim_end_matches('/');
                 let body = json!({"action": args.action, "payload": payload});
+                let one_request = !args.two_requests && args.poll_us.is_none();
+                let submit = match one_request {
+                    true => format!("{base}/v1/tasks?wait_ms=10000"),
+                    false => format!("{base}/v1/tasks"),
+                };
                 let t = Instant::now();
                 let answer: Value = http
-                    .post(format!("{base}/v1/tasks"))
+                    .post(submit)
                     .json(&body)
                     .send()
                     .await?
@@ -177,7 +183,14 @@ impl Client {
                 let id: Uuid = answer["id"]
                     .as_str()
                     .and_then(|s| s.parse().ok())
-                    .context("no task id in the 202")?;
+                    .context("no task id in the answer")?;
+                if one_request && is_final(&answer) {
+                    return Ok(One {
+                        id,
+                        done: accepted,
+                        accepted: None,
+                    });
+                }
                 let url = match args.poll_us {
                     Some(_) => format!("{base}/v1/tasks/{id}"),
                     None => format!("{base}/v1/tasks/{id}?wait_ms=10000"),
@@ -185,10 +198,7 @@ impl Client {
                 let deadline = t + Duration::from_secs(30);
                 loop {
                     let task: Value = http.get(&url).send().await?.json().await?;
-                    if matches!(
-                        task["state"].as_str(),
-                        Some("succeeded" | "failed" | "dead" | "cancelled")
-                    ) {
+                    if is_final(&task) {
                         break;
                     }
                     if Instant::now() > deadline {
@@ -201,7 +211,7 @@ impl Client {
                 Ok(One {
                     id,
                     done: t.elapsed(),
-                    accepted: Some(accepted),
+                    accepted: (!one_request).then_some(accepted),
                 })
             }
             Self::Zmq(socket) => {
@@ -233,4 +243,12 @@ impl Client {
             }
         }
     }
+}
+
+/// Whether a task as the API shows it is finished.
+fn is_final(task: &Value) -> bool {
+    matches!(
+        task["state"].as_str(),
+        Some("succeeded" | "failed" | "dead" | "cancelled")
+    )
 }

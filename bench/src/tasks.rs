@@ -45,17 +45,21 @@ pub struct Args {
     /// submit → done latency as the client sees it, p50 and p99.
     #[arg(long)]
     pub(crate) one_at_a_time: bool,
-    /// With `--one-at-a-time`: over HTTP (submit, then poll the task until
-    /// it is final) or over the ZeroMQ edge's `task` request (which answers
-    /// when the task is done).
+    /// With `--one-at-a-time`: over HTTP (`POST /v1/tasks?wait_ms=`, which
+    /// answers with the task once it is done) or over the ZeroMQ edge's
+    /// `task` request (which answers when the task is done).
     #[arg(long, value_enum, default_value = "http")]
     pub(crate) via: Via,
     /// The ZeroMQ edge's request socket (for `--via zmq`).
     #[arg(long, default_value = "tcp://127.0.0.1:5555")]
     pub(crate) zmq_url: String,
-    /// With `--one-at-a-time --via http`: poll the task with plain GETs
-    /// this many microseconds apart, instead of one `GET ?wait_ms=` that
-    /// the API answers once the task is done.
+    /// With `--one-at-a-time --via http`: submit (the 202), then one
+    /// `GET /v1/tasks/{id}?wait_ms=` that answers once the task is done.
+    /// Reports the 202 alone too.
+    #[arg(long, conflicts_with = "poll_us")]
+    pub(crate) two_requests: bool,
+    /// With `--one-at-a-time --via http`: submit, then plain GETs this many
+    /// microseconds apart until the task is done. Reports the 202 alone too.
     #[arg(long, value_name = "MICROSECONDS")]
     pub(crate) poll_us: Option<u64>,
 }
