@@ -74,6 +74,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "history_retention",
         include_str!("../../../migrations/0014_history_retention.sql"),
     ),
+    (
+        15,
+        "history_per_batch",
+        include_str!("../../../migrations/0015_history_per_batch.sql"),
+    ),
 ];
 
 /// Arbitrary constant: the advisory lock that serialises concurrent runners

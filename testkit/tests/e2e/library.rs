@@ -868,6 +868,161 @@ async fn a_duplicated_renewal_message_applies_once() {
     );
 }
 
+/// Each batch writes the history of exactly the operations it settled,
+/// in one statement: a row per settled operation whose columns are the
+/// operation's own (and its loan's copy), none for a request repeated in
+/// the batch, a replay, a reused key, an unknown patron or title, or an
+/// operation settled before; and the per-minute counters see each once.
+/// Driven through the store directly (no workers), singles and batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_writes_one_history_row_per_operation_it_settled() {
+    use bibliomq_core::library::{
+        Rules,
+        message::OperationKind,
+        store::{self, LoanItem, PendingRequest},
+    };
+    let app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
+    app.seed(0, 20).await;
+    let settings = app.env.settings();
+    let rules = Rules::from_settings(&settings.library);
+    let pool = bibliomq_core::db::pool(&settings.database).unwrap();
+    let client = pool.get().await.unwrap();
+    let now = chrono::Utc::now();
+    let due = rules.due_for_loan(now);
+    let item = |key: &str, isbn: &str, patron: &str| LoanItem {
+        op: uuid::Uuid::now_v7(),
+        key: key.into(),
+        fingerprint: format!("{isbn}|{patron}"),
+        isbn: isbn.into(),
+        patron: patron.into(),
+        branch: "central".into(),
+        correlation_id: "history-test".into(),
+    };
+    let lent = item("k-lent", QUIJOTE, "ana");
+    let items = vec![
+        lent.clone(),
+        lent.clone(),
+        LoanItem {
+            op: uuid::Uuid::now_v7(),
+            ..lent.clone()
+        },
+        LoanItem {
+            op: uuid::Uuid::now_v7(),
+            fingerprint: "another request".into(),
+            ..lent.clone()
+        },
+        item("k-nobody", QUIJOTE, "nobody-at-all"),
+        item("k-no-title", "9780000000002", "ana"),
+        item("k-sombra", SOMBRA, "jorge"),
+    ];
+    let answers = store::apply_loans(&client, &items, now, due, rules.max_loans)
+        .await
+        .unwrap();
+    let loaned = |i: usize| match &answers[i] {
+        bibliomq_core::library::outcome::LoanOutcome::Loaned { loan, replayed } => {
+            Some((loan.id, *replayed))
+        }
+        _ => None,
+    };
+    let (quijote_loan, false) = loaned(0).unwrap() else {
+        panic!("{answers:?}")
+    };
+    assert_eq!(loaned(1), Some((quijote_loan, true)), "{answers:?}");
+    assert_eq!(loaned(2), Some((quijote_loan, true)), "{answers:?}");
+    assert!(loaned(3).is_none() && loaned(4).is_none() && loaned(5).is_none());
+    let (sombra_loan, false) = loaned(6).unwrap() else {
+        panic!("{answers:?}")
+    };
+    // A redelivered request (same operation, in a batch of its own): a
+    // replay, no second row.
+    store::apply_loan(&**client, &lent, now, due, rules.max_loans)
+        .await
+        .unwrap();
+
+    // A renewal settled in a batch (named twice, and beside an unknown
+    // operation), then asked again; a return settled alone.
+    let pending = |kind, loan_id| PendingRequest {
+        id: uuid::Uuid::now_v7(),
+        kind,
+        loan_id: Some(loan_id),
+        isbn: None,
+        patron: None,
+        branch: "central".into(),
+        requested_at: now,
+        correlation_id: "history-test".into(),
+    };
+    let renewal = pending(OperationKind::Renewal, quijote_loan);
+    let giving_back = pending(OperationKind::Return, sombra_loan);
+    store::record_requests(&client, &[renewal.clone(), giving_back.clone()])
+        .await
+        .unwrap();
+    let renewed = store::apply_renewals(
+        &client,
+        &[renewal.id, renewal.id, uuid::Uuid::now_v7()],
+        now,
+        &rules,
+    )
+    .await
+    .unwrap();
+    assert!(renewed[0].is_some(), "{renewed:?}");
+    let again = store::apply_renewal(&**client, renewal.id, now, &rules)
+        .await
+        .unwrap();
+    assert!(again.is_none(), "settled twice: {again:?}");
+    let returned = store::apply_return(&**client, giving_back.id, now)
+        .await
+        .unwrap();
+    assert!(returned.is_some());
+
+    // Four settled operations (two loans, a renewal, a return), a row
+    // each, and each row is its operation.
+    assert_eq!(
+        app.count("SELECT count(*) FROM circulation_history").await,
+        4
+    );
+    let matching = app
+        .count(
+            "SELECT count(*) FROM circulation_history h
+               JOIN operations o ON o.id = h.operation_id
+               LEFT JOIN loans l ON l.id = o.loan_id
+              WHERE (h.at, h.kind, h.outcome, h.reason, h.loan_id, h.copy_id, h.isbn,
+                     h.patron_id, h.branch, h.details)
+                    IS NOT DISTINCT FROM
+                    (o.settled_at, o.kind, o.state, o.reason, o.loan_id, l.copy_id, o.isbn,
+                     o.patron_id, o.branch, o.outcome)
+                AND h.copy_id IS NOT NULL",
+        )
+        .await;
+    assert_eq!(matching, 4);
+    assert_eq!(
+        app.count(
+            "SELECT count(DISTINCT operation_id) FROM circulation_history
+              WHERE kind = 'loan' AND operation_id = ANY(ARRAY[
+                    (SELECT id FROM operations WHERE idempotency_key = 'k-lent'),
+                    (SELECT id FROM operations WHERE idempotency_key = 'k-sombra')])"
+        )
+        .await,
+        2
+    );
+    let counted = app
+        .count(
+            "SELECT coalesce(sum(loan_applied + renewal_applied + return_applied
+                                 + loan_rejected + renewal_rejected + return_rejected), 0)
+               FROM (SELECT * FROM circulation_minutes
+                     UNION ALL SELECT * FROM circulation_minute_deltas) m",
+        )
+        .await;
+    assert_eq!(counted, 4);
+    // One history statement per batch that settled something: the loan
+    // batch, the renewal batch and the return (a batch of one) each left
+    // one delta row (no worker runs here to fold them); the replays none.
+    assert_eq!(
+        app.count("SELECT count(*) FROM circulation_minute_deltas")
+            .await,
+        3
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_history_is_append_only() {
     let app = spawn_app().await;

@@ -2,10 +2,10 @@
 //! circulation functions that settle loans, renewals and returns (one at a
 //! time, or a batch in one transaction).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::{GenericClient, Row, types::Json};
+use tokio_postgres::{GenericClient, Row, ToStatement, types::Json};
 use uuid::Uuid;
 
 use super::OpenLoan;
@@ -28,7 +28,15 @@ pub async fn delete_pending(
     Ok(())
 }
 
-/// Runs `library_loan`: the whole loan in one transaction (the batch's
+/// The batch functions: every settlement goes through one, which also
+/// writes the history of what it settled (`migrations/0015_history_per_batch.sql`).
+const LOAN_BATCH: &str =
+    "SELECT op, outcome FROM library_loan_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+const RENEW_BATCH: &str =
+    "SELECT op, outcome FROM library_renew_batch($1, $2, $3::bigint * interval '1 second', $4)";
+const RETURN_BATCH: &str = "SELECT op, outcome FROM library_return_batch($1, $2)";
+
+/// One loan in its own transaction, as a batch of one (the batch's
 /// fallback when batches meet each other).
 pub async fn apply_loan(
     db: &impl GenericClient,
@@ -37,24 +45,16 @@ pub async fn apply_loan(
     due: DateTime<Utc>,
     max_loans: i32,
 ) -> Result<LoanOutcome, tokio_postgres::Error> {
-    let row = db
-        .query_one(
-            "SELECT library_loan($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            &[
-                &item.op,
-                &item.key,
-                &item.fingerprint,
-                &item.isbn,
-                &item.patron,
-                &item.branch,
-                &now,
-                &due,
-                &max_loans,
-                &item.correlation_id,
-            ],
-        )
-        .await?;
-    Ok(row.try_get::<_, Json<LoanOutcome>>(0)?.0)
+    let answers = loans(
+        db,
+        LOAN_BATCH,
+        std::slice::from_ref(item),
+        now,
+        due,
+        max_loans,
+    )
+    .await?;
+    Ok(answers.into_iter().next().unwrap_or(LoanOutcome::Error))
 }
 
 /// Settles a pending renewal; `None` when it was settled already (a duplicate).
@@ -64,14 +64,8 @@ pub async fn apply_renewal(
     now: DateTime<Utc>,
     rules: &Rules,
 ) -> Result<Option<Settlement>, tokio_postgres::Error> {
-    let extension = rules.renewal_extension.num_seconds();
-    let row = db
-        .query_one(
-            "SELECT library_renew($1, $2, $3::bigint * interval '1 second', $4)",
-            &[&op, &now, &extension, &rules.max_renewals],
-        )
-        .await?;
-    Ok(row.try_get::<_, Option<Json<Settlement>>>(0)?.map(|j| j.0))
+    let answers = renewals(db, RENEW_BATCH, &[op], now, rules).await?;
+    Ok(answers.into_iter().next().flatten())
 }
 
 /// Settles a pending return; `None` when it was settled already (a duplicate).
@@ -80,10 +74,8 @@ pub async fn apply_return(
     op: Uuid,
     now: DateTime<Utc>,
 ) -> Result<Option<Settlement>, tokio_postgres::Error> {
-    let row = db
-        .query_one("SELECT library_return($1, $2)", &[&op, &now])
-        .await?;
-    Ok(row.try_get::<_, Option<Json<Settlement>>>(0)?.map(|j| j.0))
+    let answers = returns(db, RETURN_BATCH, &[op], now).await?;
+    Ok(answers.into_iter().next().flatten())
 }
 
 /// One loan request, as the batch function takes it.
@@ -107,6 +99,18 @@ pub async fn apply_loans(
     due: DateTime<Utc>,
     max_loans: i32,
 ) -> Result<Vec<LoanOutcome>, tokio_postgres::Error> {
+    let statement = db.prepare_cached(LOAN_BATCH).await?;
+    loans(&***db, &statement, items, now, due, max_loans).await
+}
+
+async fn loans<S: ToStatement + Sync + Send + ?Sized>(
+    db: &impl GenericClient,
+    statement: &S,
+    items: &[LoanItem],
+    now: DateTime<Utc>,
+    due: DateTime<Utc>,
+    max_loans: i32,
+) -> Result<Vec<LoanOutcome>, tokio_postgres::Error> {
     let ops: Vec<Uuid> = items.iter().map(|i| i.op).collect();
     let keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
     let fingerprints: Vec<&str> = items.iter().map(|i| i.fingerprint.as_str()).collect();
@@ -114,14 +118,9 @@ pub async fn apply_loans(
     let patrons: Vec<&str> = items.iter().map(|i| i.patron.as_str()).collect();
     let branches: Vec<&str> = items.iter().map(|i| i.branch.as_str()).collect();
     let correlations: Vec<&str> = items.iter().map(|i| i.correlation_id.as_str()).collect();
-    let statement = db
-        .prepare_cached(
-            "SELECT op, outcome FROM library_loan_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .await?;
     let rows = db
         .query(
-            &statement,
+            statement,
             &[
                 &ops,
                 &keys,
@@ -136,16 +135,28 @@ pub async fn apply_loans(
             ],
         )
         .await?;
-    let mut by_op = HashMap::with_capacity(rows.len());
+    // The rows come in the order the function took the items (by patron);
+    // an operation named twice (a redelivery beside its first delivery)
+    // has a row each, in the order of `items`: the first settled, the
+    // second a replay.
+    let mut by_op: HashMap<Uuid, VecDeque<LoanOutcome>> = HashMap::with_capacity(rows.len());
     for r in &rows {
         let Json(outcome) = r.try_get::<_, Json<LoanOutcome>>(1)?;
-        by_op.insert(r.try_get::<_, Uuid>(0)?, outcome);
+        by_op
+            .entry(r.try_get::<_, Uuid>(0)?)
+            .or_default()
+            .push_back(outcome);
     }
     // Every item has its row; one missing would be our bug, answered as an
     // error the caller may retry rather than as a loan.
     Ok(ops
         .iter()
-        .map(|op| by_op.remove(op).unwrap_or(LoanOutcome::Error))
+        .map(|op| {
+            by_op
+                .get_mut(op)
+                .and_then(VecDeque::pop_front)
+                .unwrap_or(LoanOutcome::Error)
+        })
         .collect())
 }
 
@@ -157,14 +168,20 @@ pub async fn apply_renewals(
     now: DateTime<Utc>,
     rules: &Rules,
 ) -> Result<Vec<Option<Settlement>>, tokio_postgres::Error> {
+    let statement = db.prepare_cached(RENEW_BATCH).await?;
+    renewals(&***db, &statement, ops, now, rules).await
+}
+
+async fn renewals<S: ToStatement + Sync + Send + ?Sized>(
+    db: &impl GenericClient,
+    statement: &S,
+    ops: &[Uuid],
+    now: DateTime<Utc>,
+    rules: &Rules,
+) -> Result<Vec<Option<Settlement>>, tokio_postgres::Error> {
     let extension = rules.renewal_extension.num_seconds();
-    let statement = db
-        .prepare_cached(
-            "SELECT op, outcome FROM library_renew_batch($1, $2, $3::bigint * interval '1 second', $4)",
-        )
-        .await?;
     let rows = db
-        .query(&statement, &[&ops, &now, &extension, &rules.max_renewals])
+        .query(statement, &[&ops, &now, &extension, &rules.max_renewals])
         .await?;
     in_order(ops, &rows)
 }
@@ -175,10 +192,17 @@ pub async fn apply_returns(
     ops: &[Uuid],
     now: DateTime<Utc>,
 ) -> Result<Vec<Option<Settlement>>, tokio_postgres::Error> {
-    let statement = db
-        .prepare_cached("SELECT op, outcome FROM library_return_batch($1, $2)")
-        .await?;
-    let rows = db.query(&statement, &[&ops, &now]).await?;
+    let statement = db.prepare_cached(RETURN_BATCH).await?;
+    returns(&***db, &statement, ops, now).await
+}
+
+async fn returns<S: ToStatement + Sync + Send + ?Sized>(
+    db: &impl GenericClient,
+    statement: &S,
+    ops: &[Uuid],
+    now: DateTime<Utc>,
+) -> Result<Vec<Option<Settlement>>, tokio_postgres::Error> {
+    let rows = db.query(statement, &[&ops, &now]).await?;
     in_order(ops, &rows)
 }
 
