@@ -79,6 +79,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "history_per_batch",
         include_str!("../../../migrations/0015_history_per_batch.sql"),
     ),
+    (
+        16,
+        "hot_settles",
+        include_str!("../../../migrations/0016_hot_settles.sql"),
+    ),
 ];
 
 /// Arbitrary constant: the advisory lock that serialises concurrent runners

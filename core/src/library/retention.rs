@@ -163,12 +163,16 @@ async fn batch(pool: &Pool, step: &Step, cutoff: DateTime<Utc>) -> anyhow::Resul
                             WHERE at < $1 AND patron_id IS NOT NULL
                             ORDER BY at LIMIT $2)"
         }
+        // Walks `requested_at` (never later than `settled_at`, and never
+        // changed, so settling stays a HOT update: migration 0016); only
+        // settled operations are anonymised.
         Step::AnonymiseOperations => {
             "UPDATE operations
                 SET patron_id = NULL, outcome = library_without_patron(outcome)
               WHERE id IN (SELECT id FROM operations
-                            WHERE settled_at < $1 AND patron_id IS NOT NULL
-                            ORDER BY settled_at LIMIT $2
+                            WHERE requested_at < $1 AND settled_at < $1
+                              AND patron_id IS NOT NULL
+                            ORDER BY requested_at LIMIT $2
                               FOR UPDATE SKIP LOCKED)"
         }
     };

@@ -89,8 +89,11 @@ async fn a_history_pass_deletes_old_rows_anonymises_older_than_n_days_and_keeps_
     assert_eq!(status, 201, "{new_loan}");
     let new_op = new_loan["loan"]["id"].as_str().unwrap().to_owned();
     let db = app.env.db().await;
+    // A loan is requested and settled at once: both times move back.
     db.execute(
-        "UPDATE operations SET settled_at = now() - interval '40 days' WHERE id = $1::text::uuid",
+        "UPDATE operations SET requested_at = now() - interval '40 days',
+                               settled_at = now() - interval '40 days'
+          WHERE id = $1::text::uuid",
         &[&old_op],
     )
     .await

@@ -1023,6 +1023,45 @@ async fn a_batch_writes_one_history_row_per_operation_it_settled() {
     );
 }
 
+/// Settling a renewal or a return changes its operation's `state`,
+/// `reason`, `outcome` and `settled_at`; no index of `operations` may name
+/// them (as a key, an expression or in its predicate), or no settle could
+/// be a heap-only update (migration 0016).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_index_of_operations_names_a_column_the_settle_changes() {
+    let app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
+    let db = app.env.db().await;
+    let rows = db
+        .query(
+            "SELECT c.relname, a.attname
+               FROM pg_index i
+               JOIN pg_class c ON c.oid = i.indexrelid
+               JOIN pg_attribute a ON a.attrelid = i.indrelid
+              WHERE i.indrelid = 'operations'::regclass
+                AND a.attname IN ('state', 'reason', 'outcome', 'settled_at')
+                AND (a.attnum = ANY(i.indkey)
+                     OR coalesce(pg_get_expr(i.indpred, i.indrelid), '')
+                        ~ ('\\m' || a.attname || '\\M')
+                     OR coalesce(pg_get_expr(i.indexprs, i.indrelid), '')
+                        ~ ('\\m' || a.attname || '\\M'))",
+            &[],
+        )
+        .await
+        .unwrap();
+    let named: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert!(
+        named.is_empty(),
+        "indexes naming settled columns: {named:?}"
+    );
+    let indexes = app
+        .count("SELECT count(*) FROM pg_index WHERE indrelid = 'operations'::regclass")
+        .await;
+    assert!(
+        indexes >= 3,
+        "the check saw the table's indexes ({indexes})"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_history_is_append_only() {
     let app = spawn_app().await;
