@@ -37,6 +37,12 @@ END $$;
 -- The history rows of `p_ops`, settled operations all, in one statement
 -- (none for an empty list: not even the counting trigger runs). PL/pgSQL
 -- rather than SQL, so its plan is kept per connection.
+--
+-- Rows by id are found one by one through the primary key (a LATERAL
+-- subquery with LIMIT 1, which the planner cannot turn into a scan of the
+-- table), never with `id = ANY(array)`: a plan kept from when the table was
+-- small or never analyzed would scan it whole for every batch as it grows
+-- (seen: 2.7 ms a batch, for one to ten rows).
 CREATE FUNCTION library_record_history(p_ops uuid[]) RETURNS void
     LANGUAGE plpgsql AS $$
 BEGIN
@@ -45,8 +51,10 @@ BEGIN
                                          copy_id, isbn, patron_id, branch, details)
         SELECT o.settled_at, o.id, o.kind, o.state, o.reason, o.loan_id, l.copy_id, o.isbn,
                o.patron_id, o.branch, o.outcome
-          FROM operations o LEFT JOIN loans l ON l.id = o.loan_id
-         WHERE o.id = ANY(p_ops)
+          FROM (SELECT DISTINCT x.id FROM unnest(p_ops) AS x(id)) AS u
+         CROSS JOIN LATERAL (SELECT * FROM operations WHERE id = u.id LIMIT 1) AS o
+          LEFT JOIN LATERAL (SELECT copy_id FROM loans WHERE id = o.loan_id LIMIT 1) AS l
+               ON true
          ORDER BY o.id;
     END IF;
 END $$;
@@ -64,7 +72,8 @@ DECLARE
     v_existing uuid[];
 BEGIN
     SELECT coalesce(array_agg(o.id), '{}') INTO v_existing
-      FROM operations o WHERE o.id = ANY(p_ops);
+      FROM unnest(p_ops) AS u(id)
+     CROSS JOIN LATERAL (SELECT id FROM operations WHERE id = u.id LIMIT 1) AS o;
     FOR i IN SELECT s.i FROM generate_subscripts(p_ops, 1) AS s(i)
               ORDER BY p_patrons[s.i], s.i LOOP
         op := p_ops[i];
@@ -77,7 +86,8 @@ BEGIN
 END $$;
 
 -- Renewals and returns: settled by this call when their function answered
--- (it answers NULL for an operation no longer pending).
+-- (it answers NULL for an operation no longer pending). The operations are
+-- found through the primary key, each once, as above.
 CREATE OR REPLACE FUNCTION library_renew_batch(
     p_ops uuid[], p_now timestamptz, p_extension interval, p_max_renewals integer
 ) RETURNS TABLE (op uuid, outcome jsonb) LANGUAGE plpgsql AS $$
@@ -85,7 +95,10 @@ DECLARE
     v_op      uuid;
     v_settled uuid[] := '{}';
 BEGIN
-    FOR v_op IN SELECT o.id FROM operations o WHERE o.id = ANY(p_ops)
+    FOR v_op IN SELECT o.id
+                  FROM (SELECT DISTINCT x.id FROM unnest(p_ops) AS x(id)) AS u
+                 CROSS JOIN LATERAL (SELECT id, loan_id FROM operations
+                                      WHERE id = u.id LIMIT 1) AS o
                  ORDER BY o.loan_id, o.id LOOP
         op := v_op;
         outcome := library_renew(v_op, p_now, p_extension, p_max_renewals);
@@ -103,7 +116,10 @@ DECLARE
     v_op      uuid;
     v_settled uuid[] := '{}';
 BEGIN
-    FOR v_op IN SELECT o.id FROM operations o WHERE o.id = ANY(p_ops)
+    FOR v_op IN SELECT o.id
+                  FROM (SELECT DISTINCT x.id FROM unnest(p_ops) AS x(id)) AS u
+                 CROSS JOIN LATERAL (SELECT id, loan_id FROM operations
+                                      WHERE id = u.id LIMIT 1) AS o
                  ORDER BY o.loan_id, o.id LOOP
         op := v_op;
         outcome := library_return(v_op, p_now);

@@ -261,7 +261,10 @@ pub async fn record_requests(
                   LEFT JOIN LATERAL (
                        SELECT l.id, c.isbn, l.patron_id, l.due_at
                          FROM loans l JOIN copies c ON c.id = l.copy_id
-                        WHERE l.id = u.loan AND l.returned_at IS NULL) by_id ON true
+                        WHERE l.id = u.loan AND l.returned_at IS NULL
+                        -- One row at most (the primary key); LIMIT keeps it a
+                        -- look-up per request, whatever the statistics say.
+                        LIMIT 1) by_id ON true
                   LEFT JOIN LATERAL (
                        SELECT l.id, c.isbn, l.patron_id, l.due_at
                          FROM loans l JOIN copies c ON c.id = l.copy_id
