@@ -70,6 +70,8 @@ struct Inner {
     dead_letters: tokio::sync::Mutex<()>,
     /// Key look-ups and per-key budgets.
     gate: crate::auth::Gate,
+    /// Word of finished tasks, for those waiting on them.
+    wakeups: crate::tasks::wakeups::Wakeups,
 }
 
 impl Commands {
@@ -84,6 +86,7 @@ impl Commands {
         let task_inserts = tasks::inserter(pool.clone());
         let request_inserts = library::request_inserter(pool.clone());
         let rpc = RpcClient::new(publisher.broker().clone(), settings.amqp.confirm_timeout);
+        let wakeups = crate::tasks::wakeups::Wakeups::new(&settings.database.url);
         let gate = crate::auth::Gate::new(
             settings.auth.cache_ttl,
             settings.auth.rate_per_sec,
@@ -106,6 +109,7 @@ impl Commands {
                 task_inserts,
                 request_inserts,
                 dead_letters: tokio::sync::Mutex::new(()),
+                wakeups,
             }),
         }
     }

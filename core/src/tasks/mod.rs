@@ -11,6 +11,7 @@ pub mod retention;
 mod run;
 pub mod state;
 pub mod store;
+pub mod wakeups;
 
 use std::{fmt, str::FromStr, time::Duration};
 

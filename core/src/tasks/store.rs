@@ -619,7 +619,10 @@ async fn write_outcomes(
 }
 
 /// The outcome columns every finishing write sets, from `u` (the
-/// outcomes unnested).
+/// outcomes unnested). The tasks it changed are named in a `NOTIFY` on
+/// [`super::wakeups::CHANNEL`], sent when the write commits (an empty
+/// payload past [`super::wakeups::NAMED_MAX`] tasks); nothing is sent when
+/// it changed none. The notification's column comes last in each row.
 macro_rules! outcome_sql {
     ($set_more:literal, $where:literal, $returning:literal) => {
         concat!(
@@ -627,7 +630,7 @@ macro_rules! outcome_sql {
                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                                      $6::text[], $7::text[], $8::int8[], $9::text[], $10::text[])
                     AS u(id, state, error, text, content_type, bucket, key, size, sha256, code)
-             )
+             ), w AS (
              UPDATE tasks t SET
                 state = u.state,
                 error = CASE WHEN u.state = 'succeeded' THEN NULL ELSE u.error END,
@@ -649,7 +652,15 @@ macro_rules! outcome_sql {
             $where,
             "
              RETURNING ",
-            $returning
+            $returning,
+            "
+             )
+             SELECT w.*, (SELECT pg_notify('bibliomq_tasks_finished',
+                                 CASE WHEN count(*) <= 100
+                                      THEN coalesce(string_agg(w.id::text, ','), '')
+                                      ELSE '' END)
+                            FROM w)
+               FROM w"
         )
     };
 }
@@ -838,4 +849,20 @@ pub async fn count_by_state(
         )
         .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tasks::wakeups::{CHANNEL, NAMED_MAX};
+
+    /// The outcome writes are literals (`concat!`): they must name the
+    /// channel the waiters listen on, and the limit they expect.
+    #[test]
+    fn the_outcome_writes_notify_the_waiters_channel() {
+        for sql in [FINISH, CLAIM_AND_FINISH] {
+            assert!(sql.contains(&format!("pg_notify('{CHANNEL}'")), "{sql}");
+            assert!(sql.contains(&format!("count(*) <= {NAMED_MAX}")), "{sql}");
+        }
+    }
 }

@@ -1,7 +1,11 @@
 //! The task pipeline: submit over HTTP, run on a worker, follow and fetch.
 
 use bibliomq_core::broker::topology;
-use bibliomq_testkit::{TestApp, TestEnv, rabbit, spawn_app};
+use bibliomq_testkit::{
+    TestApp, TestEnv,
+    app::{DEADLINE, wait_until},
+    rabbit, spawn_app,
+};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -486,6 +490,97 @@ async fn a_submit_with_wait_ms_answers_with_the_finished_task() {
     assert_eq!(status, 400, "{answer}");
     assert_eq!(answer["error"]["code"], "invalid_query", "{answer}");
     assert_eq!(app.count("SELECT count(*) FROM tasks").await, before);
+}
+
+/// The workers' outcome write names the task in a `NOTIFY` when it
+/// commits, which is what waiters listen for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finishing_a_task_notifies_the_waiters_channel_with_its_id() {
+    use futures::StreamExt;
+    use tokio_postgres::AsyncMessage;
+    let app = spawn_app().await;
+    let (client, mut connection) =
+        tokio_postgres::connect(&app.env.settings().database.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let AsyncMessage::Notification(n) = message {
+                let _ = tx.send((n.channel().to_owned(), n.payload().to_owned()));
+            }
+        }
+    });
+    client
+        .batch_execute(&format!(
+            "LISTEN {}",
+            bibliomq_core::tasks::wakeups::CHANNEL
+        ))
+        .await
+        .unwrap();
+    let id = app.submit("upper", json!("hola")).await;
+    let heard = tokio::time::timeout(DEADLINE, async {
+        while let Some((channel, payload)) = rx.recv().await {
+            if payload.split(',').any(|p| p == id.to_string()) {
+                return Some(channel);
+            }
+        }
+        None
+    })
+    .await
+    .expect("no notification named the task");
+    assert_eq!(
+        heard.as_deref(),
+        Some(bibliomq_core::tasks::wakeups::CHANNEL)
+    );
+    let (_, task) = app.get_json(&format!("/v1/tasks/{id}")).await;
+    assert_eq!(
+        task["state"], "succeeded",
+        "notified before the commit: {task}"
+    );
+}
+
+/// The API's listening connection is opened by the first wait and opened
+/// again after it breaks; waits answer all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wait_listener_comes_back_after_its_connection_is_killed() {
+    let app = spawn_app().await;
+    let body = json!({"action": "upper", "payload": "uno"});
+    let (status, task) = app.post("/v1/tasks?wait_ms=20000", &body).await;
+    assert_eq!(status, 200, "{task}");
+    let db = app.env.db().await;
+    let listeners = "SELECT pid FROM pg_stat_activity
+                      WHERE application_name = 'bibliomq-wakeups' AND datname = current_database()";
+    let first: i32 = wait_until(DEADLINE, || async {
+        db.query_opt(listeners, &[])
+            .await
+            .unwrap()
+            .map(|r| r.get(0))
+    })
+    .await
+    .expect("the first wait opened no listening connection");
+    db.execute("SELECT pg_terminate_backend($1)", &[&first])
+        .await
+        .unwrap();
+    let second: i32 = wait_until(DEADLINE, || async {
+        db.query_opt(listeners, &[])
+            .await
+            .unwrap()
+            .map(|r| r.get(0))
+            .filter(|pid: &i32| *pid != first)
+    })
+    .await
+    .expect("the listening connection was not opened again");
+    assert_ne!(first, second);
+    let (status, task) = app
+        .post(
+            "/v1/tasks?wait_ms=20000",
+            &json!({"action": "upper", "payload": "dos"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{task}");
+    assert_eq!(task["result"], "DOS");
 }
 
 /// A wait longer than the server's request time limit ends a second before

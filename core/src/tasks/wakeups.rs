@@ -1,0 +1,197 @@
+//! Word that tasks finished, for those waiting on them (`GET
+//! /v1/tasks/{id}?wait_ms=`, `POST /v1/tasks?wait_ms=`, the edge's `task`
+//! request): the workers' outcome writes end with a `NOTIFY` on
+//! [`CHANNEL`] naming the tasks they finished (or nobody in particular,
+//! for a large batch), sent by PostgreSQL when that write commits. A
+//! waiter then reads its task at once instead of at its next poll.
+//!
+//! A wake-up is a hint, never the record: waiters still read the row, and
+//! still poll on their own schedule, so a notification lost (the listening
+//! connection down, a restart, a failover) costs latency only. The
+//! listening connection is opened when a process first waits, follows the
+//! database URL (the primary, for a cluster's multi-host URL), and is
+//! opened again after it breaks.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::StreamExt;
+use tokio::sync::{Mutex, broadcast};
+use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// The channel the outcome writes notify.
+pub const CHANNEL: &str = "bibliomq_tasks_finished";
+
+/// The most task ids a notification names; a write that finished more
+/// sends an empty payload, which wakes every waiter. (PostgreSQL takes up
+/// to 8,000 bytes; 100 ids are 3,700.)
+pub const NAMED_MAX: i64 = 100;
+
+/// One notification: the ids it names, or `None` for "any task".
+#[derive(Debug, Clone)]
+pub struct Finished(Option<Arc<[Uuid]>>);
+
+impl Finished {
+    fn parse(payload: &str) -> Self {
+        if payload.is_empty() {
+            return Self(None);
+        }
+        let ids: Option<Vec<Uuid>> = payload.split(',').map(|s| s.parse().ok()).collect();
+        // Unreadable: wake everyone rather than no one.
+        Self(ids.map(Arc::from))
+    }
+
+    /// Whether this may concern `id`.
+    pub fn names(&self, id: Uuid) -> bool {
+        self.0.as_ref().is_none_or(|ids| ids.contains(&id))
+    }
+}
+
+/// The process's listener, started by the first [`Wakeups::subscribe`].
+pub struct Wakeups {
+    database_url: String,
+    sender: Mutex<Option<broadcast::Sender<Finished>>>,
+    /// Whether the listening connection is up (its `LISTEN` done).
+    live: Arc<AtomicBool>,
+    /// Stops the listener when the owner is dropped.
+    stop: CancellationToken,
+}
+
+impl Wakeups {
+    pub fn new(database_url: &str) -> Self {
+        Self {
+            database_url: database_url.to_owned(),
+            sender: Mutex::new(None),
+            live: Arc::new(AtomicBool::new(false)),
+            stop: CancellationToken::new(),
+        }
+    }
+
+    /// Notifications from now on. Subscribe before reading the task, so
+    /// that an outcome committed in between is not missed.
+    pub async fn subscribe(&self) -> broadcast::Receiver<Finished> {
+        let mut sender = self.sender.lock().await;
+        if let Some(tx) = sender.as_ref() {
+            return tx.subscribe();
+        }
+        let (tx, rx) = broadcast::channel(256);
+        tokio::spawn(listen(
+            self.database_url.clone(),
+            tx.clone(),
+            self.live.clone(),
+            self.stop.clone(),
+        ));
+        *sender = Some(tx);
+        rx
+    }
+
+    /// Whether finished tasks are being heard now: waiters may then poll
+    /// less often.
+    pub fn live(&self) -> bool {
+        self.live.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Wakeups {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Waits until `rx` brings word that may concern `id`. Never returns when
+/// the listener is gone: the caller's own timer decides then.
+pub async fn finished(rx: &mut broadcast::Receiver<Finished>, id: Uuid) {
+    loop {
+        match rx.recv().await {
+            Ok(f) if f.names(id) => return,
+            Ok(_) => {}
+            // Missed some: one of them may have been ours.
+            Err(broadcast::error::RecvError::Lagged(_)) => return,
+            Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+        }
+    }
+}
+
+/// Keeps a connection listening on [`CHANNEL`], opening it again after it
+/// breaks, until `stop`.
+async fn listen(
+    url: String,
+    tx: broadcast::Sender<Finished>,
+    live: Arc<AtomicBool>,
+    stop: CancellationToken,
+) {
+    let mut config: tokio_postgres::Config = match url.parse() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "task wake-ups off: the database URL does not parse");
+            return;
+        }
+    };
+    config.connect_timeout(Duration::from_secs(3));
+    config.application_name("bibliomq-wakeups");
+    loop {
+        let session = async {
+            let (client, mut connection) = config.connect(NoTls).await?;
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            let statement = format!("LISTEN {CHANNEL}");
+            let listening = client.batch_execute(&statement);
+            // The connection must be driven for the LISTEN to complete.
+            tokio::pin!(listening);
+            let mut listened = false;
+            loop {
+                tokio::select! {
+                    done = &mut listening, if !listened => {
+                        done?;
+                        listened = true;
+                        live.store(true, Ordering::Relaxed);
+                    }
+                    message = messages.next() => match message {
+                        Some(Ok(AsyncMessage::Notification(n))) => {
+                            let _ = tx.send(Finished::parse(n.payload()));
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => return Err(e),
+                        None => return Ok::<(), tokio_postgres::Error>(()),
+                    },
+                }
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            ended = session => {
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "task wake-up connection ended; opening it again");
+                }
+            }
+        }
+        live.store(false, Ordering::Relaxed);
+        // Whatever finished while it was down: waiters read again.
+        let _ = tx.send(Finished(None));
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payload_names_its_tasks_and_an_empty_or_unreadable_one_names_any() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let named = Finished::parse(&format!("{a},{b}"));
+        assert!(named.names(a) && named.names(b));
+        assert!(!named.names(Uuid::now_v7()));
+        assert!(Finished::parse("").names(a));
+        assert!(Finished::parse("not-an-id").names(a));
+    }
+}
