@@ -1062,6 +1062,75 @@ async fn no_index_of_operations_names_a_column_the_settle_changes() {
     );
 }
 
+/// The batch functions find operations through the primary key whatever
+/// the statistics say: PL/pgSQL keeps a plan made while `operations` was
+/// empty and never analyzed, and an `id = ANY(array)` form kept a scan of
+/// the whole table for every batch as it grew. Here the plans are made on
+/// an empty table (generic, as kept plans are), 20,000 rows arrive with no
+/// ANALYZE, and `auto_explain` (as notices) shows every plan run then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_batch_functions_find_operations_by_key_with_plans_from_an_empty_table() {
+    use futures::StreamExt;
+    let app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
+    let url = app.env.settings().database.url;
+    let admin = app.env.db().await;
+    admin
+        .batch_execute("ALTER TABLE operations SET (autovacuum_enabled = false)")
+        .await
+        .unwrap();
+    let (db, mut connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let heard = notices.clone();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notice(n) = message {
+                heard.lock().unwrap().push(n.message().to_owned());
+            }
+        }
+    });
+    db.batch_execute(
+        "LOAD 'auto_explain';
+         SET auto_explain.log_min_duration = 0;
+         SET auto_explain.log_nested_statements = on;
+         SET auto_explain.log_level = notice;
+         SET plan_cache_mode = force_generic_plan;",
+    )
+    .await
+    .unwrap();
+    let calls = "SELECT * FROM library_renew_batch(ARRAY[gen_random_uuid(), gen_random_uuid()],
+                                                  now(), interval '7 days', 2);
+                 SELECT * FROM library_return_batch(ARRAY[gen_random_uuid()], now());
+                 SELECT * FROM library_loan_batch(ARRAY[gen_random_uuid()], ARRAY['k'],
+                     ARRAY['f'], ARRAY['9788437604947'], ARRAY['nobody'], ARRAY['central'],
+                     now(), now() + interval '14 days', 5, ARRAY['c']);
+                 SELECT library_record_history(ARRAY[gen_random_uuid()]);";
+    db.batch_execute(calls).await.unwrap();
+    admin
+        .batch_execute(
+            "INSERT INTO operations (id, kind, state, branch, requested_at)
+             SELECT gen_random_uuid(), 'renewal', 'pending', 'central', now()
+               FROM generate_series(1, 20000)",
+        )
+        .await
+        .unwrap();
+    notices.lock().unwrap().clear();
+    db.batch_execute(calls).await.unwrap();
+    let plans = notices.lock().unwrap().clone();
+    assert!(
+        plans.iter().filter(|p| p.contains("operations")).count() >= 4,
+        "auto_explain showed the plans: {plans:#?}"
+    );
+    for plan in &plans {
+        assert!(
+            !plan.contains("Seq Scan on operations"),
+            "a scan of operations: {plan}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_history_is_append_only() {
     let app = spawn_app().await;
