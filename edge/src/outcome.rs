@@ -32,33 +32,30 @@ pub enum Progress {
 }
 
 /// Submits a task (validation is the command layer's) and waits up to
-/// `wait` for the outcome.
+/// `wait` for the outcome ([`Commands::submit_and_wait`]).
 pub async fn submit_and_wait(
     commands: &Commands,
     submission: TaskSubmission,
     correlation_id: &str,
     wait: Duration,
 ) -> Result<Progress, CommandError> {
-    let submitted = commands.submit(submission, correlation_id).await?;
-    match commands.wait_for_task(submitted.id, wait).await {
-        Ok(task) if task.state.is_final() => Ok(Progress::Finished(Box::new(task))),
-        Ok(task) => Ok(Progress::Unfinished(TaskProgress {
+    let (submitted, latest) = commands
+        .submit_and_wait(submission, correlation_id, wait)
+        .await?;
+    Ok(match latest {
+        Some(task) if task.state.is_final() => Progress::Finished(Box::new(task)),
+        Some(task) => Progress::Unfinished(TaskProgress {
             id: task.id,
             action: submitted.action,
             state: task.state,
-        })),
-        // The task was accepted and will run; only following it failed. Say
-        // what is certain (it is queued) rather than report an error for
-        // work that is going ahead.
-        Err(e) => {
-            tracing::warn!(error = %e, task_id = %submitted.id, "could not follow the submitted task");
-            Ok(Progress::Unfinished(TaskProgress {
-                id: submitted.id,
-                action: submitted.action,
-                state: submitted.state,
-            }))
-        }
-    }
+        }),
+        // Only following it failed: say what is certain, that it is queued.
+        None => Progress::Unfinished(TaskProgress {
+            id: submitted.id,
+            action: submitted.action,
+            state: submitted.state,
+        }),
+    })
 }
 
 /// The result of a succeeded task as a value, fetched from object storage

@@ -134,27 +134,23 @@ async fn submit(
         run_at: req.run_at,
         delay_ms: req.delay_ms,
     };
-    let submitted = state.commands.submit(submission, &correlation_id).await?;
-    let location = format!("/v1/tasks/{}", submitted.id);
-    // The task is queued whatever happens to the wait: a wait that fails
-    // (PostgreSQL gone meanwhile) answers the 202 as without one, never an
-    // error that would read as "not queued".
-    let finished = match wait {
+    // A wait that fails answers the 202, as without one: the task is
+    // queued all the same (`Commands::submit_and_wait`).
+    let (submitted, latest) = match wait {
         Some(wait) if !wait.is_zero() => {
-            match state
+            let wait = wait.min(longest_wait(&state));
+            state
                 .commands
-                .wait_for_task(submitted.id, wait.min(longest_wait(&state)))
-                .await
-            {
-                Ok(task) => task.state.is_final().then_some(task),
-                Err(e) => {
-                    tracing::debug!(error = %e, "waiting for a submitted task failed; answering 202");
-                    None
-                }
-            }
+                .submit_and_wait(submission, &correlation_id, wait)
+                .await?
         }
-        _ => None,
+        _ => (
+            state.commands.submit(submission, &correlation_id).await?,
+            None,
+        ),
     };
+    let location = format!("/v1/tasks/{}", submitted.id);
+    let finished = latest.filter(|task| task.state.is_final());
     let mut response = match finished {
         Some(task) => (StatusCode::OK, Json(TaskAnswer::from(task))).into_response(),
         None => (StatusCode::ACCEPTED, Json(TaskAccepted::from(&submitted))).into_response(),

@@ -700,6 +700,27 @@ impl Commands {
         crate::broker::events::announce(self.publisher(), event.event.clone(), &event);
     }
 
+    /// Submits a task and waits up to `wait` for it to end: the submitted
+    /// task, and the task as last read (final or not; check `state`).
+    /// Once the task is accepted it runs whatever happens to the wait, so
+    /// a wait that fails is not an error: the record is then `None`, and
+    /// the caller reports the task as accepted.
+    pub async fn submit_and_wait(
+        &self,
+        submission: TaskSubmission,
+        correlation_id: &str,
+        wait: std::time::Duration,
+    ) -> Result<(SubmittedTask, Option<TaskRecord>), CommandError> {
+        let submitted = self.submit(submission, correlation_id).await?;
+        match self.wait_for_task(submitted.id, wait).await {
+            Ok(task) => Ok((submitted, Some(task))),
+            Err(e) => {
+                tracing::warn!(error = %e, task_id = %submitted.id, "could not follow the submitted task");
+                Ok((submitted, None))
+            }
+        }
+    }
+
     /// Waits until the task reaches a final state or `timeout` passes, and
     /// returns the latest record either way (check `state`).
     ///
