@@ -20,14 +20,7 @@ const PRIMARY_CHECK: &str = "SELECT 1 / (NOT pg_is_in_recovery())::int";
 /// Builds a pool. Connections are opened lazily, so this succeeds while the
 /// database is down; the first query then fails fast instead of hanging.
 pub fn pool(settings: &DatabaseSettings) -> anyhow::Result<Pool> {
-    let mut pg: tokio_postgres::Config = settings
-        .url
-        .parse()
-        .context("BIBLIOMQ_DATABASE_URL is not a valid PostgreSQL URL")?;
-    pg.connect_timeout(Duration::from_secs(3));
-    if pg.get_application_name().is_none() {
-        pg.application_name("bibliomq");
-    }
+    let pg = config(&settings.url)?;
     let recycling_method = if pg.get_target_session_attrs() == TargetSessionAttrs::ReadWrite {
         // A cluster behind a multi-host URL: new connections find the
         // primary by themselves, but a connection kept from before a
@@ -52,6 +45,20 @@ pub fn pool(settings: &DatabaseSettings) -> anyhow::Result<Pool> {
         .recycle_timeout(Some(Duration::from_secs(5)))
         .build()
         .context("Failed to build the PostgreSQL pool")
+}
+
+/// The connection settings of `url` (BIBLIOMQ_DATABASE_URL), as every
+/// connection of the process opens them: a short connect timeout, and
+/// `bibliomq` as the application name unless the URL gives one.
+pub fn config(url: &str) -> anyhow::Result<tokio_postgres::Config> {
+    let mut pg: tokio_postgres::Config = url
+        .parse()
+        .context("BIBLIOMQ_DATABASE_URL is not a valid PostgreSQL URL")?;
+    pg.connect_timeout(Duration::from_secs(3));
+    if pg.get_application_name().is_none() {
+        pg.application_name("bibliomq");
+    }
+    Ok(pg)
 }
 
 /// Connects and applies the pending migrations: the `migrate` subcommand.

@@ -127,14 +127,14 @@ async fn listen(
     live: Arc<AtomicBool>,
     stop: CancellationToken,
 ) {
-    let mut config: tokio_postgres::Config = match url.parse() {
+    let mut config = match crate::db::config(&url) {
         Ok(c) => c,
         Err(e) => {
-            tracing::warn!(error = %e, "task wake-ups off: the database URL does not parse");
+            tracing::warn!(error = %e, "task wake-ups off");
             return;
         }
     };
-    config.connect_timeout(Duration::from_secs(3));
+    // Named apart, so it is told from the pool's connections.
     config.application_name("bibliomq-wakeups");
     loop {
         let session = async {
