@@ -1,9 +1,13 @@
 //! Word that tasks finished, for those waiting on them (`GET
 //! /v1/tasks/{id}?wait_ms=`, `POST /v1/tasks?wait_ms=`, the edge's `task`
-//! request): the workers' outcome writes end with a `NOTIFY` on
-//! [`CHANNEL`] naming the tasks they finished (or nobody in particular,
-//! for a large batch), sent by PostgreSQL when that write commits. A
-//! waiter then reads its task at once instead of at its next poll.
+//! request): right behind each outcome write, on the same connection, the
+//! workers send a `NOTIFY` on [`CHANNEL`] naming the tasks of that write
+//! (or nobody in particular, for a large batch). It is a statement of its
+//! own, run once the write has committed: inside the write's transaction
+//! it would hold PostgreSQL's notify lock through the commit, and the
+//! commits of concurrent outcome writes would queue behind each other
+//! (measured: a tenth of the batch path's throughput). A waiter then
+//! reads its task at once instead of at its next poll.
 //!
 //! A wake-up is a hint, never the record: waiters still read the row, and
 //! still poll on their own schedule, so a notification lost (the listening
@@ -29,10 +33,21 @@ use uuid::Uuid;
 /// The channel the outcome writes notify.
 pub const CHANNEL: &str = "bibliomq_tasks_finished";
 
-/// The most task ids a notification names; a write that finished more
-/// sends an empty payload, which wakes every waiter. (PostgreSQL takes up
-/// to 8,000 bytes; 100 ids are 3,700.)
-pub const NAMED_MAX: i64 = 100;
+/// The most task ids a notification names; past it the payload is empty,
+/// which wakes every waiter. (PostgreSQL takes up to 8,000 bytes; 100 ids
+/// are 3,700.)
+pub const NAMED_MAX: usize = 100;
+
+/// The payload that names `ids` (empty past [`NAMED_MAX`]).
+pub fn payload(ids: &[Uuid]) -> String {
+    if ids.len() > NAMED_MAX {
+        return String::new();
+    }
+    ids.iter()
+        .map(Uuid::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
 
 /// One notification: the ids it names, or `None` for "any task".
 #[derive(Debug, Clone)]
@@ -193,5 +208,17 @@ mod tests {
         assert!(!named.names(Uuid::now_v7()));
         assert!(Finished::parse("").names(a));
         assert!(Finished::parse("not-an-id").names(a));
+    }
+
+    #[test]
+    fn a_payload_names_up_to_the_limit_and_wakes_everyone_past_it() {
+        let ids: Vec<Uuid> = (0..NAMED_MAX).map(|_| Uuid::now_v7()).collect();
+        let named_ids = payload(&ids);
+        assert!(named_ids.len() < 8000);
+        let named = Finished::parse(&named_ids);
+        assert!(ids.iter().all(|id| named.names(*id)));
+        assert!(!named.names(Uuid::now_v7()));
+        let many: Vec<Uuid> = (0..=NAMED_MAX).map(|_| Uuid::now_v7()).collect();
+        assert!(Finished::parse(&payload(&many)).names(Uuid::now_v7()));
     }
 }
