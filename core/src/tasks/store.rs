@@ -876,3 +876,20 @@ pub async fn count_by_state(
         .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The waiters' wake-up goes after the outcome writes, never inside
+    /// them: a transaction that notifies holds PostgreSQL's notify lock
+    /// until its commit is flushed, which queues concurrent outcome
+    /// writes behind each other (`write_outcomes`).
+    #[test]
+    fn the_outcome_writes_do_not_notify_inside_their_transaction() {
+        for sql in [FINISH, CLAIM_AND_FINISH, CLAIM] {
+            let sql = sql.to_lowercase();
+            assert!(!sql.contains("notify"), "{sql}");
+        }
+    }
+}
