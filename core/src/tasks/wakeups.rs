@@ -6,8 +6,8 @@
 //! own, run once the write has committed: inside the write's transaction
 //! it would hold PostgreSQL's notify lock through the commit, and the
 //! commits of concurrent outcome writes would queue behind each other
-//! (measured: a tenth of the batch path's throughput). A waiter then
-//! reads its task at once instead of at its next poll.
+//! (the README's "Performance", item 14, has what moving it bought). A
+//! waiter then reads its task at once instead of at its next poll.
 //!
 //! A wake-up is a hint, never the record: waiters still read the row, and
 //! still poll on their own schedule, so a notification lost (the listening
