@@ -245,10 +245,7 @@ impl Client {
     }
 }
 
-/// Whether a task as the API shows it is finished.
+/// Whether a task as the API shows it is finished (the client's rule).
 fn is_final(task: &Value) -> bool {
-    matches!(
-        task["state"].as_str(),
-        Some("succeeded" | "failed" | "dead" | "cancelled")
-    )
+    bibliomq_client::tasks::is_final(task["state"].as_str().unwrap_or_default())
 }
