@@ -653,7 +653,7 @@ async fn write_outcomes(
 }
 
 /// The outcome columns every finishing write sets, from `u` (the
-/// outcomes unnested), and the rows it changed.
+/// outcomes unnested).
 macro_rules! outcome_sql {
     ($set_more:literal, $where:literal, $returning:literal) => {
         concat!(
@@ -661,7 +661,7 @@ macro_rules! outcome_sql {
                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                                      $6::text[], $7::text[], $8::int8[], $9::text[], $10::text[])
                     AS u(id, state, error, text, content_type, bucket, key, size, sha256, code)
-             ), w AS (
+             )
              UPDATE tasks t SET
                 state = u.state,
                 error = CASE WHEN u.state = 'succeeded' THEN NULL ELSE u.error END,
@@ -683,10 +683,7 @@ macro_rules! outcome_sql {
             $where,
             "
              RETURNING ",
-            $returning,
-            "
-             )
-             SELECT * FROM w"
+            $returning
         )
     };
 }
