@@ -30,7 +30,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// The channel the outcome writes notify.
+/// The channel the workers notify on, right after each outcome write.
 pub const CHANNEL: &str = "bibliomq_tasks_finished";
 
 /// The most task ids a notification names; past it the payload is empty,
