@@ -41,6 +41,8 @@ pub enum MessageOutcome {
     Requeued,
     Retried,
     DeadLettered,
+    /// A bundle delivered again and sent on as one message per task.
+    Split,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -66,6 +68,7 @@ impl MessageOutcome {
             Self::Requeued => "requeued",
             Self::Retried => "retried",
             Self::DeadLettered => "dead_lettered",
+            Self::Split => "split",
         }
     }
 }

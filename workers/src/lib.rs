@@ -102,6 +102,7 @@ impl WorkerApp {
             infra.settings.tasks.clone(),
             infra.metrics.clone(),
             in_flight.clone(),
+            usize::from(prefetch),
         ));
         let reaper_stop = CancellationToken::new();
         let cancel_watch = tokio::spawn(cancels::watch(

@@ -15,7 +15,13 @@
 //! - A task a client cancelled is stopped (see [`crate::cancels`]) and
 //!   recorded `cancelled`; a cancelled task delivered later is acked unrun.
 
-use std::sync::Arc;
+use std::{
+    borrow::Cow,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use bibliomq_core::{
     batch::Batcher,
@@ -25,12 +31,13 @@ use bibliomq_core::{
     metrics::{ActionLabels, MessageOutcome, Metrics, TaskLabels},
     storage::{ObjectStore, StorageError},
     tasks::{
-        Action, TIMEOUT_CODE, TaskEvent, TaskMessage, TaskOutput, TaskRequest, TaskState,
+        Action, TIMEOUT_CODE, TaskBundle, TaskEvent, TaskMessage, TaskOutput, TaskRequest,
+        TaskState, is_bundle,
         store::{self, Claim, Finish, FinishedResult},
     },
 };
 use deadpool_postgres::Pool;
-use lapin::{message::Delivery, types::AMQPValue};
+use lapin::{BasicProperties, message::Delivery, types::AMQPValue};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -69,6 +76,8 @@ pub struct TaskWorker {
     quick_finishes: QuickFinishes,
     metrics: Metrics,
     in_flight: InFlight,
+    /// Tasks of bundles running at once in this process.
+    bundled_runs: tokio::sync::Semaphore,
 }
 
 impl TaskWorker {
@@ -79,6 +88,7 @@ impl TaskWorker {
         settings: TaskSettings,
         metrics: Metrics,
         in_flight: InFlight,
+        bundled_runs: usize,
     ) -> Self {
         let claim_pool = pool.clone();
         let claims = Batcher::spawn(
@@ -127,31 +137,137 @@ impl TaskWorker {
             quick_finishes,
             metrics,
             in_flight,
+            bundled_runs: tokio::sync::Semaphore::new(bundled_runs),
         }
     }
 
+    /// A task that came in its own message.
     async fn process(&self, delivery: Delivery, abandon: CancellationToken) {
-        self.metrics
-            .message(topology::TASKS_QUEUE, MessageOutcome::Consumed);
         let attempt = headers::get_u64(&delivery.properties, headers::ATTEMPT).unwrap_or(1);
         let redeliveries =
             headers::get_u64(&delivery.properties, headers::DELIVERY_COUNT).unwrap_or(0);
+        let carrier = Carrier::Own(&delivery);
         let message: TaskMessage = match serde_json::from_slice(&delivery.data) {
             Ok(m) => m,
             Err(e) => {
+                self.metrics
+                    .message(topology::TASKS_QUEUE, MessageOutcome::Consumed);
                 tracing::error!(error = %e, "unreadable task message; dead-lettering it");
-                self.settle(&delivery, Settle::DeadLetter).await;
+                self.settle(&carrier, Settle::DeadLetter).await;
                 return;
             }
         };
+        self.run_task(&carrier, &message, attempt, redeliveries, &abandon)
+            .await;
+    }
 
+    /// A bundle: each of its tasks runs as if it had come alone, and the
+    /// bundle is acked once every outcome is committed, or given back
+    /// whole when a task asked for its message back. Delivered again, it
+    /// is split into one message per task instead (see [`TaskBundle`]).
+    async fn process_bundle(&self, delivery: Delivery, abandon: CancellationToken) {
+        let bundle: TaskBundle = match serde_json::from_slice(&delivery.data) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "unreadable task bundle; dead-lettering it");
+                settle(&delivery, Settle::DeadLetter).await;
+                self.metrics
+                    .message(topology::TASKS_QUEUE, MessageOutcome::DeadLettered);
+                return;
+            }
+        };
+        let redeliveries =
+            headers::get_u64(&delivery.properties, headers::DELIVERY_COUNT).unwrap_or(0);
+        if delivery.redelivered || redeliveries > 0 {
+            self.split(&delivery, &bundle).await;
+            return;
+        }
+        let give_back = GiveBack::default();
+        let runs = bundle.tasks.iter().map(|message| {
+            let carrier = Carrier::Part {
+                properties: &delivery.properties,
+                give_back: &give_back,
+            };
+            let span = tracing::info_span!("task", task_id = %message.id);
+            let abandon = &abandon;
+            async move {
+                // As many bundled tasks run at once as single ones may.
+                let _permit = tokio::select! {
+                    permit = self.bundled_runs.acquire() => permit,
+                    () = abandon.cancelled() => {
+                        self.settle(&carrier, Settle::Requeue).await;
+                        return;
+                    }
+                };
+                // Boxed: a bundle's tasks waiting their turn stay small.
+                Box::pin(self.run_task(&carrier, message, 1, 0, abandon)).await;
+            }
+            .instrument(span)
+        });
+        futures::future::join_all(runs).await;
+        if give_back.0.load(Ordering::Relaxed) {
+            tracing::warn!(tasks = bundle.tasks.len(), "giving the bundle back");
+            settle(&delivery, Settle::Requeue).await;
+        } else {
+            settle(&delivery, Settle::Ack).await;
+        }
+    }
+
+    /// Sends a bundle's tasks on as one message each, then acks the bundle.
+    /// Tasks already finished are acked unrun when they come; a task sent
+    /// twice (the split itself interrupted) runs once, as any duplicate.
+    async fn split(&self, delivery: &Delivery, bundle: &TaskBundle) {
+        let mut messages = Vec::with_capacity(bundle.tasks.len());
+        for message in &bundle.tasks {
+            match serde_json::to_vec(message) {
+                Ok(body) => messages.push((
+                    message.routing_key(),
+                    body,
+                    part_properties(&delivery.properties, message.id),
+                )),
+                Err(e) => {
+                    tracing::error!(error = %e, task_id = %message.id, "cannot write a task's message; the reaper will send it");
+                }
+            }
+        }
+        let published = self
+            .publisher
+            .publish_many(topology::TASKS_EXCHANGE, &messages, true)
+            .await;
+        if let Some(Err(e)) = published.iter().find(|p| p.is_err()) {
+            tracing::error!(error = %e, "cannot split the bundle delivered again; requeueing it");
+            // Not straight away, or a broken broker turns into a hot loop.
+            tokio::time::sleep(self.settings.retry_base).await;
+            settle(delivery, Settle::Requeue).await;
+            return;
+        }
+        tracing::info!(
+            tasks = messages.len(),
+            "a bundle came again: sent on as one message per task"
+        );
+        settle(delivery, Settle::Ack).await;
+        self.metrics
+            .message(topology::TASKS_QUEUE, MessageOutcome::Split);
+    }
+
+    /// Runs one task and settles its carrier.
+    async fn run_task(
+        &self,
+        delivery: &Carrier<'_>,
+        message: &TaskMessage,
+        attempt: u64,
+        redeliveries: u64,
+        abandon: &CancellationToken,
+    ) {
+        self.metrics
+            .message(topology::TASKS_QUEUE, MessageOutcome::Consumed);
         if redeliveries >= u64::from(self.settings.poison_delivery_limit) {
             let error = format!(
                 "delivered {} times without finishing (did it crash its worker?)",
                 redeliveries + 1
             );
             tracing::error!(%error, "poison task");
-            self.give_up(&delivery, &message, error).await;
+            self.give_up(delivery, message, error).await;
             return;
         }
 
@@ -192,7 +308,7 @@ impl TaskWorker {
             () = tokio::time::sleep(QUICK_RUN) => None,
             () = abandon.cancelled() => {
                 tracing::warn!("shutting down mid-task; requeueing it");
-                self.settle(&delivery, Settle::Requeue).await;
+                self.settle(delivery, Settle::Requeue).await;
                 return;
             }
         };
@@ -200,41 +316,41 @@ impl TaskWorker {
             if matches!(&outcome, Ok(o) if o.bytes.len() > self.settings.inline_result_limit) {
                 // A result for object storage: claimed first, as a long
                 // run is, so that a store that fails counts its attempt.
-                let Some(attempts) = self.claim(&delivery, &message, attempt).await else {
+                let Some(attempts) = self.claim(delivery, message, attempt).await else {
                     return;
                 };
-                if let Some(finish) = self.finish_of(&delivery, &message, attempt, outcome).await {
-                    self.complete(&delivery, &message, attempt, attempts, finish)
+                if let Some(finish) = self.finish_of(delivery, message, attempt, outcome).await {
+                    self.complete(delivery, message, attempt, attempts, finish)
                         .await;
                 }
                 return;
             }
-            let Some(finish) = self.finish_of(&delivery, &message, attempt, outcome).await else {
+            let Some(finish) = self.finish_of(delivery, message, attempt, outcome).await else {
                 return;
             };
             match self.quick_finishes.submit(finish.clone()).await {
                 Ok(Some(attempts)) => {
-                    self.settle(&delivery, Settle::Ack).await;
-                    self.announce_finish(&message, &finish, attempts).await;
+                    self.settle(delivery, Settle::Ack).await;
+                    self.announce_finish(message, &finish, attempts).await;
                 }
                 // Not waiting to run (already running elsewhere, finished,
                 // cancelled or withdrawn): claim it as usual, which says
                 // which, and record this run's outcome if it is ours.
                 Ok(None) => {
-                    if let Some(attempts) = self.claim(&delivery, &message, attempt).await {
-                        self.complete(&delivery, &message, attempt, attempts, finish)
+                    if let Some(attempts) = self.claim(delivery, message, attempt).await {
+                        self.complete(delivery, message, attempt, attempts, finish)
                             .await;
                     }
                 }
                 Err(e) => {
-                    self.retry_or_give_up(&delivery, &message, attempt, format!("database: {e}"))
+                    self.retry_or_give_up(delivery, message, attempt, format!("database: {e}"))
                         .await;
                 }
             }
             return;
         }
 
-        let Some(attempts) = self.claim(&delivery, &message, attempt).await else {
+        let Some(attempts) = self.claim(delivery, message, attempt).await else {
             return;
         };
         tracing::debug!(attempts, "running");
@@ -249,21 +365,26 @@ impl TaskWorker {
             }
             () = abandon.cancelled() => {
                 tracing::warn!("shutting down mid-task; requeueing it");
-                self.settle(&delivery, Settle::Requeue).await;
+                self.settle(delivery, Settle::Requeue).await;
                 return;
             }
         };
-        let Some(finish) = self.finish_of(&delivery, &message, attempt, outcome).await else {
+        let Some(finish) = self.finish_of(delivery, message, attempt, outcome).await else {
             return;
         };
-        self.complete(&delivery, &message, attempt, attempts, finish)
+        self.complete(delivery, message, attempt, attempts, finish)
             .await;
     }
 
     /// Marks the task `running` and returns its attempt number; or settles
     /// the delivery (a duplicate, a cancelled task, a database failure) and
     /// returns `None`.
-    async fn claim(&self, delivery: &Delivery, message: &TaskMessage, attempt: u64) -> Option<i32> {
+    async fn claim(
+        &self,
+        delivery: &Carrier<'_>,
+        message: &TaskMessage,
+        attempt: u64,
+    ) -> Option<i32> {
         match self.claims.submit(message.id).await {
             Ok(Some(Claim::Run { attempts })) => Some(attempts),
             Ok(Some(Claim::Cancelled)) => {
@@ -299,7 +420,7 @@ impl TaskWorker {
     /// kept (object storage down) sends the task to retry and gives `None`.
     async fn finish_of(
         &self,
-        delivery: &Delivery,
+        delivery: &Carrier<'_>,
         message: &TaskMessage,
         attempt: u64,
         outcome: Result<TaskOutput, Ended>,
@@ -342,7 +463,7 @@ impl TaskWorker {
     /// Commits the outcome of a claimed run, then acks, then announces it.
     async fn complete(
         &self,
-        delivery: &Delivery,
+        delivery: &Carrier<'_>,
         message: &TaskMessage,
         attempt: u64,
         attempts: i32,
@@ -404,7 +525,7 @@ impl TaskWorker {
     /// or give up when the retries are spent.
     async fn retry_or_give_up(
         &self,
-        delivery: &Delivery,
+        delivery: &Carrier<'_>,
         message: &TaskMessage,
         attempt: u64,
         error: String,
@@ -432,7 +553,7 @@ impl TaskWorker {
             .await;
         let props = headers::with_header(
             headers::with_header(
-                delivery.properties.clone(),
+                delivery.properties(message),
                 headers::ATTEMPT,
                 AMQPValue::LongLongInt(i64::try_from(attempt + 1).unwrap_or(i64::MAX)),
             ),
@@ -444,7 +565,7 @@ impl TaskWorker {
             .publish(
                 topology::RETRY_EXCHANGE,
                 &queue,
-                &delivery.data,
+                &delivery.data(message),
                 props,
                 true,
             )
@@ -466,7 +587,7 @@ impl TaskWorker {
 
     /// Marks the task dead and moves its message to the dead-letter queue
     /// with the reason attached.
-    async fn give_up(&self, delivery: &Delivery, message: &TaskMessage, error: String) {
+    async fn give_up(&self, delivery: &Carrier<'_>, message: &TaskMessage, error: String) {
         tracing::error!(%error, "task is dead");
         let recorded = self
             .finishes
@@ -476,7 +597,7 @@ impl TaskWorker {
             })
             .await;
         let props = headers::with_header(
-            delivery.properties.clone(),
+            delivery.properties(message),
             headers::LAST_ERROR,
             headers::long_string(&error),
         );
@@ -486,7 +607,7 @@ impl TaskWorker {
             .publish(
                 topology::DEAD_LETTER_EXCHANGE,
                 &routing_key,
-                &delivery.data,
+                &delivery.data(message),
                 props,
                 true,
             )
@@ -523,13 +644,20 @@ impl TaskWorker {
         out
     }
 
-    async fn settle(&self, delivery: &Delivery, how: Settle) {
+    async fn settle(&self, carrier: &Carrier<'_>, how: Settle) {
         let outcome = match how {
             Settle::Ack => MessageOutcome::Acked,
             Settle::Requeue => MessageOutcome::Requeued,
             Settle::DeadLetter => MessageOutcome::DeadLettered,
         };
-        settle(delivery, how).await;
+        match carrier {
+            Carrier::Own(delivery) => settle(delivery, how).await,
+            Carrier::Part { give_back, .. } => {
+                if !matches!(how, Settle::Ack) {
+                    give_back.0.store(true, Ordering::Relaxed);
+                }
+            }
+        }
         self.metrics.message(topology::TASKS_QUEUE, outcome);
     }
 
@@ -556,13 +684,73 @@ impl TaskWorker {
 impl Handler for TaskWorker {
     async fn handle(self: Arc<Self>, delivery: Delivery, abandon: CancellationToken) {
         let correlation_id = headers::correlation_id(&delivery.properties);
-        let task_id = delivery
+        let message_id = delivery
             .properties
             .message_id()
             .as_ref()
             .map(|m| m.as_str().to_owned())
             .unwrap_or_default();
-        let span = tracing::info_span!("task", %task_id, %correlation_id);
-        self.process(delivery, abandon).instrument(span).await;
+        if is_bundle(&delivery.properties) {
+            let span = tracing::info_span!("bundle", bundle_id = %message_id, %correlation_id);
+            self.process_bundle(delivery, abandon)
+                .instrument(span)
+                .await;
+        } else {
+            let span = tracing::info_span!("task", task_id = %message_id, %correlation_id);
+            self.process(delivery, abandon).instrument(span).await;
+        }
     }
+}
+
+/// Where a task came from, and how its message is settled.
+enum Carrier<'a> {
+    /// Its own message.
+    Own(&'a Delivery),
+    /// One task of a bundle, settled with the bundle.
+    Part {
+        /// The bundle's properties.
+        properties: &'a BasicProperties,
+        give_back: &'a GiveBack,
+    },
+}
+
+impl Carrier<'_> {
+    /// The task's message body as if it had come alone: what a retry or a
+    /// dead letter carries.
+    fn data(&self, message: &TaskMessage) -> Cow<'_, [u8]> {
+        match self {
+            Carrier::Own(delivery) => Cow::Borrowed(&delivery.data),
+            Carrier::Part { .. } => Cow::Owned(serde_json::to_vec(message).unwrap_or_default()),
+        }
+    }
+
+    /// The task's message properties as if it had come alone.
+    fn properties(&self, message: &TaskMessage) -> BasicProperties {
+        match self {
+            Carrier::Own(delivery) => delivery.properties.clone(),
+            Carrier::Part { properties, .. } => part_properties(properties, message.id),
+        }
+    }
+}
+
+/// Set when a task of a bundle asks for its message back (shutdown, or a
+/// dead letter that could not be published): the bundle is requeued whole
+/// once its other tasks are done, and split when it comes back.
+#[derive(Default)]
+struct GiveBack(AtomicBool);
+
+/// The properties of one task's message cut from a bundle: the bundle's
+/// (persistent, its attempt and correlation id) under the task's id.
+fn part_properties(bundle: &BasicProperties, id: Uuid) -> BasicProperties {
+    let mut props = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_message_id(id.to_string().into());
+    if let Some(timestamp) = bundle.timestamp() {
+        props = props.with_timestamp(*timestamp);
+    }
+    if let Some(headers) = bundle.headers() {
+        props = props.with_headers(headers.clone());
+    }
+    props
 }

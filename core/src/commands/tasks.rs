@@ -15,7 +15,8 @@ use crate::{
     error::{CommandError, ErrorDetails, Invalid, ItemError},
     storage::ObjectBody,
     tasks::{
-        Action, TaskMessage, TaskRequest, TaskState,
+        Action, BUNDLE_KIND, BUNDLE_MAX, BUNDLE_ROUTING_KEY, TaskBundle, TaskMessage, TaskRequest,
+        TaskState,
         store::{self, CancelOutcome, ListFilter, NewTask, TaskRecord},
     },
 };
@@ -256,8 +257,9 @@ impl Commands {
     /// item the transport could not read comes in as its error). Any
     /// refusal answers `invalid_tasks` with every refused item by index,
     /// and nothing is stored or published. Otherwise the rows go into
-    /// PostgreSQL in one statement and one transaction, the messages are
-    /// published together and their confirms awaited together, and the
+    /// PostgreSQL in one statement and one transaction, the tasks are
+    /// published in bundles of up to [`BUNDLE_MAX`] (one message each; see
+    /// [`TaskBundle`]) with their confirms awaited together, and the
     /// answer lists every task in the order sent. An item whose
     /// Idempotency-Key a task already holds for the same request answers
     /// with that task (`replayed`) and queues nothing; for a different
@@ -377,19 +379,28 @@ impl Commands {
         tx.commit().await?;
         drop(client);
 
-        // Published together, confirmed together; a delayed task waits
-        // for the scheduler.
-        let messages: Vec<_> = heads
+        // Published together in bundles, confirmed together; a delayed
+        // task waits for the scheduler.
+        let due: Vec<_> = heads
             .into_iter()
             .zip(&tasks)
             .zip(&inserted)
             .filter(|((_, task), inserted)| **inserted && task.run_at.is_none())
-            .map(|(((id, action, body), _), _)| {
-                (
+            .map(|((head, _), _)| head)
+            .collect();
+        let messages: Vec<_> = due
+            .chunks(BUNDLE_MAX)
+            .map(|chunk| match chunk {
+                [(id, action, body)] => (
                     format!("task.{}", action.as_str()),
-                    body,
-                    first_attempt(id, correlation_id),
-                )
+                    body.clone(),
+                    first_attempt(*id, correlation_id),
+                ),
+                _ => (
+                    BUNDLE_ROUTING_KEY.to_owned(),
+                    TaskBundle::body(chunk.iter().map(|(_, _, body)| body.as_slice())),
+                    first_attempt(Uuid::new_v4(), correlation_id).with_type(BUNDLE_KIND.into()),
+                ),
             })
             .collect();
         let published = self

@@ -40,6 +40,53 @@ impl TaskMessage {
     }
 }
 
+/// The AMQP `type` of a message that carries several tasks (a bundle).
+pub const BUNDLE_KIND: &str = "bibliomq.task-bundle";
+
+/// Routing key of a bundle on the tasks exchange.
+pub const BUNDLE_ROUTING_KEY: &str = "task.bundle";
+
+/// Most tasks one bundle carries. A batch submission's tasks travel in
+/// bundles of up to this many, so a thousand tasks cost ten messages, not a
+/// thousand; small enough that a batch still spreads over several workers,
+/// and that a bundle given back after a crash sends little work round again.
+pub const BUNDLE_MAX: usize = 100;
+
+/// Body of a bundle: several first-attempt [`TaskMessage`]s in one
+/// message. A worker runs each task as if it had come alone and acks the
+/// bundle once every task's outcome is committed. A bundle delivered again
+/// (its worker died, or gave it back) is not run as a bundle: the worker
+/// splits it into one message per task, so retries, poison checks and dead
+/// letters stay per task.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct TaskBundle {
+    pub tasks: Vec<TaskMessage>,
+}
+
+impl TaskBundle {
+    /// The body of a bundle of `messages`, each already a serialized
+    /// [`TaskMessage`]: they are joined as they are, not serialized again.
+    pub fn body<'a>(messages: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+        let mut body = br#"{"tasks":["#.to_vec();
+        for (i, message) in messages.into_iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(message);
+        }
+        body.extend_from_slice(b"]}");
+        body
+    }
+}
+
+/// Whether a delivery's properties mark it as a bundle.
+pub fn is_bundle(props: &lapin::BasicProperties) -> bool {
+    props
+        .kind()
+        .as_ref()
+        .is_some_and(|k| k.as_str() == BUNDLE_KIND)
+}
+
 /// A task's outcome event on `bibliomq.events`: `task.succeeded`,
 /// `task.failed`, `task.dead` or `task.cancelled`, published once the
 /// outcome is recorded.
@@ -105,6 +152,19 @@ mod tests {
         assert_eq!(message(Some(299_000)).time_limit(Action::Primes, max), own);
         let low_max = Duration::from_secs(1);
         assert_eq!(message(None).time_limit(Action::Primes, low_max), low_max);
+    }
+
+    #[test]
+    fn a_bundle_body_joins_the_messages_as_they_are() {
+        let one = serde_json::to_vec(&message(None)).unwrap();
+        let two = serde_json::to_vec(&message(Some(5))).unwrap();
+        let body = TaskBundle::body([one.as_slice(), two.as_slice()]);
+        let bundle: TaskBundle = serde_json::from_slice(&body).unwrap();
+        assert_eq!(bundle.tasks.len(), 2);
+        assert_eq!(bundle.tasks[0], serde_json::from_slice(&one).unwrap());
+        assert_eq!(bundle.tasks[1].timeout_ms, Some(5));
+        let empty: TaskBundle = serde_json::from_slice(&TaskBundle::body([])).unwrap();
+        assert!(empty.tasks.is_empty());
     }
 
     #[test]

@@ -18,7 +18,9 @@ use std::{fmt, str::FromStr, time::Duration};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use message::{TaskEvent, TaskMessage};
+pub use message::{
+    BUNDLE_KIND, BUNDLE_MAX, BUNDLE_ROUTING_KEY, TaskBundle, TaskEvent, TaskMessage, is_bundle,
+};
 
 pub use run::{ContentType, TaskFailure, TaskOutput, run};
 pub use state::TaskState;

@@ -1,10 +1,16 @@
 //! Batch submission (`POST /v1/tasks/batch`): all queued or none, every
 //! item checked as a single submission is, errors by index.
 
-use bibliomq_core::broker::topology;
+use std::time::Duration;
+
+use bibliomq_core::{
+    broker::{headers, topology},
+    metrics::MessageOutcome,
+    tasks::{BUNDLE_KIND, BUNDLE_ROUTING_KEY},
+};
 use bibliomq_testkit::{
     TestApp, TestEnv,
-    app::{DEADLINE, wait_until},
+    app::{DEADLINE, KillableWorker, Worker, wait_until},
     rabbit, spawn_app,
 };
 use serde_json::{Value, json};
@@ -170,9 +176,10 @@ async fn items_with_idempotency_keys_are_queued_once_and_a_reused_key_refuses_th
     assert_eq!(again_ids[2], first_ids[2]);
     assert_ne!(again_ids[1], first_ids[1]);
     assert_eq!(app.count("SELECT count(*) FROM tasks").await, 4);
+    // The first batch in one bundle of three, the second's new task alone.
     assert_eq!(
         rabbit::ready_count(&app.env.amqp_url(), topology::TASKS_QUEUE).await,
-        4
+        2
     );
 
     // A key reused for another request (here within the batch too):
@@ -204,7 +211,8 @@ async fn items_with_idempotency_keys_are_queued_once_and_a_reused_key_refuses_th
     );
     assert_eq!(
         rabbit::ready_count(&app.env.amqp_url(), topology::TASKS_QUEUE).await,
-        4
+        2,
+        "nothing more queued"
     );
 }
 
@@ -258,4 +266,303 @@ async fn a_failed_batch_is_withdrawn_whole_unless_a_worker_already_took_part_of_
         5,
         "accepted whole: nothing deleted"
     );
+}
+
+// ---- Bundles: a batch's tasks travel several to a message -------------
+
+/// A batch of `n` `sum` tasks (item i sums i and 1) with a `sleep` of
+/// `sleep_ms` at index `at`; answers the ids in order.
+async fn batch_with_a_sleeper(
+    app: &TestApp,
+    n: usize,
+    at: usize,
+    sleep_ms: u64,
+) -> Vec<uuid::Uuid> {
+    let batch: Vec<Value> = (0..n)
+        .map(|i| {
+            if i == at {
+                json!({"action": "sleep", "payload": sleep_ms})
+            } else {
+                json!({"action": "sum", "payload": format!("{i},1")})
+            }
+        })
+        .collect();
+    let (status, answer) = app.post("/v1/tasks/batch", &Value::Array(batch)).await;
+    assert_eq!(status, 202, "{answer}");
+    ids_of(&answer)
+        .iter()
+        .map(|id| id.parse().unwrap())
+        .collect()
+}
+
+/// Waits until `n` of the test's tasks are `succeeded`.
+async fn wait_for_succeeded(app: &TestApp, n: i64) {
+    let done = wait_until(DEADLINE * 2, || async {
+        let got = app
+            .count("SELECT count(*) FROM tasks WHERE state = 'succeeded'")
+            .await;
+        (got == n).then_some(())
+    })
+    .await;
+    assert!(
+        done.is_some(),
+        "{} of {n} tasks succeeded",
+        app.count("SELECT count(*) FROM tasks WHERE state = 'succeeded'")
+            .await
+    );
+}
+
+/// Every task but the sleeper ran once, and summed what it was given.
+async fn each_sum_ran_once(app: &TestApp, ids: &[uuid::Uuid], sleeper: usize) {
+    for (i, id) in ids.iter().enumerate() {
+        let task = app.task(*id).await;
+        assert_eq!(task["state"], "succeeded", "item {i}: {task}");
+        if i != sleeper {
+            assert_eq!(task["attempts"], 1, "item {i} ran again: {task}");
+            assert_eq!(task["result"], json!(i + 1), "item {i}: {task}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_travels_in_bundles_of_a_hundred_and_every_task_runs_once() {
+    let mut app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
+    let ids = batch_with_a_sleeper(&app, 250, usize::MAX, 0).await;
+    assert_eq!(
+        rabbit::ready_count(&app.env.amqp_url(), topology::TASKS_QUEUE).await,
+        3,
+        "250 tasks in three messages"
+    );
+    app.workers.push(Worker::start(app.env.settings()).await);
+    wait_for_succeeded(&app, 250).await;
+    each_sum_ran_once(&app, &ids, usize::MAX).await;
+    let metrics = &app.workers[0].metrics;
+    assert_eq!(
+        metrics.message_count(topology::TASKS_QUEUE, MessageOutcome::Acked),
+        250
+    );
+    // Stopping the worker hands back anything it had not acked.
+    app.workers.pop().unwrap().stop().await;
+    assert_eq!(
+        rabbit::ready_count(&app.env.amqp_url(), topology::TASKS_QUEUE).await,
+        0,
+        "every bundle was acked"
+    );
+}
+
+/// The worker dies holding a bundle (one: 100 tasks) whose other tasks are
+/// all committed:
+/// the bundle comes again, is split, and only the unfinished task runs
+/// again; the finished ones are acked as duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_whose_worker_is_killed_is_split_and_only_its_unfinished_task_runs_again() {
+    let app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
+    let doomed = KillableWorker::start(app.env.settings()).await;
+    let ids = batch_with_a_sleeper(&app, 100, 7, 3_000).await;
+    app.wait_for_task_state(ids[7], &["running"]).await;
+    wait_for_succeeded(&app, 99).await;
+    doomed.kill();
+
+    let survivor = Worker::start(app.env.settings()).await;
+    wait_for_succeeded(&app, 100).await;
+    each_sum_ran_once(&app, &ids, 7).await;
+    assert_eq!(app.task(ids[7]).await["attempts"], 2);
+    let metrics = &survivor.metrics;
+    assert_eq!(
+        metrics.message_count(topology::TASKS_QUEUE, MessageOutcome::Split),
+        1
+    );
+    assert_eq!(
+        metrics.message_count(topology::TASKS_QUEUE, MessageOutcome::Duplicate),
+        99,
+        "the first bundle's finished tasks came again, and were not run"
+    );
+    survivor.stop().await;
+    assert_eq!(
+        rabbit::ready_count(&app.env.amqp_url(), topology::TASKS_QUEUE).await,
+        0
+    );
+}
+
+/// Shutdown past the drain time: the unfinished task asks for its message
+/// back, the bundle is requeued whole once its other tasks are done, and
+/// the next worker splits it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_mid_bundle_gives_the_bundle_back_and_the_next_worker_finishes_it() {
+    let env = TestEnv::new().await;
+    let mut app = TestApp::spawn(
+        env,
+        |s| s.tasks.drain_timeout = Duration::from_millis(200),
+        1,
+    )
+    .await;
+    let ids = batch_with_a_sleeper(&app, 60, 30, 5_000).await;
+    app.wait_for_task_state(ids[30], &["running"]).await;
+    wait_for_succeeded(&app, 59).await;
+    let stopped = app.workers.pop().unwrap();
+    let metrics = stopped.metrics.clone();
+    stopped.stop().await;
+    assert_eq!(
+        metrics.message_count(topology::TASKS_QUEUE, MessageOutcome::Requeued),
+        1
+    );
+    assert_eq!(app.task(ids[30]).await["state"], "running");
+
+    app.workers.push(Worker::start(app.env.settings()).await);
+    wait_for_succeeded(&app, 60).await;
+    each_sum_ran_once(&app, &ids, 30).await;
+    assert_eq!(app.task(ids[30]).await["attempts"], 2);
+}
+
+/// A task cancelled while it runs in a bundle ends `cancelled`; the
+/// bundle's other tasks succeed and the bundle is acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_cancelled_inside_a_bundle_ends_cancelled_and_the_bundle_is_acked() {
+    let mut app = spawn_app().await;
+    let ids = batch_with_a_sleeper(&app, 40, 3, 30_000).await;
+    app.wait_for_task_state(ids[3], &["running"]).await;
+    let (status, answer) = app
+        .post(&format!("/v1/tasks/{}/cancel", ids[3]), &json!({}))
+        .await;
+    assert!(status == 200 || status == 202, "{status} {answer}");
+    let task = app.wait_for_task_state(ids[3], &["cancelled"]).await;
+    assert_eq!(task["state"], "cancelled", "{task}");
+    wait_for_succeeded(&app, 39).await;
+    app.workers.pop().unwrap().stop().await;
+    assert_eq!(
+        rabbit::ready_count(&app.env.amqp_url(), topology::TASKS_QUEUE).await,
+        0,
+        "the bundle was acked"
+    );
+    assert_eq!(app.task(ids[3]).await["state"], "cancelled");
+}
+
+/// A passing failure of one task in a bundle (its large result cannot be
+/// stored yet) sends that task alone to the retry queue; the bundle's
+/// other tasks succeed at once, and the retried one once storage is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passing_failure_inside_a_bundle_retries_that_task_alone() {
+    let env = TestEnv::new().await;
+    let bucket = format!("bibliomq-t-{}", env.name.replace('_', "-"));
+    let app = TestApp::spawn(
+        env,
+        |s| {
+            s.s3.bucket = bucket.clone();
+            s.tasks.inline_result_limit = 16;
+            s.tasks.max_retries = 6;
+        },
+        1,
+    )
+    .await;
+    let batch = json!([
+        {"action": "upper", "payload": "a result longer than sixteen bytes"},
+        {"action": "sum", "payload": "1,2"},
+        {"action": "upper", "payload": "ab"},
+    ]);
+    let (status, answer) = app.post("/v1/tasks/batch", &batch).await;
+    assert_eq!(status, 202, "{answer}");
+    let ids: Vec<uuid::Uuid> = ids_of(&answer).iter().map(|i| i.parse().unwrap()).collect();
+    wait_for_succeeded(&app, 2).await;
+    let metrics = &app.workers[0].metrics;
+    wait_until(DEADLINE, || async {
+        (metrics.message_count(topology::TASKS_QUEUE, MessageOutcome::Retried) >= 1).then_some(())
+    })
+    .await
+    .expect("the storage failure was never retried");
+    assert_eq!(app.task(ids[0]).await["state"], "queued");
+
+    let store = app.env.store().client().clone();
+    store.create_bucket().bucket(&bucket).send().await.unwrap();
+    let task = app.wait_for_task(ids[0]).await;
+    if let Ok(list) = store.list_objects_v2().bucket(&bucket).send().await {
+        for obj in list.contents() {
+            if let Some(key) = obj.key() {
+                let _ = store.delete_object().bucket(&bucket).key(key).send().await;
+            }
+        }
+    }
+    let _ = store.delete_bucket().bucket(&bucket).send().await;
+    assert_eq!(task["state"], "succeeded", "{task}");
+    assert!(task["attempts"].as_i64().unwrap() >= 2, "{task}");
+    assert_eq!(task["result_object"]["bucket"], bucket);
+    assert_eq!(app.task(ids[1]).await["attempts"], 1);
+    assert_eq!(app.task(ids[2]).await["result"], "AB");
+}
+
+/// A bundle that dies whole (here: moved to the dead-letter exchange as
+/// the broker's delivery limit would) is listed under its own id and
+/// routing key, and its replay runs its tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_bundle_is_listed_whole_and_its_replay_runs_its_tasks() {
+    let mut app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
+    let url = app.env.amqp_url();
+    let ids = batch_with_a_sleeper(&app, 5, usize::MAX, 0).await;
+    let bundle = rabbit::take_one(&url, topology::TASKS_QUEUE)
+        .await
+        .expect("the batch's bundle is queued");
+    assert_eq!(bundle.delivery.routing_key.as_str(), BUNDLE_ROUTING_KEY);
+    let bundle_id = bundle
+        .delivery
+        .properties
+        .message_id()
+        .clone()
+        .unwrap()
+        .to_string();
+    rabbit::publish_raw(
+        &url,
+        topology::DEAD_LETTER_EXCHANGE,
+        BUNDLE_ROUTING_KEY,
+        &bundle.delivery.data,
+        bundle.delivery.properties.clone(),
+    )
+    .await;
+
+    let listed = wait_until(DEADLINE, || async {
+        let (status, list) = app.get_json("/v1/dead-letters?queue=tasks").await;
+        assert_eq!(status, 200, "{list}");
+        (list["total"] == 1).then_some(list)
+    })
+    .await
+    .expect("the dead bundle was never listed");
+    assert_eq!(listed["dead_letters"][0]["id"], bundle_id, "{listed}");
+    assert_eq!(
+        listed["dead_letters"][0]["routing_key"], BUNDLE_ROUTING_KEY,
+        "{listed}"
+    );
+
+    let (status, replayed) = app
+        .post(
+            "/v1/dead-letters/replay",
+            &json!({"queue": "tasks", "ids": [bundle_id]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{replayed}");
+    app.workers.push(Worker::start(app.env.settings()).await);
+    wait_for_succeeded(&app, 5).await;
+    each_sum_ran_once(&app, &ids, usize::MAX).await;
+}
+
+/// A bundle that cannot be read is dead-lettered whole, and the worker
+/// carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_bundle_is_dead_lettered_and_the_worker_carries_on() {
+    let app = spawn_app().await;
+    let url = app.env.amqp_url();
+    rabbit::publish_raw(
+        &url,
+        topology::TASKS_EXCHANGE,
+        BUNDLE_ROUTING_KEY,
+        br#"{"tasks": 7}"#,
+        headers::persistent_json("a-bad-bundle", "test").with_type(BUNDLE_KIND.into()),
+    )
+    .await;
+    let dead = wait_until(DEADLINE, || async {
+        rabbit::take_one(&url, topology::TASKS_DEAD_QUEUE).await
+    })
+    .await
+    .expect("the unreadable bundle never reached the dead-letter queue");
+    assert_eq!(dead.delivery.data, br#"{"tasks": 7}"#);
+    let ids = batch_with_a_sleeper(&app, 3, usize::MAX, 0).await;
+    wait_for_succeeded(&app, 3).await;
+    each_sum_ran_once(&app, &ids, usize::MAX).await;
 }
