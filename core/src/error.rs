@@ -342,8 +342,15 @@ impl CommandError {
 
 impl From<crate::broker::PublishError> for CommandError {
     fn from(e: crate::broker::PublishError) -> Self {
+        Self::publish_failed(e)
+    }
+}
+
+impl CommandError {
+    /// A publish the broker did not confirm, and nothing was queued.
+    pub fn publish_failed(reason: impl std::fmt::Display) -> Self {
         Self::Unavailable(format!(
-            "message broker unavailable, nothing was queued: {e}"
+            "message broker unavailable, nothing was queued: {reason}"
         ))
     }
 }

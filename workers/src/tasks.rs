@@ -183,12 +183,19 @@ impl TaskWorker {
             return;
         }
         let give_back = GiveBack::default();
-        let runs = bundle.tasks.iter().map(|message| {
+        let runs = bundle.tasks.iter().enumerate().map(|(i, message)| {
+            let correlation_id = bundle.correlation_id(i);
             let carrier = Carrier::Part {
                 properties: &delivery.properties,
+                correlation_id,
                 give_back: &give_back,
             };
-            let span = tracing::info_span!("task", task_id = %message.id);
+            let span = match correlation_id {
+                Some(correlation_id) => {
+                    tracing::info_span!("task", task_id = %message.id, %correlation_id)
+                }
+                None => tracing::info_span!("task", task_id = %message.id),
+            };
             let abandon = &abandon;
             async move {
                 // As many bundled tasks run at once as single ones may.
@@ -218,12 +225,12 @@ impl TaskWorker {
     /// twice (the split itself interrupted) runs once, as any duplicate.
     async fn split(&self, delivery: &Delivery, bundle: &TaskBundle) {
         let mut messages = Vec::with_capacity(bundle.tasks.len());
-        for message in &bundle.tasks {
+        for (i, message) in bundle.tasks.iter().enumerate() {
             match serde_json::to_vec(message) {
                 Ok(body) => messages.push((
                     message.routing_key(),
                     body,
-                    part_properties(&delivery.properties, message.id),
+                    part_properties(&delivery.properties, message.id, bundle.correlation_id(i)),
                 )),
                 Err(e) => {
                     tracing::error!(error = %e, task_id = %message.id, "cannot write a task's message; the reaper will send it");
@@ -710,6 +717,8 @@ enum Carrier<'a> {
     Part {
         /// The bundle's properties.
         properties: &'a BasicProperties,
+        /// The task's own, when it is not the bundle's.
+        correlation_id: Option<&'a str>,
         give_back: &'a GiveBack,
     },
 }
@@ -728,7 +737,11 @@ impl Carrier<'_> {
     fn properties(&self, message: &TaskMessage) -> BasicProperties {
         match self {
             Carrier::Own(delivery) => delivery.properties.clone(),
-            Carrier::Part { properties, .. } => part_properties(properties, message.id),
+            Carrier::Part {
+                properties,
+                correlation_id,
+                ..
+            } => part_properties(properties, message.id, *correlation_id),
         }
     }
 }
@@ -740,8 +753,13 @@ impl Carrier<'_> {
 struct GiveBack(AtomicBool);
 
 /// The properties of one task's message cut from a bundle: the bundle's
-/// (persistent, its attempt and correlation id) under the task's id.
-fn part_properties(bundle: &BasicProperties, id: Uuid) -> BasicProperties {
+/// (persistent, its attempt and correlation id) under the task's id, and
+/// the task's own correlation id when it has one.
+fn part_properties(
+    bundle: &BasicProperties,
+    id: Uuid,
+    correlation_id: Option<&str>,
+) -> BasicProperties {
     let mut props = BasicProperties::default()
         .with_content_type("application/json".into())
         .with_delivery_mode(2)
@@ -752,5 +770,8 @@ fn part_properties(bundle: &BasicProperties, id: Uuid) -> BasicProperties {
     if let Some(headers) = bundle.headers() {
         props = props.with_headers(headers.clone());
     }
-    props
+    match correlation_id {
+        Some(own) => headers::with_header(props, headers::CORRELATION, headers::long_string(own)),
+        None => props,
+    }
 }

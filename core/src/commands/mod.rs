@@ -64,6 +64,7 @@ struct Inner {
     metrics: Metrics,
     clock: Clock,
     task_inserts: TaskInserter,
+    task_publishes: tasks::TaskPublisher,
     request_inserts: library::RequestInserter,
     /// Listing and replaying dead letters hold a queue's messages; one at a
     /// time in this process, so two do not each see half of them.
@@ -84,6 +85,7 @@ impl Commands {
         clock: Clock,
     ) -> Self {
         let task_inserts = tasks::inserter(pool.clone());
+        let task_publishes = tasks::task_publisher(publisher.clone());
         let request_inserts = library::request_inserter(pool.clone());
         let rpc = RpcClient::new(publisher.broker().clone(), settings.amqp.confirm_timeout);
         let wakeups = crate::tasks::wakeups::Wakeups::new(&settings.database.url);
@@ -107,6 +109,7 @@ impl Commands {
                 metrics,
                 clock,
                 task_inserts,
+                task_publishes,
                 request_inserts,
                 dead_letters: tokio::sync::Mutex::new(()),
                 wakeups,

@@ -142,6 +142,68 @@ fn first_attempt(id: Uuid, correlation_id: &str) -> lapin::BasicProperties {
     )
 }
 
+/// A task's first message, ready to publish.
+pub(super) struct Outgoing {
+    id: Uuid,
+    action: Action,
+    /// A serialized [`TaskMessage`].
+    body: Vec<u8>,
+    /// The correlation id of the request that made it.
+    correlation_id: String,
+}
+
+/// The messages that carry `tasks`, in order: bundles of up to
+/// [`BUNDLE_MAX`], and a task left alone as its own message.
+fn task_messages(tasks: &[Outgoing]) -> Vec<(String, Vec<u8>, lapin::BasicProperties)> {
+    tasks
+        .chunks(BUNDLE_MAX)
+        .map(|chunk| match chunk {
+            [one] => (
+                format!("task.{}", one.action.as_str()),
+                one.body.clone(),
+                first_attempt(one.id, &one.correlation_id),
+            ),
+            _ => {
+                let first = chunk[0].correlation_id.as_str();
+                let own: Vec<&str> = if chunk.iter().all(|t| t.correlation_id == first) {
+                    Vec::new()
+                } else {
+                    chunk.iter().map(|t| t.correlation_id.as_str()).collect()
+                };
+                (
+                    BUNDLE_ROUTING_KEY.to_owned(),
+                    TaskBundle::body(chunk.iter().map(|t| t.body.as_slice()), &own),
+                    first_attempt(Uuid::new_v4(), first).with_type(BUNDLE_KIND.into()),
+                )
+            }
+        })
+        .collect()
+}
+
+/// Publishes the first messages of single submissions. Those that come
+/// while earlier ones wait for their confirms go together, in bundles (see
+/// [`task_messages`]); a submission that comes alone is published alone at
+/// once. Each answers when its message is confirmed, or with why not.
+pub(super) type TaskPublisher = Batcher<Outgoing, Result<(), String>, std::convert::Infallible>;
+
+pub(super) fn task_publisher(publisher: crate::broker::Publisher) -> TaskPublisher {
+    Batcher::spawn(512, crate::batch::IN_FLIGHT, move |tasks: Vec<Outgoing>| {
+        let publisher = publisher.clone();
+        async move {
+            let messages = task_messages(&tasks);
+            let published = publisher
+                .publish_many(topology::TASKS_EXCHANGE, &messages, true)
+                .await;
+            let mut answers = Vec::with_capacity(tasks.len());
+            for (chunk, result) in tasks.chunks(BUNDLE_MAX).zip(published) {
+                let answer = result.map_err(|e| e.to_string());
+                answers.extend(std::iter::repeat_n(answer, chunk.len()));
+            }
+            Ok(answers)
+        }
+    })
+}
+
 /// How far in the past a `run_at` may be (clocks differ, requests take
 /// time); such a task is due at once.
 pub const RUN_AT_TOLERANCE: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
@@ -222,15 +284,17 @@ impl Commands {
         }
 
         let published = self
-            .publisher()
-            .publish(
-                topology::TASKS_EXCHANGE,
-                &format!("task.{}", action.as_str()),
-                &body,
-                first_attempt(id, correlation_id),
-                true,
-            )
-            .await;
+            .inner
+            .task_publishes
+            .submit(Outgoing {
+                id,
+                action,
+                body,
+                correlation_id: correlation_id.to_owned(),
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|answer| answer);
         if let Err(e) = published {
             tracing::warn!(error = %e, "publish failed; withdrawing the task");
             if self.withdraw_unpublished(&[id]).await {
@@ -241,7 +305,7 @@ impl Commands {
                     replayed: false,
                 });
             }
-            return Err(e.into());
+            return Err(CommandError::publish_failed(e));
         }
         Ok(SubmittedTask {
             id,
@@ -381,28 +445,19 @@ impl Commands {
 
         // Published together in bundles, confirmed together; a delayed
         // task waits for the scheduler.
-        let due: Vec<_> = heads
+        let due: Vec<Outgoing> = heads
             .into_iter()
             .zip(&tasks)
             .zip(&inserted)
             .filter(|((_, task), inserted)| **inserted && task.run_at.is_none())
-            .map(|((head, _), _)| head)
-            .collect();
-        let messages: Vec<_> = due
-            .chunks(BUNDLE_MAX)
-            .map(|chunk| match chunk {
-                [(id, action, body)] => (
-                    format!("task.{}", action.as_str()),
-                    body.clone(),
-                    first_attempt(*id, correlation_id),
-                ),
-                _ => (
-                    BUNDLE_ROUTING_KEY.to_owned(),
-                    TaskBundle::body(chunk.iter().map(|(_, _, body)| body.as_slice())),
-                    first_attempt(Uuid::new_v4(), correlation_id).with_type(BUNDLE_KIND.into()),
-                ),
+            .map(|(((id, action, body), _), _)| Outgoing {
+                id,
+                action,
+                body,
+                correlation_id: correlation_id.to_owned(),
             })
             .collect();
+        let messages = task_messages(&due);
         let published = self
             .publisher()
             .publish_many(topology::TASKS_EXCHANGE, &messages, true)
@@ -842,7 +897,54 @@ impl Commands {
 mod tests {
     use serde_json::json;
 
-    use super::holds_nul;
+    use super::{Action, Outgoing, TaskBundle, Uuid, holds_nul, task_messages};
+    use crate::{
+        broker::headers,
+        tasks::{BUNDLE_ROUTING_KEY, is_bundle},
+    };
+
+    fn outgoing(n: usize, correlation: impl Fn(usize) -> String) -> Vec<Outgoing> {
+        (0..n)
+            .map(|i| Outgoing {
+                id: Uuid::now_v7(),
+                action: Action::Sum,
+                body: format!(
+                    r#"{{"id":"{}","action":"sum","payload":"{i},1","submitted_at":"2026-12-06T00:00:00Z"}}"#,
+                    Uuid::now_v7()
+                )
+                .into_bytes(),
+                correlation_id: correlation(i),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tasks_go_a_hundred_to_a_bundle_and_one_left_alone_as_its_own_message() {
+        let messages = task_messages(&outgoing(201, |_| "req".to_owned()));
+        assert_eq!(messages.len(), 3);
+        for (key, body, props) in &messages[..2] {
+            assert_eq!(key, BUNDLE_ROUTING_KEY);
+            assert!(is_bundle(props));
+            let bundle: TaskBundle = serde_json::from_slice(body).unwrap();
+            assert_eq!(bundle.tasks.len(), 100);
+            assert!(bundle.correlation_ids.is_empty(), "they share the bundle's");
+            assert_eq!(headers::correlation_id(props), "req");
+        }
+        let (key, _, props) = &messages[2];
+        assert_eq!(key, "task.sum");
+        assert!(!is_bundle(props));
+    }
+
+    #[test]
+    fn tasks_of_different_requests_keep_their_own_correlation_ids_in_a_bundle() {
+        let tasks = outgoing(3, |i| format!("req-{i}"));
+        let messages = task_messages(&tasks);
+        assert_eq!(messages.len(), 1);
+        let bundle: TaskBundle = serde_json::from_slice(&messages[0].1).unwrap();
+        assert_eq!(bundle.correlation_ids, vec!["req-0", "req-1", "req-2"]);
+        let ids: Vec<String> = bundle.tasks.iter().map(|t| t.payload.to_string()).collect();
+        assert_eq!(ids, vec![r#""0,1""#, r#""1,1""#, r#""2,1""#], "in order");
+    }
 
     #[test]
     fn a_nul_anywhere_in_a_payload_is_found() {

@@ -61,12 +61,20 @@ pub const BUNDLE_MAX: usize = 100;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct TaskBundle {
     pub tasks: Vec<TaskMessage>,
+    /// Each task's correlation id, in order, when the tasks came from
+    /// different requests; empty when they share the bundle's own.
+    #[serde(default)]
+    pub correlation_ids: Vec<String>,
 }
 
 impl TaskBundle {
     /// The body of a bundle of `messages`, each already a serialized
     /// [`TaskMessage`]: they are joined as they are, not serialized again.
-    pub fn body<'a>(messages: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    /// `correlation_ids`: one a task, or none when they share the bundle's.
+    pub fn body<'a>(
+        messages: impl IntoIterator<Item = &'a [u8]>,
+        correlation_ids: &[&str],
+    ) -> Vec<u8> {
         let mut body = br#"{"tasks":["#.to_vec();
         for (i, message) in messages.into_iter().enumerate() {
             if i > 0 {
@@ -74,8 +82,19 @@ impl TaskBundle {
             }
             body.extend_from_slice(message);
         }
-        body.extend_from_slice(b"]}");
+        body.push(b']');
+        if !correlation_ids.is_empty() {
+            body.extend_from_slice(br#","correlation_ids":"#);
+            // A list of strings always serializes.
+            body.extend_from_slice(&serde_json::to_vec(correlation_ids).unwrap_or_default());
+        }
+        body.push(b'}');
         body
+    }
+
+    /// The correlation id of the task at `index`, when it has its own.
+    pub fn correlation_id(&self, index: usize) -> Option<&str> {
+        self.correlation_ids.get(index).map(String::as_str)
     }
 }
 
@@ -158,13 +177,20 @@ mod tests {
     fn a_bundle_body_joins_the_messages_as_they_are() {
         let one = serde_json::to_vec(&message(None)).unwrap();
         let two = serde_json::to_vec(&message(Some(5))).unwrap();
-        let body = TaskBundle::body([one.as_slice(), two.as_slice()]);
+        let body = TaskBundle::body([one.as_slice(), two.as_slice()], &[]);
         let bundle: TaskBundle = serde_json::from_slice(&body).unwrap();
         assert_eq!(bundle.tasks.len(), 2);
         assert_eq!(bundle.tasks[0], serde_json::from_slice(&one).unwrap());
         assert_eq!(bundle.tasks[1].timeout_ms, Some(5));
-        let empty: TaskBundle = serde_json::from_slice(&TaskBundle::body([])).unwrap();
+        assert_eq!(bundle.correlation_id(0), None);
+        let empty: TaskBundle = serde_json::from_slice(&TaskBundle::body([], &[])).unwrap();
         assert!(empty.tasks.is_empty());
+
+        // Tasks of different requests keep their own correlation ids.
+        let body = TaskBundle::body([one.as_slice(), two.as_slice()], &["a\"b", "c"]);
+        let bundle: TaskBundle = serde_json::from_slice(&body).unwrap();
+        assert_eq!(bundle.correlation_id(0), Some("a\"b"));
+        assert_eq!(bundle.correlation_id(1), Some("c"));
     }
 
     #[test]

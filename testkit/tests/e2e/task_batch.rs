@@ -566,3 +566,33 @@ async fn an_unreadable_bundle_is_dead_lettered_and_the_worker_carries_on() {
     wait_for_succeeded(&app, 3).await;
     each_sum_ran_once(&app, &ids, usize::MAX).await;
 }
+
+/// Single submissions that come while earlier ones wait for their confirms
+/// are published together, in bundles; each task still runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_submissions_that_come_together_run_once_each_whatever_bundles_they_form() {
+    let mut app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
+    let submits = (0..200).map(|i| {
+        let app = &app;
+        async move { (i, app.submit("sum", json!(format!("{i},1"))).await) }
+    });
+    let ids = futures::future::join_all(submits).await;
+    let messages = rabbit::ready_count(&app.env.amqp_url(), topology::TASKS_QUEUE).await;
+    assert!(
+        (1..=200).contains(&messages),
+        "{messages} messages for 200 tasks"
+    );
+    app.workers.push(Worker::start(app.env.settings()).await);
+    wait_for_succeeded(&app, 200).await;
+    for (i, id) in ids {
+        let task = app.task(id).await;
+        assert_eq!(task["result"], json!(i + 1), "{task}");
+        assert_eq!(task["attempts"], 1, "{task}");
+    }
+    assert_eq!(
+        app.workers[0]
+            .metrics
+            .message_count(topology::TASKS_QUEUE, MessageOutcome::Acked),
+        200
+    );
+}
