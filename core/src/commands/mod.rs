@@ -85,7 +85,7 @@ impl Commands {
         clock: Clock,
     ) -> Self {
         let task_inserts = tasks::inserter(pool.clone());
-        let task_publishes = tasks::TaskPublisher::new(publisher.clone());
+        let task_publishes = tasks::task_publisher(publisher.clone());
         let request_inserts = library::request_inserter(pool.clone());
         let rpc = RpcClient::new(publisher.broker().clone(), settings.amqp.confirm_timeout);
         let wakeups = crate::tasks::wakeups::Wakeups::new(&settings.database.url);

@@ -1,8 +1,6 @@
 //! Task commands: submit (with an optional time limit and Idempotency-Key),
 //! cancel, look up, list, fetch results.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use deadpool_postgres::Pool;
 use serde::Serialize;
 use serde_json::Value;
@@ -182,84 +180,28 @@ fn task_messages(tasks: &[Outgoing]) -> Vec<(String, Vec<u8>, lapin::BasicProper
         .collect()
 }
 
-/// Publishes the first messages of single submissions. One that comes
-/// while none is being published goes at once, as its own message; those
-/// that come while one is waiting for its confirm go together, in bundles
-/// (see [`task_messages`]), through a group-commit batcher. Each answers
-/// when its message is confirmed, or with why not.
-pub(super) struct TaskPublisher {
-    publisher: crate::broker::Publisher,
-    together: Batcher<Outgoing, Result<(), String>, std::convert::Infallible>,
-    /// True while a submission is being published on its own.
-    alone: AtomicBool,
-}
+/// Publishes the first messages of single submissions. Those that come
+/// while earlier ones wait for their confirms go together, in bundles (see
+/// [`task_messages`]); a submission that comes alone is published alone at
+/// once. Each answers when its message is confirmed, or with why not.
+pub(super) type TaskPublisher = Batcher<Outgoing, Result<(), String>, std::convert::Infallible>;
 
-impl TaskPublisher {
-    pub(super) fn new(publisher: crate::broker::Publisher) -> Self {
-        let batch_publisher = publisher.clone();
-        let together = Batcher::spawn(512, crate::batch::IN_FLIGHT, move |tasks: Vec<Outgoing>| {
-            let publisher = batch_publisher.clone();
-            async move {
-                let messages = task_messages(&tasks);
-                let published = publisher
-                    .publish_many(topology::TASKS_EXCHANGE, &messages, true)
-                    .await;
-                let mut answers = Vec::with_capacity(tasks.len());
-                for (chunk, result) in tasks.chunks(BUNDLE_MAX).zip(published) {
-                    let answer = result.map_err(|e| e.to_string());
-                    answers.extend(std::iter::repeat_n(answer, chunk.len()));
-                }
-                Ok(answers)
+pub(super) fn task_publisher(publisher: crate::broker::Publisher) -> TaskPublisher {
+    Batcher::spawn(512, crate::batch::IN_FLIGHT, move |tasks: Vec<Outgoing>| {
+        let publisher = publisher.clone();
+        async move {
+            let messages = task_messages(&tasks);
+            let published = publisher
+                .publish_many(topology::TASKS_EXCHANGE, &messages, true)
+                .await;
+            let mut answers = Vec::with_capacity(tasks.len());
+            for (chunk, result) in tasks.chunks(BUNDLE_MAX).zip(published) {
+                let answer = result.map_err(|e| e.to_string());
+                answers.extend(std::iter::repeat_n(answer, chunk.len()));
             }
-        });
-        Self {
-            publisher,
-            together,
-            alone: AtomicBool::new(false),
+            Ok(answers)
         }
-    }
-
-    pub(super) async fn publish(&self, task: Outgoing) -> Result<(), String> {
-        let alone = Alone::take(&self.alone);
-        if alone.is_none() {
-            return self
-                .together
-                .submit(task)
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|answer| answer);
-        }
-        // Straight to the broker: the batcher's hand-offs cost a waiting
-        // client more than sharing saves when nothing else is under way.
-        self.publisher
-            .publish(
-                topology::TASKS_EXCHANGE,
-                &format!("task.{}", task.action.as_str()),
-                &task.body,
-                first_attempt(task.id, &task.correlation_id),
-                true,
-            )
-            .await
-            .map_err(|e| e.to_string())
-    }
-}
-
-/// The one submission being published alone, while it is; given up when
-/// its publish ends or its request is dropped.
-struct Alone<'a>(&'a AtomicBool);
-
-impl<'a> Alone<'a> {
-    fn take(flag: &'a AtomicBool) -> Option<Self> {
-        flag.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .ok()
-            .map(|_| Self(flag))
-    }
-}
-
-impl Drop for Alone<'_> {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
-    }
+    })
 }
 
 /// How far in the past a `run_at` may be (clocks differ, requests take
@@ -344,13 +286,15 @@ impl Commands {
         let published = self
             .inner
             .task_publishes
-            .publish(Outgoing {
+            .submit(Outgoing {
                 id,
                 action,
                 body,
                 correlation_id: correlation_id.to_owned(),
             })
-            .await;
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|answer| answer);
         if let Err(e) = published {
             tracing::warn!(error = %e, "publish failed; withdrawing the task");
             if self.withdraw_unpublished(&[id]).await {
@@ -953,7 +897,7 @@ impl Commands {
 mod tests {
     use serde_json::json;
 
-    use super::{Action, Alone, Outgoing, TaskBundle, Uuid, holds_nul, task_messages};
+    use super::{Action, Outgoing, TaskBundle, Uuid, holds_nul, task_messages};
     use crate::{
         broker::headers,
         tasks::{BUNDLE_ROUTING_KEY, is_bundle},
@@ -989,19 +933,6 @@ mod tests {
         let (key, _, props) = &messages[2];
         assert_eq!(key, "task.sum");
         assert!(!is_bundle(props));
-    }
-
-    #[test]
-    fn one_submission_at_a_time_goes_alone_and_the_next_may_once_it_is_done() {
-        let flag = std::sync::atomic::AtomicBool::new(false);
-        let first = Alone::take(&flag);
-        assert!(first.is_some());
-        assert!(
-            Alone::take(&flag).is_none(),
-            "a second waits for the batcher"
-        );
-        drop(first);
-        assert!(Alone::take(&flag).is_some());
     }
 
     #[test]
