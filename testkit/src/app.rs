@@ -30,6 +30,25 @@ pub async fn spawn_app() -> TestApp {
 }
 
 impl TestApp {
+    /// The API and one worker whose results above 16 bytes go to a bucket
+    /// that does not exist yet ([`TestEnv::missing_bucket`]), retrying
+    /// `max_retries` times; answers the app and the bucket's name.
+    pub async fn spawn_with_missing_bucket(max_retries: u32) -> (Self, String) {
+        let env = TestEnv::new().await;
+        let bucket = env.missing_bucket();
+        let app = Self::spawn(
+            env,
+            |s| {
+                s.s3.bucket = bucket.clone();
+                s.tasks.inline_result_limit = 16;
+                s.tasks.max_retries = max_retries;
+            },
+            1,
+        )
+        .await;
+        (app, bucket)
+    }
+
     /// Starts the API and `workers` workers with settings adjusted by `tweak`.
     pub async fn spawn(env: TestEnv, tweak: impl Fn(&mut Settings), workers: usize) -> Self {
         Self::spawn_with_clock(env, tweak, workers, Clock::system()).await

@@ -103,6 +103,35 @@ impl TestEnv {
         ObjectStore::new(&self.settings.s3)
     }
 
+    /// A bucket of this test's own that does not exist until
+    /// [`TestEnv::create_bucket`]: storing into it fails until then.
+    pub fn missing_bucket(&self) -> String {
+        format!("bibliomq-t-{}", self.name.replace('_', "-"))
+    }
+
+    pub async fn create_bucket(&self, bucket: &str) {
+        self.store()
+            .client()
+            .create_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// Deletes `bucket` with what it holds, if it is there.
+    pub async fn delete_bucket(&self, bucket: &str) {
+        let client = self.store().client().clone();
+        if let Ok(list) = client.list_objects_v2().bucket(bucket).send().await {
+            for obj in list.contents() {
+                if let Some(key) = obj.key() {
+                    let _ = client.delete_object().bucket(bucket).key(key).send().await;
+                }
+            }
+        }
+        let _ = client.delete_bucket().bucket(bucket).send().await;
+    }
+
     /// AMQP URL of this test's vhost.
     pub fn amqp_url(&self) -> String {
         self.settings.amqp.url.clone()

@@ -55,49 +55,11 @@ async fn a_redelivered_finished_task_is_acked_without_running_again() {
     assert_eq!(after["result"], json!(6));
 }
 
-/// A bucket that does not exist yet: storing a large result fails until it does.
-fn missing_bucket(env: &TestEnv) -> String {
-    format!("bibliomq-t-{}", env.name.replace('_', "-"))
-}
-
-async fn create_bucket(env: &TestEnv, bucket: &str) {
-    env.store()
-        .client()
-        .create_bucket()
-        .bucket(bucket)
-        .send()
-        .await
-        .unwrap();
-}
-
-async fn delete_bucket(env: &TestEnv, bucket: &str) {
-    let client = env.store().client().clone();
-    if let Ok(list) = client.list_objects_v2().bucket(bucket).send().await {
-        for obj in list.contents() {
-            if let Some(key) = obj.key() {
-                let _ = client.delete_object().bucket(bucket).key(key).send().await;
-            }
-        }
-    }
-    let _ = client.delete_bucket().bucket(bucket).send().await;
-}
-
 /// An app whose results above 16 bytes go to a bucket that does not exist
 /// (yet), and a task with such a result: storing it fails until the bucket
 /// is there.
 async fn submit_into_missing_bucket(max_retries: u32) -> (TestApp, String, uuid::Uuid) {
-    let env = TestEnv::new().await;
-    let bucket = missing_bucket(&env);
-    let app = TestApp::spawn(
-        env,
-        |s| {
-            s.s3.bucket = bucket.clone();
-            s.tasks.inline_result_limit = 16;
-            s.tasks.max_retries = max_retries;
-        },
-        1,
-    )
-    .await;
+    let (app, bucket) = TestApp::spawn_with_missing_bucket(max_retries).await;
     let id = app
         .submit("upper", json!("a result longer than sixteen bytes"))
         .await;
@@ -125,9 +87,9 @@ async fn a_passing_storage_failure_is_retried_until_it_succeeds() {
     );
 
     // ...and succeeds once the bucket exists.
-    create_bucket(&app.env, &bucket).await;
+    app.env.create_bucket(&bucket).await;
     let task = app.wait_for_task(id).await;
-    delete_bucket(&app.env, &bucket).await;
+    app.env.delete_bucket(&bucket).await;
     assert_eq!(task["state"], "succeeded", "{task}");
     assert!(task["attempts"].as_i64().unwrap() >= 2, "{task}");
     assert!(task["error"].is_null());

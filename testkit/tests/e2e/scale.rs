@@ -86,7 +86,7 @@ async fn the_dashboard_counts_stay_exact_through_every_state_retries_and_the_ret
     // Results above 16 bytes go to a bucket that does not exist, retried
     // once: such a task ends dead after a retry.
     let env = TestEnv::new().await;
-    let bucket = format!("bibliomq-t-{}", env.name.replace('_', "-"));
+    let bucket = env.missing_bucket();
     let app = TestApp::spawn(
         env,
         |s| {

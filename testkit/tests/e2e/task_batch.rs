@@ -442,18 +442,7 @@ async fn a_task_cancelled_inside_a_bundle_ends_cancelled_and_the_bundle_is_acked
 /// other tasks succeed at once, and the retried one once storage is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_passing_failure_inside_a_bundle_retries_that_task_alone() {
-    let env = TestEnv::new().await;
-    let bucket = format!("bibliomq-t-{}", env.name.replace('_', "-"));
-    let app = TestApp::spawn(
-        env,
-        |s| {
-            s.s3.bucket = bucket.clone();
-            s.tasks.inline_result_limit = 16;
-            s.tasks.max_retries = 6;
-        },
-        1,
-    )
-    .await;
+    let (app, bucket) = TestApp::spawn_with_missing_bucket(6).await;
     let batch = json!([
         {"action": "upper", "payload": "a result longer than sixteen bytes"},
         {"action": "sum", "payload": "1,2"},
@@ -471,17 +460,9 @@ async fn a_passing_failure_inside_a_bundle_retries_that_task_alone() {
     .expect("the storage failure was never retried");
     assert_eq!(app.task(ids[0]).await["state"], "queued");
 
-    let store = app.env.store().client().clone();
-    store.create_bucket().bucket(&bucket).send().await.unwrap();
+    app.env.create_bucket(&bucket).await;
     let task = app.wait_for_task(ids[0]).await;
-    if let Ok(list) = store.list_objects_v2().bucket(&bucket).send().await {
-        for obj in list.contents() {
-            if let Some(key) = obj.key() {
-                let _ = store.delete_object().bucket(&bucket).key(key).send().await;
-            }
-        }
-    }
-    let _ = store.delete_bucket().bucket(&bucket).send().await;
+    app.env.delete_bucket(&bucket).await;
     assert_eq!(task["state"], "succeeded", "{task}");
     assert!(task["attempts"].as_i64().unwrap() >= 2, "{task}");
     assert_eq!(task["result_object"]["bucket"], bucket);

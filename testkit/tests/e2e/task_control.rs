@@ -367,27 +367,9 @@ async fn ten_concurrent_submissions_with_one_key_make_one_task() {
     assert_eq!(app.count("SELECT count(*) FROM tasks").await, 1);
 }
 
-/// An app whose results above 16 bytes go to a bucket that does not exist
-/// (yet), retrying once: a task with such a result ends dead.
-async fn app_with_missing_bucket() -> (TestApp, String) {
-    let env = TestEnv::new().await;
-    let bucket = format!("bibliomq-t-{}", env.name.replace('_', "-"));
-    let app = TestApp::spawn(
-        env,
-        |s| {
-            s.s3.bucket = bucket.clone();
-            s.tasks.inline_result_limit = 16;
-            s.tasks.max_retries = 1;
-        },
-        1,
-    )
-    .await;
-    (app, bucket)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_task_is_listed_then_replayed_and_succeeds_once_its_cause_is_gone() {
-    let (app, bucket) = app_with_missing_bucket().await;
+    let (app, bucket) = TestApp::spawn_with_missing_bucket(1).await;
     let id = app
         .submit("upper", json!("a result longer than sixteen bytes"))
         .await;
@@ -419,14 +401,7 @@ async fn a_dead_task_is_listed_then_replayed_and_succeeds_once_its_cause_is_gone
     assert_eq!(again["dead_letters"][0]["id"], id.to_string());
 
     // The cause removed, the replay runs it again and it succeeds.
-    app.env
-        .store()
-        .client()
-        .create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .unwrap();
+    app.env.create_bucket(&bucket).await;
     let (status, replayed) = app
         .post(
             "/v1/dead-letters/replay",
@@ -441,15 +416,7 @@ async fn a_dead_task_is_listed_then_replayed_and_succeeds_once_its_cause_is_gone
     assert_eq!(after["total"], 0, "{after}");
     assert_eq!(after["dead_letters"], json!([]), "{after}");
 
-    let client = app.env.store().client().clone();
-    if let Ok(list) = client.list_objects_v2().bucket(&bucket).send().await {
-        for obj in list.contents() {
-            if let Some(key) = obj.key() {
-                let _ = client.delete_object().bucket(&bucket).key(key).send().await;
-            }
-        }
-    }
-    let _ = client.delete_bucket().bucket(&bucket).send().await;
+    app.env.delete_bucket(&bucket).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
