@@ -767,11 +767,61 @@ fn part_properties(
     if let Some(timestamp) = bundle.timestamp() {
         props = props.with_timestamp(*timestamp);
     }
-    if let Some(headers) = bundle.headers() {
-        props = props.with_headers(headers.clone());
+    if let Some(bundle_headers) = bundle.headers() {
+        // Not the broker's count of the bundle's deliveries: the task's
+        // own message starts its own count.
+        let mut own = lapin::types::FieldTable::default();
+        for (key, value) in bundle_headers.inner() {
+            if key.as_str() != headers::DELIVERY_COUNT {
+                own.insert(key.clone(), value.clone());
+            }
+        }
+        props = props.with_headers(own);
     }
     match correlation_id {
         Some(own) => headers::with_header(props, headers::CORRELATION, headers::long_string(own)),
         None => props,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lapin::types::AMQPValue;
+
+    use super::*;
+
+    fn bundle_properties() -> BasicProperties {
+        let props = headers::with_header(
+            headers::persistent_json("the-bundle", "req"),
+            headers::ATTEMPT,
+            AMQPValue::LongLongInt(1),
+        );
+        headers::with_header(props, headers::DELIVERY_COUNT, AMQPValue::LongLongInt(2))
+            .with_type(bibliomq_core::tasks::BUNDLE_KIND.into())
+    }
+
+    #[test]
+    fn a_task_cut_from_a_bundle_is_a_first_attempt_of_its_own() {
+        let id = Uuid::now_v7();
+        let props = part_properties(&bundle_properties(), id, None);
+        assert_eq!(
+            props.message_id().as_ref().map(|m| m.as_str().to_owned()),
+            Some(id.to_string())
+        );
+        assert!(!is_bundle(&props));
+        assert_eq!(props.delivery_mode(), &Some(2));
+        assert_eq!(headers::get_u64(&props, headers::ATTEMPT), Some(1));
+        assert_eq!(
+            headers::get_u64(&props, headers::DELIVERY_COUNT),
+            None,
+            "the bundle's deliveries are not the task's"
+        );
+        assert_eq!(headers::correlation_id(&props), "req");
+    }
+
+    #[test]
+    fn a_task_of_another_request_keeps_its_own_correlation_id() {
+        let props = part_properties(&bundle_properties(), Uuid::now_v7(), Some("own"));
+        assert_eq!(headers::correlation_id(&props), "own");
     }
 }
