@@ -14,6 +14,10 @@
 //!   code `timeout`, without retries.
 //! - A task a client cancelled is stopped (see [`crate::cancels`]) and
 //!   recorded `cancelled`; a cancelled task delivered later is acked unrun.
+//! - A bundle (several tasks in one message, see [`TaskBundle`]) runs each
+//!   of its tasks as above and is acked once all their outcomes are
+//!   committed; a bundle delivered again is split into one message per
+//!   task, so the checks above stay per task.
 
 use std::{
     borrow::Cow,
