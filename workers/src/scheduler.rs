@@ -3,9 +3,9 @@
 //! A task submitted with `run_at` or `delay_ms` is stored `scheduled` in
 //! PostgreSQL and not published. Every [`INTERVAL`], each worker process, in
 //! one transaction, takes the due ones (`FOR UPDATE SKIP LOCKED`, earliest
-//! first, at most [`BATCH`]), publishes their task messages ([`IN_FLIGHT`]
-//! at a time awaiting their confirms), marks the confirmed ones `queued`,
-//! and commits. Several worker
+//! first, at most [`BATCH`]), publishes them (in bundles of up to
+//! [`BUNDLE_MAX`], their confirms awaited together), marks the confirmed
+//! ones `queued`, and commits. Several worker
 //! processes share the work without taking the same task; a cancel racing a
 //! pass waits for its commit and then finds the task `queued` (or still
 //! `scheduled`), never both.
@@ -18,7 +18,11 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use bibliomq_core::{broker::Publisher, metrics::Metrics, tasks::store};
+use bibliomq_core::{
+    broker::{Publisher, topology},
+    metrics::Metrics,
+    tasks::{BUNDLE_MAX, Outgoing, first_messages, store},
+};
 use deadpool_postgres::Pool;
 use futures::{StreamExt, stream::FuturesOrdered};
 use tokio_util::sync::CancellationToken;
@@ -68,12 +72,16 @@ pub async fn schedule_once(
     if due.is_empty() {
         return Ok(0);
     }
-    // Up to IN_FLIGHT publishes wait for their confirms at once: one
-    // confirm round trip after another made a burst of due tasks wait
-    // seconds for the last ones (see the README, "Delayed tasks").
+    // First attempts (every scheduled task so far) travel in bundles,
+    // their confirms awaited together (`publish_many`); any other goes
+    // alone, IN_FLIGHT at a time, as the reaper publishes. One confirm
+    // round trip after another made a burst of due tasks wait seconds for
+    // the last ones (see the README, "Delayed tasks").
+    let (first, again): (Vec<&store::Stranded>, Vec<&store::Stranded>) =
+        due.iter().partition(|task| task.attempts <= 0);
+    let mut outcomes = publish_first_attempts(publisher, &first).await;
     let mut in_flight = FuturesOrdered::new();
-    let mut outcomes = Vec::with_capacity(due.len());
-    for task in &due {
+    for task in again {
         if in_flight.len() >= IN_FLIGHT
             && let Some(outcome) = in_flight.next().await
         {
@@ -105,6 +113,41 @@ pub async fn schedule_once(
     }
     tracing::debug!(tasks = published.len(), "published due tasks");
     Ok(published.len())
+}
+
+/// Publishes the first attempts of due tasks in bundles; each task's id
+/// and how its bundle went.
+async fn publish_first_attempts(
+    publisher: &Publisher,
+    tasks: &[&store::Stranded],
+) -> Vec<(uuid::Uuid, anyhow::Result<()>)> {
+    let mut outcomes = Vec::with_capacity(tasks.len());
+    let mut outgoing = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        match serde_json::to_vec(&task.message) {
+            Ok(body) => outgoing.push(Outgoing {
+                id: task.message.id,
+                action: task.message.action.clone(),
+                body,
+                correlation_id: task.correlation_id.clone(),
+            }),
+            Err(e) => outcomes.push((task.message.id, Err(e.into()))),
+        }
+    }
+    let messages = first_messages(&outgoing);
+    let published = publisher
+        .publish_many(topology::TASKS_EXCHANGE, &messages, true)
+        .await;
+    for (chunk, result) in outgoing.chunks(BUNDLE_MAX).zip(published) {
+        for task in chunk {
+            let outcome = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(anyhow::anyhow!("{e}")),
+            };
+            outcomes.push((task.id, outcome));
+        }
+    }
+    outcomes
 }
 
 /// Publishes one due task; its id and how it went.

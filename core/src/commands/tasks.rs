@@ -10,13 +10,12 @@ use uuid::Uuid;
 use super::Commands;
 use crate::{
     batch::Batcher,
-    broker::{headers, topology},
+    broker::topology,
     db::DbFailure,
     error::{CommandError, ErrorDetails, Invalid, ItemError},
     storage::ObjectBody,
     tasks::{
-        Action, BUNDLE_KIND, BUNDLE_MAX, BUNDLE_ROUTING_KEY, TaskBundle, TaskMessage, TaskRequest,
-        TaskState,
+        Action, BUNDLE_MAX, Outgoing, TaskMessage, TaskRequest, TaskState, first_messages,
         store::{self, CancelOutcome, ListFilter, NewTask, TaskRecord},
     },
 };
@@ -133,56 +132,9 @@ struct Checked {
     task: NewTask,
 }
 
-/// The properties of a task's first message: persistent, attempt 1.
-fn first_attempt(id: Uuid, correlation_id: &str) -> lapin::BasicProperties {
-    headers::with_header(
-        headers::persistent_json(&id.to_string(), correlation_id),
-        headers::ATTEMPT,
-        lapin::types::AMQPValue::LongLongInt(1),
-    )
-}
-
-/// A task's first message, ready to publish.
-pub(super) struct Outgoing {
-    id: Uuid,
-    action: Action,
-    /// A serialized [`TaskMessage`].
-    body: Vec<u8>,
-    /// The correlation id of the request that made it.
-    correlation_id: String,
-}
-
-/// The messages that carry `tasks`, in order: bundles of up to
-/// [`BUNDLE_MAX`], and a task left alone as its own message.
-fn task_messages(tasks: &[Outgoing]) -> Vec<(String, Vec<u8>, lapin::BasicProperties)> {
-    tasks
-        .chunks(BUNDLE_MAX)
-        .map(|chunk| match chunk {
-            [one] => (
-                format!("task.{}", one.action.as_str()),
-                one.body.clone(),
-                first_attempt(one.id, &one.correlation_id),
-            ),
-            _ => {
-                let first = chunk[0].correlation_id.as_str();
-                let own: Vec<&str> = if chunk.iter().all(|t| t.correlation_id == first) {
-                    Vec::new()
-                } else {
-                    chunk.iter().map(|t| t.correlation_id.as_str()).collect()
-                };
-                (
-                    BUNDLE_ROUTING_KEY.to_owned(),
-                    TaskBundle::body(chunk.iter().map(|t| t.body.as_slice()), &own),
-                    first_attempt(Uuid::new_v4(), first).with_type(BUNDLE_KIND.into()),
-                )
-            }
-        })
-        .collect()
-}
-
 /// Publishes the first messages of single submissions. Those that come
 /// while earlier ones wait for their confirms go together, in bundles (see
-/// [`task_messages`]); a submission that comes alone is published alone at
+/// [`first_messages`]); a submission that comes alone is published alone at
 /// once. Each answers when its message is confirmed, or with why not.
 pub(super) type TaskPublisher = Batcher<Outgoing, Result<(), String>, std::convert::Infallible>;
 
@@ -190,7 +142,7 @@ pub(super) fn task_publisher(publisher: crate::broker::Publisher) -> TaskPublish
     Batcher::spawn(512, crate::batch::IN_FLIGHT, move |tasks: Vec<Outgoing>| {
         let publisher = publisher.clone();
         async move {
-            let messages = task_messages(&tasks);
+            let messages = first_messages(&tasks);
             let published = publisher
                 .publish_many(topology::TASKS_EXCHANGE, &messages, true)
                 .await;
@@ -288,7 +240,7 @@ impl Commands {
             .task_publishes
             .submit(Outgoing {
                 id,
-                action,
+                action: action.as_str().to_owned(),
                 body,
                 correlation_id: correlation_id.to_owned(),
             })
@@ -323,7 +275,7 @@ impl Commands {
     /// and nothing is stored or published. Otherwise the rows go into
     /// PostgreSQL in one statement and one transaction, the tasks are
     /// published in bundles of up to [`BUNDLE_MAX`] (one message each; see
-    /// [`TaskBundle`]) with their confirms awaited together, and the
+    /// [`crate::tasks::TaskBundle`]) with their confirms awaited together, and the
     /// answer lists every task in the order sent. An item whose
     /// Idempotency-Key a task already holds for the same request answers
     /// with that task (`replayed`) and queues nothing; for a different
@@ -452,12 +404,12 @@ impl Commands {
             .filter(|((_, task), inserted)| **inserted && task.run_at.is_none())
             .map(|(((id, action, body), _), _)| Outgoing {
                 id,
-                action,
+                action: action.as_str().to_owned(),
                 body,
                 correlation_id: correlation_id.to_owned(),
             })
             .collect();
-        let messages = task_messages(&due);
+        let messages = first_messages(&due);
         let published = self
             .publisher()
             .publish_many(topology::TASKS_EXCHANGE, &messages, true)
@@ -897,54 +849,7 @@ impl Commands {
 mod tests {
     use serde_json::json;
 
-    use super::{Action, Outgoing, TaskBundle, Uuid, holds_nul, task_messages};
-    use crate::{
-        broker::headers,
-        tasks::{BUNDLE_ROUTING_KEY, is_bundle},
-    };
-
-    fn outgoing(n: usize, correlation: impl Fn(usize) -> String) -> Vec<Outgoing> {
-        (0..n)
-            .map(|i| Outgoing {
-                id: Uuid::now_v7(),
-                action: Action::Sum,
-                body: format!(
-                    r#"{{"id":"{}","action":"sum","payload":"{i},1","submitted_at":"2026-12-06T00:00:00Z"}}"#,
-                    Uuid::now_v7()
-                )
-                .into_bytes(),
-                correlation_id: correlation(i),
-            })
-            .collect()
-    }
-
-    #[test]
-    fn tasks_go_a_hundred_to_a_bundle_and_one_left_alone_as_its_own_message() {
-        let messages = task_messages(&outgoing(201, |_| "req".to_owned()));
-        assert_eq!(messages.len(), 3);
-        for (key, body, props) in &messages[..2] {
-            assert_eq!(key, BUNDLE_ROUTING_KEY);
-            assert!(is_bundle(props));
-            let bundle: TaskBundle = serde_json::from_slice(body).unwrap();
-            assert_eq!(bundle.tasks.len(), 100);
-            assert!(bundle.correlation_ids.is_empty(), "they share the bundle's");
-            assert_eq!(headers::correlation_id(props), "req");
-        }
-        let (key, _, props) = &messages[2];
-        assert_eq!(key, "task.sum");
-        assert!(!is_bundle(props));
-    }
-
-    #[test]
-    fn tasks_of_different_requests_keep_their_own_correlation_ids_in_a_bundle() {
-        let tasks = outgoing(3, |i| format!("req-{i}"));
-        let messages = task_messages(&tasks);
-        assert_eq!(messages.len(), 1);
-        let bundle: TaskBundle = serde_json::from_slice(&messages[0].1).unwrap();
-        assert_eq!(bundle.correlation_ids, vec!["req-0", "req-1", "req-2"]);
-        let ids: Vec<String> = bundle.tasks.iter().map(|t| t.payload.to_string()).collect();
-        assert_eq!(ids, vec![r#""0,1""#, r#""1,1""#, r#""2,1""#], "in order");
-    }
+    use super::holds_nul;
 
     #[test]
     fn a_nul_anywhere_in_a_payload_is_found() {

@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::broker::headers;
+
 /// Body of a message on [`crate::broker::topology::TASKS_EXCHANGE`]. The
 /// payload is the client's, unparsed: the worker checks it with the same
 /// [`super::TaskRequest::parse`] the API used.
@@ -106,6 +108,56 @@ pub fn is_bundle(props: &lapin::BasicProperties) -> bool {
         .is_some_and(|k| k.as_str() == BUNDLE_KIND)
 }
 
+/// The properties of a task's first message: persistent, attempt 1.
+fn first_attempt(id: Uuid, correlation_id: &str) -> lapin::BasicProperties {
+    headers::with_header(
+        headers::persistent_json(&id.to_string(), correlation_id),
+        headers::ATTEMPT,
+        lapin::types::AMQPValue::LongLongInt(1),
+    )
+}
+
+/// A task's first message, ready to publish.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub id: Uuid,
+    /// The task's action, as its routing key `task.<action>` names it.
+    pub action: String,
+    /// A serialized [`TaskMessage`].
+    pub body: Vec<u8>,
+    /// The correlation id of the request that made it.
+    pub correlation_id: String,
+}
+
+/// The messages (routing key, body, properties) that carry the first
+/// attempts of `tasks`, in order: bundles of up to [`BUNDLE_MAX`], and a
+/// task left alone as its own message.
+pub fn first_messages(tasks: &[Outgoing]) -> Vec<(String, Vec<u8>, lapin::BasicProperties)> {
+    tasks
+        .chunks(BUNDLE_MAX)
+        .map(|chunk| match chunk {
+            [one] => (
+                format!("task.{}", one.action),
+                one.body.clone(),
+                first_attempt(one.id, &one.correlation_id),
+            ),
+            _ => {
+                let first = chunk[0].correlation_id.as_str();
+                let own: Vec<&str> = if chunk.iter().all(|t| t.correlation_id == first) {
+                    Vec::new()
+                } else {
+                    chunk.iter().map(|t| t.correlation_id.as_str()).collect()
+                };
+                (
+                    BUNDLE_ROUTING_KEY.to_owned(),
+                    TaskBundle::body(chunk.iter().map(|t| t.body.as_slice()), &own),
+                    first_attempt(Uuid::new_v4(), first).with_type(BUNDLE_KIND.into()),
+                )
+            }
+        })
+        .collect()
+}
+
 /// A task's outcome event on `bibliomq.events`: `task.succeeded`,
 /// `task.failed`, `task.dead` or `task.cancelled`, published once the
 /// outcome is recorded.
@@ -171,6 +223,49 @@ mod tests {
         assert_eq!(message(Some(299_000)).time_limit(Action::Primes, max), own);
         let low_max = Duration::from_secs(1);
         assert_eq!(message(None).time_limit(Action::Primes, low_max), low_max);
+    }
+
+    fn outgoing(n: usize, correlation: impl Fn(usize) -> String) -> Vec<Outgoing> {
+        (0..n)
+            .map(|i| Outgoing {
+                id: Uuid::now_v7(),
+                action: "sum".to_owned(),
+                body: format!(
+                    r#"{{"id":"{}","action":"sum","payload":"{i},1","submitted_at":"2026-12-06T00:00:00Z"}}"#,
+                    Uuid::now_v7()
+                )
+                .into_bytes(),
+                correlation_id: correlation(i),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tasks_go_a_hundred_to_a_bundle_and_one_left_alone_as_its_own_message() {
+        let messages = first_messages(&outgoing(201, |_| "req".to_owned()));
+        assert_eq!(messages.len(), 3);
+        for (key, body, props) in &messages[..2] {
+            assert_eq!(key, BUNDLE_ROUTING_KEY);
+            assert!(is_bundle(props));
+            let bundle: TaskBundle = serde_json::from_slice(body).unwrap();
+            assert_eq!(bundle.tasks.len(), 100);
+            assert!(bundle.correlation_ids.is_empty(), "they share the bundle's");
+            assert_eq!(headers::correlation_id(props), "req");
+        }
+        let (key, _, props) = &messages[2];
+        assert_eq!(key, "task.sum");
+        assert!(!is_bundle(props));
+    }
+
+    #[test]
+    fn tasks_of_different_requests_keep_their_own_correlation_ids_in_a_bundle() {
+        let tasks = outgoing(3, |i| format!("req-{i}"));
+        let messages = first_messages(&tasks);
+        assert_eq!(messages.len(), 1);
+        let bundle: TaskBundle = serde_json::from_slice(&messages[0].1).unwrap();
+        assert_eq!(bundle.correlation_ids, vec!["req-0", "req-1", "req-2"]);
+        let ids: Vec<String> = bundle.tasks.iter().map(|t| t.payload.to_string()).collect();
+        assert_eq!(ids, vec![r#""0,1""#, r#""1,1""#, r#""2,1""#], "in order");
     }
 
     #[test]

@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use message::{
-    BUNDLE_KIND, BUNDLE_MAX, BUNDLE_ROUTING_KEY, TaskBundle, TaskEvent, TaskMessage, is_bundle,
+    BUNDLE_KIND, BUNDLE_MAX, BUNDLE_ROUTING_KEY, Outgoing, TaskBundle, TaskEvent, TaskMessage,
+    first_messages, is_bundle,
 };
 
 pub use run::{ContentType, TaskFailure, TaskOutput, run};

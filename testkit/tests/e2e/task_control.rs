@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use bibliomq_core::{broker::topology, metrics::MessageOutcome};
+use bibliomq_core::{
+    broker::topology,
+    metrics::{MessageOutcome, PublishLabels, PublishOutcome},
+};
 use bibliomq_testkit::{
     TestApp, TestEnv,
     app::{DEADLINE, Worker, status_and_json, wait_until},
@@ -631,6 +634,49 @@ async fn a_delayed_task_is_scheduled_then_runs_after_its_time() {
         started_at_of(&done) >= run_at,
         "it started before its time: {done}"
     );
+}
+
+/// Tasks due at the same instant are published in bundles: 150 of them
+/// are two messages, and each runs once, not before its time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_tasks_due_together_are_published_in_bundles_and_each_runs_once() {
+    let app = TestApp::spawn(TestEnv::new().await, |_| {}, 1).await;
+    let run_at = (chrono::Utc::now() + chrono::TimeDelta::milliseconds(1_500))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let batch: Vec<Value> = (0..150)
+        .map(|i| json!({"action": "sum", "payload": format!("{i},1"), "run_at": run_at}))
+        .collect();
+    let (status, answer) = app.post("/v1/tasks/batch", &Value::Array(batch)).await;
+    assert_eq!(status, 202, "{answer}");
+    let ids: Vec<Uuid> = answer["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().parse().unwrap())
+        .collect();
+    let done = wait_until(DEADLINE, || async {
+        let n = app
+            .count("SELECT count(*) FROM tasks WHERE state = 'succeeded'")
+            .await;
+        (n == 150).then_some(())
+    })
+    .await;
+    assert!(done.is_some(), "not every delayed task succeeded");
+    for (i, id) in ids.iter().enumerate() {
+        let task = app.task(*id).await;
+        assert_eq!(task["result"], json!(i + 1), "{task}");
+        assert_eq!(task["attempts"], 1, "{task}");
+        assert!(started_at_of(&task) >= run_at_of(&task), "early: {task}");
+    }
+    let published = app.workers[0]
+        .metrics
+        .published
+        .get_or_create(&PublishLabels {
+            exchange: topology::TASKS_EXCHANGE.to_owned(),
+            outcome: PublishOutcome::Confirmed,
+        })
+        .get();
+    assert_eq!(published, 2, "150 due tasks in two bundles");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
