@@ -188,9 +188,8 @@ pub async fn reap_once(
 }
 
 /// Publishes a stored task as its next attempt: persistent, confirmed and
-/// mandatory, as the API first published it. The reaper and the scheduler
-/// both send tasks this way.
-pub(crate) async fn publish(publisher: &Publisher, task: &store::Stranded) -> anyhow::Result<()> {
+/// mandatory, as the API first published it.
+async fn publish(publisher: &Publisher, task: &store::Stranded) -> anyhow::Result<()> {
     let message = &task.message;
     let body = serde_json::to_vec(message).context("Failed to encode a task message")?;
     let props = headers::with_header(

@@ -3,10 +3,10 @@
 //! A task submitted with `run_at` or `delay_ms` is stored `scheduled` in
 //! PostgreSQL and not published. Every [`INTERVAL`], each worker process, in
 //! one transaction, takes the due ones (`FOR UPDATE SKIP LOCKED`, earliest
-//! first, at most [`BATCH`]), publishes them (in bundles of up to
-//! [`BUNDLE_MAX`], their confirms awaited together), marks the confirmed
-//! ones `queued`, and commits. Several worker
-//! processes share the work without taking the same task; a cancel racing a
+//! first, at most [`BATCH`]), publishes them (in bundles, their confirms
+//! awaited together: [`publish_first`]), marks the confirmed ones
+//! `queued`, and commits. Several worker processes share the work without
+//! taking the same task; a cancel racing a
 //! pass waits for its commit and then finds the task `queued` (or still
 //! `scheduled`), never both.
 //!
@@ -19,12 +19,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bibliomq_core::{
-    broker::{Publisher, topology},
+    broker::Publisher,
     metrics::Metrics,
-    tasks::{BUNDLE_MAX, Outgoing, first_messages, store},
+    tasks::{Outgoing, publish_first, store},
 };
 use deadpool_postgres::Pool;
-use futures::{StreamExt, stream::FuturesOrdered};
 use tokio_util::sync::CancellationToken;
 
 /// How often each worker process looks for due tasks.
@@ -35,9 +34,6 @@ pub const INTERVAL: Duration = Duration::from_millis(200);
 /// waits for the row lock), so a smaller batch lets the first ones start
 /// sooner.
 const BATCH: i64 = 200;
-
-/// Publishes of one pass awaiting their confirms at the same time.
-const IN_FLIGHT: usize = 64;
 
 /// Publishes due tasks every [`INTERVAL`] until `shutdown`.
 pub async fn run(pool: Pool, publisher: Publisher, metrics: Metrics, shutdown: CancellationToken) {
@@ -72,33 +68,32 @@ pub async fn schedule_once(
     if due.is_empty() {
         return Ok(0);
     }
-    // First attempts (every scheduled task so far) travel in bundles,
-    // their confirms awaited together (`publish_many`); any other goes
-    // alone, IN_FLIGHT at a time, as the reaper publishes. One confirm
-    // round trip after another made a burst of due tasks wait seconds for
-    // the last ones (see the README, "Delayed tasks").
-    let (first, again): (Vec<&store::Stranded>, Vec<&store::Stranded>) =
-        due.iter().partition(|task| task.attempts <= 0);
-    let mut outcomes = publish_first_attempts(publisher, &first).await;
-    let mut in_flight = FuturesOrdered::new();
-    for task in again {
-        if in_flight.len() >= IN_FLIGHT
-            && let Some(outcome) = in_flight.next().await
-        {
-            outcomes.push(outcome);
+    // A scheduled task was never attempted (only a submission makes one),
+    // so each goes as a first attempt: in bundles, their confirms awaited
+    // together. One confirm round trip after another made a burst of due
+    // tasks wait seconds for the last ones (see the README, "Delayed tasks").
+    let mut outgoing = Vec::with_capacity(due.len());
+    for task in &due {
+        match serde_json::to_vec(&task.message) {
+            Ok(body) => outgoing.push(Outgoing {
+                id: task.message.id,
+                action: task.message.action.clone(),
+                body,
+                correlation_id: task.correlation_id.clone(),
+            }),
+            Err(e) => {
+                tracing::warn!(task_id = %task.message.id, error = %e, "cannot write a due task's message");
+            }
         }
-        in_flight.push_back(publish_one(publisher, task));
     }
-    while let Some(outcome) = in_flight.next().await {
-        outcomes.push(outcome);
-    }
-    let mut published = Vec::with_capacity(due.len());
-    for (id, outcome) in outcomes {
+    let outcomes = publish_first(publisher, &outgoing).await;
+    let mut published = Vec::with_capacity(outgoing.len());
+    for (task, outcome) in outgoing.iter().zip(outcomes) {
         match outcome {
-            Ok(()) => published.push(id),
+            Ok(()) => published.push(task.id),
             // Marked only once confirmed: the rest stay for the next pass.
             Err(e) => {
-                tracing::warn!(task_id = %id, error = %e, "could not publish a due task");
+                tracing::warn!(task_id = %task.id, error = %e, "could not publish a due task");
             }
         }
     }
@@ -113,50 +108,4 @@ pub async fn schedule_once(
     }
     tracing::debug!(tasks = published.len(), "published due tasks");
     Ok(published.len())
-}
-
-/// Publishes the first attempts of due tasks in bundles; each task's id
-/// and how its bundle went.
-async fn publish_first_attempts(
-    publisher: &Publisher,
-    tasks: &[&store::Stranded],
-) -> Vec<(uuid::Uuid, anyhow::Result<()>)> {
-    let mut outcomes = Vec::with_capacity(tasks.len());
-    let mut outgoing = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        match serde_json::to_vec(&task.message) {
-            Ok(body) => outgoing.push(Outgoing {
-                id: task.message.id,
-                action: task.message.action.clone(),
-                body,
-                correlation_id: task.correlation_id.clone(),
-            }),
-            Err(e) => outcomes.push((task.message.id, Err(e.into()))),
-        }
-    }
-    let messages = first_messages(&outgoing);
-    let published = publisher
-        .publish_many(topology::TASKS_EXCHANGE, &messages, true)
-        .await;
-    for (chunk, result) in outgoing.chunks(BUNDLE_MAX).zip(published) {
-        for task in chunk {
-            let outcome = match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(anyhow::anyhow!("{e}")),
-            };
-            outcomes.push((task.id, outcome));
-        }
-    }
-    outcomes
-}
-
-/// Publishes one due task; its id and how it went.
-async fn publish_one(
-    publisher: &Publisher,
-    task: &store::Stranded,
-) -> (uuid::Uuid, anyhow::Result<()>) {
-    (
-        task.message.id,
-        crate::reaper::publish(publisher, task).await,
-    )
 }

@@ -10,12 +10,11 @@ use uuid::Uuid;
 use super::Commands;
 use crate::{
     batch::Batcher,
-    broker::topology,
     db::DbFailure,
     error::{CommandError, ErrorDetails, Invalid, ItemError},
     storage::ObjectBody,
     tasks::{
-        Action, BUNDLE_MAX, Outgoing, TaskMessage, TaskRequest, TaskState, first_messages,
+        Action, Outgoing, TaskMessage, TaskRequest, TaskState, publish_first,
         store::{self, CancelOutcome, ListFilter, NewTask, TaskRecord},
     },
 };
@@ -134,25 +133,14 @@ struct Checked {
 
 /// Publishes the first messages of single submissions. Those that come
 /// while earlier ones wait for their confirms go together, in bundles (see
-/// [`first_messages`]); a submission that comes alone is published alone at
+/// [`publish_first`]); a submission that comes alone is published alone at
 /// once. Each answers when its message is confirmed, or with why not.
 pub(super) type TaskPublisher = Batcher<Outgoing, Result<(), String>, std::convert::Infallible>;
 
 pub(super) fn task_publisher(publisher: crate::broker::Publisher) -> TaskPublisher {
     Batcher::spawn(512, crate::batch::IN_FLIGHT, move |tasks: Vec<Outgoing>| {
         let publisher = publisher.clone();
-        async move {
-            let messages = first_messages(&tasks);
-            let published = publisher
-                .publish_many(topology::TASKS_EXCHANGE, &messages, true)
-                .await;
-            let mut answers = Vec::with_capacity(tasks.len());
-            for (chunk, result) in tasks.chunks(BUNDLE_MAX).zip(published) {
-                let answer = result.map_err(|e| e.to_string());
-                answers.extend(std::iter::repeat_n(answer, chunk.len()));
-            }
-            Ok(answers)
-        }
+        async move { Ok(publish_first(&publisher, &tasks).await) }
     })
 }
 
@@ -274,7 +262,7 @@ impl Commands {
     /// refusal answers `invalid_tasks` with every refused item by index,
     /// and nothing is stored or published. Otherwise the rows go into
     /// PostgreSQL in one statement and one transaction, the tasks are
-    /// published in bundles of up to [`BUNDLE_MAX`] (one message each; see
+    /// published in bundles of up to [`crate::tasks::BUNDLE_MAX`] (one message each; see
     /// [`crate::tasks::TaskBundle`]) with their confirms awaited together, and the
     /// answer lists every task in the order sent. An item whose
     /// Idempotency-Key a task already holds for the same request answers
@@ -409,11 +397,7 @@ impl Commands {
                 correlation_id: correlation_id.to_owned(),
             })
             .collect();
-        let messages = first_messages(&due);
-        let published = self
-            .publisher()
-            .publish_many(topology::TASKS_EXCHANGE, &messages, true)
-            .await;
+        let published = publish_first(self.publisher(), &due).await;
         if let Some(Err(e)) = published.into_iter().find(Result::is_err) {
             let ids: Vec<Uuid> = tasks
                 .iter()
@@ -425,7 +409,7 @@ impl Commands {
             if self.withdraw_unpublished(&ids).await {
                 return Ok(answers);
             }
-            return Err(e.into());
+            return Err(CommandError::publish_failed(e));
         }
         Ok(answers)
     }

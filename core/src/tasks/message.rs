@@ -38,7 +38,7 @@ impl TaskMessage {
 
     /// Routing key on the tasks exchange: `task.<action>`.
     pub fn routing_key(&self) -> String {
-        format!("task.{}", self.action)
+        routing_key(&self.action)
     }
 }
 
@@ -108,6 +108,11 @@ pub fn is_bundle(props: &lapin::BasicProperties) -> bool {
         .is_some_and(|k| k.as_str() == BUNDLE_KIND)
 }
 
+/// A task's routing key on the tasks exchange.
+fn routing_key(action: &str) -> String {
+    format!("task.{action}")
+}
+
 /// The properties of a task's first message: persistent, attempt 1.
 fn first_attempt(id: Uuid, correlation_id: &str) -> lapin::BasicProperties {
     headers::with_header(
@@ -129,15 +134,35 @@ pub struct Outgoing {
     pub correlation_id: String,
 }
 
+/// Publishes the first attempts of `tasks` on the tasks exchange, in
+/// bundles ([`first_messages`]), their confirms awaited together
+/// (`publish_many`); answers, a task at a time in order, whether the
+/// message that carries it was confirmed, or why not.
+pub async fn publish_first(
+    publisher: &crate::broker::Publisher,
+    tasks: &[Outgoing],
+) -> Vec<Result<(), String>> {
+    let messages = first_messages(tasks);
+    let published = publisher
+        .publish_many(crate::broker::topology::TASKS_EXCHANGE, &messages, true)
+        .await;
+    let mut answers = Vec::with_capacity(tasks.len());
+    for (chunk, result) in tasks.chunks(BUNDLE_MAX).zip(published) {
+        let answer = result.map_err(|e| e.to_string());
+        answers.extend(std::iter::repeat_n(answer, chunk.len()));
+    }
+    answers
+}
+
 /// The messages (routing key, body, properties) that carry the first
 /// attempts of `tasks`, in order: bundles of up to [`BUNDLE_MAX`], and a
 /// task left alone as its own message.
-pub fn first_messages(tasks: &[Outgoing]) -> Vec<(String, Vec<u8>, lapin::BasicProperties)> {
+fn first_messages(tasks: &[Outgoing]) -> Vec<(String, Vec<u8>, lapin::BasicProperties)> {
     tasks
         .chunks(BUNDLE_MAX)
         .map(|chunk| match chunk {
             [one] => (
-                format!("task.{}", one.action),
+                routing_key(&one.action),
                 one.body.clone(),
                 first_attempt(one.id, &one.correlation_id),
             ),

@@ -20,7 +20,7 @@ use serde_json::Value;
 
 pub use message::{
     BUNDLE_KIND, BUNDLE_MAX, BUNDLE_ROUTING_KEY, Outgoing, TaskBundle, TaskEvent, TaskMessage,
-    first_messages, is_bundle,
+    is_bundle, publish_first,
 };
 
 pub use run::{ContentType, TaskFailure, TaskOutput, run};
