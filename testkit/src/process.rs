@@ -366,6 +366,21 @@ impl WorkerProcess {
     pub async fn message_count(&self, queue: &str, outcome: MessageOutcome) -> u64 {
         message_count_in(&self.metrics().await, queue, outcome)
     }
+
+    /// How many library operations of `operation` (`loan`, `renewal`,
+    /// `return`) this process settled so far, at every branch and with
+    /// every outcome.
+    pub async fn operation_count(&self, operation: &str) -> u64 {
+        let operation = format!("operation=\"{operation}\"");
+        self.metrics()
+            .await
+            .lines()
+            .filter(|l| l.starts_with("bibliomq_library_operations_total{"))
+            .filter(|l| l.contains(&operation))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .sum()
+    }
 }
 
 impl Drop for WorkerProcess {

@@ -17,15 +17,19 @@ use std::{sync::Arc, time::Instant};
 
 use bibliomq_core::{
     batch::Batcher,
-    broker::{Publisher, headers},
+    broker::{
+        Publisher, headers,
+        rpc::{REPLY_BUNDLE_KIND, ReplyBundle},
+    },
     clock::Clock,
     db::DbFailure,
     library::{
         Rules,
         hold::{HoldEvent, HoldEventType},
         message::{
-            CirculationEvent, CirculationEventType, CirculationMessage, LoanRequestMessage,
-            OperationKind, OperationState,
+            CirculationBundle, CirculationEvent, CirculationEventType, CirculationMessage,
+            LoanBundle, LoanRequestMessage, OperationKind, OperationState, is_circulation_bundle,
+            is_loan_bundle,
         },
         outcome::{LoanOutcome, Refusal, Settlement},
         store::{self, LoanItem},
@@ -144,6 +148,9 @@ impl LoanServer {
         let deps = &self.deps;
         deps.metrics.message(self.queue, MessageOutcome::Consumed);
         let started = Instant::now();
+        if is_loan_bundle(&delivery.properties) {
+            return self.process_bundle(delivery, started).await;
+        }
         let request: LoanRequestMessage = match serde_json::from_slice(&delivery.data) {
             Ok(r) => r,
             Err(e) => {
@@ -160,6 +167,77 @@ impl LoanServer {
         }
         let correlation_id = headers::correlation_id(&delivery.properties);
         let now = deps.clock.now();
+        let reply = self.settle_loan(&request, &correlation_id).await;
+        self.reply(&delivery, &reply).await;
+        deps.settle(self.queue, &delivery, Settle::Ack).await;
+        self.announce(request, reply, correlation_id, now, started);
+    }
+
+    /// Several loan requests in one message: each settled as if it had
+    /// come alone (together they make one transaction, or a few), all
+    /// answered in one reply bundle, then acked. A bundle delivered again
+    /// is settled again, each request replaying its first answer by its
+    /// idempotency key.
+    async fn process_bundle(&self, delivery: Delivery, started: Instant) {
+        let deps = &self.deps;
+        let bundle = match serde_json::from_slice::<LoanBundle>(&delivery.data) {
+            Ok(bundle) if bundle.is_whole() => bundle,
+            Ok(_) => {
+                tracing::error!("loan bundle without a call for each request; dead-lettering it");
+                deps.settle(self.queue, &delivery, Settle::DeadLetter).await;
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "unreadable loan bundle; dead-lettering it");
+                deps.settle(self.queue, &delivery, Settle::DeadLetter).await;
+                return;
+            }
+        };
+        if deps.is_poison(&delivery) {
+            tracing::error!("loan bundle delivered again and again; dead-lettering it");
+            deps.settle(self.queue, &delivery, Settle::DeadLetter).await;
+            return;
+        }
+        let now = deps.clock.now();
+        let replies = futures::future::join_all(
+            bundle
+                .requests
+                .iter()
+                .zip(&bundle.correlation_ids)
+                .map(|(request, correlation_id)| self.settle_loan(request, correlation_id)),
+        )
+        .await;
+        let bodies: Vec<Vec<u8>> = replies
+            .iter()
+            .map(|reply| serde_json::to_vec(reply).unwrap_or_else(|_| b"null".to_vec()))
+            .collect();
+        let body = ReplyBundle::body(
+            bundle
+                .calls
+                .iter()
+                .map(String::as_str)
+                .zip(bodies.iter().map(Vec::as_slice)),
+        );
+        self.send_reply(
+            &delivery,
+            body,
+            BasicProperties::default().with_type(REPLY_BUNDLE_KIND.into()),
+        )
+        .await;
+        deps.settle(self.queue, &delivery, Settle::Ack).await;
+        for ((request, reply), correlation_id) in bundle
+            .requests
+            .into_iter()
+            .zip(replies)
+            .zip(bundle.correlation_ids)
+        {
+            self.announce(request, reply, correlation_id, now, started);
+        }
+    }
+
+    /// Settles one loan request in the group commit; [`LoanOutcome::Error`]
+    /// when the transaction failed.
+    async fn settle_loan(&self, request: &LoanRequestMessage, correlation_id: &str) -> LoanOutcome {
         let outcome = self
             .loans
             .submit(LoanItem {
@@ -169,16 +247,24 @@ impl LoanServer {
                 isbn: request.isbn.clone(),
                 patron: request.patron.clone(),
                 branch: request.branch.clone(),
-                correlation_id: correlation_id.clone(),
+                correlation_id: correlation_id.to_owned(),
             })
             .await;
-        let reply = outcome.unwrap_or_else(|e| {
+        outcome.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "loan transaction failed; answering unavailable");
             LoanOutcome::Error
-        });
-        self.reply(&delivery, &reply).await;
-        deps.settle(self.queue, &delivery, Settle::Ack).await;
+        })
+    }
 
+    /// Counts a settled loan request and publishes its outcome event.
+    fn announce(
+        &self,
+        request: LoanRequestMessage,
+        reply: LoanOutcome,
+        correlation_id: String,
+        now: chrono::DateTime<chrono::Utc>,
+        started: Instant,
+    ) {
         // Replays, bad input and failures changed nothing: no event, no count.
         let (event, branch, loan, refusal) = match reply {
             LoanOutcome::Loaned {
@@ -204,7 +290,7 @@ impl LoanServer {
             Some(_) => OperationState::Rejected.as_str(),
             None => "loaned",
         };
-        deps.count("loan", &branch, counted, started);
+        self.deps.count("loan", &branch, counted, started);
         let event = CirculationEvent {
             event,
             operation: OperationKind::Loan,
@@ -220,16 +306,12 @@ impl LoanServer {
             correlation_id,
             at: now,
         };
-        announce(&deps.publisher, event.routing_key(), &event);
+        announce(&self.deps.publisher, event.routing_key(), &event);
     }
 
     /// Sends the answer to the caller's reply-to. A caller that gave up is
     /// gone; the answer stays stored under the idempotency key.
     async fn reply(&self, delivery: &Delivery, body: &LoanOutcome) {
-        let props = &delivery.properties;
-        let Some(reply_to) = props.reply_to().as_ref() else {
-            return;
-        };
         let body = match serde_json::to_vec(body) {
             Ok(body) => body,
             Err(e) => {
@@ -237,14 +319,22 @@ impl LoanServer {
                 return;
             }
         };
-        let mut reply = BasicProperties::default().with_content_type("application/json".into());
-        if let Some(id) = props.correlation_id() {
-            reply = reply.with_correlation_id(id.clone());
+        let mut props = BasicProperties::default();
+        if let Some(id) = delivery.properties.correlation_id() {
+            props = props.with_correlation_id(id.clone());
         }
+        self.send_reply(delivery, body, props).await;
+    }
+
+    async fn send_reply(&self, delivery: &Delivery, body: Vec<u8>, props: BasicProperties) {
+        let Some(reply_to) = delivery.properties.reply_to().as_ref() else {
+            return;
+        };
+        let props = props.with_content_type("application/json".into());
         if let Err(e) = self
             .deps
             .publisher
-            .publish("", reply_to.as_str(), &body, reply, false)
+            .publish("", reply_to.as_str(), &body, props, false)
             .await
         {
             tracing::warn!(error = %e, "could not send the loan reply");
@@ -315,6 +405,9 @@ impl CirculationWorker {
         let deps = &self.deps;
         deps.metrics.message(self.queue, MessageOutcome::Consumed);
         let started = Instant::now();
+        if is_circulation_bundle(&delivery.properties) {
+            return self.process_bundle(delivery, abandon, started).await;
+        }
         let message: CirculationMessage = match serde_json::from_slice(&delivery.data) {
             Ok(m) => m,
             Err(e) => {
@@ -329,29 +422,107 @@ impl CirculationWorker {
             return;
         }
         let now = deps.clock.now();
-        let applied = self.settle.submit(message.operation_id).await;
-        let outcome = match applied {
-            Ok(Some(outcome)) => outcome,
-            Ok(None) => {
-                tracing::info!("operation already settled; acking the duplicate");
-                deps.metrics.message(self.queue, MessageOutcome::Duplicate);
-                deps.settle(self.queue, &delivery, Settle::Ack).await;
-                return;
-            }
+        let outcome = match self.settle.submit(message.operation_id).await {
+            Ok(outcome) => outcome,
             Err(e) => {
-                // The database is away: hold the message a moment (no hot
-                // loop), then hand it back for another try.
                 tracing::warn!(error = %e, "cannot settle the operation now; requeueing");
-                tokio::select! {
-                    () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                    () = abandon.cancelled() => {}
-                }
-                deps.settle(self.queue, &delivery, Settle::Requeue).await;
+                self.give_back(&delivery, &abandon).await;
                 return;
             }
         };
         deps.settle(self.queue, &delivery, Settle::Ack).await;
+        let correlation_id = headers::correlation_id(&delivery.properties);
+        self.announce(message, outcome, correlation_id, now, started);
+    }
 
+    /// Several operations of one kind at one branch in one message: each
+    /// settled as if it had come alone (together, in one transaction or a
+    /// few), the bundle acked once all are committed. If any cannot be
+    /// settled now, the bundle goes back whole; when it comes again, those
+    /// settled meanwhile are duplicates that change nothing.
+    async fn process_bundle(
+        &self,
+        delivery: Delivery,
+        abandon: CancellationToken,
+        started: Instant,
+    ) {
+        let deps = &self.deps;
+        let bundle = match serde_json::from_slice::<CirculationBundle>(&delivery.data) {
+            Ok(bundle) if bundle.is_whole() => bundle,
+            Ok(_) => {
+                tracing::error!(
+                    "circulation bundle without a correlation id for each operation; dead-lettering it"
+                );
+                deps.settle(self.queue, &delivery, Settle::DeadLetter).await;
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "unreadable circulation bundle; dead-lettering it");
+                deps.settle(self.queue, &delivery, Settle::DeadLetter).await;
+                return;
+            }
+        };
+        if deps.is_poison(&delivery) {
+            tracing::error!("circulation bundle delivered again and again; dead-lettering it");
+            deps.settle(self.queue, &delivery, Settle::DeadLetter).await;
+            return;
+        }
+        let now = deps.clock.now();
+        let settled = futures::future::join_all(
+            bundle
+                .operations
+                .iter()
+                .map(|m| self.settle.submit(m.operation_id)),
+        )
+        .await;
+        let outcomes = match settled.into_iter().collect::<Result<Vec<_>, _>>() {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot settle the bundle's operations now; requeueing it");
+                self.give_back(&delivery, &abandon).await;
+                return;
+            }
+        };
+        deps.settle(self.queue, &delivery, Settle::Ack).await;
+        for ((message, outcome), correlation_id) in bundle
+            .operations
+            .into_iter()
+            .zip(outcomes)
+            .zip(bundle.correlation_ids)
+        {
+            self.announce(message, outcome, correlation_id, now, started);
+        }
+    }
+
+    /// The database is away: holds the message a moment (no hot loop),
+    /// then hands it back for another try.
+    async fn give_back(&self, delivery: &Delivery, abandon: &CancellationToken) {
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            () = abandon.cancelled() => {}
+        }
+        self.deps
+            .settle(self.queue, delivery, Settle::Requeue)
+            .await;
+    }
+
+    /// Counts a settled operation and publishes its outcome event (and the
+    /// hold shelf's, for a returned copy put aside for a hold); `None` is a
+    /// duplicate, counted as such.
+    fn announce(
+        &self,
+        message: CirculationMessage,
+        outcome: Option<Settlement>,
+        correlation_id: String,
+        now: chrono::DateTime<chrono::Utc>,
+        started: Instant,
+    ) {
+        let deps = &self.deps;
+        let Some(outcome) = outcome else {
+            tracing::info!(operation_id = %message.operation_id, "operation already settled; acked the duplicate");
+            deps.metrics.message(self.queue, MessageOutcome::Duplicate);
+            return;
+        };
         // A returned copy that went onto the hold shelf for a hold.
         let shelved = match &outcome {
             Settlement::Returned(r) => r.hold.clone(),
@@ -380,7 +551,7 @@ impl CirculationWorker {
             outcome: Some(outcome),
             reason: refusal.as_ref().map(Refusal::reason),
             message: refusal.as_ref().map(|r| r.message()),
-            correlation_id: headers::correlation_id(&delivery.properties),
+            correlation_id,
             at: now,
         };
         announce(&deps.publisher, event.routing_key(), &event);

@@ -1,6 +1,8 @@
 //! Library commands: loans (synchronous, over RPC), renewals and returns
 //! (asynchronous, over the circulation exchange), and catalogue look-ups.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -10,13 +12,21 @@ use super::Commands;
 use crate::{
     auth::{Permission, Role},
     batch::Batcher,
-    broker::{headers, rpc::RpcError, topology},
+    broker::{
+        Publisher, headers,
+        rpc::{RpcClient, RpcError, new_call_id},
+        topology,
+    },
     config::Branch,
     db::DbFailure,
     error::{CommandError, ErrorDetails, Invalid, TitleCandidate},
     library::{
         BranchCode, Isbn, PatronId,
-        message::{CirculationMessage, LoanRequestMessage, OperationKind, OperationState},
+        message::{
+            CIRCULATION_BUNDLE_KIND, CIRCULATION_BUNDLE_MAX, CirculationBundle, CirculationMessage,
+            LOAN_BUNDLE_KIND, LOAN_BUNDLE_MAX, LoanBundle, LoanRequestMessage, OperationKind,
+            OperationState,
+        },
         outcome::{LoanMade, LoanOutcome, Refusal},
         store::{
             self, BookSummary, BookView, LoanLookup, LoanView, OperationView, PatronLoans,
@@ -48,6 +58,198 @@ pub(super) fn request_inserter(pool: deadpool_postgres::Pool) -> RequestInserter
             }
         },
     )
+}
+
+/// A renewal or return recorded as `pending`, on its way to the workers.
+pub(super) struct CirculationOut {
+    message: CirculationMessage,
+    /// `renewal.<branch>` or `return.<branch>`.
+    routing_key: String,
+    correlation_id: String,
+}
+
+/// Publishes recorded renewals and returns: one that comes alone goes
+/// alone, at once; those that come while earlier ones wait for their
+/// confirms go together, in a bundle for each routing key. Each answers
+/// when the message that carries it is confirmed, or with why not.
+pub(super) type CirculationPublisher =
+    Batcher<CirculationOut, Result<(), String>, std::convert::Infallible>;
+
+pub(super) fn circulation_publisher(publisher: Publisher) -> CirculationPublisher {
+    Batcher::spawn(
+        512,
+        crate::batch::IN_FLIGHT,
+        move |ops: Vec<CirculationOut>| {
+            let publisher = publisher.clone();
+            async move { Ok(publish_circulation(&publisher, &ops).await) }
+        },
+    )
+}
+
+/// Publishes `ops` on the circulation exchange, those of one routing key
+/// in bundles of up to [`CIRCULATION_BUNDLE_MAX`] and one left alone as
+/// its own message, their confirms awaited together; answers in order.
+async fn publish_circulation(
+    publisher: &Publisher,
+    ops: &[CirculationOut],
+) -> Vec<Result<(), String>> {
+    let mut by_key: Vec<(&str, Vec<usize>)> = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        match by_key.iter_mut().find(|(key, _)| *key == op.routing_key) {
+            Some((_, members)) => members.push(i),
+            None => by_key.push((op.routing_key.as_str(), vec![i])),
+        }
+    }
+    let mut answers: Vec<Result<(), String>> = vec![Ok(()); ops.len()];
+    let mut messages = Vec::new();
+    let mut carried = Vec::new();
+    for (key, members) in &by_key {
+        for chunk in members.chunks(CIRCULATION_BUNDLE_MAX) {
+            let message = match chunk {
+                [one] => {
+                    let op = &ops[*one];
+                    serde_json::to_vec(&op.message).map(|body| {
+                        let props = headers::persistent_json(
+                            &op.message.operation_id.to_string(),
+                            &op.correlation_id,
+                        );
+                        (body, props)
+                    })
+                }
+                _ => {
+                    let bundle = CirculationBundle {
+                        operations: chunk.iter().map(|&i| ops[i].message.clone()).collect(),
+                        correlation_ids: chunk
+                            .iter()
+                            .map(|&i| ops[i].correlation_id.clone())
+                            .collect(),
+                    };
+                    serde_json::to_vec(&bundle).map(|body| {
+                        let props = headers::persistent_json(
+                            &Uuid::now_v7().to_string(),
+                            &ops[chunk[0]].correlation_id,
+                        )
+                        .with_type(CIRCULATION_BUNDLE_KIND.into());
+                        (body, props)
+                    })
+                }
+            };
+            match message {
+                Ok((body, props)) => {
+                    messages.push(((*key).to_owned(), body, props));
+                    carried.push(chunk);
+                }
+                Err(e) => {
+                    for &i in chunk {
+                        answers[i] = Err(e.to_string());
+                    }
+                }
+            }
+        }
+    }
+    let published = publisher
+        .publish_many(topology::CIRCULATION_EXCHANGE, &messages, true)
+        .await;
+    for (chunk, result) in carried.into_iter().zip(published) {
+        if let Err(e) = result {
+            let e = e.to_string();
+            for &i in chunk {
+                answers[i] = Err(e.clone());
+            }
+        }
+    }
+    answers
+}
+
+/// One loan request on its way to the loan workers, and until when its
+/// caller waits.
+pub(super) struct LoanCall {
+    operation_id: Uuid,
+    /// The serialized [`LoanRequestMessage`].
+    body: Vec<u8>,
+    correlation_id: String,
+    deadline: tokio::time::Instant,
+}
+
+/// Sends loan requests: one that comes alone goes alone, at once; those
+/// that come while earlier ones wait for their answers go together, in
+/// bundles of up to [`LOAN_BUNDLE_MAX`], each request still its own call
+/// with its own answer.
+pub(super) type LoanCaller = Batcher<LoanCall, Result<Vec<u8>, RpcError>, std::convert::Infallible>;
+
+/// Bundles under way at once: as many as a loan worker's transactions
+/// under way ([`crate::batch::IN_FLIGHT`]), so that while the worker
+/// settles one bundle the next is on its way, and what comes meanwhile
+/// forms the bundle after.
+const LOAN_CALLS_IN_FLIGHT: usize = crate::batch::IN_FLIGHT;
+
+pub(super) fn loan_caller(rpc: RpcClient) -> LoanCaller {
+    Batcher::spawn(
+        LOAN_BUNDLE_MAX,
+        LOAN_CALLS_IN_FLIGHT,
+        move |calls: Vec<LoanCall>| {
+            let rpc = rpc.clone();
+            async move { Ok(call_loans(&rpc, calls).await) }
+        },
+    )
+}
+
+/// Asks for `calls`, alone or as one bundle; answers in their order.
+async fn call_loans(rpc: &RpcClient, calls: Vec<LoanCall>) -> Vec<Result<Vec<u8>, RpcError>> {
+    let now = tokio::time::Instant::now();
+    // A caller who gave up while its request waited here is not asked for.
+    let mut answers: Vec<Result<Vec<u8>, RpcError>> =
+        vec![Err(RpcError::Timeout(Duration::ZERO)); calls.len()];
+    let live: Vec<usize> = (0..calls.len())
+        .filter(|&i| calls[i].deadline > now)
+        .collect();
+    let Some(latest) = live.iter().map(|&i| calls[i].deadline).max() else {
+        return answers;
+    };
+    let timeout = latest - now;
+    // A request nobody waits for any more expires in the queue instead of
+    // making a loan behind the caller's back.
+    let expiration = timeout.as_millis().max(1).to_string();
+    if let [one] = live.as_slice() {
+        let call = &calls[*one];
+        let properties =
+            headers::persistent_json(&call.operation_id.to_string(), &call.correlation_id)
+                .with_expiration(expiration.into());
+        answers[*one] = rpc
+            .call(
+                topology::RPC_EXCHANGE,
+                topology::LOAN_REQUEST_KEY,
+                &call.body,
+                properties,
+                timeout,
+            )
+            .await;
+        return answers;
+    }
+    let ids: Vec<String> = live.iter().map(|_| new_call_id()).collect();
+    let body = LoanBundle::body(
+        live.iter().map(|&i| calls[i].body.as_slice()),
+        &ids,
+        live.iter().map(|&i| calls[i].correlation_id.as_str()),
+    );
+    let first = &calls[live[0]];
+    let properties = headers::persistent_json(&Uuid::now_v7().to_string(), &first.correlation_id)
+        .with_type(LOAN_BUNDLE_KIND.into())
+        .with_expiration(expiration.into());
+    let replies = rpc
+        .call_many(
+            topology::RPC_EXCHANGE,
+            topology::LOAN_REQUEST_KEY,
+            &body,
+            properties,
+            &ids,
+            timeout,
+        )
+        .await;
+    for (&i, reply) in live.iter().zip(replies) {
+        answers[i] = reply;
+    }
+    answers
 }
 
 /// Most words a title search takes.
@@ -179,21 +381,26 @@ impl Commands {
         };
         let body = serde_json::to_vec(&message).map_err(anyhow::Error::from)?;
         let timeout = self.settings().library.loan_timeout;
-        // A request nobody waits for any more expires in the queue instead
-        // of making a loan behind the caller's back.
-        let properties =
-            headers::persistent_json(&message.operation_id.to_string(), correlation_id)
-                .with_expiration(timeout.as_millis().to_string().into());
-        let reply = self
-            .rpc()
-            .call(topology::RPC_EXCHANGE, topology::LOAN_REQUEST_KEY, &body, properties, timeout)
+        let deadline = tokio::time::Instant::now() + timeout;
+        let call = LoanCall {
+            operation_id: message.operation_id,
+            body,
+            correlation_id: correlation_id.to_owned(),
+            deadline,
+        };
+        let timed_out = || {
+            CommandError::Timeout(format!(
+                "no answer from the loan service within {} ms; retry with the same Idempotency-Key ({key}) to learn whether the loan was made",
+                timeout.as_millis()
+            ))
+        };
+        let reply = tokio::time::timeout_at(deadline, self.inner.loan_calls.submit(call))
             .await
+            .map_err(|_| timed_out())?
+            .map_err(|_| CommandError::Unavailable("the loan sender stopped".to_owned()))?
             .map_err(|e| match e {
-                RpcError::NotSent(e) => CommandError::from(e),
-                RpcError::Timeout(t) => CommandError::Timeout(format!(
-                    "no answer from the loan service within {} ms; retry with the same Idempotency-Key ({key}) to learn whether the loan was made",
-                    t.as_millis()
-                )),
+                RpcError::NotSent(e) => CommandError::publish_failed(e),
+                RpcError::Timeout(_) => timed_out(),
                 RpcError::Interrupted => CommandError::Unavailable(format!(
                     "the connection to the message broker broke while waiting; retry with the same Idempotency-Key ({key})"
                 )),
@@ -386,24 +593,23 @@ impl Commands {
             branch: branch.to_string(),
             requested_at: now,
         };
-        let body = serde_json::to_vec(&message).map_err(anyhow::Error::from)?;
         let published = self
-            .publisher()
-            .publish(
-                topology::CIRCULATION_EXCHANGE,
-                &format!("{}.{branch}", kind.as_str()),
-                &body,
-                headers::persistent_json(&id.to_string(), correlation_id),
-                true,
-            )
-            .await;
+            .inner
+            .circulation_publishes
+            .submit(CirculationOut {
+                message,
+                routing_key: format!("{}.{branch}", kind.as_str()),
+                correlation_id: correlation_id.to_owned(),
+            })
+            .await
+            .unwrap_or_else(|_| Err("the publisher stopped".to_owned()));
         if let Err(e) = published {
             if let Ok(client) = self.pool().get().await
                 && let Err(e) = store::delete_pending(&**client, id).await
             {
                 tracing::error!(error = %e, "could not withdraw the unpublished operation");
             }
-            return Err(e.into());
+            return Err(CommandError::publish_failed(e));
         }
         Ok(OperationAccepted {
             operation_id: id,

@@ -66,6 +66,8 @@ struct Inner {
     task_inserts: TaskInserter,
     task_publishes: tasks::TaskPublisher,
     request_inserts: library::RequestInserter,
+    loan_calls: library::LoanCaller,
+    circulation_publishes: library::CirculationPublisher,
     /// Listing and replaying dead letters hold a queue's messages; one at a
     /// time in this process, so two do not each see half of them.
     dead_letters: tokio::sync::Mutex<()>,
@@ -88,6 +90,8 @@ impl Commands {
         let task_publishes = tasks::task_publisher(publisher.clone());
         let request_inserts = library::request_inserter(pool.clone());
         let rpc = RpcClient::new(publisher.broker().clone(), settings.amqp.confirm_timeout);
+        let loan_calls = library::loan_caller(rpc.clone());
+        let circulation_publishes = library::circulation_publisher(publisher.clone());
         let wakeups = crate::tasks::wakeups::Wakeups::new(&settings.database.url);
         let gate = crate::auth::Gate::new(
             settings.auth.cache_ttl,
@@ -111,6 +115,8 @@ impl Commands {
                 task_inserts,
                 task_publishes,
                 request_inserts,
+                loan_calls,
+                circulation_publishes,
                 dead_letters: tokio::sync::Mutex::new(()),
                 wakeups,
             }),

@@ -19,6 +19,69 @@ pub struct LoanRequestMessage {
     pub requested_at: DateTime<Utc>,
 }
 
+/// The AMQP `type` of a loan request that carries several loans (a
+/// bundle). A lone request is a [`LoanRequestMessage`] with no type.
+pub const LOAN_BUNDLE_KIND: &str = "bibliomq.loan-bundle";
+
+/// Most loans one bundle carries: as many as a loan worker settles in one
+/// transaction.
+pub const LOAN_BUNDLE_MAX: usize = 64;
+
+/// Body of a loan bundle: loan requests that came together, each its own
+/// call ([`crate::broker::rpc::RpcClient::call_many`]). The worker settles
+/// them as it settles lone requests and answers them all in one reply
+/// bundle ([`crate::broker::rpc::REPLY_BUNDLE_KIND`]). A bundle delivered
+/// again is settled again: each request's idempotency key replays its
+/// first answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoanBundle {
+    pub requests: Vec<LoanRequestMessage>,
+    /// The call id of each request, in order.
+    pub calls: Vec<String>,
+    /// Each request's correlation id, in order.
+    pub correlation_ids: Vec<String>,
+}
+
+impl LoanBundle {
+    /// The body of a bundle of `requests`, each already a serialized
+    /// [`LoanRequestMessage`] (joined as it is), with their `calls` and
+    /// `correlation_ids` in the same order.
+    pub fn body<'a>(
+        requests: impl IntoIterator<Item = &'a [u8]>,
+        calls: &[String],
+        correlation_ids: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<u8> {
+        let mut body = b"{\"requests\":[".to_vec();
+        for (i, request) in requests.into_iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(request);
+        }
+        body.extend_from_slice(b"],\"calls\":");
+        // Strings always serialize.
+        let _ = serde_json::to_writer(&mut body, calls);
+        body.extend_from_slice(b",\"correlation_ids\":");
+        let ids: Vec<&str> = correlation_ids.into_iter().collect();
+        let _ = serde_json::to_writer(&mut body, &ids);
+        body.push(b'}');
+        body
+    }
+
+    /// Whether every request has its call and correlation id.
+    pub fn is_whole(&self) -> bool {
+        self.calls.len() == self.requests.len() && self.correlation_ids.len() == self.requests.len()
+    }
+}
+
+/// Whether a delivery's properties mark it as a loan bundle.
+pub fn is_loan_bundle(props: &lapin::BasicProperties) -> bool {
+    props
+        .kind()
+        .as_ref()
+        .is_some_and(|k| k.as_str() == LOAN_BUNDLE_KIND)
+}
+
 /// A renewal or return on the circulation exchange (`renewal.<branch>`,
 /// `return.<branch>`). The operation row exists (`pending`) before it is sent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -30,6 +93,43 @@ pub struct CirculationMessage {
     pub patron: String,
     pub branch: String,
     pub requested_at: DateTime<Utc>,
+}
+
+/// The AMQP `type` of a message that carries several renewals or returns
+/// (a bundle), all of one kind at one branch, under their routing key
+/// (`renewal.<branch>` or `return.<branch>`). A lone operation is a
+/// [`CirculationMessage`] with no type.
+pub const CIRCULATION_BUNDLE_KIND: &str = "bibliomq.circulation-bundle";
+
+/// Most operations one circulation bundle carries: as many as a worker
+/// settles in one transaction.
+pub const CIRCULATION_BUNDLE_MAX: usize = 128;
+
+/// Body of a circulation bundle: operations recorded as `pending` that
+/// came together. The worker settles each as if it had come alone and
+/// acks the bundle once all are committed; a bundle that comes again is
+/// settled again, and the operations already settled are duplicates that
+/// change nothing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CirculationBundle {
+    pub operations: Vec<CirculationMessage>,
+    /// Each operation's correlation id, in order.
+    pub correlation_ids: Vec<String>,
+}
+
+impl CirculationBundle {
+    /// Whether every operation has its correlation id.
+    pub fn is_whole(&self) -> bool {
+        self.correlation_ids.len() == self.operations.len()
+    }
+}
+
+/// Whether a delivery's properties mark it as a circulation bundle.
+pub fn is_circulation_bundle(props: &lapin::BasicProperties) -> bool {
+    props
+        .kind()
+        .as_ref()
+        .is_some_and(|k| k.as_str() == CIRCULATION_BUNDLE_KIND)
 }
 
 crate::words::word_enum!(
@@ -136,4 +236,52 @@ pub fn settled() -> utoipa::openapi::Schema {
         OperationState::Applied.as_str(),
         OperationState::Rejected.as_str(),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(n: u8) -> LoanRequestMessage {
+        LoanRequestMessage {
+            operation_id: Uuid::now_v7(),
+            idempotency_key: format!("key-{n}"),
+            fingerprint: "f".into(),
+            isbn: "9780000000002".into(),
+            patron: format!("P{n}"),
+            branch: "central".into(),
+            requested_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_loan_bundle_joins_the_requests_as_they_are_with_their_calls() {
+        let (one, two) = (request(1), request(2));
+        let bodies = [
+            serde_json::to_vec(&one).unwrap(),
+            serde_json::to_vec(&two).unwrap(),
+        ];
+        let calls = vec!["c1".to_owned(), "c2".to_owned()];
+        let body = LoanBundle::body(bodies.iter().map(Vec::as_slice), &calls, ["x\"1", "x2"]);
+        let bundle: LoanBundle = serde_json::from_slice(&body).unwrap();
+        assert!(bundle.is_whole());
+        assert_eq!(bundle.requests[0].operation_id, one.operation_id);
+        assert_eq!(bundle.requests[1].patron, "P2");
+        assert_eq!(bundle.calls, calls);
+        assert_eq!(bundle.correlation_ids, vec!["x\"1", "x2"]);
+    }
+
+    #[test]
+    fn a_bundle_missing_a_call_is_not_whole() {
+        let body = LoanBundle::body(
+            [serde_json::to_vec(&request(1)).unwrap().as_slice()],
+            &[],
+            ["x"],
+        );
+        let bundle: LoanBundle = serde_json::from_slice(&body).unwrap();
+        assert!(!bundle.is_whole());
+        let typed = lapin::BasicProperties::default().with_type(LOAN_BUNDLE_KIND.into());
+        assert!(is_loan_bundle(&typed));
+        assert!(!is_loan_bundle(&lapin::BasicProperties::default()));
+    }
 }

@@ -4,9 +4,13 @@
 use std::time::{Duration, Instant};
 
 use bibliomq_core::{
-    broker::{Broker, Topology, headers, topology},
+    broker::{
+        Broker, Topology, headers,
+        rpc::{RpcClient, new_call_id},
+        topology,
+    },
     clock::ManualClock,
-    library::message::LoanRequestMessage,
+    library::message::{LOAN_BUNDLE_KIND, LoanBundle, LoanRequestMessage},
     metrics::MessageOutcome,
 };
 use bibliomq_testkit::{
@@ -247,9 +251,9 @@ async fn a_patron_cannot_hold_more_than_five_loans() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_concurrent_loans_of_three_copies_make_exactly_three_loans() {
+async fn a_hundred_concurrent_loans_of_three_copies_make_exactly_three_loans() {
     let (app, workers) = spawn_with_two_worker_processes().await;
-    let patrons = app.add_patrons("r", 50).await;
+    let patrons = app.add_patrons("r", 100).await;
     app.add_title("9788450000016", "Tres ejemplares", &[2, 1])
         .await;
     let answers = join_all(patrons.iter().map(|p| {
@@ -263,7 +267,7 @@ async fn fifty_concurrent_loans_of_three_copies_make_exactly_three_loans() {
         .iter()
         .filter(|(s, b)| *s == 409 && b["error"]["code"] == "not_available")
         .count();
-    assert_eq!((won, refused), (3, 47), "{answers:?}");
+    assert_eq!((won, refused), (3, 97), "{answers:?}");
     assert_eq!(
         app.count("SELECT count(*) FROM loans WHERE returned_at IS NULL")
             .await,
@@ -279,11 +283,107 @@ async fn fifty_concurrent_loans_of_three_copies_make_exactly_three_loans() {
         .filter_map(|(_, b)| b["loan"]["copy"].as_str())
         .collect();
     assert_eq!(copies.len(), 3);
-    let consumed = loan_requests_per_process(&workers).await;
-    assert_eq!(consumed.iter().sum::<u64>(), 50, "{consumed:?}");
+    // Requests that come together travel in bundles of at most 64, so a
+    // hundred make at least two messages, and both processes race.
+    let mut settled = Vec::new();
+    for w in &workers {
+        settled.push(w.operation_count("loan").await);
+    }
+    assert_eq!(settled.iter().sum::<u64>(), 100, "{settled:?}");
     assert!(
-        consumed.iter().all(|&n| n > 0),
-        "both worker processes take part in the race: {consumed:?}"
+        settled.iter().all(|&n| n > 0),
+        "both worker processes take part in the race: {settled:?}"
+    );
+    let messages: u64 = loan_requests_per_process(&workers).await.iter().sum();
+    assert!(
+        (2..100).contains(&messages),
+        "requests that came together shared messages: {messages} for 100"
+    );
+}
+
+/// A loan bundle answers each of its calls in one reply; delivered again
+/// (as after its worker died before the ack), every request replays its
+/// first outcome and no copy is lent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loan_bundle_delivered_again_answers_each_call_with_its_first_outcome() {
+    let app = spawn_app().await;
+    let patrons = app.add_patrons("b", 3).await;
+    app.add_title("9788450000016", "Dos ejemplares", &[1, 1])
+        .await;
+    let requests: Vec<Vec<u8>> = patrons
+        .iter()
+        .map(|p| {
+            serde_json::to_vec(&LoanRequestMessage {
+                operation_id: uuid::Uuid::now_v7(),
+                idempotency_key: format!("bundle-{p}"),
+                fingerprint: format!("f-{p}"),
+                isbn: "9788450000016".into(),
+                patron: p.clone(),
+                branch: "central".into(),
+                requested_at: chrono::Utc::now(),
+            })
+            .unwrap()
+        })
+        .collect();
+    let calls: Vec<String> = patrons.iter().map(|_| new_call_id()).collect();
+    let body = LoanBundle::body(
+        requests.iter().map(Vec::as_slice),
+        &calls,
+        patrons.iter().map(String::as_str),
+    );
+    let broker = Broker::start(
+        &app.env.amqp_url(),
+        "test-loan-bundle",
+        Topology::new(&app.env.settings().tasks),
+    );
+    let rpc = RpcClient::new(broker, DEADLINE);
+    let ask = || {
+        let properties =
+            headers::persistent_json("bundle", "bundle").with_type(LOAN_BUNDLE_KIND.into());
+        let (rpc, body, calls) = (&rpc, &body, &calls);
+        async move {
+            rpc.call_many(
+                topology::RPC_EXCHANGE,
+                topology::LOAN_REQUEST_KEY,
+                body,
+                properties,
+                calls,
+                DEADLINE,
+            )
+            .await
+            .into_iter()
+            .map(|reply| serde_json::from_slice::<Value>(&reply.unwrap()).unwrap())
+            .collect::<Vec<Value>>()
+        }
+    };
+    let first = ask().await;
+    let outcomes: Vec<&str> = first
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["loaned", "loaned", "rejected"], "{first:?}");
+    assert_eq!(first[2]["code"], "not_available");
+
+    let again = ask().await;
+    for (before, after) in first.iter().zip(&again) {
+        assert_eq!(after["outcome"], before["outcome"], "{after}");
+    }
+    // The loans come back as replays of the first answers; the refusal,
+    // recorded under its key, as the same refusal.
+    assert_eq!(
+        (&again[0]["replayed"], &again[1]["replayed"]),
+        (&json!(true), &json!(true))
+    );
+    assert_eq!(again[2]["code"], "not_available");
+    assert_eq!(again[0]["loan"]["id"], first[0]["loan"]["id"]);
+    assert_eq!(again[1]["loan"]["id"], first[1]["loan"]["id"]);
+    assert_eq!(app.count("SELECT count(*) FROM loans").await, 2);
+    assert_eq!(app.count("SELECT count(*) FROM operations").await, 3);
+    let metrics = &app.workers[0].metrics;
+    assert_eq!(
+        metrics.message_count(topology::LOANS_QUEUE, MessageOutcome::Consumed),
+        2,
+        "six answers in two messages"
     );
 }
 
@@ -865,6 +965,72 @@ async fn a_duplicated_renewal_message_applies_once() {
         app.count("SELECT count(*) FROM circulation_history WHERE kind = 'renewal'")
             .await,
         1
+    );
+}
+
+/// Returns that come together travel in bundles (one message for several
+/// returns of one branch), settled across two worker processes: each
+/// applies once, every copy is free again, and nothing is a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returns_that_come_together_travel_in_bundles_and_each_applies_once() {
+    let (app, workers) = spawn_with_two_worker_processes().await;
+    rabbit::wait_for_consumers(&app.env.amqp_url(), topology::RETURNS_QUEUE, 2).await;
+    let patrons = app.add_patrons("t", 40).await;
+    app.add_title("9788450000016", "Cuarenta ejemplares", &[20, 20])
+        .await;
+    let loans = join_all(patrons.iter().map(|p| {
+        let request = json!({"isbn": "9788450000016", "patron": p, "branch": "central"});
+        let app = &app;
+        async move { app.post("/v1/loans", &request).await }
+    }))
+    .await;
+    assert!(loans.iter().all(|(s, _)| *s == 201), "{loans:?}");
+    let returns = join_all(loans.iter().map(|(_, loan)| {
+        let request = json!({"loan_id": loan["loan"]["id"], "branch": "norte"});
+        let app = &app;
+        async move { app.post("/v1/returns", &request).await }
+    }))
+    .await;
+    assert!(returns.iter().all(|(s, _)| *s == 202), "{returns:?}");
+    wait_until(DEADLINE, || async {
+        (app.count("SELECT count(*) FROM operations WHERE kind = 'return' AND state = 'applied'")
+            .await
+            == 40)
+            .then_some(())
+    })
+    .await
+    .expect("not every return was applied");
+    assert_eq!(
+        app.count("SELECT count(*) FROM loans WHERE returned_at IS NULL")
+            .await,
+        0
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM copies WHERE status = 'available'")
+            .await,
+        40
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM circulation_history WHERE kind = 'return'")
+            .await,
+        40
+    );
+    let mut settled = 0;
+    let mut messages = 0;
+    let mut duplicates = 0;
+    for w in &workers {
+        settled += w.operation_count("return").await;
+        messages += w
+            .message_count(topology::RETURNS_QUEUE, MessageOutcome::Consumed)
+            .await;
+        duplicates += w
+            .message_count(topology::RETURNS_QUEUE, MessageOutcome::Duplicate)
+            .await;
+    }
+    assert_eq!((settled, duplicates), (40, 0));
+    assert!(
+        (1..40).contains(&messages),
+        "returns that came together shared messages: {messages} for 40"
     );
 }
 
