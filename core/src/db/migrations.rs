@@ -84,6 +84,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "hot_settles",
         include_str!("../../../migrations/0016_hot_settles.sql"),
     ),
+    (
+        17,
+        "generic_plans",
+        include_str!("../../../migrations/0017_generic_plans.sql"),
+    ),
 ];
 
 /// Arbitrary constant: the advisory lock that serialises concurrent runners

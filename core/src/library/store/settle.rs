@@ -245,43 +245,12 @@ pub async fn record_requests(
     let branches: Vec<&str> = requests.iter().map(|r| r.branch.as_str()).collect();
     let at: Vec<DateTime<Utc>> = requests.iter().map(|r| r.requested_at).collect();
     let correlations: Vec<&str> = requests.iter().map(|r| r.correlation_id.as_str()).collect();
-    // A prepared statement rather than a function: its plan is kept per
-    // connection instead of being made on every call.
+    // A PL/pgSQL function (migration 0017), so that its plan is kept per
+    // connection, generic, instead of being made again on every call.
     let statement = db
         .prepare_cached(
-            "WITH picked AS (
-                SELECT u.op, u.kind, u.branch, u.at, u.corr,
-                       coalesce(by_id.id, by_book.id) AS loan_id,
-                       coalesce(by_id.isbn, by_book.isbn) AS isbn,
-                       coalesce(by_id.patron_id, by_book.patron_id) AS patron,
-                       coalesce(by_id.due_at, by_book.due_at) AS due_at
-                  FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[],
-                              $6::text[], $7::timestamptz[], $8::text[])
-                       AS u(op, kind, loan, isbn, patron, branch, at, corr)
-                  LEFT JOIN LATERAL (
-                       SELECT l.id, c.isbn, l.patron_id, l.due_at
-                         FROM loans l JOIN copies c ON c.id = l.copy_id
-                        WHERE l.id = u.loan AND l.returned_at IS NULL
-                        -- One row at most (the primary key); LIMIT keeps it a
-                        -- look-up per request, whatever the statistics say.
-                        LIMIT 1) by_id ON true
-                  LEFT JOIN LATERAL (
-                       SELECT l.id, c.isbn, l.patron_id, l.due_at
-                         FROM loans l JOIN copies c ON c.id = l.copy_id
-                        WHERE u.loan IS NULL AND l.patron_id = u.patron AND c.isbn = u.isbn
-                          AND l.returned_at IS NULL
-                        ORDER BY l.due_at LIMIT 1) by_book ON true
-             ), recorded AS (
-                INSERT INTO operations (id, kind, state, loan_id, isbn, patron_id, branch,
-                                        requested_at, correlation_id)
-                SELECT p.op, p.kind, 'pending', p.loan_id, p.isbn, p.patron, p.branch, p.at, p.corr
-                  FROM picked p WHERE p.loan_id IS NOT NULL
-                 -- Loan order, as the workers lock loans: no deadlock between them.
-                 ORDER BY p.loan_id
-                RETURNING id
-             )
-             SELECT p.op, p.loan_id, p.isbn, p.patron, p.due_at
-               FROM picked p JOIN recorded r ON r.id = p.op",
+            "SELECT op, loan_id, isbn, patron, due_at
+               FROM library_record_requests($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .await?;
     let rows = db
