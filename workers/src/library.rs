@@ -88,6 +88,27 @@ impl LibraryDeps {
         headers::get_u64(&delivery.properties, headers::DELIVERY_COUNT).unwrap_or(0)
             >= u64::from(self.poison_delivery_limit)
     }
+
+    /// A bundle's body, or `None` once it is dead-lettered: unreadable,
+    /// not `whole` (a member without its ids), or delivered again and
+    /// again. `what` names the bundle in the log.
+    async fn open_bundle<T: serde::de::DeserializeOwned>(
+        &self,
+        queue: &str,
+        delivery: &Delivery,
+        what: &str,
+        whole: impl Fn(&T) -> bool,
+    ) -> Option<T> {
+        let why = match serde_json::from_slice::<T>(&delivery.data) {
+            Ok(bundle) if !whole(&bundle) => "without the ids of each member".to_owned(),
+            Ok(_) if self.is_poison(delivery) => "delivered again and again".to_owned(),
+            Ok(bundle) => return Some(bundle),
+            Err(e) => format!("unreadable: {e}"),
+        };
+        tracing::error!("{what} bundle {why}; dead-lettering it");
+        self.settle(queue, delivery, Settle::DeadLetter).await;
+        None
+    }
 }
 
 use bibliomq_core::db::is_contention;
@@ -180,24 +201,12 @@ impl LoanServer {
     /// idempotency key.
     async fn process_bundle(&self, delivery: Delivery, started: Instant) {
         let deps = &self.deps;
-        let bundle = match serde_json::from_slice::<LoanBundle>(&delivery.data) {
-            Ok(bundle) if bundle.is_whole() => bundle,
-            Ok(_) => {
-                tracing::error!("loan bundle without a call for each request; dead-lettering it");
-                deps.settle(self.queue, &delivery, Settle::DeadLetter).await;
-                return;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "unreadable loan bundle; dead-lettering it");
-                deps.settle(self.queue, &delivery, Settle::DeadLetter).await;
-                return;
-            }
-        };
-        if deps.is_poison(&delivery) {
-            tracing::error!("loan bundle delivered again and again; dead-lettering it");
-            deps.settle(self.queue, &delivery, Settle::DeadLetter).await;
+        let Some(bundle) = deps
+            .open_bundle(self.queue, &delivery, "loan", LoanBundle::is_whole)
+            .await
+        else {
             return;
-        }
+        };
         let now = deps.clock.now();
         let replies = futures::future::join_all(
             bundle
@@ -447,26 +456,17 @@ impl CirculationWorker {
         started: Instant,
     ) {
         let deps = &self.deps;
-        let bundle = match serde_json::from_slice::<CirculationBundle>(&delivery.data) {
-            Ok(bundle) if bundle.is_whole() => bundle,
-            Ok(_) => {
-                tracing::error!(
-                    "circulation bundle without a correlation id for each operation; dead-lettering it"
-                );
-                deps.settle(self.queue, &delivery, Settle::DeadLetter).await;
-                return;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "unreadable circulation bundle; dead-lettering it");
-                deps.settle(self.queue, &delivery, Settle::DeadLetter).await;
-                return;
-            }
-        };
-        if deps.is_poison(&delivery) {
-            tracing::error!("circulation bundle delivered again and again; dead-lettering it");
-            deps.settle(self.queue, &delivery, Settle::DeadLetter).await;
+        let Some(bundle) = deps
+            .open_bundle(
+                self.queue,
+                &delivery,
+                "circulation",
+                CirculationBundle::is_whole,
+            )
+            .await
+        else {
             return;
-        }
+        };
         let now = deps.clock.now();
         let settled = futures::future::join_all(
             bundle

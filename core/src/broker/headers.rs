@@ -26,6 +26,12 @@ pub fn persistent_json(message_id: &str, correlation_id: &str) -> BasicPropertie
         .with_headers(headers)
 }
 
+/// Whether `props` carry the AMQP `type` `kind` (how bundles are told
+/// from single messages).
+pub fn has_type(props: &BasicProperties, kind: &str) -> bool {
+    props.kind().as_ref().is_some_and(|k| k.as_str() == kind)
+}
+
 /// Returns `props` with header `key` set to `value`.
 pub fn with_header(props: BasicProperties, key: &str, value: AMQPValue) -> BasicProperties {
     let mut headers = props.headers().clone().unwrap_or_default();

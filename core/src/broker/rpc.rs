@@ -79,10 +79,7 @@ pub const REPLY_BUNDLE_KIND: &str = "bibliomq.reply-bundle";
 
 /// Whether a delivery's properties mark it as a reply bundle.
 pub fn is_reply_bundle(props: &BasicProperties) -> bool {
-    props
-        .kind()
-        .as_ref()
-        .is_some_and(|k| k.as_str() == REPLY_BUNDLE_KIND)
+    crate::broker::headers::has_type(props, REPLY_BUNDLE_KIND)
 }
 
 /// Body of a reply bundle: each call's reply, as the JSON it would be alone.

@@ -76,10 +76,7 @@ impl LoanBundle {
 
 /// Whether a delivery's properties mark it as a loan bundle.
 pub fn is_loan_bundle(props: &lapin::BasicProperties) -> bool {
-    props
-        .kind()
-        .as_ref()
-        .is_some_and(|k| k.as_str() == LOAN_BUNDLE_KIND)
+    crate::broker::headers::has_type(props, LOAN_BUNDLE_KIND)
 }
 
 /// A renewal or return on the circulation exchange (`renewal.<branch>`,
@@ -126,10 +123,7 @@ impl CirculationBundle {
 
 /// Whether a delivery's properties mark it as a circulation bundle.
 pub fn is_circulation_bundle(props: &lapin::BasicProperties) -> bool {
-    props
-        .kind()
-        .as_ref()
-        .is_some_and(|k| k.as_str() == CIRCULATION_BUNDLE_KIND)
+    crate::broker::headers::has_type(props, CIRCULATION_BUNDLE_KIND)
 }
 
 crate::words::word_enum!(

@@ -102,10 +102,7 @@ impl TaskBundle {
 
 /// Whether a delivery's properties mark it as a bundle.
 pub fn is_bundle(props: &lapin::BasicProperties) -> bool {
-    props
-        .kind()
-        .as_ref()
-        .is_some_and(|k| k.as_str() == BUNDLE_KIND)
+    crate::broker::headers::has_type(props, BUNDLE_KIND)
 }
 
 /// A task's routing key on the tasks exchange.

@@ -35,6 +35,16 @@ async fn spawn_with_two_worker_processes() -> (TestApp, Vec<WorkerProcess>) {
     (app, workers)
 }
 
+/// A loan of `isbn` at `central` for each of `patrons`, all at once; the
+/// answers in the order of `patrons`.
+async fn lend_to_each(app: &TestApp, patrons: &[String], isbn: &str) -> Vec<(u16, Value)> {
+    join_all(patrons.iter().map(|p| {
+        let request = json!({"isbn": isbn, "patron": p, "branch": "central"});
+        async move { app.post("/v1/loans", &request).await }
+    }))
+    .await
+}
+
 /// Loan requests each worker process has taken from the queue.
 async fn loan_requests_per_process(workers: &[WorkerProcess]) -> Vec<u64> {
     let mut consumed = Vec::new();
@@ -256,12 +266,7 @@ async fn a_hundred_concurrent_loans_of_three_copies_make_exactly_three_loans() {
     let patrons = app.add_patrons("r", 100).await;
     app.add_title("9788450000016", "Tres ejemplares", &[2, 1])
         .await;
-    let answers = join_all(patrons.iter().map(|p| {
-        let request = json!({"isbn": "9788450000016", "patron": p, "branch": "central"});
-        let app = &app;
-        async move { app.post("/v1/loans", &request).await }
-    }))
-    .await;
+    let answers = lend_to_each(&app, &patrons, "9788450000016").await;
     let won = answers.iter().filter(|(s, _)| *s == 201).count();
     let refused = answers
         .iter()
@@ -978,12 +983,7 @@ async fn returns_that_come_together_travel_in_bundles_and_each_applies_once() {
     let patrons = app.add_patrons("t", 40).await;
     app.add_title("9788450000016", "Cuarenta ejemplares", &[20, 20])
         .await;
-    let loans = join_all(patrons.iter().map(|p| {
-        let request = json!({"isbn": "9788450000016", "patron": p, "branch": "central"});
-        let app = &app;
-        async move { app.post("/v1/loans", &request).await }
-    }))
-    .await;
+    let loans = lend_to_each(&app, &patrons, "9788450000016").await;
     assert!(loans.iter().all(|(s, _)| *s == 201), "{loans:?}");
     let returns = join_all(loans.iter().map(|(_, loan)| {
         let request = json!({"loan_id": loan["loan"]["id"], "branch": "norte"});
