@@ -174,8 +174,11 @@ pub(super) struct LoanCall {
 /// Sends loan requests: one that comes alone goes alone, at once; those
 /// that come while earlier ones wait for their answers go together, in
 /// bundles of up to [`LOAN_BUNDLE_MAX`], each request still its own call
-/// with its own answer.
-pub(super) type LoanCaller = Batcher<LoanCall, Result<Vec<u8>, RpcError>, std::convert::Infallible>;
+/// with its own answer, which comes on the receiver each submission gets.
+pub(super) type LoanCaller = Batcher<LoanCall, LoanReply, std::convert::Infallible>;
+
+/// Where a sent loan request's answer comes.
+pub(super) type LoanReply = tokio::sync::oneshot::Receiver<Result<Vec<u8>, RpcError>>;
 
 /// Bundles under way at once: as many as a loan worker's transactions
 /// under way ([`crate::batch::IN_FLIGHT`]), so that while the worker
@@ -183,13 +186,32 @@ pub(super) type LoanCaller = Batcher<LoanCall, Result<Vec<u8>, RpcError>, std::c
 /// forms the bundle after.
 const LOAN_CALLS_IN_FLIGHT: usize = crate::batch::IN_FLIGHT;
 
+/// How long a bundle holds its place among those under way while it waits
+/// for its answers. Answers come within a few tens of milliseconds; a
+/// worker that hangs with a bundle (its connection still open) must not
+/// hold back every loan behind it until the loan timeout, so past this the
+/// bundle waits on without its place and the next one goes out.
+const LOAN_PLACE_HOLD: Duration = Duration::from_millis(100);
+
 pub(super) fn loan_caller(rpc: RpcClient) -> LoanCaller {
     Batcher::spawn(
         LOAN_BUNDLE_MAX,
         LOAN_CALLS_IN_FLIGHT,
         move |calls: Vec<LoanCall>| {
             let rpc = rpc.clone();
-            async move { Ok(call_loans(&rpc, calls).await) }
+            async move {
+                let (senders, receivers): (Vec<_>, Vec<_>) = (0..calls.len())
+                    .map(|_| tokio::sync::oneshot::channel())
+                    .unzip();
+                let asked = tokio::spawn(async move {
+                    let answers = call_loans(&rpc, calls).await;
+                    for (tx, answer) in senders.into_iter().zip(answers) {
+                        let _ = tx.send(answer);
+                    }
+                });
+                let _ = tokio::time::timeout(LOAN_PLACE_HOLD, asked).await;
+                Ok(receivers)
+            }
         },
     )
 }
@@ -394,10 +416,19 @@ impl Commands {
                 timeout.as_millis()
             ))
         };
-        let reply = tokio::time::timeout_at(deadline, self.inner.loan_calls.submit(call))
+        let stopped = || CommandError::Unavailable("the loan sender stopped".to_owned());
+        let answer = async {
+            let reply = self
+                .inner
+                .loan_calls
+                .submit(call)
+                .await
+                .map_err(|_| stopped())?;
+            reply.await.map_err(|_| stopped())
+        };
+        let reply = tokio::time::timeout_at(deadline, answer)
             .await
-            .map_err(|_| timed_out())?
-            .map_err(|_| CommandError::Unavailable("the loan sender stopped".to_owned()))?
+            .map_err(|_| timed_out())??
             .map_err(|e| match e {
                 RpcError::NotSent(e) => CommandError::publish_failed(e),
                 RpcError::Timeout(_) => timed_out(),
