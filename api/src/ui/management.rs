@@ -62,13 +62,20 @@ pub struct Management {
     vhost: String,
 }
 
+/// How long a management API call may take before the figures are
+/// answered `503 management_unavailable`. The management API gathers its
+/// statistics from every node and answers slowly when the broker is busy:
+/// 3 s was seen to run out on a loaded 2-core machine while the broker
+/// itself was well. A refused connection still answers at once.
+const MANAGEMENT_TIMEOUT: Duration = Duration::from_secs(8);
+
 /// One HTTP client for the process: it pools connections, and building one
 /// loads TLS roots, which is not worth doing on every dashboard refresh.
 fn http() -> reqwest::Client {
     static HTTP: OnceLock<reqwest::Client> = OnceLock::new();
     HTTP.get_or_init(|| {
         reqwest::Client::builder()
-            .timeout(Duration::from_secs(3))
+            .timeout(MANAGEMENT_TIMEOUT)
             .build()
             .unwrap_or_default()
     })
