@@ -27,6 +27,19 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use publisher::{PublishError, Publisher};
+
+/// Appends `items`, each already JSON, to `body` as a JSON array, joined as
+/// they are rather than serialized again: how bundles carry their members.
+pub fn push_json_array<'a>(body: &mut Vec<u8>, items: impl IntoIterator<Item = &'a [u8]>) {
+    body.push(b'[');
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(item);
+    }
+    body.push(b']');
+}
 pub use topology::Topology;
 
 /// A handle to the process's supervised RabbitMQ connection. Cheap to clone.

@@ -62,7 +62,9 @@ pub(super) fn request_inserter(pool: deadpool_postgres::Pool) -> RequestInserter
 
 /// A renewal or return recorded as `pending`, on its way to the workers.
 pub(super) struct CirculationOut {
-    message: CirculationMessage,
+    operation_id: Uuid,
+    /// The serialized [`CirculationMessage`].
+    body: Vec<u8>,
     /// `renewal.<branch>` or `return.<branch>`.
     routing_key: String,
     correlation_id: String,
@@ -100,62 +102,43 @@ async fn publish_circulation(
             None => by_key.push((op.routing_key.as_str(), vec![i])),
         }
     }
-    let mut answers: Vec<Result<(), String>> = vec![Ok(()); ops.len()];
     let mut messages = Vec::new();
     let mut carried = Vec::new();
     for (key, members) in &by_key {
         for chunk in members.chunks(CIRCULATION_BUNDLE_MAX) {
-            let message = match chunk {
+            let (body, props) = match chunk {
                 [one] => {
                     let op = &ops[*one];
-                    serde_json::to_vec(&op.message).map(|body| {
-                        let props = headers::persistent_json(
-                            &op.message.operation_id.to_string(),
-                            &op.correlation_id,
-                        );
-                        (body, props)
-                    })
+                    let id = op.operation_id.to_string();
+                    let props = headers::persistent_json(&id, &op.correlation_id);
+                    (op.body.clone(), props)
                 }
                 _ => {
-                    let bundle = CirculationBundle {
-                        operations: chunk.iter().map(|&i| ops[i].message.clone()).collect(),
-                        correlation_ids: chunk
-                            .iter()
-                            .map(|&i| ops[i].correlation_id.clone())
-                            .collect(),
-                    };
-                    serde_json::to_vec(&bundle).map(|body| {
-                        let props = headers::persistent_json(
-                            &Uuid::now_v7().to_string(),
-                            &ops[chunk[0]].correlation_id,
-                        )
+                    let ids: Vec<&str> = chunk
+                        .iter()
+                        .map(|&i| ops[i].correlation_id.as_str())
+                        .collect();
+                    let body = CirculationBundle::body(
+                        chunk.iter().map(|&i| ops[i].body.as_slice()),
+                        &ids,
+                    );
+                    let props = headers::persistent_json(&Uuid::now_v7().to_string(), ids[0])
                         .with_type(CIRCULATION_BUNDLE_KIND.into());
-                        (body, props)
-                    })
+                    (body, props)
                 }
             };
-            match message {
-                Ok((body, props)) => {
-                    messages.push(((*key).to_owned(), body, props));
-                    carried.push(chunk);
-                }
-                Err(e) => {
-                    for &i in chunk {
-                        answers[i] = Err(e.to_string());
-                    }
-                }
-            }
+            messages.push(((*key).to_owned(), body, props));
+            carried.push(chunk);
         }
     }
     let published = publisher
         .publish_many(topology::CIRCULATION_EXCHANGE, &messages, true)
         .await;
+    let mut answers: Vec<Result<(), String>> = vec![Ok(()); ops.len()];
     for (chunk, result) in carried.into_iter().zip(published) {
-        if let Err(e) = result {
-            let e = e.to_string();
-            for &i in chunk {
-                answers[i] = Err(e.clone());
-            }
+        let answer = result.map_err(|e| e.to_string());
+        for &i in chunk {
+            answers[i] = answer.clone();
         }
     }
     answers
@@ -628,7 +611,8 @@ impl Commands {
             .inner
             .circulation_publishes
             .submit(CirculationOut {
-                message,
+                operation_id: id,
+                body: serde_json::to_vec(&message).map_err(anyhow::Error::from)?,
                 routing_key: format!("{}.{branch}", kind.as_str()),
                 correlation_id: correlation_id.to_owned(),
             })

@@ -51,14 +51,9 @@ impl LoanBundle {
         calls: &[String],
         correlation_ids: impl IntoIterator<Item = &'a str>,
     ) -> Vec<u8> {
-        let mut body = b"{\"requests\":[".to_vec();
-        for (i, request) in requests.into_iter().enumerate() {
-            if i > 0 {
-                body.push(b',');
-            }
-            body.extend_from_slice(request);
-        }
-        body.extend_from_slice(b"],\"calls\":");
+        let mut body = br#"{"requests":"#.to_vec();
+        crate::broker::push_json_array(&mut body, requests);
+        body.extend_from_slice(br#","calls":"#);
         // Strings always serialize.
         let _ = serde_json::to_writer(&mut body, calls);
         body.extend_from_slice(b",\"correlation_ids\":");
@@ -115,6 +110,22 @@ pub struct CirculationBundle {
 }
 
 impl CirculationBundle {
+    /// The body of a bundle of `operations`, each already a serialized
+    /// [`CirculationMessage`] (joined as it is), with their
+    /// `correlation_ids` in the same order.
+    pub fn body<'a>(
+        operations: impl IntoIterator<Item = &'a [u8]>,
+        correlation_ids: &[&str],
+    ) -> Vec<u8> {
+        let mut body = br#"{"operations":"#.to_vec();
+        crate::broker::push_json_array(&mut body, operations);
+        body.extend_from_slice(br#","correlation_ids":"#);
+        // Strings always serialize.
+        let _ = serde_json::to_writer(&mut body, correlation_ids);
+        body.push(b'}');
+        body
+    }
+
     /// Whether every operation has its correlation id.
     pub fn is_whole(&self) -> bool {
         self.correlation_ids.len() == self.operations.len()
@@ -263,6 +274,36 @@ mod tests {
         assert_eq!(bundle.requests[1].patron, "P2");
         assert_eq!(bundle.calls, calls);
         assert_eq!(bundle.correlation_ids, vec!["x\"1", "x2"]);
+    }
+
+    #[test]
+    fn a_circulation_bundle_joins_the_operations_as_they_are() {
+        let operation = |kind| CirculationMessage {
+            operation_id: Uuid::now_v7(),
+            kind,
+            loan_id: Uuid::now_v7(),
+            isbn: "9780000000002".into(),
+            patron: "P1".into(),
+            branch: "central".into(),
+            requested_at: Utc::now(),
+        };
+        let (one, two) = (
+            operation(OperationKind::Return),
+            operation(OperationKind::Return),
+        );
+        let bodies = [
+            serde_json::to_vec(&one).unwrap(),
+            serde_json::to_vec(&two).unwrap(),
+        ];
+        let body = CirculationBundle::body(bodies.iter().map(Vec::as_slice), &["a\"1", "b"]);
+        let bundle: CirculationBundle = serde_json::from_slice(&body).unwrap();
+        assert!(bundle.is_whole());
+        assert_eq!(bundle.operations[0].operation_id, one.operation_id);
+        assert_eq!(bundle.operations[1].loan_id, two.loan_id);
+        assert_eq!(bundle.correlation_ids, vec!["a\"1", "b"]);
+        let typed = lapin::BasicProperties::default().with_type(CIRCULATION_BUNDLE_KIND.into());
+        assert!(is_circulation_bundle(&typed));
+        assert!(!is_loan_bundle(&typed));
     }
 
     #[test]

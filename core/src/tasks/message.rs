@@ -77,14 +77,8 @@ impl TaskBundle {
         messages: impl IntoIterator<Item = &'a [u8]>,
         correlation_ids: &[&str],
     ) -> Vec<u8> {
-        let mut body = br#"{"tasks":["#.to_vec();
-        for (i, message) in messages.into_iter().enumerate() {
-            if i > 0 {
-                body.push(b',');
-            }
-            body.extend_from_slice(message);
-        }
-        body.push(b']');
+        let mut body = br#"{"tasks":"#.to_vec();
+        crate::broker::push_json_array(&mut body, messages);
         if !correlation_ids.is_empty() {
             body.extend_from_slice(br#","correlation_ids":"#);
             // A list of strings always serializes.
