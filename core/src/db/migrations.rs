@@ -89,6 +89,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "generic_plans",
         include_str!("../../../migrations/0017_generic_plans.sql"),
     ),
+    (
+        18,
+        "fewer_task_indexes",
+        include_str!("../../../migrations/0018_fewer_task_indexes.sql"),
+    ),
 ];
 
 /// Arbitrary constant: the advisory lock that serialises concurrent runners

@@ -40,7 +40,7 @@ use tokio_postgres::{
 };
 use uuid::Uuid;
 
-use super::TaskState;
+use super::{Action, TaskState};
 use crate::storage::StoredObject;
 
 #[derive(Debug, Clone)]
@@ -398,22 +398,24 @@ pub async fn stranded(
     limit: i64,
 ) -> Result<Vec<Stranded>, tokio_postgres::Error> {
     let seconds = older_than.as_secs_f64();
-    let rows = tx
-        .query(
-            &format!(
-                "SELECT {TO_PUBLISH}
-                   FROM tasks
-                  WHERE state IN ('queued', 'running')
-                    AND reaped_at IS NULL
-                    AND updated_at < now() - make_interval(secs => $1)
-                  ORDER BY updated_at
-                  LIMIT $2
-                    FOR UPDATE SKIP LOCKED"
-            ),
-            &[&seconds, &limit],
-        )
-        .await?;
+    let rows = tx.query(&stranded_sql(), &[&seconds, &limit]).await?;
     Ok(rows.iter().map(Stranded::from_row).collect())
+}
+
+/// The statement of [`stranded`] (seconds, limit). Its conditions are the
+/// predicate of the partial index `tasks_in_flight` (migration 0018), so it
+/// reads only the tasks in flight, however many have finished.
+pub fn stranded_sql() -> String {
+    format!(
+        "SELECT {TO_PUBLISH}
+           FROM tasks
+          WHERE state IN ('queued', 'running')
+            AND reaped_at IS NULL
+            AND updated_at < now() - make_interval(secs => $1)
+          ORDER BY updated_at
+          LIMIT $2
+            FOR UPDATE SKIP LOCKED"
+    )
 }
 
 /// Up to `limit` `scheduled` tasks whose `run_at` has come, earliest
@@ -824,25 +826,18 @@ pub async fn list(
     db: &impl GenericClient,
     filter: &ListFilter,
 ) -> Result<Vec<TaskRecord>, tokio_postgres::Error> {
-    let rows = db
-        .query(
-            &format!(
-                "SELECT {COLUMNS} FROM tasks
-                  WHERE ($1::text IS NULL OR state = $1)
-                    AND ($2::text IS NULL OR action = $2)
-                    AND ($4::uuid IS NULL OR (created_at, id) <
-                         (SELECT created_at, id FROM tasks WHERE id = $4))
-                  ORDER BY created_at DESC, id DESC
-                  LIMIT $3"
-            ),
-            &[
-                &filter.state.map(TaskState::as_str),
-                &filter.action,
-                &filter.limit,
-                &filter.before,
-            ],
-        )
-        .await?;
+    let sql = list_sql(filter.state.is_some(), filter.action.is_some());
+    let state = filter.state.map(TaskState::as_str);
+    let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(4);
+    if let Some(state) = &state {
+        params.push(state);
+    }
+    if let Some(action) = &filter.action {
+        params.push(action);
+    }
+    params.push(&filter.limit);
+    params.push(&filter.before);
+    let rows = db.query(&sql, &params).await?;
     Ok(rows
         .iter()
         .map(|r| {
@@ -851,6 +846,65 @@ pub async fn list(
             rec
         })
         .collect())
+}
+
+/// The statement of [`list`]: its parameters are the state (when filtered
+/// by state), the action (when filtered by action), the limit, then the
+/// task to page before (or NULL).
+///
+/// Every filter is served by an index without a sort of the matching rows
+/// (migration 0018): no filter by `tasks_newest`; state and action by
+/// `tasks_by_action_state`; state alone or action alone by that index too,
+/// one branch for each action (or state), each stopping after `limit`
+/// rows, merged in order. The actions and states are the code's own; a
+/// row can hold no other (the API checks the action, the states are
+/// written by this module).
+pub fn list_sql(by_state: bool, by_action: bool) -> String {
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        format!("${n}")
+    };
+    let state = by_state.then(&mut next);
+    let action = by_action.then(&mut next);
+    let (limit, before) = (next(), next());
+    let branch = |state: &str, action: &str| {
+        format!(
+            "SELECT {COLUMNS} FROM tasks
+              WHERE state = {state} AND action = {action}
+                AND ({before}::uuid IS NULL OR (created_at, id) <
+                     (SELECT created_at, id FROM tasks WHERE id = {before}))
+              ORDER BY created_at DESC, id DESC
+              LIMIT {limit}"
+        )
+    };
+    let quoted = |value: &str| format!("'{value}'");
+    let branches: Vec<String> = match (state, action) {
+        (Some(state), Some(action)) => return branch(&state, &action),
+        (Some(state), None) => Action::ALL
+            .iter()
+            .map(|a| branch(&state, &quoted(a.as_str())))
+            .collect(),
+        (None, Some(action)) => TaskState::ALL
+            .iter()
+            .map(|s| branch(&quoted(s.as_str()), &action))
+            .collect(),
+        (None, None) => {
+            return format!(
+                "SELECT {COLUMNS} FROM tasks
+                  WHERE {before}::uuid IS NULL OR (created_at, id) <
+                        (SELECT created_at, id FROM tasks WHERE id = {before})
+                  ORDER BY created_at DESC, id DESC
+                  LIMIT {limit}"
+            );
+        }
+    };
+    let union = branches
+        .iter()
+        .map(|b| format!("({b})"))
+        .collect::<Vec<_>>()
+        .join("\n UNION ALL ");
+    format!("SELECT * FROM ({union}) AS t ORDER BY created_at DESC, id DESC LIMIT {limit}")
 }
 
 /// Count of tasks per state, for dashboards: the folded counts plus the

@@ -359,8 +359,9 @@ async fn off_the_primary_key(db: &tokio_postgres::Client) -> Vec<String> {
             .collect();
         if !plan.contains("tasks_pkey")
             || plan.contains("Seq Scan on tasks")
-            || plan.contains("tasks_by_state")
+            || plan.contains("tasks_by_action_state")
             || plan.contains("tasks_scheduled_run_at")
+            || plan.contains("tasks_in_flight")
         {
             off.push(format!("{name}:\n{plan}"));
         }
@@ -373,7 +374,7 @@ async fn off_the_primary_key(db: &tokio_postgres::Client) -> Vec<String> {
 /// new database under its first load; then the same after an ANALYZE that
 /// saw none of them waiting. Each time, every statement that addresses
 /// tasks by id and tests their state must go through the primary key: a
-/// plan that scans the table or walks `tasks_by_state` reads the whole
+/// plan that scans the table or walks an index on `state` reads the whole
 /// backlog for each batch (150 to 300 ms for 100 outcomes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_by_id_go_through_the_primary_key_behind_a_backlog_the_statistics_miss() {
@@ -411,4 +412,108 @@ async fn statements_by_id_go_through_the_primary_key_behind_a_backlog_the_statis
         "with statistics that saw no backlog, these leave the primary key:\n{}",
         stale.join("\n")
     );
+}
+
+/// The plan PostgreSQL makes for `sql` with these parameters (a custom
+/// plan, as for the API's unnamed statements).
+async fn plan_of(db: &tokio_postgres::Client, sql: &str, params: &str) -> String {
+    db.batch_execute(&format!("DEALLOCATE ALL; PREPARE listed AS {sql}"))
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    db.query(&format!("EXPLAIN EXECUTE listed({params})"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0) + "\n")
+        .collect()
+}
+
+/// Task lists and the reaper's look-up stay index reads in order with many
+/// finished tasks (migration 0018): no filter reads `tasks_newest`; state
+/// and action together, state alone and action alone read
+/// `tasks_by_action_state` (one branch an action or a state, merged in
+/// order), never a scan or a sort of the matching tasks; the reaper reads
+/// the partial index of the tasks in flight. And the lists filtered one
+/// way page through every action (or state) newest first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_lists_and_the_reaper_read_indexes_in_order_behind_many_finished_tasks() {
+    use bibliomq_core::tasks::store::{list_sql, stranded_sql};
+    let app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
+    let db = app.env.db().await;
+    db.batch_execute(
+        "INSERT INTO tasks (id, action, payload, state, created_at, finished_at)
+              SELECT gen_random_uuid(),
+                     (ARRAY['echo', 'upper', 'sum', 'fib', 'primes'])[1 + i % 5], '1',
+                     (ARRAY['succeeded', 'failed', 'succeeded', 'dead'])[1 + (i / 5) % 4],
+                     now() - i * interval '1 second', now()
+                FROM generate_series(1, 30000) AS i;
+         INSERT INTO tasks (id, action, payload, state)
+              SELECT gen_random_uuid(), 'sum', '1', 'queued' FROM generate_series(1, 10);
+         ANALYZE tasks;",
+    )
+    .await
+    .unwrap();
+    let cases = [
+        (false, false, "20, NULL", "tasks_newest"),
+        (
+            true,
+            true,
+            "'failed', 'sum', 20, NULL",
+            "tasks_by_action_state",
+        ),
+        (true, false, "'failed', 20, NULL", "tasks_by_action_state"),
+        (false, true, "'sum', 20, NULL", "tasks_by_action_state"),
+    ];
+    for (by_state, by_action, params, index) in cases {
+        let plan = plan_of(&db, &list_sql(by_state, by_action), params).await;
+        assert!(
+            plan.contains(index)
+                && !plan.contains("Seq Scan")
+                && !plan.contains("Bitmap")
+                && !plan.contains("->  Sort"),
+            "state {by_state}, action {by_action}: not an index read in order:\n{plan}"
+        );
+    }
+    let plan = plan_of(&db, &stranded_sql(), "30, 100").await;
+    assert!(
+        plan.contains("tasks_in_flight") && !plan.contains("Seq Scan"),
+        "the reaper's look-up:\n{plan}"
+    );
+
+    // The newest `failed` tasks over every action, and the newest `sum`
+    // tasks over every state, page by page, as the table orders them.
+    for (query, filter) in [
+        ("state=failed", "state = 'failed'"),
+        ("action=sum", "action = 'sum'"),
+    ] {
+        let expected: Vec<String> = db
+            .query(
+                &format!(
+                    "SELECT id::text FROM tasks WHERE {filter}
+                      ORDER BY created_at DESC, id DESC LIMIT 30"
+                ),
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut listed = Vec::new();
+        let mut path = format!("/v1/tasks?{query}&limit=10");
+        while listed.len() < expected.len() {
+            let (status, page) = app.get_json(&path).await;
+            assert_eq!(status, 200, "{page}");
+            listed.extend(
+                page["tasks"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t["id"].as_str().unwrap().to_owned()),
+            );
+            let next = page["next_before"].as_str().unwrap();
+            path = format!("/v1/tasks?{query}&limit=10&before={next}");
+        }
+        assert_eq!(listed, expected, "{query}");
+    }
 }
