@@ -150,6 +150,10 @@ async fn routes(db: &tokio_postgres::Client, rare: &str) -> anyhow::Result<Vec<R
             paths: vec!["/v1/tasks?action=sum&state=cancelled&limit=50".into()],
         },
         Route {
+            name: "tasks: action sum, page after a cursor",
+            paths: each("/v1/tasks?action=sum&limit=50&before=", &tasks, ""),
+        },
+        Route {
             name: "task by id",
             paths: each("/v1/tasks/", &tasks, ""),
         },
