@@ -232,6 +232,8 @@ wait_http() {
 # BENCH_NO_BUILD=1 skips the release build; BENCH_APP_BIN=DIR runs the API,
 # workers and edge found in DIR (the load generator stays this build's, or
 # the one in BENCH_LOAD_BIN=DIR).
+# BENCH_SQL='...' runs that SQL on the fresh database after the migrations
+# (to try a schema change before writing it: an index dropped, a setting).
 # Sets BENCH_URL, BENCH_DB_URL and BENCH_PROCS (--process name=pid ...);
 # the processes stop when the calling script exits.
 start_bench_stack() {
@@ -285,6 +287,10 @@ start_bench_stack() {
   local logs="$BIBLIOMQ_STATE_DIR/bench"
   mkdir -p "$logs"
   "$app_bin/bibliomq-api" migrate
+  if [[ -n "${BENCH_SQL:-}" ]]; then
+    if [[ "${BENCH_CLUSTER:-}" == 1 ]]; then die "BENCH_SQL is for the local database only"; fi
+    psql -h 127.0.0.1 -U postgres -d "$db" -q -v ON_ERROR_STOP=1 -c "$BENCH_SQL"
+  fi
   BENCH_PIDS=()
   trap 'for p in "${BENCH_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true' EXIT
   "$app_bin/bibliomq-api" >"$logs/$name-api.log" 2>&1 &
