@@ -219,6 +219,41 @@ async fn a_task_whose_message_was_lost_is_published_again_once_and_runs() {
     assert!(was_reaped(&app, id).await);
 }
 
+/// More lost messages than one reaper pass takes (500): every task is
+/// published again, once, in two passes whose publishes wait for their
+/// confirms side by side, and each runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_hundred_lost_messages_are_each_published_again_once_and_every_task_runs() {
+    let app = TestApp::spawn(TestEnv::new().await, quick_reaper, 2).await;
+    let db = app.env.db().await;
+    db.execute(
+        "INSERT INTO tasks (id, action, payload, correlation_id, updated_at)
+         SELECT gen_random_uuid(), 'sum', to_jsonb(i || ',1'), 'lost', now() - interval '1 hour'
+           FROM generate_series(1, 600) AS i",
+        &[],
+    )
+    .await
+    .unwrap();
+    wait_until(DEADLINE, || async {
+        (app.count("SELECT count(*) FROM tasks WHERE state = 'succeeded'")
+            .await
+            == 600)
+            .then_some(())
+    })
+    .await
+    .expect("not every lost task ran");
+    assert_eq!(
+        app.count(
+            "SELECT count(*) FROM tasks
+              WHERE reaped_at IS NOT NULL AND attempts = 1
+                AND result = to_jsonb(split_part(payload #>> '{}', ',', 1)::int + 1)"
+        )
+        .await,
+        600,
+        "every task reaped once, run once, with its own result"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_task_in_a_workers_hands_is_not_reaped() {
     let app = TestApp::spawn(TestEnv::new().await, quick_reaper, 1).await;
