@@ -857,8 +857,8 @@ pub async fn list(
 /// `tasks_by_action_state`; state alone or action alone by that index too,
 /// one branch for each action (or state), each stopping after `limit`
 /// rows, merged in order. The actions and states are the code's own; a
-/// row can hold no other (the API checks the action, the states are
-/// written by this module).
+/// row can hold no other (the API checks the action, and every state
+/// written is a [`TaskState`] word).
 pub fn list_sql(by_state: bool, by_action: bool) -> String {
     let mut n = 0;
     let mut next = || {
