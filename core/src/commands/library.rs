@@ -114,16 +114,17 @@ async fn publish_circulation(
                     (op.body.clone(), props)
                 }
                 _ => {
-                    let ids: Vec<&str> = chunk
+                    let correlations: Vec<&str> = chunk
                         .iter()
                         .map(|&i| ops[i].correlation_id.as_str())
                         .collect();
                     let body = CirculationBundle::body(
                         chunk.iter().map(|&i| ops[i].body.as_slice()),
-                        &ids,
+                        &correlations,
                     );
-                    let props = headers::persistent_json(&Uuid::now_v7().to_string(), ids[0])
-                        .with_type(CIRCULATION_BUNDLE_KIND.into());
+                    let props =
+                        headers::persistent_json(&Uuid::now_v7().to_string(), correlations[0])
+                            .with_type(CIRCULATION_BUNDLE_KIND.into());
                     (body, props)
                 }
             };
