@@ -94,6 +94,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "fewer_task_indexes",
         include_str!("../../../migrations/0018_fewer_task_indexes.sql"),
     ),
+    (
+        19,
+        "loans_by_the_batch",
+        include_str!("../../../migrations/0019_loans_by_the_batch.sql"),
+    ),
 ];
 
 /// Arbitrary constant: the advisory lock that serialises concurrent runners

@@ -1189,6 +1189,195 @@ async fn a_batch_writes_one_history_row_per_operation_it_settled() {
     );
 }
 
+/// One batch counts what it did before each request (migration 0019
+/// writes its loans at the end): a patron's loans made earlier in the batch
+/// count toward the limit, a title's last copy goes to one request and the
+/// next is told the batch's due date, and a hold fulfilled by one loan is
+/// not fulfilled again by the next. Driven through the store directly, in
+/// one batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_batch_counts_its_own_loans_toward_the_limit_the_last_copy_and_a_hold() {
+    use bibliomq_core::library::{
+        Rules,
+        outcome::LoanOutcome,
+        store::{self, LoanItem},
+    };
+    let app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
+    app.seed(12, 20).await;
+    let db = app.env.db().await;
+    let settings = app.env.settings();
+    let rules = Rules::from_settings(&settings.library);
+    let max = usize::try_from(rules.max_loans).unwrap();
+    let pool = bibliomq_core::db::pool(&settings.database).unwrap();
+    let client = pool.get().await.unwrap();
+    let now = chrono::Utc::now();
+    let due = rules.due_for_loan(now);
+
+    // QUIJOTE keeps one copy; the held title gets a second one.
+    db.execute(
+        "UPDATE copies SET status = 'withdrawn'
+          WHERE isbn = $1 AND id <> (SELECT min(id) FROM copies WHERE isbn = $1)",
+        &[&QUIJOTE],
+    )
+    .await
+    .unwrap();
+    let pairs: Vec<String> = db
+        .query(
+            "SELECT DISTINCT isbn FROM copies WHERE status = 'available' AND isbn <> $1
+              ORDER BY isbn LIMIT $2",
+            &[&QUIJOTE, &i64::try_from(max + 3).unwrap()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(pairs.len(), max + 3, "too few titles seeded");
+    let others: Vec<String> = db
+        .query(
+            "SELECT id FROM patrons WHERE id NOT IN ('ana', 'jorge') ORDER BY id LIMIT 2",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let (holder, held) = (others[1].clone(), pairs[max + 2].clone());
+    db.execute(
+        "INSERT INTO copies (isbn, branch, barcode) VALUES ($1, 'central', 'ONE-BATCH-EXTRA')",
+        &[&held],
+    )
+    .await
+    .unwrap();
+    let hold = uuid::Uuid::now_v7();
+    db.execute(
+        "INSERT INTO holds (id, isbn, patron_id, pickup_branch, state, placed_at, pickup_period)
+         VALUES ($1, $2, $3, 'central', 'waiting', now(), interval '3 days')",
+        &[&hold, &held, &holder],
+    )
+    .await
+    .unwrap();
+
+    let item = |key: String, isbn: &str, patron: &str| LoanItem {
+        op: uuid::Uuid::now_v7(),
+        key,
+        fingerprint: format!("{isbn}|{patron}"),
+        isbn: isbn.into(),
+        patron: patron.into(),
+        branch: "central".into(),
+        correlation_id: "one-batch-test".into(),
+    };
+    // ana asks for two titles more than she may hold; two patrons ask for
+    // the last QUIJOTE; the holder borrows the held title twice.
+    let mut items: Vec<LoanItem> = pairs[..max + 2]
+        .iter()
+        .enumerate()
+        .map(|(i, isbn)| item(format!("ana-{i}"), isbn, "ana"))
+        .collect();
+    items.push(item("q-jorge".into(), QUIJOTE, "jorge"));
+    items.push(item("q-other".into(), QUIJOTE, &others[0]));
+    items.push(item("held-1".into(), &held, &holder));
+    items.push(item("held-2".into(), &held, &holder));
+    let answers = store::apply_loans(&client, &items, now, due, rules.max_loans)
+        .await
+        .unwrap();
+    let code = |o: &LoanOutcome| match o {
+        LoanOutcome::Loaned {
+            replayed: false, ..
+        } => "loaned".to_owned(),
+        LoanOutcome::Rejected(r) => r.code().to_owned(),
+        other => format!("{other:?}"),
+    };
+    let codes: Vec<String> = answers.iter().map(code).collect();
+
+    // The limit: the first `max` of ana's requests (in request order) are
+    // lent, the rest refused with her open loans counted as `max`.
+    let ana: Vec<&str> = codes[..max + 2].iter().map(String::as_str).collect();
+    let mut expected = vec!["loaned"; max];
+    expected.extend(["loan_limit_reached"; 2]);
+    assert_eq!(ana, expected, "{answers:?}");
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) FROM operations
+              WHERE patron_id = 'ana' AND reason = 'loan_limit_reached'
+                AND (outcome->>'open_loans')::int = {max}
+                AND (outcome->>'max_loans')::int = {max}"
+        ))
+        .await,
+        2
+    );
+    // The last copy: lent once (to the patron whose requests the batch
+    // took first); the other request learns the due date of the loan made
+    // a moment before in the same batch.
+    let mut quijote: Vec<&str> = codes[max + 2..max + 4].iter().map(String::as_str).collect();
+    quijote.sort_unstable();
+    assert_eq!(quijote, ["loaned", "not_available"], "{answers:?}");
+    let earliest: chrono::DateTime<chrono::Utc> = db
+        .query_one(
+            "SELECT (outcome->>'earliest_due_at')::timestamptz FROM operations
+              WHERE idempotency_key IN ('q-jorge', 'q-other') AND reason = 'not_available'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(earliest.timestamp_millis(), due.timestamp_millis());
+    // The hold: fulfilled by the first loan only.
+    assert_eq!(&codes[max + 4..], ["loaned", "loaned"], "{answers:?}");
+    let fulfilled: Vec<Option<String>> = db
+        .query(
+            "SELECT outcome->'loan'->>'fulfilled_hold' FROM operations
+              WHERE idempotency_key IN ('held-1', 'held-2') ORDER BY idempotency_key",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(fulfilled, [Some(hold.to_string()), None]);
+    let first = items[max + 4].op;
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) FROM holds
+              WHERE id = '{hold}' AND state = 'fulfilled' AND loan_id = '{first}'"
+        ))
+        .await,
+        1
+    );
+
+    // Every loan made has its row, its copy on loan and one history row
+    // equal to its operation; no copy is lent twice.
+    let made = max + 1 + 2;
+    assert_eq!(
+        app.count("SELECT count(*) FROM loans").await,
+        i64::try_from(made).unwrap()
+    );
+    assert_eq!(
+        app.count(
+            "SELECT count(*) FROM loans l JOIN copies c ON c.id = l.copy_id
+              WHERE c.status = 'on_loan'"
+        )
+        .await,
+        i64::try_from(made).unwrap()
+    );
+    assert_eq!(
+        app.count(
+            "SELECT count(*) FROM circulation_history h
+               JOIN operations o ON o.id = h.operation_id
+               LEFT JOIN loans l ON l.id = o.loan_id
+              WHERE (h.at, h.kind, h.outcome, h.reason, h.loan_id, h.copy_id, h.isbn,
+                     h.patron_id, h.branch, h.details)
+                    IS NOT DISTINCT FROM
+                    (o.settled_at, o.kind, o.state, o.reason, o.loan_id, l.copy_id, o.isbn,
+                     o.patron_id, o.branch, o.outcome)"
+        )
+        .await,
+        i64::try_from(items.len()).unwrap()
+    );
+}
+
 /// Settling a renewal or a return changes its operation's `state`,
 /// `reason`, `outcome` and `settled_at`; no index of `operations` may name
 /// them (as a key, an expression or in its predicate), or no settle could
