@@ -4,6 +4,14 @@
 //! For live feeds (the ZeroMQ PUB socket, the dashboard); events published
 //! while the connection is down are missed, which is why outcomes live in
 //! PostgreSQL.
+//!
+//! Events that come together share a message: an event announced while
+//! the ones before it wait for their confirm is published with the others
+//! of its routing key that wait beside it, as one message of AMQP `type`
+//! [`EVENT_BUNDLE_KIND`] whose body is the JSON array of the events, in
+//! the order they were announced. An event that comes alone is published
+//! alone, as its own JSON. Followers ([`Broker::subscribe`]) hand on every
+//! event of a bundle as an event of its own.
 
 use futures::StreamExt;
 use lapin::{
@@ -16,6 +24,15 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::{Broker, Publisher, headers, topology};
+
+/// The AMQP `type` of a message carrying several outcome events of one
+/// routing key: a JSON array of the events.
+pub const EVENT_BUNDLE_KIND: &str = "bibliomq.event-bundle";
+/// Most events in one bundle.
+pub const EVENT_BUNDLE_MAX: usize = 256;
+/// Events waiting to be published at most; an event announced beyond that
+/// (the broker unreachable for a long while) is dropped and logged.
+const EVENT_BACKLOG: usize = 65_536;
 
 /// Publishes `event` under `routing_key` in the background, after the
 /// change it reports was committed. Events are notifications: the record
@@ -30,16 +47,97 @@ pub fn announce(publisher: &Publisher, routing_key: String, event: &impl Seriali
             return;
         }
     };
-    let publisher = publisher.clone();
-    tokio::spawn(async move {
-        let props = headers::persistent_json(&Uuid::now_v7().to_string(), "");
-        if let Err(e) = publisher
-            .publish(topology::EVENTS_EXCHANGE, &routing_key, &body, props, false)
-            .await
-        {
-            tracing::debug!(error = %e, %routing_key, "could not publish an event");
+    if let Err(e) = publisher.event_queue().tx.try_send((routing_key, body)) {
+        let (routing_key, _) = e.into_inner();
+        tracing::debug!(%routing_key, "too many events waiting; dropped one");
+    }
+}
+
+/// The events announced through one publisher, and the task that
+/// publishes them.
+pub(crate) struct EventQueue {
+    tx: mpsc::Sender<(String, Vec<u8>)>,
+}
+
+impl EventQueue {
+    pub(crate) fn start(publisher: Publisher) -> Self {
+        let (tx, mut rx) = mpsc::channel(EVENT_BACKLOG);
+        tokio::spawn(async move {
+            let mut waiting = Vec::new();
+            // Everything announced since the last round, in one round:
+            // its confirms are awaited together.
+            while rx.recv_many(&mut waiting, EVENT_BACKLOG).await > 0 {
+                let messages = bundle(std::mem::take(&mut waiting));
+                let answers = publisher
+                    .publish_many(topology::EVENTS_EXCHANGE, &messages, false)
+                    .await;
+                for ((routing_key, _, _), answer) in messages.iter().zip(answers) {
+                    if let Err(e) = answer {
+                        tracing::debug!(error = %e, %routing_key, "could not publish an event");
+                    }
+                }
+            }
+        });
+        Self { tx }
+    }
+}
+
+/// The messages for `events`: per routing key (in the order the keys were
+/// first announced), one message alone or a bundle of up to
+/// [`EVENT_BUNDLE_MAX`], each keeping the order of its events.
+fn bundle(events: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>, lapin::BasicProperties)> {
+    let mut keys: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
+    for (routing_key, body) in events {
+        match keys.iter_mut().find(|(k, _)| *k == routing_key) {
+            Some((_, bodies)) => bodies.push(body),
+            None => keys.push((routing_key, vec![body])),
         }
-    });
+    }
+    let mut messages = Vec::new();
+    for (routing_key, bodies) in keys {
+        for chunk in bodies.chunks(EVENT_BUNDLE_MAX) {
+            let props = headers::persistent_json(&Uuid::now_v7().to_string(), "");
+            let message = match chunk {
+                [one] => (routing_key.clone(), one.clone(), props),
+                many => {
+                    let mut body =
+                        Vec::with_capacity(many.iter().map(|b| b.len() + 1).sum::<usize>() + 1);
+                    body.push(b'[');
+                    for (i, event) in many.iter().enumerate() {
+                        if i > 0 {
+                            body.push(b',');
+                        }
+                        body.extend_from_slice(event);
+                    }
+                    body.push(b']');
+                    (
+                        routing_key.clone(),
+                        body,
+                        props.with_type(EVENT_BUNDLE_KIND.into()),
+                    )
+                }
+            };
+            messages.push(message);
+        }
+    }
+    messages
+}
+
+/// The events a message carries: each of a bundle, or the message itself.
+fn unbundle(props: &lapin::BasicProperties, body: Vec<u8>) -> Vec<Vec<u8>> {
+    if !headers::has_type(props, EVENT_BUNDLE_KIND) {
+        return vec![body];
+    }
+    match serde_json::from_slice::<Vec<Box<serde_json::value::RawValue>>>(&body) {
+        Ok(events) => events
+            .into_iter()
+            .map(|e| e.get().as_bytes().to_vec())
+            .collect(),
+        Err(e) => {
+            tracing::debug!(error = %e, "an event bundle that is not a JSON array; passed on whole");
+            vec![body]
+        }
+    }
 }
 
 /// One message seen on the followed exchange.
@@ -154,12 +252,12 @@ async fn follow(
             }
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    let event = EventMessage {
-                        routing_key: delivery.routing_key.as_str().to_owned(),
-                        body: delivery.data,
-                    };
-                    if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(event) {
-                        return Ok(());
+                    let routing_key = delivery.routing_key.as_str().to_owned();
+                    for body in unbundle(&delivery.properties, delivery.data) {
+                        let event = EventMessage { routing_key: routing_key.clone(), body };
+                        if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(event) {
+                            return Ok(());
+                        }
                     }
                 }
                 Some(Err(e)) => return Err(e),
@@ -169,5 +267,38 @@ async fn follow(
                 ))),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(n: usize) -> Vec<u8> {
+        format!(r#"{{"n":{n}}}"#).into_bytes()
+    }
+
+    #[test]
+    fn events_are_bundled_per_routing_key_in_order_and_unbundled_as_they_were() {
+        let mut events = vec![("task.failed".to_owned(), event(0))];
+        events.extend((1..=EVENT_BUNDLE_MAX + 2).map(|n| ("task.succeeded".to_owned(), event(n))));
+        let messages = bundle(events);
+        // One alone, as itself; a full bundle; the rest in a second one.
+        assert_eq!(messages.len(), 3);
+        assert_eq!(messages[0].0, "task.failed");
+        assert_eq!(messages[0].1, event(0));
+        assert!(!headers::has_type(&messages[0].2, EVENT_BUNDLE_KIND));
+        let mut n = 1;
+        for (routing_key, body, props) in &messages[1..] {
+            assert_eq!(routing_key, "task.succeeded");
+            assert!(headers::has_type(props, EVENT_BUNDLE_KIND));
+            for inside in unbundle(props, body.clone()) {
+                assert_eq!(inside, event(n));
+                n += 1;
+            }
+        }
+        assert_eq!(n, EVENT_BUNDLE_MAX + 3);
+        // A message that is not a bundle is passed on as it came.
+        assert_eq!(unbundle(&messages[0].2, event(7)), vec![event(7)]);
     }
 }

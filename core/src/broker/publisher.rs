@@ -97,6 +97,9 @@ pub struct Publisher {
     generation: Arc<std::sync::atomic::AtomicU64>,
     confirm_timeout: Duration,
     metrics: Metrics,
+    /// Outcome events waiting for [`super::events::announce`]'s publisher,
+    /// started with the first event.
+    events: Arc<std::sync::OnceLock<super::events::EventQueue>>,
 }
 
 impl Publisher {
@@ -107,7 +110,21 @@ impl Publisher {
             generation: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             confirm_timeout,
             metrics,
+            events: Arc::new(std::sync::OnceLock::new()),
         }
+    }
+
+    /// The queue of outcome events to publish; the first call starts the
+    /// task that publishes them. That task holds this publisher without
+    /// its queue, so it ends once every clone of this publisher is gone.
+    pub(crate) fn event_queue(&self) -> &super::events::EventQueue {
+        self.events.get_or_init(|| {
+            let bare = Self {
+                events: Arc::new(std::sync::OnceLock::new()),
+                ..self.clone()
+            };
+            super::events::EventQueue::start(bare)
+        })
     }
 
     pub fn broker(&self) -> &Broker {

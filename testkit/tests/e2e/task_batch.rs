@@ -577,3 +577,101 @@ async fn single_submissions_that_come_together_run_once_each_whatever_bundles_th
         200
     );
 }
+
+/// The outcome events of tasks that finish together share messages on
+/// `bibliomq.events` (AMQP `type` `bibliomq.event-bundle`, a JSON array),
+/// and a follower of the exchange still gets each event once, on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcome_events_that_come_together_share_a_message_and_followers_get_each_once() {
+    use bibliomq_core::broker::events::EVENT_BUNDLE_KIND;
+    use lapin::{
+        Connection, ConnectionProperties,
+        options::{QueueBindOptions, QueueDeclareOptions},
+        types::FieldTable,
+    };
+    const N: usize = 300;
+    let app = spawn_app().await;
+    // A queue of the test's own on the exchange, to read the messages as
+    // they travel; and a follower, as the dashboard and the edge follow it.
+    let raw = "test-raw-task-events";
+    let conn = Connection::connect(&app.env.amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare(
+        raw.into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        raw.into(),
+        topology::EVENTS_EXCHANGE.into(),
+        "task.succeeded".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let mut follower =
+        crate::library::watch(&app.env, topology::EVENTS_EXCHANGE, &["task.succeeded"]).await;
+
+    let batch: Vec<Value> = (0..N)
+        .map(|i| json!({"action": "sum", "payload": format!("{i},1")}))
+        .collect();
+    let (status, answer) = app.post("/v1/tasks/batch", &Value::Array(batch)).await;
+    assert_eq!(status, 202, "{answer}");
+    let ids: std::collections::HashSet<String> = ids_of(&answer).into_iter().collect();
+
+    // The follower: every task's event, each once.
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let deadline = tokio::time::Instant::now() + DEADLINE * 4;
+    while seen.len() < N {
+        let event = tokio::time::timeout_at(deadline, follower.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{} of {N} events followed", seen.len()))
+            .unwrap();
+        assert_eq!(event.routing_key, "task.succeeded");
+        let event: Value = serde_json::from_slice(&event.body).unwrap();
+        assert_eq!(event["type"], "task.succeeded", "{event}");
+        *seen
+            .entry(event["task_id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    assert!(seen.keys().all(|id| ids.contains(id)));
+    assert!(seen.values().all(|n| *n == 1), "an event followed twice");
+
+    // The messages: as many events as tasks, in fewer messages, bundles
+    // among them, each bundle an array of events.
+    let (mut messages, mut bundles, mut events) = (0, 0, 0);
+    while events < N {
+        let Some(message) = rabbit::take_one(&app.env.amqp_url(), raw).await else {
+            wait_until(DEADLINE, || async {
+                (rabbit::ready_count(&app.env.amqp_url(), raw).await > 0).then_some(())
+            })
+            .await
+            .unwrap_or_else(|| panic!("{events} of {N} events in {messages} messages"));
+            continue;
+        };
+        messages += 1;
+        if headers::has_type(&message.properties, EVENT_BUNDLE_KIND) {
+            bundles += 1;
+            let inside: Vec<Value> = serde_json::from_slice(&message.data).unwrap();
+            assert!(inside.len() > 1);
+            assert!(inside.iter().all(|e| e["type"] == "task.succeeded"));
+            events += inside.len();
+        } else {
+            let event: Value = serde_json::from_slice(&message.data).unwrap();
+            assert_eq!(event["type"], "task.succeeded");
+            events += 1;
+        }
+    }
+    assert_eq!(events, N);
+    assert_eq!(rabbit::ready_count(&app.env.amqp_url(), raw).await, 0);
+    assert!(
+        bundles > 0 && messages < N,
+        "{messages} messages, {bundles} bundles"
+    );
+    let _ = conn.close(200, "bye".into()).await;
+}
