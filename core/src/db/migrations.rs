@@ -99,6 +99,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "loans_by_the_batch",
         include_str!("../../../migrations/0019_loans_by_the_batch.sql"),
     ),
+    (
+        20,
+        "renewals_and_returns_by_the_batch",
+        include_str!("../../../migrations/0020_renewals_and_returns_by_the_batch.sql"),
+    ),
 ];
 
 /// Arbitrary constant: the advisory lock that serialises concurrent runners

@@ -1378,6 +1378,151 @@ async fn one_batch_counts_its_own_loans_toward_the_limit_the_last_copy_and_a_hol
     );
 }
 
+/// One batch of renewals, and one of returns, count what they did before
+/// each operation (migration 0020): a loan renewed earlier in the batch is
+/// renewed again from its new due date and count, up to the limit, and a
+/// loan returned earlier in the batch is no longer on loan. Driven through
+/// the store directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_batch_renews_a_loan_from_its_own_renewals_and_returns_it_once() {
+    use bibliomq_core::library::{
+        Rules,
+        message::OperationKind,
+        outcome::{LoanOutcome, Settlement},
+        store::{self, LoanItem, PendingRequest},
+    };
+    let app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
+    app.seed(0, 20).await;
+    let settings = app.env.settings();
+    let rules = Rules::from_settings(&settings.library);
+    let max = usize::try_from(rules.max_renewals).unwrap();
+    let pool = bibliomq_core::db::pool(&settings.database).unwrap();
+    let client = pool.get().await.unwrap();
+    let now = chrono::Utc::now();
+    let due = rules.due_for_loan(now);
+    let lend = |isbn: &str, patron: &str| LoanItem {
+        op: uuid::Uuid::now_v7(),
+        key: format!("{isbn}|{patron}"),
+        fingerprint: format!("{isbn}|{patron}"),
+        isbn: isbn.into(),
+        patron: patron.into(),
+        branch: "central".into(),
+        correlation_id: "one-batch-test".into(),
+    };
+    let loans = [lend(QUIJOTE, "ana"), lend(SOMBRA, "jorge")];
+    let lent = store::apply_loans(&client, &loans, now, due, rules.max_loans)
+        .await
+        .unwrap();
+    assert!(
+        lent.iter().all(|l| matches!(
+            l,
+            LoanOutcome::Loaned {
+                replayed: false,
+                ..
+            }
+        )),
+        "{lent:?}"
+    );
+    let pending = |kind, loan_id| PendingRequest {
+        id: uuid::Uuid::now_v7(),
+        kind,
+        loan_id: Some(loan_id),
+        isbn: None,
+        patron: None,
+        branch: "norte".into(),
+        requested_at: now,
+        correlation_id: "one-batch-test".into(),
+    };
+
+    // One more renewal than the limit allows, all in one batch.
+    let renewals: Vec<PendingRequest> = (0..=max)
+        .map(|_| pending(OperationKind::Renewal, loans[0].op))
+        .collect();
+    store::record_requests(&client, &renewals).await.unwrap();
+    let ids: Vec<uuid::Uuid> = renewals.iter().map(|r| r.id).collect();
+    let answers = store::apply_renewals(&client, &ids, now, &rules)
+        .await
+        .unwrap();
+    let extension = rules.renewal_extension;
+    for (i, answer) in answers[..max].iter().enumerate() {
+        let Some(Settlement::Renewed(renewed)) = answer else {
+            panic!("renewal {i}: {answers:?}")
+        };
+        let n = i32::try_from(i).unwrap();
+        assert_eq!(renewed.renewals, n + 1, "{answers:?}");
+        assert_eq!(
+            renewed.previous_due_at.timestamp_millis(),
+            (due + extension * n).timestamp_millis()
+        );
+        assert_eq!(
+            renewed.due_at.timestamp_millis(),
+            (due + extension * (n + 1)).timestamp_millis()
+        );
+    }
+    let Some(Settlement::Refused(refusal)) = &answers[max] else {
+        panic!("{answers:?}")
+    };
+    assert_eq!(refusal.code(), "renewal_limit_reached");
+    let (renewed, due_now): (i32, chrono::DateTime<chrono::Utc>) = {
+        let row = app
+            .env
+            .db()
+            .await
+            .query_one(
+                "SELECT renewals, due_at FROM loans WHERE id = $1",
+                &[&loans[0].op],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(renewed, rules.max_renewals);
+    assert_eq!(
+        due_now.timestamp_millis(),
+        (due + extension * rules.max_renewals).timestamp_millis()
+    );
+
+    // Two returns of one loan in one batch: the first returns it, the
+    // second finds it no longer on loan; the copy is available once.
+    let returns = [
+        pending(OperationKind::Return, loans[1].op),
+        pending(OperationKind::Return, loans[1].op),
+    ];
+    store::record_requests(&client, &returns).await.unwrap();
+    let answers = store::apply_returns(&client, &[returns[0].id, returns[1].id], now)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&answers[0], Some(Settlement::Returned(_))),
+        "{answers:?}"
+    );
+    let Some(Settlement::Refused(refusal)) = &answers[1] else {
+        panic!("{answers:?}")
+    };
+    assert_eq!(refusal.code(), "not_on_loan");
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) FROM loans l JOIN copies c ON c.id = l.copy_id
+              WHERE l.id = '{}' AND l.returned_at IS NOT NULL
+                AND l.returned_branch = 'norte' AND c.status = 'available'",
+            loans[1].op
+        ))
+        .await,
+        1
+    );
+    // Every operation settled once, with a history row each.
+    let settled = i64::try_from(2 + renewals.len() + returns.len()).unwrap();
+    assert_eq!(
+        app.count("SELECT count(*) FROM operations WHERE state <> 'pending'")
+            .await,
+        settled
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM circulation_history").await,
+        settled
+    );
+}
+
 /// Settling a renewal or a return changes its operation's `state`,
 /// `reason`, `outcome` and `settled_at`; no index of `operations` may name
 /// them (as a key, an expression or in its predicate), or no settle could
