@@ -27,6 +27,28 @@
 -- loan. The single-operation functions and `library_settle` are dropped:
 -- nothing else called them, and the rules live in one place.
 
+-- Locks the pending operations of `p_kind` among `p_ops`, in the order of
+-- their ids, then their loans, in the order of the loans: step 1 of both
+-- batches below. Two statements, so the loans' look-up runs after the
+-- operations are held.
+CREATE FUNCTION library_lock_pending(p_ops uuid[], p_kind text) RETURNS void
+    LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1
+       FROM (SELECT DISTINCT x.id FROM unnest(p_ops) AS x(id) ORDER BY x.id) AS u
+      CROSS JOIN LATERAL (SELECT o.id FROM operations o
+                           WHERE o.id = u.id AND o.kind = p_kind AND o.state = 'pending'
+                           FOR UPDATE) AS o;
+    PERFORM 1
+       FROM (SELECT DISTINCT o.loan_id
+               FROM unnest(p_ops) AS x(id)
+              CROSS JOIN LATERAL (SELECT oo.loan_id FROM operations oo
+                                   WHERE oo.id = x.id AND oo.kind = p_kind
+                                     AND oo.state = 'pending' LIMIT 1) AS o
+              ORDER BY o.loan_id) AS u
+      CROSS JOIN LATERAL (SELECT l.id FROM loans l WHERE l.id = u.loan_id FOR UPDATE) AS l;
+END $$;
+
 CREATE OR REPLACE FUNCTION library_renew_batch(
     p_ops uuid[], p_now timestamptz, p_extension interval, p_max_renewals integer
 ) RETURNS TABLE (op uuid, outcome jsonb) LANGUAGE plpgsql
@@ -44,19 +66,7 @@ DECLARE
     v_settled  uuid[] := '{}';
 BEGIN
     -- 1. The pending renewals, then their loans.
-    PERFORM 1
-       FROM (SELECT DISTINCT x.id FROM unnest(p_ops) AS x(id) ORDER BY x.id) AS u
-      CROSS JOIN LATERAL (SELECT o.id FROM operations o
-                           WHERE o.id = u.id AND o.kind = 'renewal' AND o.state = 'pending'
-                           FOR UPDATE) AS o;
-    PERFORM 1
-       FROM (SELECT DISTINCT o.loan_id
-               FROM unnest(p_ops) AS x(id)
-              CROSS JOIN LATERAL (SELECT oo.loan_id FROM operations oo
-                                   WHERE oo.id = x.id AND oo.kind = 'renewal'
-                                     AND oo.state = 'pending' LIMIT 1) AS o
-              ORDER BY o.loan_id) AS u
-      CROSS JOIN LATERAL (SELECT l.id FROM loans l WHERE l.id = u.loan_id FOR UPDATE) AS l;
+    PERFORM library_lock_pending(p_ops, 'renewal');
 
     -- 2. Every operation named, with what its renewal needs.
     FOR r IN
@@ -141,19 +151,7 @@ DECLARE
     v_settled  uuid[] := '{}';
 BEGIN
     -- 1. The pending returns, then their loans.
-    PERFORM 1
-       FROM (SELECT DISTINCT x.id FROM unnest(p_ops) AS x(id) ORDER BY x.id) AS u
-      CROSS JOIN LATERAL (SELECT o.id FROM operations o
-                           WHERE o.id = u.id AND o.kind = 'return' AND o.state = 'pending'
-                           FOR UPDATE) AS o;
-    PERFORM 1
-       FROM (SELECT DISTINCT o.loan_id
-               FROM unnest(p_ops) AS x(id)
-              CROSS JOIN LATERAL (SELECT oo.loan_id FROM operations oo
-                                   WHERE oo.id = x.id AND oo.kind = 'return'
-                                     AND oo.state = 'pending' LIMIT 1) AS o
-              ORDER BY o.loan_id) AS u
-      CROSS JOIN LATERAL (SELECT l.id FROM loans l WHERE l.id = u.loan_id FOR UPDATE) AS l;
+    PERFORM library_lock_pending(p_ops, 'return');
 
     -- 2. Every operation named, with its loan and copy.
     FOR r IN

@@ -102,14 +102,7 @@ fn bundle(events: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>, lapin::BasicP
                 many => {
                     let mut body =
                         Vec::with_capacity(many.iter().map(|b| b.len() + 1).sum::<usize>() + 1);
-                    body.push(b'[');
-                    for (i, event) in many.iter().enumerate() {
-                        if i > 0 {
-                            body.push(b',');
-                        }
-                        body.extend_from_slice(event);
-                    }
-                    body.push(b']');
+                    super::push_json_array(&mut body, many.iter().map(Vec::as_slice));
                     (
                         routing_key.clone(),
                         body,

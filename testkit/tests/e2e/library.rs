@@ -1034,6 +1034,51 @@ async fn returns_that_come_together_travel_in_bundles_and_each_applies_once() {
     );
 }
 
+/// What the tests that settle operations through the store directly (no
+/// workers) start from: an app with `titles` generated titles beside the
+/// demo catalogue and 20 patrons, the library's rules, a pooled client,
+/// and now with a loan's due date from now.
+struct Settling {
+    app: TestApp,
+    rules: bibliomq_core::library::Rules,
+    client: deadpool_postgres::Client,
+    now: chrono::DateTime<chrono::Utc>,
+    due: chrono::DateTime<chrono::Utc>,
+}
+
+impl Settling {
+    async fn start(titles: usize) -> Self {
+        let app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
+        app.seed(titles, 20).await;
+        let settings = app.env.settings();
+        let rules = bibliomq_core::library::Rules::from_settings(&settings.library);
+        let pool = bibliomq_core::db::pool(&settings.database).unwrap();
+        let client = pool.get().await.unwrap();
+        let now = chrono::Utc::now();
+        let due = rules.due_for_loan(now);
+        Self {
+            app,
+            rules,
+            client,
+            now,
+            due,
+        }
+    }
+}
+
+/// A loan request under `key` (its fingerprint is the ISBN and patron).
+fn loan_item(key: &str, isbn: &str, patron: &str) -> bibliomq_core::library::store::LoanItem {
+    bibliomq_core::library::store::LoanItem {
+        op: uuid::Uuid::now_v7(),
+        key: key.into(),
+        fingerprint: format!("{isbn}|{patron}"),
+        isbn: isbn.into(),
+        patron: patron.into(),
+        branch: "central".into(),
+        correlation_id: "settled-directly".into(),
+    }
+}
+
 /// Each batch writes the history of exactly the operations it settled,
 /// in one statement: a row per settled operation whose columns are the
 /// operation's own (and its loan's copy), none for a request repeated in
@@ -1043,27 +1088,17 @@ async fn returns_that_come_together_travel_in_bundles_and_each_applies_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_writes_one_history_row_per_operation_it_settled() {
     use bibliomq_core::library::{
-        Rules,
         message::OperationKind,
         store::{self, LoanItem, PendingRequest},
     };
-    let app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
-    app.seed(0, 20).await;
-    let settings = app.env.settings();
-    let rules = Rules::from_settings(&settings.library);
-    let pool = bibliomq_core::db::pool(&settings.database).unwrap();
-    let client = pool.get().await.unwrap();
-    let now = chrono::Utc::now();
-    let due = rules.due_for_loan(now);
-    let item = |key: &str, isbn: &str, patron: &str| LoanItem {
-        op: uuid::Uuid::now_v7(),
-        key: key.into(),
-        fingerprint: format!("{isbn}|{patron}"),
-        isbn: isbn.into(),
-        patron: patron.into(),
-        branch: "central".into(),
-        correlation_id: "history-test".into(),
-    };
+    let Settling {
+        app,
+        rules,
+        client,
+        now,
+        due,
+    } = Settling::start(0).await;
+    let item = loan_item;
     let lent = item("k-lent", QUIJOTE, "ana");
     let items = vec![
         lent.clone(),
@@ -1198,20 +1233,18 @@ async fn a_batch_writes_one_history_row_per_operation_it_settled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_batch_counts_its_own_loans_toward_the_limit_the_last_copy_and_a_hold() {
     use bibliomq_core::library::{
-        Rules,
         outcome::LoanOutcome,
         store::{self, LoanItem},
     };
-    let app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
-    app.seed(12, 20).await;
+    let Settling {
+        app,
+        rules,
+        client,
+        now,
+        due,
+    } = Settling::start(12).await;
     let db = app.env.db().await;
-    let settings = app.env.settings();
-    let rules = Rules::from_settings(&settings.library);
     let max = usize::try_from(rules.max_loans).unwrap();
-    let pool = bibliomq_core::db::pool(&settings.database).unwrap();
-    let client = pool.get().await.unwrap();
-    let now = chrono::Utc::now();
-    let due = rules.due_for_loan(now);
 
     // QUIJOTE keeps one copy; the held title gets a second one.
     db.execute(
@@ -1259,15 +1292,7 @@ async fn one_batch_counts_its_own_loans_toward_the_limit_the_last_copy_and_a_hol
     .await
     .unwrap();
 
-    let item = |key: String, isbn: &str, patron: &str| LoanItem {
-        op: uuid::Uuid::now_v7(),
-        key,
-        fingerprint: format!("{isbn}|{patron}"),
-        isbn: isbn.into(),
-        patron: patron.into(),
-        branch: "central".into(),
-        correlation_id: "one-batch-test".into(),
-    };
+    let item = |key: String, isbn: &str, patron: &str| loan_item(&key, isbn, patron);
     // ana asks for two titles more than she may hold; two patrons ask for
     // the last QUIJOTE; the holder borrows the held title twice.
     let mut items: Vec<LoanItem> = pairs[..max + 2]
@@ -1386,30 +1411,22 @@ async fn one_batch_counts_its_own_loans_toward_the_limit_the_last_copy_and_a_hol
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_batch_renews_a_loan_from_its_own_renewals_and_returns_it_once() {
     use bibliomq_core::library::{
-        Rules,
         message::OperationKind,
         outcome::{LoanOutcome, Settlement},
-        store::{self, LoanItem, PendingRequest},
+        store::{self, PendingRequest},
     };
-    let app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
-    app.seed(0, 20).await;
-    let settings = app.env.settings();
-    let rules = Rules::from_settings(&settings.library);
+    let Settling {
+        app,
+        rules,
+        client,
+        now,
+        due,
+    } = Settling::start(0).await;
     let max = usize::try_from(rules.max_renewals).unwrap();
-    let pool = bibliomq_core::db::pool(&settings.database).unwrap();
-    let client = pool.get().await.unwrap();
-    let now = chrono::Utc::now();
-    let due = rules.due_for_loan(now);
-    let lend = |isbn: &str, patron: &str| LoanItem {
-        op: uuid::Uuid::now_v7(),
-        key: format!("{isbn}|{patron}"),
-        fingerprint: format!("{isbn}|{patron}"),
-        isbn: isbn.into(),
-        patron: patron.into(),
-        branch: "central".into(),
-        correlation_id: "one-batch-test".into(),
-    };
-    let loans = [lend(QUIJOTE, "ana"), lend(SOMBRA, "jorge")];
+    let loans = [
+        loan_item("k-quijote", QUIJOTE, "ana"),
+        loan_item("k-sombra", SOMBRA, "jorge"),
+    ];
     let lent = store::apply_loans(&client, &loans, now, due, rules.max_loans)
         .await
         .unwrap();
