@@ -1845,3 +1845,85 @@ async fn a_loan_nobody_answers_times_out_and_is_never_made_behind_the_callers_ba
     assert_eq!(status, 201, "{answer}");
     assert_eq!(app.count("SELECT count(*) FROM loans").await, 1);
 }
+
+/// A loan bundle holds its place among those under way for 100 ms at most
+/// (`LOAN_PLACE_HOLD`): a worker that takes two bundles and hangs, its
+/// connection open, does not hold back the loans behind them until the
+/// loan timeout. Here a consumer of the test's own takes the first two
+/// requests and never answers; the third is answered by a real worker
+/// while the first two still wait for theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_hangs_with_two_bundles_does_not_hold_back_the_loans_behind_them() {
+    use futures::StreamExt;
+    use lapin::{
+        Connection, ConnectionProperties,
+        options::{BasicConsumeOptions, BasicQosOptions},
+        types::FieldTable,
+    };
+    let timeout = Duration::from_secs(20);
+    let app = TestApp::spawn(
+        TestEnv::new().await,
+        |s| s.library.loan_timeout = timeout,
+        0,
+    )
+    .await;
+    app.seed(0, 20).await;
+    let url = app.env.amqp_url();
+
+    // The hanging consumer: takes two messages, answers none, acks none.
+    let conn = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_qos(2, BasicQosOptions::default()).await.unwrap();
+    let mut hung = ch
+        .basic_consume(
+            topology::LOANS_QUEUE.into(),
+            "test-hangs".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let lend = |key: &'static str, isbn: &'static str, patron: &'static str| {
+        let request = app
+            .http
+            .post(app.url("/v1/loans"))
+            .header("idempotency-key", key)
+            .json(&json!({"isbn": isbn, "patron": patron, "branch": "central"}));
+        tokio::spawn(async move { status_and_json(request.send().await.unwrap()).await })
+    };
+    // Two requests, each sent once the one before is in the hanging
+    // consumer's hands: two bundles under way, both places taken.
+    let mut held = Vec::new();
+    for (key, isbn, patron) in [("hung-1", QUIJOTE, "ana"), ("hung-2", SOMBRA, "jorge")] {
+        held.push(lend(key, isbn, patron));
+        let taken = tokio::time::timeout(DEADLINE, hung.next())
+            .await
+            .unwrap_or_else(|_| panic!("the hanging consumer never got {key}"));
+        assert!(matches!(taken, Some(Ok(_))), "{key}: {taken:?}");
+    }
+
+    // A real worker; the third request goes out past the places held and
+    // is answered while the first two still wait (for up to 20 s).
+    let _worker = Worker::start(app.env.settings()).await;
+    rabbit::wait_for_consumers(&url, topology::LOANS_QUEUE, 2).await;
+    let (status, answer) = tokio::time::timeout(DEADLINE, lend("behind", CRIMEN, "carmen"))
+        .await
+        .expect("the loan behind the hung bundles was held back")
+        .unwrap();
+    assert_eq!(status, 201, "{answer}");
+    assert!(
+        held.iter().all(|h| !h.is_finished()),
+        "the hung requests were answered first"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM loans WHERE patron_id = 'carmen'")
+            .await,
+        1
+    );
+    for h in held {
+        h.abort();
+    }
+    let _ = conn.close(200, "bye".into()).await;
+}
