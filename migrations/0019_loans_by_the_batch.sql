@@ -52,19 +52,12 @@ DECLARE
     -- The patron of the requests at hand, and the loans made for them so far.
     v_patron    text;
     v_made      integer := 0;
-    -- What this batch settled, by key: a later request under the same key
-    -- is answered from here.
-    v_keys      text[] := '{}';
-    v_fps       text[] := '{}';
-    v_outcomes  jsonb[] := '{}';
-    -- Loans made, holds fulfilled, titles lent.
-    v_l_ids     uuid[] := '{}';
-    v_l_copies  bigint[] := '{}';
-    v_l_patrons text[] := '{}';
-    v_l_branches text[] := '{}';
+    -- Titles lent and holds fulfilled by this batch.
     v_l_isbns   text[] := '{}';
     v_holds     uuid[] := '{}';
-    -- Operations recorded (loans and refusals by a rule).
+    -- Operations recorded (loans and refusals by a rule), written at the
+    -- end; a later request under a key recorded here is answered from here.
+    -- A loan made has its copy (`v_o_copies`), a refusal none.
     v_o_ids     uuid[] := '{}';
     v_o_states  text[] := '{}';
     v_o_keys    text[] := '{}';
@@ -124,15 +117,15 @@ BEGIN
         END IF;
 
         -- A retry with the same key gets the first answer, never a second loan.
-        v_at := array_position(v_keys, r.key);
+        v_at := array_position(v_o_keys, r.key);
         IF r.has_prior OR v_at IS NOT NULL THEN
-            IF (CASE WHEN r.has_prior THEN r.prior_fp ELSE v_fps[v_at] END)
+            IF (CASE WHEN r.has_prior THEN r.prior_fp ELSE v_o_fps[v_at] END)
                IS DISTINCT FROM r.fp THEN
                 outcome := jsonb_build_object('outcome', 'rejected',
                     'code', 'idempotency_key_reused');
             ELSE
                 outcome := (CASE WHEN r.has_prior THEN r.prior_outcome
-                                 ELSE v_outcomes[v_at] END)
+                                 ELSE v_o_outcomes[v_at] END)
                            || jsonb_build_object('replayed', true);
             END IF;
             RETURN NEXT;
@@ -212,16 +205,9 @@ BEGIN
                 || CASE WHEN v_has_hold THEN jsonb_build_object('fulfilled_hold', r.hold_id)
                         ELSE '{}'::jsonb END);
             v_made := v_made + 1;
-            v_l_ids := v_l_ids || r.op;
-            v_l_copies := v_l_copies || v_copy;
-            v_l_patrons := v_l_patrons || r.patron;
-            v_l_branches := v_l_branches || v_branch;
             v_l_isbns := v_l_isbns || r.isbn;
         END IF;
 
-        v_keys := v_keys || r.key;
-        v_fps := v_fps || r.fp;
-        v_outcomes := v_outcomes || outcome;
         v_o_ids := v_o_ids || r.op;
         v_o_states := v_o_states || v_state;
         v_o_keys := v_o_keys || r.key;
@@ -238,13 +224,12 @@ BEGIN
     END LOOP;
 
     -- 4. The batch's rows, a statement each.
-    IF cardinality(v_l_ids) > 0 THEN
+    IF cardinality(v_o_ids) > 0 THEN
         INSERT INTO loans (id, copy_id, patron_id, branch, loaned_at, due_at)
         SELECT l.id, l.copy, l.patron, l.branch, p_now, p_due
-          FROM unnest(v_l_ids, v_l_copies, v_l_patrons, v_l_branches)
-               AS l(id, copy, patron, branch);
-    END IF;
-    IF cardinality(v_o_ids) > 0 THEN
+          FROM unnest(v_o_ids, v_o_copies, v_o_patrons, v_o_branches)
+               AS l(id, copy, patron, branch)
+         WHERE l.copy IS NOT NULL;
         INSERT INTO operations (id, kind, state, idempotency_key, fingerprint, loan_id, isbn,
                                 patron_id, branch, reason, outcome, correlation_id,
                                 requested_at, settled_at)
