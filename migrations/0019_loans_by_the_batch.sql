@@ -20,9 +20,8 @@
 --   3. per loan, one statement takes a copy (`UPDATE … RETURNING`): the
 --      hold's copy from the shelf, or an available one (SKIP LOCKED), as
 --      before; a request that finds none reads the earliest due date;
---   4. one statement writes the loans, one the operations, one the
---      history (the rows `library_record_history` would write, from the
---      values at hand).
+--   4. one statement writes the loans, one the operations, and
+--      `library_record_history` their history, as for renewals and returns.
 --
 -- The rules are those of `library_loan` (0010), applied in the same order
 -- (by patron, then request), with what the batch did before a request
@@ -238,16 +237,9 @@ BEGIN
           FROM unnest(v_o_ids, v_o_states, v_o_keys, v_o_fps, v_o_loans, v_o_isbns,
                       v_o_patrons, v_o_branches, v_o_reasons, v_o_outcomes, v_o_corrs)
                AS o(id, state, key, fp, loan, isbn, patron, branch, reason, outcome, corr);
-        -- The history rows `library_record_history` would read back from
-        -- the operations just written, in the same order.
-        INSERT INTO circulation_history (at, operation_id, kind, outcome, reason, loan_id,
-                                         copy_id, isbn, patron_id, branch, details)
-        SELECT p_now, o.id, 'loan', o.state, o.reason, o.loan, o.copy, o.isbn, o.patron,
-               o.branch, o.outcome
-          FROM unnest(v_o_ids, v_o_states, v_o_reasons, v_o_loans, v_o_copies, v_o_isbns,
-                      v_o_patrons, v_o_branches, v_o_outcomes)
-               AS o(id, state, reason, loan, copy, isbn, patron, branch, outcome)
-         ORDER BY o.id;
+        -- The history, as for renewals and returns: one row for each
+        -- operation recorded, read back from the rows just written.
+        PERFORM library_record_history(v_o_ids);
     END IF;
 END $$;
 
