@@ -56,19 +56,7 @@ function copyRow(copy) {
         onclick: async (event) => {
           event.currentTarget.disabled = true;
           await circulate(kind, { loan_id: copy.loan_id, branch: $('#desk-branch').value }, $('#copy-out'));
-          await $('#hold-form').addEventListener('submit', async (event) => {
-  event.preventDefault();
-  const button = event.currentTarget.querySelector('button[type=submit]');
-  button.disabled = true;
-  try {
-    await placeHold($('#hold-out'), { isbn }, $('#hold-patron').value.trim(), $('#hold-branch').value);
-    await load();
-  } finally {
-    button.disabled = false;
-  }
-});
-
-load();
+          await load();
         },
       }, label));
     }
@@ -88,19 +76,7 @@ $('#loan-form').addEventListener('submit', async (event) => {
   button.disabled = true;
   try {
     await lend(form, $('#loan-out'), { isbn }, $('#loan-patron').value.trim(), $('#loan-branch').value);
-    await $('#hold-form').addEventListener('submit', async (event) => {
-  event.preventDefault();
-  const button = event.currentTarget.querySelector('button[type=submit]');
-  button.disabled = true;
-  try {
-    await placeHold($('#hold-out'), { isbn }, $('#hold-patron').value.trim(), $('#hold-branch').value);
     await load();
-  } finally {
-    button.disabled = false;
-  }
-});
-
-load();
   } finally {
     button.disabled = false;
   }
