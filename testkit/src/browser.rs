@@ -192,21 +192,34 @@ impl Browser {
 
     /// Runs `script` (a function body; `arguments` holds `args`) in the page.
     pub async fn eval(&self, script: &str, args: Value) -> Value {
+        self.try_eval(script, args)
+            .await
+            .unwrap_or_else(|error| panic!("script failed: {error}"))
+    }
+
+    /// Runs `script` in the page, or says why WebDriver could not.
+    async fn try_eval(&self, script: &str, args: Value) -> Result<Value, String> {
         let value = self
             .post("/execute/sync", json!({ "script": script, "args": args }))
             .await;
-        if let Some(error) = value.get("error") {
-            panic!("script failed: {error}: {}", value["message"]);
+        match value.get("error") {
+            Some(error) => Err(format!("{error}: {}", value["message"])),
+            None => Ok(value),
         }
-        value
     }
 
     /// Waits until `script` returns something truthy, and returns it.
+    /// A script that fails is tried again until the deadline: while a page
+    /// is being replaced by the next one, Chromium may have no document to
+    /// run it in.
     pub async fn wait_for(&self, what: &str, script: &str, args: Value) -> Value {
         let end = tokio::time::Instant::now() + BROWSER_DEADLINE;
         let mut pause = Duration::from_millis(50);
         loop {
-            let value = self.eval(script, args.clone()).await;
+            let (value, failure) = match self.try_eval(script, args.clone()).await {
+                Ok(value) => (value, None),
+                Err(error) => (Value::Null, Some(error)),
+            };
             let truthy = match &value {
                 Value::Null => false,
                 Value::Bool(b) => *b,
@@ -218,6 +231,9 @@ impl Browser {
                 return value;
             }
             if tokio::time::Instant::now() >= end {
+                if let Some(error) = failure {
+                    panic!("waited in vain for {what}; the script failed: {error}");
+                }
                 let text = self.eval("return document.body.innerText", json!([])).await;
                 panic!("waited in vain for {what}; the page says:\n{text}");
             }
@@ -266,32 +282,52 @@ impl Browser {
         .to_owned()
     }
 
-    async fn element(&self, css: &str) -> String {
-        self.wait_element(css).await;
-        let value = self
-            .post("/element", json!({ "using": "css selector", "value": css }))
-            .await;
-        value[ELEMENT]
-            .as_str()
-            .unwrap_or_else(|| panic!("no element `{css}`: {value}"))
-            .to_owned()
+    /// Finds the element matching `css` (waiting for it) and does `act` to
+    /// it, which answers WebDriver's value. A page that re-renders the
+    /// element between the finding and the act leaves a stale reference or
+    /// none: that is tried again, with the element found anew.
+    async fn on_element(&self, css: &str, what: &str, act: impl AsyncFn(&str) -> Value) {
+        let end = tokio::time::Instant::now() + BROWSER_DEADLINE;
+        loop {
+            self.wait_element(css).await;
+            let found = self
+                .post("/element", json!({ "using": "css selector", "value": css }))
+                .await;
+            let value = match found[ELEMENT].as_str() {
+                Some(id) => act(id).await,
+                None => found,
+            };
+            if value.is_null() {
+                return;
+            }
+            let error = value["error"].as_str().unwrap_or_default();
+            let gone = error == "stale element reference" || error == "no such element";
+            if !gone || tokio::time::Instant::now() >= end {
+                panic!("{what} `{css}`: {value}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Clicks the element matching `css` as a person would.
     pub async fn click(&self, css: &str) {
-        let id = self.element(css).await;
-        let value = self.post(&format!("/element/{id}/click"), json!({})).await;
-        assert!(value.is_null(), "clicking `{css}`: {value}");
+        self.on_element(css, "clicking", async |id| {
+            self.post(&format!("/element/{id}/click"), json!({})).await
+        })
+        .await;
     }
 
     /// Replaces the text of the input matching `css` by typing `text`.
     pub async fn fill(&self, css: &str, text: &str) {
-        let id = self.element(css).await;
-        self.post(&format!("/element/{id}/clear"), json!({})).await;
-        let value = self
-            .post(&format!("/element/{id}/value"), json!({ "text": text }))
-            .await;
-        assert!(value.is_null(), "typing into `{css}`: {value}");
+        self.on_element(css, "typing into", async |id| {
+            let cleared = self.post(&format!("/element/{id}/clear"), json!({})).await;
+            if !cleared.is_null() {
+                return cleared;
+            }
+            self.post(&format!("/element/{id}/value"), json!({ "text": text }))
+                .await
+        })
+        .await;
     }
 
     /// Chooses the option with `value` in the select matching `css`.
