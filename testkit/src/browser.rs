@@ -15,8 +15,8 @@ use std::{
 use base64::Engine;
 use serde_json::{Value, json};
 use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
+    io::{AsyncBufReadExt, BufReader, Lines},
+    process::{Child, ChildStdout, Command},
     sync::{Semaphore, SemaphorePermit},
 };
 
@@ -43,6 +43,63 @@ fn target_dir() -> PathBuf {
 /// run so a person can look at them.
 pub fn screenshot_dir() -> PathBuf {
     target_dir().join("ui-screenshots")
+}
+
+/// Starts chromedriver on a free port (its log in `work`), and returns it
+/// with its port and the rest of its output, or why it did not start.
+async fn start_driver(
+    work: &Path,
+    try_number: u32,
+) -> Result<(Child, u16, Lines<BufReader<ChildStdout>>), String> {
+    let log = work.join(format!("chromedriver-{try_number}.log"));
+    let stderr = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let mut driver = Command::new("chromedriver")
+        .arg("--port=0")
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .kill_on_drop(true)
+        // Its own process group, so that Drop can end Chromium with it.
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start chromedriver ({e}): install Debian's chromium and chromium-driver \
+                 (scripts/test does)"
+            )
+        });
+    let stdout = driver.stdout.take().ok_or("chromedriver has no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let mut said = Vec::new();
+    let port = tokio::time::timeout(BROWSER_DEADLINE, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.split("started successfully on port ").nth(1) {
+                return rest.trim_end_matches('.').trim().parse::<u16>().ok();
+            }
+            said.push(line);
+        }
+        None
+    })
+    .await;
+    match port {
+        Ok(Some(port)) => Ok((driver, port, lines)),
+        failed => {
+            let _ = driver.kill().await;
+            let status = driver
+                .wait()
+                .await
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            let errors = std::fs::read_to_string(&log).unwrap_or_default();
+            let how = if failed.is_err() {
+                "did not say its port in time"
+            } else {
+                "ended"
+            };
+            Err(format!(
+                "it {how} ({status}); it said {said:?}; its errors: {errors:?}"
+            ))
+        }
+    }
 }
 
 pub struct Browser {
@@ -73,31 +130,19 @@ impl Browser {
             std::fs::create_dir_all(dir).unwrap();
         }
 
-        let mut command = Command::new("chromedriver");
-        command
-            .arg("--port=0")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            // Its own process group, so that Drop can end Chromium with it.
-            .process_group(0);
-        let mut driver = command.spawn().unwrap_or_else(|e| {
-            panic!(
-                "cannot start chromedriver ({e}): install Debian's chromium and chromium-driver \
-                 (scripts/test does)"
-            )
-        });
-        let mut lines = BufReader::new(driver.stdout.take().unwrap()).lines();
-        let port = tokio::time::timeout(BROWSER_DEADLINE, async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                if let Some(rest) = line.split("started successfully on port ").nth(1) {
-                    return rest.trim_end_matches('.').trim().parse::<u16>().unwrap();
-                }
+        // A chromedriver that ends before it says its port is started
+        // again (twice at most): the test is about the pages, and its
+        // output, kept in the work folder, goes into the failure if every
+        // try ends that way.
+        let mut tries = 0;
+        let (driver, port, mut lines) = loop {
+            tries += 1;
+            match start_driver(&work, tries).await {
+                Ok(started) => break started,
+                Err(why) if tries < 3 => eprintln!("chromedriver, try {tries}: {why}"),
+                Err(why) => panic!("chromedriver did not start in {tries} tries: {why}"),
             }
-            panic!("chromedriver exited before saying its port");
-        })
-        .await
-        .expect("chromedriver did not start");
+        };
         // Keep reading its output so that it never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
