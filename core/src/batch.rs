@@ -4,10 +4,14 @@
 //! handles a request or a delivery reads straight through. Underneath, one loop
 //! hands everything that queued up meanwhile to a single handler call: a
 //! multi-row statement instead of one round trip and one commit per item.
-//! There is no linger timer: an item that arrives alone runs alone at once, and
-//! batches only form when the handler is already busy (`max_in_flight` calls).
+//! A batcher started with [`Batcher::spawn`] has no linger timer: an item that
+//! arrives alone runs alone at once, and batches only form when the handler
+//! is already busy (`max_in_flight` calls). One started with
+//! [`Batcher::spawn_gathering`] waits a little after an item arrives for
+//! others to join it: for writers nobody's answer waits on, where fewer,
+//! larger batches save more than the wait costs.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -61,6 +65,22 @@ where
         F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<O>, E>> + Send + 'static,
     {
+        Self::spawn_gathering(max_batch, max_in_flight, Duration::ZERO, handler)
+    }
+
+    /// As [`Batcher::spawn`], but a batch, once its first item is there,
+    /// waits up to `gather` for more (until it has `max_batch`) before it
+    /// runs.
+    pub fn spawn_gathering<F, Fut>(
+        max_batch: usize,
+        max_in_flight: usize,
+        gather: Duration,
+        handler: F,
+    ) -> Self
+    where
+        F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<O>, E>> + Send + 'static,
+    {
         let max_batch = max_batch.max(1);
         let (tx, mut rx) = mpsc::channel::<Job<I, O, E>>(max_batch * max_in_flight.max(1) * 2);
         let handler = Arc::new(handler);
@@ -79,6 +99,15 @@ where
                     match rx.try_recv() {
                         Ok(job) => jobs.push(job),
                         Err(_) => break,
+                    }
+                }
+                if !gather.is_zero() {
+                    let until = tokio::time::Instant::now() + gather;
+                    while jobs.len() < max_batch {
+                        match tokio::time::timeout_at(until, rx.recv()).await {
+                            Ok(Some(job)) => jobs.push(job),
+                            _ => break,
+                        }
                     }
                 }
                 let handler = handler.clone();
@@ -147,6 +176,37 @@ mod tests {
         let sizes = sizes.lock().unwrap().clone();
         assert_eq!(sizes.iter().sum::<usize>(), 50);
         assert!(sizes.len() < 50, "expected batching, got {sizes:?}");
+    }
+
+    #[tokio::test]
+    async fn a_gathering_batch_waits_for_items_that_come_soon_after_the_first() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        let batcher = Batcher::<u32, u32, String>::spawn_gathering(
+            4,
+            2,
+            Duration::from_secs(1),
+            move |items: Vec<u32>| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock().unwrap().push(items.clone());
+                    Ok(items.into_iter().map(|i| i * 2).collect())
+                }
+            },
+        );
+        // Five items a few milliseconds apart, the handler idle: the first
+        // four make one batch, full before its second is up; the fifth
+        // waits out a gathering of its own.
+        let mut calls = Vec::new();
+        for i in 0..5 {
+            let batcher = batcher.clone();
+            calls.push(tokio::spawn(async move { batcher.submit(i).await }));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for (i, call) in calls.into_iter().enumerate() {
+            assert_eq!(call.await.unwrap().unwrap(), i as u32 * 2);
+        }
+        assert_eq!(*sizes.lock().unwrap(), vec![vec![0, 1, 2, 3], vec![4]]);
     }
 
     #[tokio::test]
