@@ -7,10 +7,9 @@
 //! A batcher started with [`Batcher::spawn`] has no linger timer: an item that
 //! arrives alone runs alone at once, and batches only form when the handler
 //! is already busy (`max_in_flight` calls). One started with
-//! [`Batcher::spawn_gathering`] does the same while idle, but while one of
-//! its batches is under way the next waits a little for others to join it:
-//! for writers nobody's answer waits on, where under load fewer, larger
-//! batches save more than the wait costs.
+//! [`Batcher::spawn_gathering`] waits a little after an item arrives for
+//! others to join it: for writers nobody's answer waits on, where fewer,
+//! larger batches save more than the wait costs.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -69,11 +68,9 @@ where
         Self::spawn_gathering(max_batch, max_in_flight, Duration::ZERO, handler)
     }
 
-    /// As [`Batcher::spawn`], but a batch that starts while another of
-    /// this batcher's is under way waits, once its first item is there, up
-    /// to `gather` for more (until it has `max_batch`) before it runs. An
-    /// item that comes while none is under way runs at once, as with
-    /// [`Batcher::spawn`].
+    /// As [`Batcher::spawn`], but a batch, once its first item is there,
+    /// waits up to `gather` for more (until it has `max_batch`) before it
+    /// runs.
     pub fn spawn_gathering<F, Fut>(
         max_batch: usize,
         max_in_flight: usize,
@@ -104,10 +101,7 @@ where
                         Err(_) => break,
                     }
                 }
-                // Another batch under way: ours holds one permit, so
-                // fewer than `max_in_flight - 1` left means another does.
-                let busy = permits.available_permits() + 1 < max_in_flight;
-                if busy && !gather.is_zero() {
+                if !gather.is_zero() {
                     let until = tokio::time::Instant::now() + gather;
                     while jobs.len() < max_batch {
                         match tokio::time::timeout_at(until, rx.recv()).await {
@@ -184,71 +178,35 @@ mod tests {
         assert!(sizes.len() < 50, "expected batching, got {sizes:?}");
     }
 
-    /// The batches a test's handler was given, in the order it got them.
-    type Batches = Arc<Mutex<Vec<Vec<u32>>>>;
-
-    /// A gathering batcher whose handler records each batch and holds the
-    /// batch holding `0` until `release` is notified.
-    fn gathering(
-        gather: Duration,
-        release: Arc<tokio::sync::Notify>,
-    ) -> (Batcher<u32, u32, String>, Batches) {
-        let batches = Arc::new(Mutex::new(Vec::new()));
-        let seen = batches.clone();
-        let batcher = Batcher::spawn_gathering(4, 2, gather, move |items: Vec<u32>| {
-            let (seen, release) = (seen.clone(), release.clone());
-            async move {
-                seen.lock().unwrap().push(items.clone());
-                if items.contains(&0) {
-                    release.notified().await;
-                }
-                Ok(items.into_iter().map(|i| i * 2).collect())
-            }
-        });
-        (batcher, batches)
-    }
-
     #[tokio::test]
-    async fn while_a_batch_is_under_way_the_next_gathers_items_that_come_soon_after() {
-        let release = Arc::new(tokio::sync::Notify::new());
-        let (batcher, batches) = gathering(Duration::from_secs(1), release.clone());
-        // 0 comes to an idle batcher: it runs at once, and stays under way.
-        let first = tokio::spawn({
-            let batcher = batcher.clone();
-            async move { batcher.submit(0).await }
-        });
-        while batches.lock().unwrap().is_empty() {
-            tokio::task::yield_now().await;
-        }
-        // Five more, a few milliseconds apart: the next four make one
-        // batch, full before its gathering is up; the fifth gathers alone.
+    async fn a_gathering_batch_waits_for_items_that_come_soon_after_the_first() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        let batcher = Batcher::<u32, u32, String>::spawn_gathering(
+            4,
+            2,
+            Duration::from_secs(1),
+            move |items: Vec<u32>| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock().unwrap().push(items.clone());
+                    Ok(items.into_iter().map(|i| i * 2).collect())
+                }
+            },
+        );
+        // Five items a few milliseconds apart, the handler idle: the first
+        // four make one batch, full before its second is up; the fifth
+        // waits out a gathering of its own.
         let mut calls = Vec::new();
-        for i in 1..=5 {
+        for i in 0..5 {
             let batcher = batcher.clone();
             calls.push(tokio::spawn(async move { batcher.submit(i).await }));
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        for (i, call) in (1..).zip(calls) {
-            assert_eq!(call.await.unwrap().unwrap(), i * 2);
+        for (i, call) in calls.into_iter().enumerate() {
+            assert_eq!(call.await.unwrap().unwrap(), i as u32 * 2);
         }
-        release.notify_one();
-        assert_eq!(first.await.unwrap().unwrap(), 0);
-        assert_eq!(
-            *batches.lock().unwrap(),
-            vec![vec![0], vec![1, 2, 3, 4], vec![5]]
-        );
-    }
-
-    #[tokio::test]
-    async fn an_item_that_comes_to_an_idle_gathering_batcher_runs_at_once() {
-        // A gathering of a minute: an item that waited for it would not be
-        // answered within the ten seconds allowed.
-        let (batcher, batches) = gathering(Duration::from_secs(60), Arc::default());
-        for i in 1..=3 {
-            let answer = tokio::time::timeout(Duration::from_secs(10), batcher.submit(i)).await;
-            assert_eq!(answer.expect("it waited for a gathering").unwrap(), i * 2);
-        }
-        assert_eq!(*batches.lock().unwrap(), vec![vec![1], vec![2], vec![3]]);
+        assert_eq!(*sizes.lock().unwrap(), vec![vec![0, 1, 2, 3], vec![4]]);
     }
 
     #[tokio::test]

@@ -362,11 +362,10 @@ impl Handler for LoanServer {
     }
 }
 
-/// How long a batch of renewals or returns that starts while another is
-/// under way waits for more to join it (one that comes to an idle writer
-/// runs at once). Nobody's answer waits on it (the request was answered
-/// `202` when it was recorded), and a batch costs about as much for two
-/// operations as for ten.
+/// How long a batch of renewals or returns waits for more to join it.
+/// Nobody's answer waits on it (the request was answered `202` when it was
+/// recorded), and a batch costs about as much for two operations as for
+/// ten.
 const SETTLE_GATHER: Duration = Duration::from_millis(10);
 
 pub struct CirculationWorker {
