@@ -38,9 +38,10 @@ pub struct Args {
 
 /// Loans due this long after the start are counted again on their own, as
 /// the steady state. In the first second of a run on a fresh stack the
-/// slowest loans are 2 to 3 times slower than later (the first calls of
-/// each function on each connection, new HTTP connections, queues just
-/// declared); the whole run is reported too.
+/// slowest loans are 2 to 3 times slower than later (one cause measured:
+/// the first call of a circulation function on a database connection
+/// compiles it and plans its statements, README item 25); the whole run
+/// is reported too.
 const WARM_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
