@@ -104,6 +104,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "renewals_and_returns_by_the_batch",
         include_str!("../../../migrations/0020_renewals_and_returns_by_the_batch.sql"),
     ),
+    (
+        21,
+        "no_table_scans_in_circulation",
+        include_str!("../../../migrations/0021_no_table_scans_in_circulation.sql"),
+    ),
 ];
 
 /// Arbitrary constant: the advisory lock that serialises concurrent runners
