@@ -90,3 +90,60 @@ BEGIN
     SELECT p.op, p.loan_id, p.isbn, p.patron, p.due_at
       FROM picked p JOIN recorded r ON r.id = p.op;
 END $$;
+
+-- Placing a hold, as in 0010 but with table scans off and its look-up of
+-- the patron's open loan of the title going from the title's copies to
+-- each copy's open loan, for the same reason.
+CREATE OR REPLACE FUNCTION library_hold_place(
+    p_id uuid, p_isbn text, p_patron text, p_branch text, p_now timestamptz,
+    p_pickup interval
+) RETURNS jsonb LANGUAGE plpgsql SET enable_seqscan = off AS $$
+DECLARE
+    v_blocked text;
+    v_title   text;
+    v_held    uuid;
+BEGIN
+    -- The patron's row lock serialises their loans and holds.
+    SELECT blocked_reason INTO v_blocked FROM patrons WHERE id = p_patron FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN jsonb_build_object('outcome', 'not_found', 'code', 'patron_not_found',
+            'patron', p_patron);
+    END IF;
+    SELECT title INTO v_title FROM titles WHERE isbn = p_isbn;
+    IF NOT FOUND THEN
+        RETURN jsonb_build_object('outcome', 'not_found', 'code', 'title_not_found',
+            'isbn', p_isbn);
+    END IF;
+    IF v_blocked IS NOT NULL THEN
+        RETURN jsonb_build_object('outcome', 'rejected', 'code', 'patron_blocked',
+            'patron', p_patron, 'reason', v_blocked);
+    END IF;
+
+    PERFORM pg_advisory_xact_lock(1752132708, hashtext(p_isbn));
+
+    IF EXISTS (SELECT 1 FROM copies c
+                CROSS JOIN LATERAL (
+                      SELECT 1 FROM loans l
+                       WHERE l.copy_id = c.id AND l.patron_id = p_patron
+                         AND l.returned_at IS NULL
+                       LIMIT 1) l
+                WHERE c.isbn = p_isbn) THEN
+        RETURN jsonb_build_object('outcome', 'rejected', 'code', 'already_on_loan',
+            'patron', p_patron, 'title', v_title);
+    END IF;
+    SELECT id INTO v_held FROM holds
+     WHERE isbn = p_isbn AND patron_id = p_patron AND state IN ('waiting', 'ready');
+    IF FOUND THEN
+        RETURN jsonb_build_object('outcome', 'rejected', 'code', 'already_held',
+            'patron', p_patron, 'title', v_title, 'hold_id', v_held);
+    END IF;
+    IF EXISTS (SELECT 1 FROM copies
+                WHERE isbn = p_isbn AND branch = p_branch AND status = 'available') THEN
+        RETURN jsonb_build_object('outcome', 'rejected', 'code', 'available_at_branch',
+            'title', v_title, 'branch', p_branch);
+    END IF;
+
+    INSERT INTO holds (id, isbn, patron_id, pickup_branch, state, placed_at, pickup_period)
+    VALUES (p_id, p_isbn, p_patron, p_branch, 'waiting', p_now, p_pickup);
+    RETURN jsonb_build_object('outcome', 'placed', 'hold_id', p_id);
+END $$;

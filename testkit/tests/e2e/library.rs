@@ -1716,9 +1716,9 @@ fn off_their_keys(plan: &str) -> Vec<String> {
 /// a plan made then read a whole index (or, with table scans allowed, the
 /// whole table), and the connection kept it as the tables grew: under the
 /// library benchmark, loans waited seconds. A loan batch, the recording of
-/// a renewal by loan and of a return by book, and their settling run here
-/// on plans made in that state; each must reach every circulation row it
-/// reads through a key (migration 0021).
+/// a renewal by loan and of a return by book, their settling and two holds
+/// asked run here on plans made in that state; each must reach every
+/// circulation row it reads through a key (migration 0021).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_circulation_functions_keep_to_their_keys_with_statistics_from_empty_tables() {
     let app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
@@ -1771,6 +1771,30 @@ async fn the_circulation_functions_keep_to_their_keys_with_statistics_from_empty
     ))
     .await
     .unwrap();
+    // A hold asked by a patron who has the title on loan: refused, after
+    // the look-up of the patron's loans.
+    let hold: String = db
+        .query_one(
+            "SELECT library_hold_place(gen_random_uuid(), $1, 'ana', 'central', now(),
+                 interval '3 days')->>'code'",
+            &[&QUIJOTE],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(hold, "already_on_loan");
+    // And by one who has given it back: past the look-ups of holds and of
+    // the copies on the shelf.
+    let hold: String = db
+        .query_one(
+            "SELECT library_hold_place(gen_random_uuid(), $1, 'elena', 'central', now(),
+                 interval '3 days')->>'outcome'",
+            &[&QUIJOTE],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(hold == "placed" || hold == "rejected", "{hold}");
     let states: Vec<String> = admin
         .query(
             "SELECT state FROM operations WHERE id = ANY($1) ORDER BY kind",
@@ -1789,6 +1813,7 @@ async fn the_circulation_functions_keep_to_their_keys_with_statistics_from_empty
 
     let plans = notices.lock().unwrap().clone();
     for function in [
+        "library_hold_place",
         "library_loan_batch",
         "library_record_requests",
         "library_renew_batch",
