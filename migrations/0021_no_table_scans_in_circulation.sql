@@ -21,9 +21,10 @@
 -- on when a table was analyzed. The setting holds for the functions
 -- they call (`library_record_history`, `library_lock_pending`, the
 -- history's trigger) and is restored when they return.
--- `library_hold_pass_copy` carries it too: the hold-shelf passes call it
--- outside these functions as well, and a plan it made there would be
--- kept for the calls from the return batch.
+-- The hold functions carry it too (placing, below; cancelling, the
+-- expiry pass, and `library_hold_pass_copy`, which those two call as
+-- well as the return batch: a plan it made there would be kept for the
+-- calls from the return batch).
 ALTER FUNCTION library_loan_batch(uuid[], text[], text[], text[], text[], text[],
                                   timestamptz, timestamptz, integer, text[])
     SET enable_seqscan = off;
@@ -32,6 +33,10 @@ ALTER FUNCTION library_renew_batch(uuid[], timestamptz, interval, integer)
 ALTER FUNCTION library_return_batch(uuid[], timestamptz)
     SET enable_seqscan = off;
 ALTER FUNCTION library_hold_pass_copy(bigint, text, timestamptz)
+    SET enable_seqscan = off;
+ALTER FUNCTION library_hold_cancel(uuid, text, timestamptz)
+    SET enable_seqscan = off;
+ALTER FUNCTION library_hold_expire(timestamptz, integer)
     SET enable_seqscan = off;
 
 -- The recording of renewals and returns, as in 0017 but with its two

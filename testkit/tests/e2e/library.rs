@@ -1716,9 +1716,10 @@ fn off_their_keys(plan: &str) -> Vec<String> {
 /// a plan made then read a whole index (or, with table scans allowed, the
 /// whole table), and the connection kept it as the tables grew: under the
 /// library benchmark, loans waited seconds. A loan batch, the recording of
-/// a renewal by loan and of a return by book, their settling and two holds
-/// asked run here on plans made in that state; each must reach every
-/// circulation row it reads through a key (migration 0021).
+/// a renewal by loan and of a return by book, their settling, two holds
+/// asked, one cancelled and the expiry pass run here on plans made in that
+/// state; each must reach every circulation row it reads through a key
+/// (migration 0021).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_circulation_functions_keep_to_their_keys_with_statistics_from_empty_tables() {
     let app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
@@ -1795,6 +1796,31 @@ async fn the_circulation_functions_keep_to_their_keys_with_statistics_from_empty
         .unwrap()
         .get(0);
     assert!(hold == "placed" || hold == "rejected", "{hold}");
+    // A hold withdrawn and one found past its pickup, with the hold shelf's
+    // pass (none is due here, so nothing changes).
+    let held: uuid::Uuid = admin
+        .query_one(
+            "INSERT INTO holds (id, isbn, patron_id, pickup_branch, state, placed_at,
+                                pickup_period)
+             VALUES (gen_random_uuid(), $1, 'diego', 'central', 'waiting', now(), '3 days')
+             RETURNING id",
+            &[&QUIJOTE],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let cancelled: String = db
+        .query_one(
+            "SELECT library_hold_cancel($1, 'diego', now())->>'outcome'",
+            &[&held],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(cancelled, "cancelled");
+    db.batch_execute("SELECT * FROM library_hold_expire(now(), 10)")
+        .await
+        .unwrap();
     let states: Vec<String> = admin
         .query(
             "SELECT state FROM operations WHERE id = ANY($1) ORDER BY kind",
@@ -1813,6 +1839,8 @@ async fn the_circulation_functions_keep_to_their_keys_with_statistics_from_empty
 
     let plans = notices.lock().unwrap().clone();
     for function in [
+        "library_hold_cancel",
+        "library_hold_expire",
         "library_hold_place",
         "library_loan_batch",
         "library_record_requests",
