@@ -9,11 +9,23 @@
 //! is already busy (`max_in_flight` calls). One started with
 //! [`Batcher::spawn_gathering`] waits a little after an item arrives for
 //! others to join it: for writers nobody's answer waits on, where fewer,
-//! larger batches save more than the wait costs.
+//! larger batches save more than the wait costs. One started with
+//! [`Batcher::spawn_gathering_when_busy`] waits so only while items come
+//! together (the last batch, started less than that wait ago, held more
+//! than one): under load its batches grow, and items that come one at a
+//! time run at once.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// When a batch waits for more items after its first.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Gather {
+    Always,
+    /// Only while items come together.
+    WhenBusy,
+}
 
 /// Batches a writer keeps under way at once. Two, because while one
 /// commits the next can run; more only splits the same items into smaller
@@ -81,11 +93,44 @@ where
         F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<O>, E>> + Send + 'static,
     {
+        Self::start(max_batch, max_in_flight, gather, Gather::Always, handler)
+    }
+
+    /// As [`Batcher::spawn_gathering`], but a batch waits for more only
+    /// when the one before it started less than `gather` ago and held more
+    /// than one item: while items come together. Items that come one at a
+    /// time run at once, as with [`Batcher::spawn`].
+    pub fn spawn_gathering_when_busy<F, Fut>(
+        max_batch: usize,
+        max_in_flight: usize,
+        gather: Duration,
+        handler: F,
+    ) -> Self
+    where
+        F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<O>, E>> + Send + 'static,
+    {
+        Self::start(max_batch, max_in_flight, gather, Gather::WhenBusy, handler)
+    }
+
+    fn start<F, Fut>(
+        max_batch: usize,
+        max_in_flight: usize,
+        gather: Duration,
+        when: Gather,
+        handler: F,
+    ) -> Self
+    where
+        F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<O>, E>> + Send + 'static,
+    {
         let max_batch = max_batch.max(1);
         let (tx, mut rx) = mpsc::channel::<Job<I, O, E>>(max_batch * max_in_flight.max(1) * 2);
         let handler = Arc::new(handler);
         let permits = Arc::new(Semaphore::new(max_in_flight.max(1)));
         tokio::spawn(async move {
+            // When the last batch started, and how many items it held.
+            let mut last: Option<(tokio::time::Instant, usize)> = None;
             loop {
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     return;
@@ -101,8 +146,10 @@ where
                         Err(_) => break,
                     }
                 }
-                if !gather.is_zero() {
-                    let until = tokio::time::Instant::now() + gather;
+                let now = tokio::time::Instant::now();
+                let busy = last.is_some_and(|(at, held)| held > 1 && now - at < gather);
+                if !gather.is_zero() && (when == Gather::Always || busy) {
+                    let until = now + gather;
                     while jobs.len() < max_batch {
                         match tokio::time::timeout_at(until, rx.recv()).await {
                             Ok(Some(job)) => jobs.push(job),
@@ -110,6 +157,7 @@ where
                         }
                     }
                 }
+                last = Some((tokio::time::Instant::now(), jobs.len()));
                 let handler = handler.clone();
                 tokio::spawn(async move {
                     let (items, replies): (Vec<I>, Vec<_>) =
@@ -207,6 +255,49 @@ mod tests {
             assert_eq!(call.await.unwrap().unwrap(), i as u32 * 2);
         }
         assert_eq!(*sizes.lock().unwrap(), vec![vec![0, 1, 2, 3], vec![4]]);
+    }
+
+    #[tokio::test]
+    async fn a_batcher_gathering_when_busy_runs_single_items_at_once_and_gathers_company() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        // A wait far longer than the test: an item that waited it out
+        // would time the test out below.
+        let batcher = Batcher::<u32, u32, String>::spawn_gathering_when_busy(
+            2,
+            2,
+            Duration::from_secs(600),
+            move |items: Vec<u32>| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock().unwrap().push(items.clone());
+                    Ok(items.into_iter().map(|i| i * 2).collect())
+                }
+            },
+        );
+        let within = Duration::from_secs(30);
+        let one = |i: u32| {
+            let batcher = batcher.clone();
+            async move {
+                let answer = tokio::time::timeout(within, batcher.submit(i)).await;
+                answer.expect("the item waited").unwrap()
+            }
+        };
+        // One at a time, even right after each other: no waiting.
+        assert_eq!(one(0).await, 0);
+        assert_eq!(one(1).await, 2);
+        // Two together make a batch as with `spawn`...
+        let (a, b) = tokio::join!(one(2), one(3));
+        assert_eq!((a, b), (4, 6));
+        // ... and the next batch waits for company, here until it is full.
+        let fourth = tokio::spawn(one(4));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(one(5).await, 10);
+        assert_eq!(fourth.await.unwrap(), 8);
+        assert_eq!(
+            *sizes.lock().unwrap(),
+            vec![vec![0], vec![1], vec![2, 3], vec![4, 5]]
+        );
     }
 
     #[tokio::test]
