@@ -34,6 +34,11 @@ pub struct Args {
     /// Most operations in flight at once.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Writes every operation to FILE as CSV (when it was due, in ms from
+    /// the start; its kind; its latency in ms; its HTTP status), to find
+    /// when in a run the slow ones were due.
+    #[arg(long, value_name = "FILE")]
+    timeline: Option<std::path::PathBuf>,
 }
 
 /// Loans due this long after the start are counted again on their own, as
@@ -59,6 +64,9 @@ struct Tally {
     warm_loan_latencies: Vec<Duration>,
     statuses: HashMap<(Op, u16), usize>,
     operations: Vec<Uuid>,
+    /// With `--timeline`: each operation's due time from the start, kind,
+    /// latency and status.
+    timeline: Option<Vec<(Duration, Op, Duration, u16)>>,
 }
 
 /// Small, fast, deterministic: the mix is the same on every run.
@@ -107,11 +115,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .build()?;
     let base = args.target.url.trim_end_matches('/').to_owned();
     let open_loans: Arc<Mutex<Vec<Uuid>>> = Arc::new(Mutex::new(Vec::new()));
-    let tally = Arc::new(Mutex::new(Tally::default()));
+    let tally = Arc::new(Mutex::new(Tally {
+        timeline: args.timeline.as_ref().map(|_| Vec::with_capacity(args.ops)),
+        ..Tally::default()
+    }));
     let permits = Arc::new(Semaphore::new(args.concurrency.max(1)));
     let mut rng = Rng(0x005e_edb1_b110);
     let cpu_before = CpuSnapshot::take();
     let started = Instant::now();
+    let started_wall = std::time::SystemTime::now();
     let mut handles = Vec::with_capacity(args.ops);
     eprintln!(
         "sending {} operations ({}), at most {} in flight",
@@ -195,6 +207,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     t.warm_loan_latencies.push(elapsed);
                 }
                 t.latencies.entry(op).or_default().push(elapsed);
+                if let Some(timeline) = &mut t.timeline {
+                    timeline.push((due - started, op, elapsed, status));
+                }
                 *t.statuses.entry((op, status)).or_default() += 1;
                 if let Some(id) = answer["operation_id"].as_str().and_then(|s| s.parse().ok()) {
                     t.operations.push(id);
@@ -208,6 +223,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let sent_elapsed = started.elapsed();
     let mut tally = std::mem::take(&mut *tally.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    if let (Some(path), Some(timeline)) = (&args.timeline, tally.timeline.take()) {
+        write_timeline(path, started_wall, timeline)?;
+    }
 
     // Renewals and returns are applied by workers after the 202: wait for
     // them, then read when they were settled.
@@ -354,6 +372,38 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if failures > 0 {
         bail!("{failures} operations failed");
     }
+    Ok(())
+}
+
+/// Writes `timeline` to `path` as CSV, in the order the operations were due.
+fn write_timeline(
+    path: &std::path::Path,
+    started: std::time::SystemTime,
+    mut timeline: Vec<(Duration, Op, Duration, u16)>,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    timeline.sort_by_key(|(due, ..)| *due);
+    let file = std::fs::File::create(path)
+        .with_context(|| format!("cannot write the timeline to {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    let since_epoch = started
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    writeln!(
+        out,
+        "# started at {:.3} s since the Unix epoch",
+        since_epoch.as_secs_f64()
+    )?;
+    writeln!(out, "due_ms,operation,latency_ms,status")?;
+    for (due, op, latency, status) in timeline {
+        let op = match op {
+            Op::Loan => "loan",
+            Op::Renew => "renewal",
+            Op::Return => "return",
+        };
+        writeln!(out, "{:.3},{op},{:.3},{status}", ms(due), ms(latency))?;
+    }
+    out.flush()?;
     Ok(())
 }
 
