@@ -7,24 +7,26 @@
 //! A batcher started with [`Batcher::spawn`] has no linger timer: an item that
 //! arrives alone runs alone at once, and batches only form when the handler
 //! is already busy (`max_in_flight` calls). One started with
-//! [`Batcher::spawn_gathering`] waits a little after an item arrives for
-//! others to join it: for writers nobody's answer waits on, where fewer,
-//! larger batches save more than the wait costs. One started with
-//! [`Batcher::spawn_gathering_when_busy`] waits so only while items come
-//! together (the last batch, started less than that wait ago, held more
-//! than one): under load its batches grow, and items that come one at a
-//! time run at once.
+//! [`Batcher::spawn_gathering`] with [`Gather::Always`] waits a little after
+//! an item arrives for others to join it: for writers nobody's answer waits
+//! on, where fewer, larger batches save more than the wait costs. With
+//! [`Gather::WhenBusy`] it waits so only while items come together (the
+//! last batch, started less than that wait ago, held more than one): under
+//! load its batches grow, and items that come one at a time run at once.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-/// When a batch waits for more items after its first.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Gather {
-    Always,
-    /// Only while items come together.
-    WhenBusy,
+/// How long a batch waits for more items after its first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gather {
+    /// Always this long.
+    Always(Duration),
+    /// This long while items come together: when the batch before started
+    /// less than this long ago and held more than one item. Items that come
+    /// one at a time run at once, as with [`Batcher::spawn`].
+    WhenBusy(Duration),
 }
 
 /// Batches a writer keeps under way at once. Two, because while one
@@ -77,47 +79,21 @@ where
         F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<O>, E>> + Send + 'static,
     {
-        Self::spawn_gathering(max_batch, max_in_flight, Duration::ZERO, handler)
+        Self::spawn_gathering(
+            max_batch,
+            max_in_flight,
+            Gather::Always(Duration::ZERO),
+            handler,
+        )
     }
 
     /// As [`Batcher::spawn`], but a batch, once its first item is there,
-    /// waits up to `gather` for more (until it has `max_batch`) before it
-    /// runs.
+    /// may wait for more (until it has `max_batch`) before it runs, as
+    /// `gather` says.
     pub fn spawn_gathering<F, Fut>(
         max_batch: usize,
         max_in_flight: usize,
-        gather: Duration,
-        handler: F,
-    ) -> Self
-    where
-        F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Vec<O>, E>> + Send + 'static,
-    {
-        Self::start(max_batch, max_in_flight, gather, Gather::Always, handler)
-    }
-
-    /// As [`Batcher::spawn_gathering`], but a batch waits for more only
-    /// when the one before it started less than `gather` ago and held more
-    /// than one item: while items come together. Items that come one at a
-    /// time run at once, as with [`Batcher::spawn`].
-    pub fn spawn_gathering_when_busy<F, Fut>(
-        max_batch: usize,
-        max_in_flight: usize,
-        gather: Duration,
-        handler: F,
-    ) -> Self
-    where
-        F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Vec<O>, E>> + Send + 'static,
-    {
-        Self::start(max_batch, max_in_flight, gather, Gather::WhenBusy, handler)
-    }
-
-    fn start<F, Fut>(
-        max_batch: usize,
-        max_in_flight: usize,
-        gather: Duration,
-        when: Gather,
+        gather: Gather,
         handler: F,
     ) -> Self
     where
@@ -147,9 +123,15 @@ where
                     }
                 }
                 let now = tokio::time::Instant::now();
-                let busy = last.is_some_and(|(at, held)| held > 1 && now - at < gather);
-                if !gather.is_zero() && (when == Gather::Always || busy) {
-                    let until = now + gather;
+                let wait = match gather {
+                    Gather::Always(wait) => wait,
+                    Gather::WhenBusy(wait) => {
+                        let busy = last.is_some_and(|(at, held)| held > 1 && now - at < wait);
+                        if busy { wait } else { Duration::ZERO }
+                    }
+                };
+                if !wait.is_zero() {
+                    let until = now + wait;
                     while jobs.len() < max_batch {
                         match tokio::time::timeout_at(until, rx.recv()).await {
                             Ok(Some(job)) => jobs.push(job),
@@ -226,21 +208,29 @@ mod tests {
         assert!(sizes.len() < 50, "expected batching, got {sizes:?}");
     }
 
+    /// The batches a handler was handed, in order.
+    type Batches = Arc<Mutex<Vec<Vec<u32>>>>;
+
+    /// A handler that doubles each item and notes each batch in `batches`.
+    fn doubling(
+        batches: &Batches,
+    ) -> impl Fn(Vec<u32>) -> std::future::Ready<Result<Vec<u32>, String>> + Send + Sync + 'static
+    {
+        let batches = batches.clone();
+        move |items| {
+            batches.lock().unwrap().push(items.clone());
+            std::future::ready(Ok(items.into_iter().map(|i| i * 2).collect()))
+        }
+    }
+
     #[tokio::test]
     async fn a_gathering_batch_waits_for_items_that_come_soon_after_the_first() {
-        let sizes = Arc::new(Mutex::new(Vec::new()));
-        let seen = sizes.clone();
-        let batcher = Batcher::<u32, u32, String>::spawn_gathering(
+        let sizes = Batches::default();
+        let batcher = Batcher::spawn_gathering(
             4,
             2,
-            Duration::from_secs(1),
-            move |items: Vec<u32>| {
-                let seen = seen.clone();
-                async move {
-                    seen.lock().unwrap().push(items.clone());
-                    Ok(items.into_iter().map(|i| i * 2).collect())
-                }
-            },
+            Gather::Always(Duration::from_secs(1)),
+            doubling(&sizes),
         );
         // Five items a few milliseconds apart, the handler idle: the first
         // four make one batch, full before its second is up; the fifth
@@ -258,23 +248,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_batcher_gathering_when_busy_runs_single_items_at_once_and_gathers_company() {
-        let sizes = Arc::new(Mutex::new(Vec::new()));
-        let seen = sizes.clone();
+    async fn a_batch_gathering_when_busy_runs_single_items_at_once_and_gathers_company() {
+        let sizes = Batches::default();
         // A wait far longer than the test: an item that waited it out
         // would time the test out below.
-        let batcher = Batcher::<u32, u32, String>::spawn_gathering_when_busy(
-            2,
-            2,
-            Duration::from_secs(600),
-            move |items: Vec<u32>| {
-                let seen = seen.clone();
-                async move {
-                    seen.lock().unwrap().push(items.clone());
-                    Ok(items.into_iter().map(|i| i * 2).collect())
-                }
-            },
-        );
+        let wait = Gather::WhenBusy(Duration::from_secs(600));
+        let batcher = Batcher::spawn_gathering(2, 2, wait, doubling(&sizes));
         let within = Duration::from_secs(30);
         let one = |i: u32| {
             let batcher = batcher.clone();

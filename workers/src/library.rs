@@ -19,7 +19,7 @@ use std::{
 };
 
 use bibliomq_core::{
-    batch::Batcher,
+    batch::{Batcher, Gather},
     broker::{
         Publisher, headers,
         rpc::{REPLY_BUNDLE_KIND, ReplyBundle},
@@ -381,7 +381,7 @@ impl CirculationWorker {
         let settle = Batcher::spawn_gathering(
             128,
             bibliomq_core::batch::IN_FLIGHT,
-            SETTLE_GATHER,
+            Gather::Always(SETTLE_GATHER),
             move |ops: Vec<Uuid>| {
                 let d = d.clone();
                 async move {

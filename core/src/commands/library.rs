@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::Commands;
 use crate::{
     auth::{Permission, Role},
-    batch::Batcher,
+    batch::{Batcher, Gather},
     broker::{
         Publisher, headers,
         rpc::{RpcClient, RpcError, new_call_id},
@@ -47,10 +47,10 @@ pub(super) type RequestInserter = Batcher<PendingRequest, Option<store::OpenLoan
 const RECORD_GATHER: Duration = Duration::from_millis(5);
 
 pub(super) fn request_inserter(pool: deadpool_postgres::Pool) -> RequestInserter {
-    Batcher::spawn_gathering_when_busy(
+    Batcher::spawn_gathering(
         256,
         crate::batch::IN_FLIGHT,
-        RECORD_GATHER,
+        Gather::WhenBusy(RECORD_GATHER),
         move |requests: Vec<PendingRequest>| {
             let pool = pool.clone();
             async move {
