@@ -39,11 +39,12 @@ use crate::{
 pub(super) type RequestInserter = Batcher<PendingRequest, Option<store::OpenLoan>, DbFailure>;
 
 /// How long a recording of renewals and returns waits for more to join it
-/// while they keep coming (a lone one on a quiet API goes at once). A
-/// recording costs PostgreSQL about as much for one request as for a few:
-/// at 2,000 operations a second they came about 2 to a call, and waiting
-/// took PostgreSQL's share from 0.34–0.37 to 0.29–0.32 ms an operation
-/// (README item 27), for a few milliseconds more before the `202`.
+/// while they come together (requests that come one at a time go at once).
+/// A recording costs PostgreSQL about as much for one request as for a
+/// few: at 2,000 operations a second they came about 2 to a call, and
+/// waiting took PostgreSQL's share from 0.32–0.35 to 0.29–0.32 ms an
+/// operation (README item 27), for a few milliseconds more before the
+/// `202`.
 const RECORD_GATHER: Duration = Duration::from_millis(5);
 
 pub(super) fn request_inserter(pool: deadpool_postgres::Pool) -> RequestInserter {
