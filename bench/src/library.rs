@@ -56,6 +56,17 @@ enum Op {
     Return,
 }
 
+impl Op {
+    /// The operation's name in the report and the timeline.
+    fn name(self) -> &'static str {
+        match self {
+            Op::Loan => "loan",
+            Op::Renew => "renewal",
+            Op::Return => "return",
+        }
+    }
+}
+
 #[derive(Default)]
 struct Tally {
     latencies: HashMap<Op, Vec<Duration>>,
@@ -295,10 +306,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // Renewals and returns are answered 202 once recorded and published;
     // their latency is that answer's, from when each was due.
     let mut accepted_json = serde_json::Map::new();
-    for (op, name) in [(Op::Renew, "renewal"), (Op::Return, "return")] {
+    for op in [Op::Renew, Op::Return] {
         let mut lat = tally.latencies.remove(&op).unwrap_or_default();
         lat.sort();
-        accepted_json.insert(name.to_owned(), summary(&lat));
+        accepted_json.insert(op.name().to_owned(), summary(&lat));
     }
     let mut warm_json = summary(&warm_lat);
     warm_json["loans"] = json!(warm_lat.len());
@@ -396,11 +407,7 @@ fn write_timeline(
     )?;
     writeln!(out, "due_ms,operation,latency_ms,status")?;
     for (due, op, latency, status) in timeline {
-        let op = match op {
-            Op::Loan => "loan",
-            Op::Renew => "renewal",
-            Op::Return => "return",
-        };
+        let op = op.name();
         writeln!(out, "{:.3},{op},{:.3},{status}", ms(due), ms(latency))?;
     }
     out.flush()?;
