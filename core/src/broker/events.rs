@@ -211,36 +211,40 @@ async fn follow(
     tx: &mpsc::Sender<EventMessage>,
     bound: &mut Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<(), lapin::Error> {
-    let ch = conn.create_channel().await?;
-    let queue = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    for key in keys {
-        ch.queue_bind(
-            queue.name().clone(),
-            exchange.into(),
-            key.as_str().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    }
-    let mut consumer = super::consume_unacked(&ch, queue.name().as_str()).await?;
+    let (ch, mut consumer) = super::within(super::STEP_TIMEOUT, async {
+        let ch = conn.create_channel().await?;
+        let queue = ch
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        for key in keys {
+            ch.queue_bind(
+                queue.name().clone(),
+                exchange.into(),
+                key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        }
+        let consumer = super::consume_unacked(&ch, queue.name().as_str()).await?;
+        Ok((ch, consumer))
+    })
+    .await?;
     if let Some(signal) = bound.take() {
         let _ = signal.send(());
     }
     loop {
         tokio::select! {
             () = tx.closed() => {
-                let _ = ch.close(200, "feed closed".into()).await;
+                let _ = super::within(super::STEP_TIMEOUT, ch.close(200, "feed closed".into())).await;
                 return Ok(());
             }
             next = consumer.next() => match next {

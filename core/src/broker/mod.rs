@@ -42,6 +42,29 @@ pub fn push_json_array<'a>(body: &mut Vec<u8>, items: impl IntoIterator<Item = &
 }
 pub use topology::Topology;
 
+/// How long one exchange with the broker that waits for its answer (open a
+/// channel, subscribe, settle a delivery) may take. A connection that dies
+/// under such a step can leave it waiting for good; past this it counts as
+/// a broken connection, and the caller does what it does for one.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Declaring the whole topology on a new connection: several steps, each a
+/// round trip, and on a cluster every quorum queue's replicas to agree.
+const DECLARE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs `step`, failing it as a timed-out connection after `limit`.
+pub async fn within<T>(
+    limit: Duration,
+    step: impl Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, lapin::Error> {
+    tokio::time::timeout(limit, step).await.map_err(|_| {
+        lapin::Error::from(lapin::ErrorKind::IOError(Arc::new(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer from the message broker within {limit:?}"),
+        ))))
+    })?
+}
+
 /// A handle to the process's supervised RabbitMQ connection. Cheap to clone.
 #[derive(Clone)]
 pub struct Broker {
@@ -125,19 +148,22 @@ impl Broker {
                 lapin::ConnectionState::Closed,
             ))
         })?;
-        let channel = conn.create_channel().await?;
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await?;
-        let consumer = channel
-            .basic_consume(
-                queue.into(),
-                tag.into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        Ok((channel, consumer))
+        within(STEP_TIMEOUT, async {
+            let channel = conn.create_channel().await?;
+            channel
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await?;
+            let consumer = channel
+                .basic_consume(
+                    queue.into(),
+                    tag.into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok((channel, consumer))
+        })
+        .await
     }
 
     /// Stops reconnecting and closes the connection. Call it last, after the
@@ -249,14 +275,8 @@ fn redact(url: &str) -> String {
 
 async fn connect(url: &str, name: &str, topology: &Topology) -> Result<Connection, lapin::Error> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    let conn = tokio::time::timeout(Duration::from_secs(5), Connection::connect(url, props))
-        .await
-        .map_err(|_| {
-            lapin::Error::from(lapin::ErrorKind::IOError(std::sync::Arc::new(
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
-            )))
-        })??;
-    topology.declare(&conn).await?;
+    let conn = within(STEP_TIMEOUT, Connection::connect(url, props)).await?;
+    within(DECLARE_TIMEOUT, topology.declare(&conn)).await?;
     Ok(conn)
 }
 

@@ -247,8 +247,12 @@ impl Publisher {
         }
         *slot = None;
         let conn = self.broker.current().ok_or(PublishError::Unavailable)?;
-        let ch = conn.create_channel().await?;
-        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        let ch = super::within(super::STEP_TIMEOUT, async {
+            let ch = conn.create_channel().await?;
+            ch.confirm_select(ConfirmSelectOptions::default()).await?;
+            Ok(ch)
+        })
+        .await?;
         let generation = self
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)

@@ -346,23 +346,27 @@ impl RpcClient {
         }
         *slot = None;
         let conn = self.broker.current().ok_or(PublishError::Unavailable)?;
-        let ch = conn.create_channel().await?;
-        ch.confirm_select(ConfirmSelectOptions::default()).await?;
-        // Server-named, so no two callers share one; exclusive and
-        // auto-deleted, so it goes with this connection (or its node).
-        let queue = ch
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        let reply_to = queue.name().clone();
-        let mut replies = super::consume_unacked(&ch, reply_to.as_str()).await?;
+        let (ch, reply_to, mut replies) = super::within(super::STEP_TIMEOUT, async {
+            let ch = conn.create_channel().await?;
+            ch.confirm_select(ConfirmSelectOptions::default()).await?;
+            // Server-named, so no two callers share one; exclusive and
+            // auto-deleted, so it goes with this connection (or its node).
+            let queue = ch
+                .queue_declare(
+                    "".into(),
+                    QueueDeclareOptions {
+                        exclusive: true,
+                        auto_delete: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            let reply_to = queue.name().clone();
+            let replies = super::consume_unacked(&ch, reply_to.as_str()).await?;
+            Ok((ch, reply_to, replies))
+        })
+        .await?;
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let waiters = self.waiters.clone();
         tokio::spawn(async move {

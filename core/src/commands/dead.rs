@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use super::Commands;
 use crate::{
-    broker::{headers, topology},
+    broker::{STEP_TIMEOUT, headers, topology, within},
     error::{CommandError, Invalid},
     tasks::TaskMessage,
 };
@@ -128,19 +128,19 @@ impl Held {
     /// waits (a little) until it counts them again: a listing that follows
     /// straight after sees the whole queue.
     async fn release(self, acked: usize) {
-        let _ = self.channel.close(200, "done".into()).await;
+        let _ = within(STEP_TIMEOUT, self.channel.close(200, "done".into())).await;
         let expected = self
             .total
             .saturating_sub(u64::try_from(acked).unwrap_or(u64::MAX));
         let deadline = tokio::time::Instant::now() + TAKE_WAIT;
         while tokio::time::Instant::now() < deadline {
-            match ready_count(&self.probe, self.name).await {
+            match within(STEP_TIMEOUT, ready_count(&self.probe, self.name)).await {
                 Ok(n) if n >= expected => break,
                 Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
                 Err(_) => break,
             }
         }
-        let _ = self.probe.close(200, "done".into()).await;
+        let _ = within(STEP_TIMEOUT, self.probe.close(200, "done".into())).await;
     }
 }
 
@@ -330,8 +330,13 @@ impl Commands {
         let conn = broker
             .current()
             .ok_or_else(|| CommandError::Unavailable("message broker unavailable".to_owned()))?;
-        let probe = conn.create_channel().await.map_err(broken)?;
-        let total = ready_count(&probe, name).await.map_err(broken)?;
+        let (probe, total) = within(STEP_TIMEOUT, async {
+            let probe = conn.create_channel().await?;
+            let total = ready_count(&probe, name).await?;
+            Ok((probe, total))
+        })
+        .await
+        .map_err(broken)?;
         let take = want.min(usize::try_from(total).unwrap_or(usize::MAX));
         let (channel, mut consumer) = broker
             .consume(name, "", u16::try_from(take.max(1)).unwrap_or(u16::MAX))
@@ -343,8 +348,8 @@ impl Commands {
             match tokio::time::timeout_at(deadline, consumer.next()).await {
                 Ok(Some(Ok(d))) => deliveries.push(d),
                 Ok(Some(Err(e))) => {
-                    let _ = channel.close(200, "done".into()).await;
-                    let _ = probe.close(200, "done".into()).await;
+                    let _ = within(STEP_TIMEOUT, channel.close(200, "done".into())).await;
+                    let _ = within(STEP_TIMEOUT, probe.close(200, "done".into())).await;
                     return Err(broken(e));
                 }
                 Ok(None) | Err(_) => break,
