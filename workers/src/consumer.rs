@@ -5,7 +5,7 @@
 
 use std::{future::Future, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
-use bibliomq_core::broker::Broker;
+use bibliomq_core::broker::{Broker, STEP_TIMEOUT, within};
 use futures::{FutureExt, StreamExt};
 use lapin::{
     message::Delivery,
@@ -30,6 +30,10 @@ pub trait Handler: Send + Sync + 'static {
         abandon: CancellationToken,
     ) -> impl Future<Output = ()> + Send;
 }
+
+/// How long work told to give its message back (after the drain time) may
+/// take before the consumer stops without it.
+const ABANDON_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Consumes `queue` until `stop.graceful` is cancelled, then drains.
 pub async fn run<H: Handler>(
@@ -63,7 +67,8 @@ pub async fn run<H: Handler>(
                 // Prefer shutdown over new deliveries.
                 biased;
                 () = stop.graceful.cancelled() => {
-                    let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
+                    let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
+                    let _ = within(STEP_TIMEOUT, cancel).await;
                     break 'connect;
                 }
                 next = consumer.next() => match next {
@@ -78,9 +83,9 @@ pub async fn run<H: Handler>(
                             // again, it is caught as poison by its handler.
                             if AssertUnwindSafe(work).catch_unwind().await.is_err() {
                                 tracing::error!(%queue, "a handler panicked; requeueing its delivery");
-                                let _ = acker
-                                    .nack(BasicNackOptions { requeue: true, multiple: false })
-                                    .await;
+                                let give_back = acker
+                                    .nack(BasicNackOptions { requeue: true, multiple: false });
+                                let _ = within(STEP_TIMEOUT, give_back).await;
                             }
                         });
                     }
@@ -107,7 +112,18 @@ pub async fn run<H: Handler>(
     if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
         tracing::warn!(queue, "drain time over; requeueing unfinished work");
         stop.abandon.cancel();
-        tracker.wait().await;
+        if tokio::time::timeout(ABANDON_TIMEOUT, tracker.wait())
+            .await
+            .is_err()
+        {
+            // Their messages stay unacked; closing the connection, which
+            // comes next, makes the broker deliver them again.
+            tracing::error!(
+                queue,
+                in_flight = tracker.len(),
+                "in-flight work did not give its messages back in time; leaving them to the broker"
+            );
+        }
     }
     tracing::info!(queue, "consumer stopped");
 }
@@ -130,27 +146,26 @@ pub enum Settle {
 /// Acks, requeues or dead-letters a delivery; a failure (the channel is
 /// gone) only means the broker will redeliver it.
 pub async fn settle(delivery: &Delivery, how: Settle) {
-    let result = match how {
-        Settle::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
-        Settle::Requeue => {
-            delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    multiple: false,
-                })
-                .await
+    let acker = &delivery.acker;
+    let result = within(STEP_TIMEOUT, async {
+        match how {
+            Settle::Ack => acker.ack(BasicAckOptions::default()).await,
+            Settle::Requeue => {
+                acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        multiple: false,
+                    })
+                    .await
+            }
+            Settle::DeadLetter => acker.reject(BasicRejectOptions { requeue: false }).await,
         }
-        Settle::DeadLetter => {
-            delivery
-                .acker
-                .reject(BasicRejectOptions { requeue: false })
-                .await
-        }
-    };
+    })
+    .await;
     if let Err(e) = result {
-        // The channel is gone; the broker redelivers the message, and the
-        // claim makes the redelivery harmless.
+        // The channel is gone (or its connection died under the ack); the
+        // broker redelivers the message, and the claim makes the
+        // redelivery harmless.
         tracing::warn!(error = %e, "could not settle the delivery");
     }
 }

@@ -366,3 +366,74 @@ async fn tasks_survive_the_database_going_away() {
     }
     app.stop().await;
 }
+
+/// An ack sent as its connection dies can wait for good in the AMQP client:
+/// 1 to 4 of these 120 races did, in each of three runs without the bound.
+/// A handler waiting on one held its worker's graceful stop forever (a CI
+/// run hung on it). `settle` gives up after
+/// [`bibliomq_core::broker::STEP_TIMEOUT`]; the broker delivers the message
+/// again once it sees the connection gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settle_racing_the_loss_of_its_connection_always_returns() {
+    use bibliomq_core::broker::STEP_TIMEOUT;
+    use bibliomq_workers::consumer::{Settle, settle};
+    use futures::StreamExt;
+    use lapin::{Connection, ConnectionProperties, options::*, types::FieldTable};
+
+    let env = TestEnv::new().await;
+    let mut late = Vec::new();
+    for race in 0..120u64 {
+        let proxy = TcpProxy::start(RABBITMQ.parse().unwrap()).await;
+        let url = with_port(&env.amqp_url(), proxy.port());
+        let conn = Connection::connect(&url, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let queue = format!("race-{race}");
+        let options = QueueDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        };
+        ch.queue_declare(queue.as_str().into(), options, FieldTable::default())
+            .await
+            .unwrap();
+        ch.basic_publish(
+            "".into(),
+            queue.as_str().into(),
+            BasicPublishOptions::default(),
+            b"x",
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        let mut consumer = ch
+            .basic_consume(
+                queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let delivery = consumer.next().await.unwrap().unwrap();
+        // The ack on its way, and the connection cut a few microseconds
+        // later: a different moment of the ack's path in each race.
+        let acking = tokio::spawn(async move { settle(&delivery, Settle::Ack).await });
+        let started = std::time::Instant::now();
+        let offset = Duration::from_micros(race % 30 * 20);
+        while started.elapsed() < offset {
+            std::hint::spin_loop();
+        }
+        proxy.cut();
+        if tokio::time::timeout(STEP_TIMEOUT * 2, acking)
+            .await
+            .is_err()
+        {
+            late.push(race);
+        }
+    }
+    assert!(
+        late.is_empty(),
+        "settles still waiting long after their connection died: races {late:?}"
+    );
+}
