@@ -13,6 +13,12 @@ use crate::{TcpProxy, env::TestEnv, proxy::with_port};
 /// How long a test waits for something that should happen promptly.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// How long a graceful stop may take: the drain time (30 s by default),
+/// then the bounded give-back of what is still in hand, then closing the
+/// connections. Past it the test fails, naming what did not stop, instead
+/// of hanging the run.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(90);
+
 /// A running API and its workers.
 pub struct TestApp {
     pub env: TestEnv,
@@ -338,7 +344,11 @@ impl TestApp {
     pub async fn stop(&mut self) {
         self.api_stop.cancel();
         if let Some(api) = self.api.take() {
-            api.await.unwrap().unwrap();
+            tokio::time::timeout(STOP_DEADLINE, api)
+                .await
+                .expect("the API did not stop in time")
+                .unwrap()
+                .unwrap();
         }
         for worker in self.workers.drain(..) {
             worker.stop().await;
@@ -388,7 +398,11 @@ impl Worker {
     /// Graceful stop: finishes in-flight work first.
     pub async fn stop(self) {
         self.stop.cancel();
-        self.join.await.unwrap().unwrap();
+        tokio::time::timeout(STOP_DEADLINE, self.join)
+            .await
+            .expect("the worker did not stop in time")
+            .unwrap()
+            .unwrap();
     }
 }
 

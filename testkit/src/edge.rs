@@ -77,7 +77,11 @@ impl TestEdge {
     pub async fn stop(&mut self) {
         self.stop.cancel();
         if let Some(join) = self.join.take() {
-            join.await.unwrap().unwrap();
+            tokio::time::timeout(crate::app::STOP_DEADLINE, join)
+                .await
+                .expect("the edge did not stop in time")
+                .unwrap()
+                .unwrap();
         }
     }
 }

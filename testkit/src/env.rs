@@ -1,6 +1,6 @@
 //! The per-test vhost, database and bucket prefix.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bibliomq_core::{config::Settings, storage::ObjectStore};
 
@@ -158,6 +158,9 @@ impl TestEnv {
     }
 }
 
+/// How long a test's cleanup (its vhost, database and objects) may take.
+const CLEANUP_DEADLINE: Duration = Duration::from_secs(60);
+
 impl Drop for TestEnv {
     fn drop(&mut self) {
         let vhost = self.vhost.clone();
@@ -170,7 +173,14 @@ impl Drop for TestEnv {
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(Self::cleanup(vhost, database, store));
+            // Bounded: a cleanup that cannot finish leaves leftovers for
+            // `scripts/test` to sweep, rather than a hung test.
+            let cleanup = async {
+                tokio::time::timeout(CLEANUP_DEADLINE, Self::cleanup(vhost, database, store)).await
+            };
+            if rt.block_on(cleanup).is_err() {
+                eprintln!("the test's cleanup did not finish within {CLEANUP_DEADLINE:?}");
+            }
         });
         let _ = cleanup.join();
     }
