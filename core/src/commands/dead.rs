@@ -312,9 +312,7 @@ impl Commands {
                 true,
             )
             .await?;
-        delivery
-            .acker
-            .ack(BasicAckOptions::default())
+        within(STEP_TIMEOUT, delivery.acker.ack(BasicAckOptions::default()))
             .await
             .map_err(|e| CommandError::Unavailable(format!("message broker: {e}")))?;
         Ok(())
