@@ -14,10 +14,7 @@
 //! event of a bundle as an event of its own.
 
 use futures::StreamExt;
-use lapin::{
-    options::{QueueBindOptions, QueueDeclareOptions},
-    types::FieldTable,
-};
+use lapin::{options::QueueBindOptions, types::FieldTable};
 use tokio::sync::mpsc;
 
 use serde::Serialize;
@@ -213,17 +210,7 @@ async fn follow(
 ) -> Result<(), lapin::Error> {
     let (ch, mut consumer) = super::within(super::STEP_TIMEOUT, async {
         let ch = conn.create_channel().await?;
-        let queue = ch
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let queue = super::private_queue(&ch).await?;
         for key in keys {
             ch.queue_bind(
                 queue.name().clone(),

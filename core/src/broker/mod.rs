@@ -20,7 +20,7 @@ use std::{sync::Arc, time::Duration};
 use futures::StreamExt;
 use lapin::{
     Channel, Connection, ConnectionProperties, Consumer, Event,
-    options::{BasicConsumeOptions, BasicQosOptions},
+    options::{BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions},
     types::FieldTable,
 };
 use tokio::sync::watch;
@@ -181,6 +181,23 @@ impl Broker {
             .await;
         }
     }
+}
+
+/// Declares a queue of the channel's own: server-named, so no two callers
+/// share one; exclusive and auto-deleted, so it goes with its connection
+/// (or its node).
+pub(crate) async fn private_queue(channel: &Channel) -> Result<lapin::Queue, lapin::Error> {
+    channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
 }
 
 /// Consumes `queue` with automatic acknowledgement: for direct replies and

@@ -30,8 +30,8 @@ use std::{
 use futures::StreamExt;
 use lapin::{
     BasicProperties, Channel, Confirmation,
-    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
-    types::{FieldTable, ShortString},
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+    types::ShortString,
 };
 use tokio::sync::oneshot;
 
@@ -349,19 +349,7 @@ impl RpcClient {
         let (ch, reply_to, mut replies) = super::within(super::STEP_TIMEOUT, async {
             let ch = conn.create_channel().await?;
             ch.confirm_select(ConfirmSelectOptions::default()).await?;
-            // Server-named, so no two callers share one; exclusive and
-            // auto-deleted, so it goes with this connection (or its node).
-            let queue = ch
-                .queue_declare(
-                    "".into(),
-                    QueueDeclareOptions {
-                        exclusive: true,
-                        auto_delete: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?;
+            let queue = super::private_queue(&ch).await?;
             let reply_to = queue.name().clone();
             let replies = super::consume_unacked(&ch, reply_to.as_str()).await?;
             Ok((ch, reply_to, replies))
