@@ -8,6 +8,7 @@ use std::{future::Future, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 use bibliomq_core::broker::{Broker, STEP_TIMEOUT, within};
 use futures::{FutureExt, StreamExt};
 use lapin::{
+    Acker,
     message::Delivery,
     options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicRejectOptions},
 };
@@ -83,9 +84,7 @@ pub async fn run<H: Handler>(
                             // again, it is caught as poison by its handler.
                             if AssertUnwindSafe(work).catch_unwind().await.is_err() {
                                 tracing::error!(%queue, "a handler panicked; requeueing its delivery");
-                                let give_back = acker
-                                    .nack(BasicNackOptions { requeue: true, multiple: false });
-                                let _ = within(STEP_TIMEOUT, give_back).await;
+                                settle_acker(&acker, Settle::Requeue).await;
                             }
                         });
                     }
@@ -146,7 +145,12 @@ pub enum Settle {
 /// Acks, requeues or dead-letters a delivery; a failure (the channel is
 /// gone) only means the broker will redeliver it.
 pub async fn settle(delivery: &Delivery, how: Settle) {
-    let acker = &delivery.acker;
+    settle_acker(&delivery.acker, how).await;
+}
+
+/// [`settle`] by the delivery's acker alone (what is left of a delivery
+/// whose handler panicked).
+async fn settle_acker(acker: &Acker, how: Settle) {
     let result = within(STEP_TIMEOUT, async {
         match how {
             Settle::Ack => acker.ack(BasicAckOptions::default()).await,
