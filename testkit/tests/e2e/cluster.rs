@@ -193,19 +193,75 @@ async fn management(http: &reqwest::Client, path: &str) -> Option<Value> {
     response.json().await.ok()
 }
 
-/// Waits until each bibliomq queue on the cluster has all three members online.
-async fn every_member_online(http: &reqwest::Client) -> bool {
-    wait_until(Duration::from_secs(120), || async {
-        let queues = management(http, "queues/%2f").await?;
-        let queues = queues.as_array()?;
-        let all = queues
+/// The last lines of a cluster RabbitMQ node's own log (`bq1@localhost`),
+/// for a failure's message.
+fn node_log_tail(node: &str) -> String {
+    let state = std::env::var("BIBLIOMQ_STATE_DIR").unwrap_or_else(|_| {
+        format!(
+            "{}/.local/share/bibliomq",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
+    let short = node.split('@').next().unwrap_or(node);
+    let path = format!("{state}/cluster/rabbitmq/{short}/log/{node}.log");
+    match std::fs::read_to_string(&path) {
+        Ok(log) => {
+            let lines: Vec<&str> = log.lines().collect();
+            let from = lines.len().saturating_sub(60);
+            format!("last lines of {path}:\n{}", lines[from..].join("\n"))
+        }
+        Err(e) => format!("{path}: {e}"),
+    }
+}
+
+/// Waits until every member of each quorum queue on the cluster is online,
+/// asking any node that answers (the one that just rejoined may not yet).
+/// On failure, the last view of the queues that were not, or why none was had.
+async fn every_member_online(http: &reqwest::Client) -> Result<(), String> {
+    let last = std::sync::Mutex::new(String::from("no node's management API answered"));
+    let done = wait_until(Duration::from_secs(120), || async {
+        let mut queues = None;
+        for port in [15701, 15702, 15703] {
+            let url = format!(
+                "http://127.0.0.1:{port}/api/queues/%2f?columns=name,type,members,online,leader"
+            );
+            let request = http.get(url).basic_auth("guest", Some("guest"));
+            let Ok(response) = request.send().await else {
+                continue;
+            };
+            if let Ok(Value::Array(q)) = response.json::<Value>().await {
+                queues = Some(q);
+                break;
+            }
+        }
+        let queues = queues?;
+        let lagging: Vec<String> = queues
             .iter()
             .filter(|q| q["type"] == "quorum")
-            .all(|q| q["online"].as_array().is_some_and(|o| o.len() == 3));
-        (all && !queues.is_empty()).then_some(())
+            .filter(|q| {
+                let members = q["members"].as_array().map(Vec::len).unwrap_or(0);
+                let online = q["online"].as_array().map(Vec::len).unwrap_or(0);
+                members != 3 || online != 3
+            })
+            .map(|q| {
+                format!(
+                    "{} members {} online {} leader {}",
+                    q["name"], q["members"], q["online"], q["leader"]
+                )
+            })
+            .collect();
+        *last.lock().unwrap() = if queues.is_empty() {
+            "no queues listed".to_owned()
+        } else {
+            lagging.join("; ")
+        };
+        (lagging.is_empty() && !queues.is_empty()).then_some(())
     })
-    .await
-    .is_some()
+    .await;
+    match done {
+        Some(()) => Ok(()),
+        None => Err(last.into_inner().unwrap()),
+    }
 }
 
 /// Waits until RabbitMQ itself counts three running nodes.
@@ -486,6 +542,7 @@ async fn the_cluster_loses_nothing_when_nodes_die_under_load() {
         "killed RabbitMQ node {} (leader of bibliomq.tasks)",
         leader["node"]
     );
+    let rejoined = leader["node"].as_str().unwrap().to_owned();
     let n = record.lock().unwrap().accepted.len();
     accepted_by(n + 300).await;
     tasks_back(rabbit_killed).await;
@@ -499,10 +556,12 @@ async fn the_cluster_loses_nothing_when_nodes_die_under_load() {
     );
     // A node counted as running may still be bringing its queue members
     // back; losing another node before they are is losing two of three.
-    assert!(
-        every_member_online(&http).await,
-        "the rejoined node's queue members never came back online"
-    );
+    if let Err(seen) = every_member_online(&http).await {
+        panic!(
+            "the rejoined node's queue members never came back online: {seen}\n{}",
+            node_log_tail(&rejoined)
+        );
+    }
     let leader = leader_of("bibliomq.loans");
     let loans_killed = Instant::now();
     kill(&leader["pid"]);
