@@ -40,6 +40,10 @@ use bibliomq_core::{
 };
 use tokio_util::sync::CancellationToken;
 
+/// How long a starting worker may spend rehearsing circulation on its
+/// database connections before it consumes ([`library::rehearse_connections`]).
+const REHEARSAL_LIMIT: Duration = Duration::from_secs(5);
+
 /// A worker process: its connections and consumers.
 pub struct WorkerApp {
     infra: Infra,
@@ -150,6 +154,13 @@ impl WorkerApp {
             metrics: infra.metrics.clone(),
             poison_delivery_limit: infra.settings.tasks.poison_delivery_limit,
         });
+        library::rehearse_connections(
+            &deps,
+            infra.settings.database.pool_size,
+            REHEARSAL_LIMIT,
+            &stop.graceful,
+        )
+        .await;
         let loans = Arc::new(library::LoanServer::new(deps.clone()));
         let renewals = Arc::new(library::CirculationWorker::new(
             deps.clone(),

@@ -114,6 +114,63 @@ impl LibraryDeps {
     }
 }
 
+/// Opens up to `connections` of the pool's connections and rehearses
+/// circulation on each ([`store::rehearse`]) before the consumers start, so
+/// that a fresh worker's first batches under load do not pay for planning
+/// the circulation functions' statements. Best effort: gives up after
+/// `limit` or on `stop`, and a connection whose rehearsal did not finish
+/// is closed rather than handed back (it may be inside its transaction).
+pub async fn rehearse_connections(
+    deps: &LibraryDeps,
+    connections: usize,
+    limit: Duration,
+    stop: &CancellationToken,
+) {
+    let started = Instant::now();
+    let now = deps.clock.now();
+    let rehearse = async {
+        let clients = futures::future::join_all((0..connections).map(|_| deps.pool.get())).await;
+        let runs = clients
+            .into_iter()
+            .filter_map(Result::ok)
+            .zip(0_i64..)
+            .map(|(client, nth)| async move {
+                let mut guard = Rehearsing(Some(client));
+                let client = guard.0.as_ref()?;
+                match store::rehearse(client, nth, now, &deps.rules).await {
+                    Ok(ran) => {
+                        // Finished: the connection goes back to the pool.
+                        let _ = guard.0.take();
+                        Some(ran.is_some())
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "could not rehearse circulation on a connection");
+                        None
+                    }
+                }
+            });
+        futures::future::join_all(runs).await
+    };
+    let outcome = tokio::select! {
+        done = tokio::time::timeout(limit, rehearse) => done.ok(),
+        () = stop.cancelled() => None,
+    };
+    let rehearsed = outcome.map_or(0, |r| r.into_iter().filter(|r| *r == Some(true)).count());
+    tracing::debug!(rehearsed, elapsed = ?started.elapsed(), "circulation rehearsed");
+}
+
+/// A connection under rehearsal: dropped before it finishes (an error, a
+/// time-out), it is closed instead of going back to the pool.
+struct Rehearsing(Option<deadpool_postgres::Client>);
+
+impl Drop for Rehearsing {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
+}
+
 use bibliomq_core::db::is_contention;
 
 type LoanBatcher = Batcher<LoanItem, LoanOutcome, DbFailure>;

@@ -1079,6 +1079,118 @@ fn loan_item(key: &str, isbn: &str, patron: &str) -> bibliomq_core::library::sto
     }
 }
 
+/// What circulation has written: loans, operations, history, copies out,
+/// and the counters kept as work flows.
+async fn circulation_state(app: &TestApp) -> [i64; 5] {
+    [
+        app.count("SELECT count(*) FROM loans").await,
+        app.count("SELECT count(*) FROM operations").await,
+        app.count("SELECT count(*) FROM circulation_history").await,
+        app.count("SELECT count(*) FROM copies WHERE status <> 'available'")
+            .await,
+        app.count(
+            "SELECT coalesce(sum(loan_applied + loan_rejected + renewal_applied
+                                 + renewal_rejected + return_applied + return_rejected), 0)
+               FROM (SELECT * FROM circulation_minutes
+                     UNION ALL SELECT * FROM circulation_minute_deltas) AS m",
+        )
+        .await,
+    ]
+}
+
+/// A rehearsal lends a real copy, renews the loan and takes it back, then
+/// rolls everything back: nothing it did stays, its connection is out of
+/// the transaction, and with nothing to lend it does nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rehearsal_runs_a_loan_a_renewal_and_a_return_and_leaves_nothing() {
+    use bibliomq_core::library::{
+        outcome::{LoanOutcome, Settlement},
+        store,
+    };
+    let Settling {
+        app,
+        rules,
+        client,
+        now,
+        ..
+    } = Settling::start(3).await;
+    let before = circulation_state(&app).await;
+    let rehearsal = store::rehearse(&client, 0, now, &rules)
+        .await
+        .unwrap()
+        .expect("a seeded catalogue has a copy to rehearse with");
+    assert!(
+        matches!(
+            rehearsal.loan,
+            LoanOutcome::Loaned {
+                replayed: false,
+                ..
+            }
+        ),
+        "{rehearsal:?}"
+    );
+    assert!(
+        matches!(rehearsal.renewal, Some(Settlement::Renewed(_))),
+        "{rehearsal:?}"
+    );
+    assert!(
+        matches!(rehearsal.giving_back, Some(Settlement::Returned(_))),
+        "{rehearsal:?}"
+    );
+    assert_eq!(circulation_state(&app).await, before);
+    // Out of the transaction: a savepoint has no transaction block to go in.
+    assert!(
+        client.batch_execute("SAVEPOINT probe").await.is_err(),
+        "the rehearsal left its connection inside a transaction"
+    );
+    assert!(
+        store::rehearse(&client, 1_000_000, now, &rules)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(circulation_state(&app).await, before);
+}
+
+/// A worker starting on a catalogue rehearses on each of its connections
+/// before it consumes (each calls the loan, renewal and return functions
+/// once), and leaves the catalogue as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starting_worker_rehearses_on_each_connection_and_changes_nothing() {
+    let app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
+    app.seed(10, 20).await;
+    let before = circulation_state(&app).await;
+    // Calls of PL/pgSQL functions counted on this database's new connections.
+    app.env
+        .db()
+        .await
+        .batch_execute(
+            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET track_functions = ''pl''',
+                                        current_database()); END $$",
+        )
+        .await
+        .unwrap();
+    let fewest_calls = "SELECT coalesce(min(s.calls), 0) FROM (VALUES ('library_loan_batch'),
+                               ('library_renew_batch'), ('library_return_batch')) AS f(name)
+                          LEFT JOIN pg_stat_user_functions s ON s.funcname = f.name";
+    assert_eq!(app.count(fewest_calls).await, 0);
+    let settings = app.env.settings();
+    let connections = i64::try_from(settings.database.pool_size).unwrap();
+    let worker = Worker::start(settings).await;
+    // Statistics reach pg_stat_user_functions a little after the calls.
+    let seen = wait_until(Duration::from_secs(30), || async {
+        (app.count(fewest_calls).await >= connections).then_some(())
+    })
+    .await;
+    assert!(
+        seen.is_some(),
+        "not every connection rehearsed: {} calls, {connections} connections",
+        app.count(fewest_calls).await
+    );
+    assert_eq!(circulation_state(&app).await, before);
+    worker.stop().await;
+}
+
 /// Each batch writes the history of exactly the operations it settled,
 /// in one statement: a row per settled operation whose columns are the
 /// operation's own (and its loan's copy), none for a request repeated in

@@ -284,3 +284,97 @@ pub async fn record_requests(
         .collect();
     Ok(ids.iter().map(|id| by_op.remove(id)).collect())
 }
+
+/// What a rehearsal did before it was rolled back ([`rehearse`]).
+#[derive(Debug)]
+pub struct Rehearsal {
+    pub loan: LoanOutcome,
+    pub renewal: Option<Settlement>,
+    pub giving_back: Option<Settlement>,
+}
+
+/// Lends a copy, renews the loan and takes it back on `db`, in a
+/// transaction that is then rolled back: nothing stays, but the connection
+/// has run the statements of the circulation functions once.
+///
+/// PL/pgSQL plans each statement of a function the first time it runs on a
+/// connection, and a statement on a branch not taken is not planned at all.
+/// Run on each new connection before work comes, this moves that cost out
+/// of the first batches a fresh worker settles under load. `nth` picks the
+/// copy and the patron (so that connections rehearsing at once lock
+/// different rows). `None` when there is nothing to lend (no available
+/// copy or no patron): nothing ran.
+pub async fn rehearse(
+    db: &deadpool_postgres::Client,
+    nth: i64,
+    now: DateTime<Utc>,
+    rules: &Rules,
+) -> Result<Option<Rehearsal>, tokio_postgres::Error> {
+    db.batch_execute("BEGIN").await?;
+    let rehearsed = rehearse_in_transaction(db, nth, now, rules).await;
+    db.batch_execute("ROLLBACK").await?;
+    rehearsed
+}
+
+async fn rehearse_in_transaction(
+    db: &deadpool_postgres::Client,
+    nth: i64,
+    now: DateTime<Utc>,
+    rules: &Rules,
+) -> Result<Option<Rehearsal>, tokio_postgres::Error> {
+    let copy = db
+        .query_opt(
+            "SELECT isbn, branch FROM copies WHERE status = 'available'
+              ORDER BY id LIMIT 1 OFFSET $1",
+            &[&nth],
+        )
+        .await?;
+    let patron = db
+        .query_opt(
+            "SELECT id FROM patrons ORDER BY id LIMIT 1 OFFSET $1",
+            &[&nth],
+        )
+        .await?;
+    let (Some(copy), Some(patron)) = (copy, patron) else {
+        return Ok(None);
+    };
+    let (isbn, branch): (String, String) = (copy.try_get(0)?, copy.try_get(1)?);
+    let patron: String = patron.try_get(0)?;
+    let loan = LoanItem {
+        op: Uuid::new_v4(),
+        key: format!("rehearsal-{}", Uuid::new_v4()),
+        fingerprint: "rehearsal".to_owned(),
+        isbn: isbn.clone(),
+        patron: patron.clone(),
+        branch: branch.clone(),
+        correlation_id: "rehearsal".to_owned(),
+    };
+    let due = rules.due_for_loan(now);
+    let loan = apply_loans(db, &[loan], now, due, rules.max_loans)
+        .await?
+        .into_iter()
+        .next()
+        .unwrap_or(LoanOutcome::Error);
+    let request = |kind| PendingRequest {
+        id: Uuid::new_v4(),
+        kind,
+        loan_id: None,
+        isbn: Some(isbn.clone()),
+        patron: Some(patron.clone()),
+        branch: branch.clone(),
+        requested_at: now,
+        correlation_id: "rehearsal".to_owned(),
+    };
+    let (renewal, giving_back) = (
+        request(OperationKind::Renewal),
+        request(OperationKind::Return),
+    );
+    record_requests(db, &[renewal.clone(), giving_back.clone()]).await?;
+    let renewal = apply_renewals(db, &[renewal.id], now, rules).await?;
+    let giving_back = apply_returns(db, &[giving_back.id], now).await?;
+    Ok(Some(Rehearsal {
+        loan,
+        renewal: renewal.into_iter().next().flatten(),
+        giving_back: giving_back.into_iter().next().flatten(),
+    }))
+}
