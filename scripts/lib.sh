@@ -234,6 +234,8 @@ wait_http() {
 # the one in BENCH_LOAD_BIN=DIR).
 # BENCH_SQL='...' runs that SQL on the fresh database after the migrations
 # (to try a schema change before writing it: an index dropped, a setting).
+# A function bench_seed, if the caller defines one, runs next (given the
+# directory of the API and workers), before any of them starts.
 # Sets BENCH_URL, BENCH_DB_URL and BENCH_PROCS (--process name=pid ...);
 # the processes stop when the calling script exits.
 start_bench_stack() {
@@ -291,6 +293,10 @@ start_bench_stack() {
     if [[ "${BENCH_CLUSTER:-}" == 1 ]]; then die "BENCH_SQL is for the local database only"; fi
     psql -h 127.0.0.1 -U postgres -d "$db" -q -v ON_ERROR_STOP=1 -c "$BENCH_SQL"
   fi
+  # The caller's bench_seed, when it has one, fills the database before the
+  # API and workers start, as in a library whose catalogue is there when its
+  # workers restart (a starting worker rehearses circulation on it).
+  if declare -F bench_seed >/dev/null; then bench_seed "$app_bin"; fi
   BENCH_PIDS=()
   trap 'for p in "${BENCH_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true' EXIT
   "$app_bin/bibliomq-api" >"$logs/$name-api.log" 2>&1 &
