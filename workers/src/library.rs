@@ -156,7 +156,11 @@ pub async fn rehearse_connections(
         () = stop.cancelled() => None,
     };
     let rehearsed = outcome.map_or(0, |r| r.into_iter().filter(|r| *r == Some(true)).count());
-    tracing::debug!(rehearsed, elapsed = ?started.elapsed(), "circulation rehearsed");
+    tracing::info!(
+        connections = rehearsed,
+        elapsed = ?started.elapsed(),
+        "circulation rehearsed on the database connections"
+    );
 }
 
 /// A connection under rehearsal: dropped before it finishes (an error, a
