@@ -17,7 +17,17 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 /// then the bounded give-back of what is still in hand, then closing the
 /// connections. Past it the test fails, naming what did not stop, instead
 /// of hanging the run.
-pub const STOP_DEADLINE: Duration = Duration::from_secs(90);
+const STOP_DEADLINE: Duration = Duration::from_secs(90);
+
+/// Waits for a stopping part (`what`: "the API", "the worker", ...) to end
+/// well, failing the test after [`STOP_DEADLINE`].
+pub(crate) async fn stopped(join: JoinHandle<anyhow::Result<()>>, what: &str) {
+    tokio::time::timeout(STOP_DEADLINE, join)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not stop in time"))
+        .unwrap()
+        .unwrap();
+}
 
 /// A running API and its workers.
 pub struct TestApp {
@@ -344,11 +354,7 @@ impl TestApp {
     pub async fn stop(&mut self) {
         self.api_stop.cancel();
         if let Some(api) = self.api.take() {
-            tokio::time::timeout(STOP_DEADLINE, api)
-                .await
-                .expect("the API did not stop in time")
-                .unwrap()
-                .unwrap();
+            stopped(api, "the API").await;
         }
         for worker in self.workers.drain(..) {
             worker.stop().await;
@@ -398,11 +404,7 @@ impl Worker {
     /// Graceful stop: finishes in-flight work first.
     pub async fn stop(self) {
         self.stop.cancel();
-        tokio::time::timeout(STOP_DEADLINE, self.join)
-            .await
-            .expect("the worker did not stop in time")
-            .unwrap()
-            .unwrap();
+        stopped(self.join, "the worker").await;
     }
 }
 

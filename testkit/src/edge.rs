@@ -77,11 +77,7 @@ impl TestEdge {
     pub async fn stop(&mut self) {
         self.stop.cancel();
         if let Some(join) = self.join.take() {
-            tokio::time::timeout(crate::app::STOP_DEADLINE, join)
-                .await
-                .expect("the edge did not stop in time")
-                .unwrap()
-                .unwrap();
+            crate::app::stopped(join, "the edge").await;
         }
     }
 }
