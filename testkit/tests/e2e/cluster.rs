@@ -182,15 +182,20 @@ async fn get_json(http: &reqwest::Client, url: &str) -> Option<Value> {
     http.get(url).send().await.ok()?.json().await.ok()
 }
 
-/// GET from the cluster's management API (through bq1); `None` on any failure.
+/// GET from the cluster's management API, asking each node in turn (the
+/// one just restarted may not answer yet); `None` when none answers.
 async fn management(http: &reqwest::Client, path: &str) -> Option<Value> {
-    let request = http.get(format!("http://127.0.0.1:15701/api/{path}"));
-    let response = request
-        .basic_auth("guest", Some("guest"))
-        .send()
-        .await
-        .ok()?;
-    response.json().await.ok()
+    for port in [15701, 15702, 15703] {
+        let request = http.get(format!("http://127.0.0.1:{port}/api/{path}"));
+        let response = request.basic_auth("guest", Some("guest")).send().await;
+        let Ok(response) = response.and_then(reqwest::Response::error_for_status) else {
+            continue;
+        };
+        if let Ok(answer) = response.json().await {
+            return Some(answer);
+        }
+    }
+    None
 }
 
 /// The last lines of a cluster RabbitMQ node's own log (`bq1@localhost`),
@@ -214,27 +219,15 @@ fn node_log_tail(node: &str) -> String {
     }
 }
 
-/// Waits until every member of each quorum queue on the cluster is online,
-/// asking any node that answers (the one that just rejoined may not yet).
+/// Waits until every member of each quorum queue on the cluster is online.
 /// On failure, the last view of the queues that were not, or why none was had.
 async fn every_member_online(http: &reqwest::Client) -> Result<(), String> {
     let last = std::sync::Mutex::new(String::from("no node's management API answered"));
     let done = wait_until(Duration::from_secs(120), || async {
-        let mut queues = None;
-        for port in [15701, 15702, 15703] {
-            let url = format!(
-                "http://127.0.0.1:{port}/api/queues/%2f?columns=name,type,members,online,leader"
-            );
-            let request = http.get(url).basic_auth("guest", Some("guest"));
-            let Ok(response) = request.send().await else {
-                continue;
-            };
-            if let Ok(Value::Array(q)) = response.json::<Value>().await {
-                queues = Some(q);
-                break;
-            }
-        }
-        let queues = queues?;
+        let queues = management(http, "queues/%2f?columns=name,type,members,online,leader").await;
+        let Some(Value::Array(queues)) = queues else {
+            return None;
+        };
         let lagging: Vec<String> = queues
             .iter()
             .filter(|q| q["type"] == "quorum")
