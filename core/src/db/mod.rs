@@ -3,6 +3,7 @@
 
 pub mod counters;
 mod migrations;
+pub mod notifications;
 
 use std::time::Duration;
 

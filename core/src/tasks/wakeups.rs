@@ -16,19 +16,16 @@
 //! database URL (the primary, for a cluster's multi-host URL), and is
 //! opened again after it breaks.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
 };
 
-use futures::StreamExt;
 use tokio::sync::{Mutex, broadcast};
-use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+use crate::db::notifications::Heard;
 
 /// The channel the workers notify on, right after each outcome write.
 pub const CHANNEL: &str = "bibliomq_tasks_finished";
@@ -142,58 +139,20 @@ async fn listen(
     live: Arc<AtomicBool>,
     stop: CancellationToken,
 ) {
-    let mut config = match crate::db::config(&url) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, "task wake-ups off");
-            return;
-        }
-    };
-    // Named apart, so it is told from the pool's connections.
-    config.application_name("bibliomq-wakeups");
-    loop {
-        let session = async {
-            let (client, mut connection) = config.connect(NoTls).await?;
-            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-            let statement = format!("LISTEN {CHANNEL}");
-            let listening = client.batch_execute(&statement);
-            // The connection must be driven for the LISTEN to complete.
-            tokio::pin!(listening);
-            let mut listened = false;
-            loop {
-                tokio::select! {
-                    done = &mut listening, if !listened => {
-                        done?;
-                        listened = true;
-                        live.store(true, Ordering::Relaxed);
-                    }
-                    message = messages.next() => match message {
-                        Some(Ok(AsyncMessage::Notification(n))) => {
-                            let _ = tx.send(Finished::parse(n.payload()));
-                        }
-                        Some(Ok(_)) => {}
-                        Some(Err(e)) => return Err(e),
-                        None => return Ok::<(), tokio_postgres::Error>(()),
-                    },
-                }
+    crate::db::notifications::listen(&url, "bibliomq-wakeups", &[CHANNEL], stop, |heard| {
+        match heard {
+            Heard::Up => live.store(true, Ordering::Relaxed),
+            Heard::Notification { payload, .. } => {
+                let _ = tx.send(Finished::parse(payload));
             }
-        };
-        tokio::select! {
-            () = stop.cancelled() => return,
-            ended = session => {
-                if let Err(e) = ended {
-                    tracing::debug!(error = %e, "task wake-up connection ended; opening it again");
-                }
+            Heard::Down => {
+                live.store(false, Ordering::Relaxed);
+                // Whatever finished while it was down: waiters read again.
+                let _ = tx.send(Finished(None));
             }
         }
-        live.store(false, Ordering::Relaxed);
-        // Whatever finished while it was down: waiters read again.
-        let _ = tx.send(Finished(None));
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]
