@@ -16,7 +16,10 @@ use std::{
     collections::HashMap,
     fmt,
     str::FromStr,
-    sync::Mutex,
+    sync::{
+        Arc, Mutex, OnceLock, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -433,8 +436,15 @@ pub struct StoredKey {
     pub patron: Option<String>,
 }
 
-/// Key look-ups kept for a short while (so each request does not query
+/// Key look-ups kept for a while (so each request does not query
 /// PostgreSQL), and the per-key request budget.
+///
+/// A change to a key (a revocation, by any process or by hand in SQL) is
+/// announced on [`KEYS_CHANNEL`] by a trigger (migration 0022); once
+/// [`Gate::watch`] has started, the process forgets that key as soon as it
+/// hears it. What was cached while nobody listened is forgotten whenever
+/// the listening connection comes up or goes down, and the time to live
+/// bounds the rest (a notification that never arrives).
 pub struct Gate {
     ttl: Duration,
     rate: f64,
@@ -442,7 +452,15 @@ pub struct Gate {
     /// std Mutex: held only to read or write a map entry, never across an await.
     keys: Mutex<HashMap<String, (Instant, Option<StoredKey>)>>,
     buckets: Mutex<HashMap<String, (Instant, f64)>>,
+    /// Moves on at each forgetting: a look-up read before it is not kept,
+    /// as it may predate the change that was forgotten.
+    epoch: AtomicU64,
+    /// The listener of [`Gate::watch`]; stopped with the gate.
+    watching: OnceLock<tokio_util::sync::DropGuard>,
 }
+
+/// The channel key changes are announced on; the payload is the key's id.
+pub const KEYS_CHANNEL: &str = "bibliomq_keys";
 
 /// Entries kept at most; beyond, the map is emptied (a flood of made-up ids).
 const GATE_MAX_ENTRIES: usize = 100_000;
@@ -455,7 +473,44 @@ impl Gate {
             burst: burst.max(1.0),
             keys: Mutex::new(HashMap::new()),
             buckets: Mutex::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
+            watching: OnceLock::new(),
         }
+    }
+
+    /// Starts (once) listening for key changes on the database at `url`.
+    pub fn watch(self: &Arc<Self>, url: &str) {
+        self.watching.get_or_init(|| {
+            let stop = tokio_util::sync::CancellationToken::new();
+            let gate: Weak<Self> = Arc::downgrade(self);
+            let (url, listening) = (url.to_owned(), stop.clone());
+            tokio::spawn(async move {
+                crate::db::notifications::listen(
+                    &url,
+                    "bibliomq-keys",
+                    &[KEYS_CHANNEL],
+                    listening,
+                    |heard| {
+                        let Some(gate) = gate.upgrade() else { return };
+                        match heard {
+                            crate::db::notifications::Heard::Notification { payload, .. } => {
+                                gate.forget(payload);
+                            }
+                            // Changes made while nobody listened were missed.
+                            _ => gate.forget_all(),
+                        }
+                    },
+                )
+                .await;
+            });
+            stop.drop_guard()
+        });
+    }
+
+    /// Where forgetting stands: pass it to [`Gate::remember`] with a
+    /// look-up read after this call.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
     }
 
     /// The cached look-up of `id`, when fresh: `Some(None)` is "no such key".
@@ -466,8 +521,13 @@ impl Gate {
             .map(|(_, k)| k.clone())
     }
 
-    pub fn remember(&self, id: &str, key: Option<StoredKey>) {
+    /// Keeps a look-up read after [`Gate::epoch`] returned `read_at`,
+    /// unless something was forgotten since.
+    pub fn remember(&self, id: &str, key: Option<StoredKey>, read_at: u64) {
         let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        if self.epoch() != read_at {
+            return;
+        }
         if keys.len() >= GATE_MAX_ENTRIES {
             keys.clear();
         }
@@ -476,7 +536,14 @@ impl Gate {
 
     pub fn forget(&self, id: &str) {
         let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         keys.remove(id);
+    }
+
+    pub fn forget_all(&self) {
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        keys.clear();
     }
 
     /// Takes one request from `key`'s budget (a token bucket: `burst` at
@@ -528,6 +595,33 @@ mod tests {
         assert!(split_key("bmq_short_x").is_none());
         assert!(split_key("token").is_none());
         assert_ne!(new_secret().text, new.text);
+    }
+
+    #[test]
+    fn a_look_up_read_before_a_forgetting_is_not_kept() {
+        let gate = Gate::new(Duration::from_secs(3600), 0.0, 1.0);
+        let stored = || {
+            Some(StoredKey {
+                digest: vec![1],
+                role: Role::Librarian,
+                branch: None,
+                patron: None,
+            })
+        };
+        let read_at = gate.epoch();
+        gate.remember("a", stored(), read_at);
+        assert!(gate.cached("a").is_some_and(|k| k.is_some()));
+        // Read, then the key changed and was forgotten, then the stale
+        // look-up comes back: it is not kept.
+        let read_at = gate.epoch();
+        gate.forget("a");
+        gate.remember("a", stored(), read_at);
+        assert!(gate.cached("a").is_none());
+        let read_at = gate.epoch();
+        gate.remember("a", stored(), read_at);
+        gate.remember("b", None, read_at);
+        gate.forget_all();
+        assert!(gate.cached("a").is_none() && gate.cached("b").is_none());
     }
 
     #[test]

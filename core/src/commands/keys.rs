@@ -177,12 +177,15 @@ impl Commands {
         let Some((id, secret)) = auth::split_key(key) else {
             return Err(invalid());
         };
-        let stored = match self.inner.gate.cached(id) {
+        let gate = &self.inner.gate;
+        gate.watch(&self.settings().database.url);
+        let stored = match gate.cached(id) {
             Some(stored) => stored,
             None => {
+                let read_at = gate.epoch();
                 let client = self.pool().get().await?;
                 let stored = stored_key(&**client, id).await?;
-                self.inner.gate.remember(id, stored.clone());
+                gate.remember(id, stored.clone(), read_at);
                 stored
             }
         };
@@ -330,7 +333,8 @@ impl Commands {
     }
 
     /// Revokes a key by its id (or the whole key): refused from then on,
-    /// in this process at once, in others within BIBLIOMQ_AUTH_CACHE_MS.
+    /// in this process at once, in others as soon as they hear of it
+    /// (within BIBLIOMQ_AUTH_CACHE_MS if they do not).
     pub async fn revoke_key(&self, id: &str) -> Result<KeyInfo, CommandError> {
         self.authorize(Permission::ManageKeys)?;
         let id = auth::split_key(id).map_or(id.trim(), |(id, _)| id);

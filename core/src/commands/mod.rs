@@ -72,7 +72,7 @@ struct Inner {
     /// time in this process, so two do not each see half of them.
     dead_letters: tokio::sync::Mutex<()>,
     /// Key look-ups and per-key budgets.
-    gate: crate::auth::Gate,
+    gate: Arc<crate::auth::Gate>,
     /// Word of finished tasks, for those waiting on them.
     wakeups: crate::tasks::wakeups::Wakeups,
 }
@@ -93,11 +93,11 @@ impl Commands {
         let loan_calls = library::loan_caller(rpc.clone());
         let circulation_publishes = library::circulation_publisher(publisher.clone());
         let wakeups = crate::tasks::wakeups::Wakeups::new(&settings.database.url);
-        let gate = crate::auth::Gate::new(
+        let gate = Arc::new(crate::auth::Gate::new(
             settings.auth.cache_ttl,
             settings.auth.rate_per_sec,
             settings.auth.rate_burst,
-        );
+        ));
         Self {
             // The process's own use (CLI sub-commands); transports start
             // from `for_transport` instead.

@@ -109,6 +109,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "no_table_scans_in_circulation",
         include_str!("../../../migrations/0021_no_table_scans_in_circulation.sql"),
     ),
+    (
+        22,
+        "key_changes_announced",
+        include_str!("../../../migrations/0022_key_changes_announced.sql"),
+    ),
 ];
 
 /// Arbitrary constant: the advisory lock that serialises concurrent runners

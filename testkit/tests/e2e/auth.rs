@@ -802,6 +802,86 @@ async fn no_key_a_wrong_key_and_a_revoked_key_are_refused_and_change_nothing() {
     assert!(!listed.contains(&temp), "lists never show a secret");
 }
 
+/// A key changed by another process (here by hand in SQL, as an operator
+/// would) is forgotten by every process as soon as the change commits: the
+/// API and the edge, each of which has the key cached for an hour, refuse
+/// it well within the test's deadline. Without the announcement (migration
+/// 0022) and the processes' listeners, both would take it for the hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_elsewhere_is_refused_at_once_by_every_process_whatever_the_cache_time() {
+    let s = secured(|s| s.auth.cache_ttl = Duration::from_secs(3600)).await;
+    let temp = s.app.key("librarian", None, None).await;
+    let (id, _) = bibliomq_core::auth::split_key(&temp).unwrap();
+    let id = id.to_owned();
+    let ask_http = |key: String| {
+        let s = &s;
+        async move {
+            s.http(&key, Method::GET, "/v1/books?title=auth", None)
+                .await
+                .0
+        }
+    };
+    let ask_edge = |key: String| {
+        let endpoint = s.edge.request_endpoint();
+        async move {
+            zmq(
+                &endpoint,
+                json!({"action": "query_title", "title": "auth", "key": key}),
+            )
+            .await
+        }
+    };
+    // A process starts listening at its first key check, and forgets what
+    // it cached before its listener was up: wait for both listeners, so
+    // that what is cached next would stay for the hour.
+    assert_eq!(ask_http(s.admin.clone()).await, 200);
+    assert_eq!(ask_edge(s.admin.clone()).await["ok"], true);
+    wait_until(DEADLINE, || async {
+        let listening = s
+            .app
+            .count(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND application_name = 'bibliomq-keys'
+                   AND state = 'idle' AND query LIKE 'LISTEN%'",
+            )
+            .await;
+        (listening == 2).then_some(())
+    })
+    .await
+    .expect("the API and the edge listen for key changes");
+    // Both processes look the key up and keep it.
+    assert_eq!(ask_http(temp.clone()).await, 200);
+    assert_eq!(
+        ask_edge(temp.clone()).await["ok"],
+        true,
+        "the edge took the key"
+    );
+
+    let revoked = s
+        .app
+        .env
+        .db()
+        .await
+        .execute(
+            "UPDATE api_keys SET revoked_at = now() WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(revoked, 1);
+    wait_until(DEADLINE, || async {
+        (ask_http(temp.clone()).await == 401).then_some(())
+    })
+    .await
+    .expect("the API went on taking a key revoked in the database");
+    wait_until(DEADLINE, || async {
+        (ask_edge(temp.clone()).await["error"]["code"] == "unauthorized").then_some(())
+    })
+    .await
+    .expect("the edge went on taking a key revoked in the database");
+    assert!(s.app.api_metrics.auth_refused_count("invalid_key") >= 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_past_its_rate_gets_429_with_retry_after_on_every_transport() {
     let s = secured(|s| {
