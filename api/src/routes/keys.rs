@@ -150,8 +150,9 @@ struct KeyPath {
 
 /// Revoke an API key (admins)
 ///
-/// Refused from then on: at once by this process, within
-/// BIBLIOMQ_AUTH_CACHE_MS by the others. Revoking twice changes nothing.
+/// Refused from then on, by every process at once (the change is announced
+/// to them; one that misses the announcement refuses the key within
+/// BIBLIOMQ_AUTH_CACHE_MS). Revoking twice changes nothing.
 #[utoipa::path(
     delete, path = "/keys/{id}", tag = "keys", operation_id = "revokeKey",
     params(KeyPath),

@@ -753,7 +753,7 @@ async fn no_key_a_wrong_key_and_a_revoked_key_are_refused_and_change_nothing() {
     );
 
     // Revoked: refused at once by the API that revoked it, and by the edge
-    // (another process's cache) within BIBLIOMQ_AUTH_CACHE_MS.
+    // (another process's cache) once it hears of it.
     let (status, made) = s
         .http(
             &s.admin,
