@@ -50,6 +50,12 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.status
     }
+
+    /// The error body alone, for an answer that is already under way (an
+    /// event stream's last event).
+    pub fn into_body(self) -> ErrorBody {
+        self.body
+    }
 }
 
 impl From<Invalid> for ApiError {

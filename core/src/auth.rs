@@ -134,6 +134,13 @@ impl Caller {
         }
     }
 
+    /// The id of the stored key this caller stands for; `None` for the
+    /// process itself, anyone with auth off, and gateway clients let in by
+    /// address.
+    pub fn key_id(&self) -> Option<&str> {
+        (self.auth && !self.key.starts_with("address:")).then_some(self.key.as_str())
+    }
+
     /// Whether this caller may do `what`; the error names the role missing.
     pub fn may(&self, what: &Permission<'_>) -> Result<(), Refused> {
         let roles = what.roles();

@@ -218,7 +218,10 @@ fn the_document_says_the_constraints_the_server_enforces() {
         parameter(&doc, "/v1/events/stream", "keys")["schema"]["pattern"]
             .as_str()
             .unwrap()
-            .contains(&format!("{{0,{}}}", crate::ui::events::MAX_KEYS - 1))
+            .contains(&format!(
+                "{{0,{}}}",
+                bibliomq_core::commands::EVENT_PATTERNS_MAX - 1
+            ))
     );
     // Enums from the code's own lists.
     assert_eq!(

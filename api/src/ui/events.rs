@@ -6,15 +6,18 @@
 //! queue is bound, and its first event, `ready`, says so: whatever happens
 //! after it is seen. Events published while the broker connection is down
 //! are missed (the record is in PostgreSQL); the feed carries on when it is
-//! back. The stream ends when the server stops.
+//! back. The stream ends when the server stops, or with an `error` event
+//! when the key that opened it is revoked. The patterns, the permission and
+//! the key's re-check are the command layer's
+//! ([`bibliomq_core::commands::Commands::follow_events`]).
 
 use std::{convert::Infallible, time::Duration};
 
-use axum::{
-    http::StatusCode,
-    response::sse::{Event, KeepAlive, Sse},
+use axum::response::sse::{Event, KeepAlive, Sse};
+use bibliomq_core::{
+    broker::events::EventMessage,
+    commands::{EVENT_PATTERNS_MAX, EventFeed},
 };
-use bibliomq_core::broker::{events::EventMessage, topology};
 use futures::{Stream, StreamExt, stream};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -26,14 +29,9 @@ use crate::{
     extract::{Acting, QueryParams},
     routing::Routes,
 };
-use bibliomq_core::auth::Permission;
 
-/// Most patterns one stream may follow.
-pub const MAX_KEYS: usize = 16;
 /// Events a slow client may fall behind by before it misses some.
 const BUFFER: usize = 512;
-/// How long to wait for the subscription before answering 503.
-const BIND_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn routes() -> Routes {
     Routes::new()
@@ -52,10 +50,11 @@ struct StreamQuery {
     keys: Option<String>,
 }
 
-/// What `?keys=` takes: 1 to [`MAX_KEYS`] comma-separated patterns of
-/// dot-separated words (letters, digits, `-`, `_`), `*` or `#`. Stricter
-/// than the server on lengths (up to 8 words of 16 characters, where the
-/// server takes 255 bytes), which a regex can bound only word by word.
+/// What `?keys=` takes: 1 to [`EVENT_PATTERNS_MAX`] comma-separated
+/// patterns of dot-separated words (letters, digits, `-`, `_`), `*` or `#`.
+/// Stricter than the server on lengths (up to 8 words of 16 characters,
+/// where the server takes 255 bytes), which a regex can bound only word by
+/// word.
 struct KeyPatterns;
 
 impl utoipa::PartialSchema for KeyPatterns {
@@ -73,46 +72,9 @@ fn keys_pattern() -> utoipa::openapi::Schema {
         .schema_type(utoipa::openapi::Type::String)
         .pattern(Some(format!(
             "^ *{key}( *, *{key}){{0,{}}} *$",
-            MAX_KEYS - 1
+            EVENT_PATTERNS_MAX - 1
         )))
         .into()
-}
-
-/// Topic patterns: dot-separated words of letters, digits, `-` and `_`, or
-/// the wildcards `*` and `#`.
-fn parse_keys(raw: Option<&str>) -> Result<Vec<String>, ApiError> {
-    let invalid = |message: String| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_keys", message).with_field("keys")
-    };
-    let keys: Vec<String> = raw
-        .unwrap_or("#")
-        .split(',')
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if keys.is_empty() || keys.len() > MAX_KEYS {
-        return Err(invalid(format!(
-            "give 1 to {MAX_KEYS} comma-separated routing key patterns, such as `task.*,loaned.#`"
-        )));
-    }
-    for key in &keys {
-        let valid = key.len() <= 255
-            && key.split('.').all(|word| {
-                word == "*"
-                    || word == "#"
-                    || (!word.is_empty()
-                        && word
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
-            });
-        if !valid {
-            return Err(invalid(format!(
-                "`{key}` is not a routing key pattern: use dot-separated words, `*` for one word, `#` for any"
-            )));
-        }
-    }
-    Ok(keys)
 }
 
 /// Outcome events of `bibliomq.events`, live, as server-sent events
@@ -124,7 +86,9 @@ fn parse_keys(raw: Option<&str>) -> Result<Vec<String>, ApiError> {
 /// routing key matches `keys`, its `data` one line of JSON,
 /// `EventStreamEvent`. Comment lines (`:`) keep the connection alive every
 /// 15 s. Events published while the API is cut off from RabbitMQ are missed
-/// (PostgreSQL has the record); the stream ends when the server stops. The
+/// (PostgreSQL has the record); the stream ends when the server stops, and
+/// when the key that opened it is revoked: then its last event is named
+/// `error`, its `data` the usual error body (`unauthorized`). The
 /// request timeout bounds only the wait for the answer to start, not how
 /// long it streams. Routing keys: `task.<state>`, `loaned.<branch>`,
 /// `renewed.<branch>`, `returned.<branch>`, `rejected.<kind>.<branch>`; at
@@ -144,26 +108,28 @@ async fn stream_events(
     Acting(state): Acting,
     QueryParams(q): QueryParams<StreamQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    state.commands.authorize(Permission::WatchEvents)?;
-    let keys = parse_keys(q.keys.as_deref())?;
-    let patterns: Vec<&str> = keys.iter().map(String::as_str).collect();
-    let rx = state
-        .broker
-        .subscribe_bound(topology::EVENTS_EXCHANGE, &patterns, BUFFER, BIND_TIMEOUT)
-        .await
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the message broker cannot be reached, so there is no live feed; try again shortly",
-            )
-        })?;
+    let commands = state.commands.clone();
+    let EventFeed { patterns, events } = commands.follow_events(q.keys.as_deref(), BUFFER).await?;
     let ready = Event::default()
         .event("ready")
-        .data(to_line(&StreamReady { keys: &keys }));
-    let events = stream::unfold(rx, |mut rx| async move {
-        let message = rx.recv().await?;
-        Some((Ok(to_event(&message)), rx))
+        .data(to_line(&StreamReady { keys: &patterns }));
+    // Each event is passed on only while the key is still in force; the
+    // first refusal is the stream's last event.
+    let events = stream::unfold(Some((events, commands)), |feed| async move {
+        let (mut events, commands) = feed?;
+        let message = events.recv().await?;
+        match commands.may_go_on_following().await {
+            Ok(()) => Some((Ok(to_event(&message)), Some((events, commands)))),
+            Err(e) => {
+                let body = ErrorAnswer {
+                    error: ApiError::from(e).into_body(),
+                };
+                Some((
+                    Ok(Event::default().event("error").data(to_line(&body))),
+                    None,
+                ))
+            }
+        }
     });
     let stream = stream::once(async move { Ok(ready) })
         .chain(events)
@@ -196,38 +162,8 @@ fn to_line(data: &impl Serialize) -> String {
 }
 
 fn to_event(message: &EventMessage) -> Event {
-    let event = serde_json::from_slice::<Value>(&message.body)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&message.body).into_owned()));
     Event::default().data(to_line(&StreamEvent {
         routing_key: &message.routing_key,
-        event,
+        event: message.json(),
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_default_follows_every_event() {
-        assert_eq!(parse_keys(None).unwrap(), vec!["#"]);
-    }
-
-    #[test]
-    fn patterns_with_wildcards_are_accepted() {
-        assert_eq!(
-            parse_keys(Some("task.*, loaned.#,rejected.renewal.central")).unwrap(),
-            vec!["task.*", "loaned.#", "rejected.renewal.central"]
-        );
-    }
-
-    #[test]
-    fn malformed_patterns_are_refused_naming_the_culprit() {
-        for bad in ["task..x", "task.a b", "", ",,", "tä.*"] {
-            let err = parse_keys(Some(bad)).unwrap_err();
-            assert_eq!(err.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
-        }
-        let many = vec!["a"; MAX_KEYS + 1].join(",");
-        assert!(parse_keys(Some(&many)).is_err());
-    }
 }

@@ -137,6 +137,16 @@ pub struct EventMessage {
     pub body: Vec<u8>,
 }
 
+impl EventMessage {
+    /// The body as JSON: the event as published, or its text when it is
+    /// not JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&self.body).into_owned())
+        })
+    }
+}
+
 impl Broker {
     /// Follows `exchange` for `keys` (topic patterns such as `#` or
     /// `loaned.*`). The feed ends when the receiver is dropped or the broker

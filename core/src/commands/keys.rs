@@ -177,19 +177,7 @@ impl Commands {
         let Some((id, secret)) = auth::split_key(key) else {
             return Err(invalid());
         };
-        let gate = &self.inner.gate;
-        gate.watch(&self.settings().database.url);
-        let stored = match gate.cached(id) {
-            Some(stored) => stored,
-            None => {
-                let read_at = gate.epoch();
-                let client = self.pool().get().await?;
-                let stored = stored_key(&**client, id).await?;
-                gate.remember(id, stored.clone(), read_at);
-                stored
-            }
-        };
-        let Some(stored) = stored else {
+        let Some(stored) = self.key_in_force(id).await? else {
             return Err(invalid());
         };
         if !auth::same_secret(&auth::digest(secret), &stored.digest) {
@@ -204,6 +192,42 @@ impl Commands {
         };
         self.admit(&caller)?;
         Ok(caller)
+    }
+
+    /// The stored key `id` while it is in force (`None`: unknown or
+    /// revoked), from this process's cache when it has it.
+    async fn key_in_force(&self, id: &str) -> Result<Option<StoredKey>, CommandError> {
+        let gate = &self.inner.gate;
+        gate.watch(&self.settings().database.url);
+        if let Some(stored) = gate.cached(id) {
+            return Ok(stored);
+        }
+        let read_at = gate.epoch();
+        let client = self.pool().get().await?;
+        let stored = stored_key(&**client, id).await?;
+        gate.remember(id, stored.clone(), read_at);
+        Ok(stored)
+    }
+
+    /// Whether the caller's key is still in force and may still do `what`:
+    /// for what goes on long after the request that began it (a live
+    /// feed), so that a key revoked meanwhile stops it. Spends nothing from
+    /// the key's budget; answers from the cache, which forgets a key as
+    /// soon as a change to it is announced.
+    pub async fn recheck(&self, what: Permission<'_>) -> Result<(), CommandError> {
+        let Some(id) = self.authorize(what)?.key_id() else {
+            return Ok(());
+        };
+        match self.key_in_force(id).await? {
+            Some(_) => Ok(()),
+            None => Err(refused(
+                self,
+                "invalid_key",
+                CommandError::Unauthenticated(
+                    "the key is no longer valid: it was revoked".to_owned(),
+                ),
+            )),
+        }
     }
 
     /// Takes one request from the caller's budget (BIBLIOMQ_AUTH_RATE_*):

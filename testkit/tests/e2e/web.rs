@@ -150,6 +150,99 @@ async fn the_event_stream_outlives_the_request_timeout() {
     assert_eq!(event["task_id"], "late");
 }
 
+/// A stream whose key is revoked (by hand in SQL, keys cached for an hour)
+/// ends at its next event with a last `error` event (`unauthorized`),
+/// while a stream opened with another key goes on. Without the re-check at
+/// each event the revoked stream would go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_ends_when_its_key_is_revoked() {
+    let app = TestApp::spawn(
+        TestEnv::new().await,
+        |s| {
+            s.auth.enabled = true;
+            s.auth.rate_per_sec = 0.0;
+            s.auth.cache_ttl = Duration::from_secs(3600);
+        },
+        1,
+    )
+    .await;
+    let service = app.key("service", None, None).await;
+    let librarian = app.key("librarian", None, None).await;
+    let open = |key: String| {
+        let app = &app;
+        async move {
+            let response = app
+                .http
+                .get(app.url("/v1/events/stream?keys=task.*"))
+                .bearer_auth(key)
+                .timeout(Duration::from_secs(600))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            let mut stream = EventStream::from_response(response);
+            let (name, _) = stream.next_event().await.expect("the stream ended at once");
+            assert_eq!(name, "ready");
+            stream
+        }
+    };
+    let mut kept = open(service.clone()).await;
+    let mut lost = open(librarian.clone()).await;
+    let submit = || async {
+        let (status, _, body) = app
+            .call_as(
+                Some(&service),
+                reqwest::Method::POST,
+                "/v1/tasks",
+                Some(&json!({"action": "sum", "payload": [1, 2]})),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        body["id"].as_str().unwrap().to_owned()
+    };
+    let id = submit().await;
+    assert_eq!(kept.until("task.succeeded").await["task_id"], id);
+    assert_eq!(lost.until("task.succeeded").await["task_id"], id);
+
+    let (key_id, _) = bibliomq_core::auth::split_key(&librarian).unwrap();
+    let changed = app
+        .env
+        .db()
+        .await
+        .execute(
+            "UPDATE api_keys SET revoked_at = now() WHERE id = $1",
+            &[&key_id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed, 1);
+    // The announcement reaches the API soon, not at once: events may still
+    // come until it has.
+    let end = tokio::time::Instant::now() + DEADLINE;
+    let error = loop {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "the revoked key's stream went on"
+        );
+        let id = submit().await;
+        assert_eq!(kept.until("task.succeeded").await["task_id"], id);
+        let (name, data) = lost
+            .next_event()
+            .await
+            .expect("the stream ended without saying why");
+        let data: Value = serde_json::from_str(&data).unwrap();
+        if name == "error" {
+            break data;
+        }
+        assert_eq!(data["event"]["task_id"], id, "{data}");
+    };
+    assert_eq!(error["error"]["code"], "unauthorized", "{error}");
+    assert!(
+        lost.next_event().await.is_none(),
+        "the stream ends after its error"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_key_pattern_is_refused_with_the_reason() {
     let app = spawn_app().await;

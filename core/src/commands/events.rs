@@ -1,0 +1,135 @@
+//! Following the live outcome events of `bibliomq.events` (the HTTP event
+//! stream and the ZeroMQ `follow` request): which patterns a caller may ask
+//! for, and the subscription itself. A feed is checked again at each event
+//! ([`Commands::recheck`]), so a key revoked while it follows stops it.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::Commands;
+use crate::{
+    auth::Permission,
+    broker::{events::EventMessage, topology::EVENTS_EXCHANGE},
+    error::{CommandError, Invalid},
+};
+
+/// Most patterns one feed may follow.
+pub const EVENT_PATTERNS_MAX: usize = 16;
+/// Longest pattern, in bytes (RabbitMQ's limit for a binding key).
+const PATTERN_MAX_BYTES: usize = 255;
+/// How long to wait for the feed's queue to be bound before answering
+/// `unavailable`.
+const BIND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A live feed: the patterns followed, and the events as they come. A
+/// follower that falls more than its buffer behind misses the excess.
+pub struct EventFeed {
+    pub patterns: Vec<String>,
+    pub events: mpsc::Receiver<EventMessage>,
+}
+
+/// Topic patterns from a comma-separated list (`task.*,loaned.#`); every
+/// event (`#`) when `raw` is `None`. Each is dot-separated words of
+/// letters, digits, `-` and `_`, or the wildcards `*` (one word) and `#`
+/// (any number). Refused as `invalid_keys` (field `keys`).
+pub fn event_patterns(raw: Option<&str>) -> Result<Vec<String>, Invalid> {
+    let invalid = |message: String| Invalid::field("invalid_keys", "keys", message);
+    let patterns: Vec<String> = raw
+        .unwrap_or("#")
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if patterns.is_empty() || patterns.len() > EVENT_PATTERNS_MAX {
+        return Err(invalid(format!(
+            "give 1 to {EVENT_PATTERNS_MAX} comma-separated routing key patterns, such as `task.*,loaned.#`"
+        )));
+    }
+    for pattern in &patterns {
+        let valid = pattern.len() <= PATTERN_MAX_BYTES
+            && pattern.split('.').all(|word| {
+                word == "*"
+                    || word == "#"
+                    || (!word.is_empty()
+                        && word
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+            });
+        if !valid {
+            return Err(invalid(format!(
+                "`{pattern}` is not a routing key pattern: use dot-separated words, `*` for one word, `#` for any"
+            )));
+        }
+    }
+    Ok(patterns)
+}
+
+impl Commands {
+    /// Starts following the outcome events that match `raw` (see
+    /// [`event_patterns`]). Returns once the feed's own queue is bound, so
+    /// every event published afterwards is delivered; `unavailable` when
+    /// RabbitMQ cannot be reached in time.
+    pub async fn follow_events(
+        &self,
+        raw: Option<&str>,
+        buffer: usize,
+    ) -> Result<EventFeed, CommandError> {
+        self.authorize(Permission::WatchEvents)?;
+        let patterns = event_patterns(raw)?;
+        let keys: Vec<&str> = patterns.iter().map(String::as_str).collect();
+        let events = self
+            .publisher()
+            .broker()
+            .subscribe_bound(EVENTS_EXCHANGE, &keys, buffer, BIND_TIMEOUT)
+            .await
+            .ok_or_else(|| {
+                CommandError::Unavailable(
+                    "the message broker cannot be reached, so there is no live feed; try again shortly"
+                        .to_owned(),
+                )
+            })?;
+        Ok(EventFeed { patterns, events })
+    }
+
+    /// Whether a feed begun by [`Commands::follow_events`] may go on: the
+    /// key is still in force and may still follow events.
+    pub async fn may_go_on_following(&self) -> Result<(), CommandError> {
+        self.recheck(Permission::WatchEvents).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_follows_every_event() {
+        assert_eq!(event_patterns(None).unwrap(), vec!["#"]);
+    }
+
+    #[test]
+    fn patterns_with_wildcards_are_accepted() {
+        assert_eq!(
+            event_patterns(Some("task.*, loaned.#,rejected.renewal.central")).unwrap(),
+            vec!["task.*", "loaned.#", "rejected.renewal.central"]
+        );
+    }
+
+    #[test]
+    fn malformed_patterns_are_refused_naming_the_culprit() {
+        for bad in ["task..x", "task.a b", "", ",,", "tä.*"] {
+            let err = event_patterns(Some(bad)).unwrap_err();
+            assert_eq!(
+                (err.code, err.field.as_deref()),
+                ("invalid_keys", Some("keys")),
+                "{bad}"
+            );
+        }
+        let many = vec!["a"; EVENT_PATTERNS_MAX + 1].join(",");
+        assert!(event_patterns(Some(&many)).is_err());
+        let long = "a".repeat(PATTERN_MAX_BYTES + 1);
+        assert!(event_patterns(Some(&long)).is_err());
+    }
+}
