@@ -112,6 +112,16 @@ impl FromStr for OnOff {
     }
 }
 
+/// `on` or `off` where unset means something of its own.
+struct OptionalOnOff(Option<bool>);
+
+impl FromStr for OptionalOnOff {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        Ok(Self(Some(s.parse::<OnOff>()?.0)))
+    }
+}
+
 impl AuthSettings {
     /// Refuses to serve without keys on an address other machines can
     /// reach: BIBLIOMQ_AUTH=off is for one's own machine only.
@@ -216,6 +226,9 @@ pub struct EdgeSettings {
     pub zmq_request_port: u16,
     /// ZeroMQ PUB socket carrying the event feed (topic = AMQP routing key).
     pub zmq_pub_port: u16,
+    /// Whether the PUB socket is served; `None`: as auth says (see
+    /// [`Settings::serves_open_feed`]).
+    pub open_feed: Option<bool>,
     /// Newline-delimited JSON task gateway.
     pub ndjson_port: u16,
     /// `TASK|id|1,2,3` pipe text gateway.
@@ -367,6 +380,16 @@ impl FromStr for LogFormat {
 }
 
 impl Settings {
+    /// Whether the edge serves the keyless ZeroMQ event feed (PUB). It
+    /// cannot check keys (a PUB socket hears nothing from its subscribers),
+    /// so by default only with auth off; with auth on, keyed clients follow
+    /// events with the `follow` request instead.
+    /// `BIBLIOMQ_EDGE_OPEN_FEED=on` serves it anyway, for a port only
+    /// trusted machines reach.
+    pub fn serves_open_feed(&self) -> bool {
+        self.edge.open_feed.unwrap_or(!self.auth.enabled)
+    }
+
     /// Reads the settings from the process environment.
     pub fn from_env() -> anyhow::Result<Self> {
         Self::from_lookup(|name| std::env::var(name).ok())
@@ -414,6 +437,7 @@ impl Settings {
                 host: env.get("EDGE_HOST", "127.0.0.1".to_owned())?,
                 zmq_request_port: env.get("EDGE_ZMQ_REQUEST_PORT", 5555)?,
                 zmq_pub_port: env.get("EDGE_ZMQ_PUB_PORT", 5556)?,
+                open_feed: env.get("EDGE_OPEN_FEED", OptionalOnOff(None))?.0,
                 ndjson_port: env.get("EDGE_NDJSON_PORT", 5557)?,
                 pipe_port: env.get("EDGE_PIPE_PORT", 5558)?,
                 ops_port: env.get("EDGE_OPS_PORT", 9102)?,
@@ -669,6 +693,23 @@ mod tests {
             .unwrap()
             .auth;
         assert!(on.check_bind("0.0.0.0", "API").is_ok());
+        // The keyless ZeroMQ event feed follows auth unless told otherwise.
+        let feed = |vars: &[(&str, &str)]| {
+            let vars: Vec<(String, String)> = vars
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            Settings::from_lookup(|k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
+                .unwrap()
+                .serves_open_feed()
+        };
+        assert!(feed(&[]));
+        assert!(!feed(&[("BIBLIOMQ_AUTH", "on")]));
+        assert!(feed(&[
+            ("BIBLIOMQ_AUTH", "on"),
+            ("BIBLIOMQ_EDGE_OPEN_FEED", "on")
+        ]));
+        assert!(!feed(&[("BIBLIOMQ_EDGE_OPEN_FEED", "off")]));
         assert!(off.gateway_allow.allows("127.0.0.1".parse().unwrap()));
         assert!(!off.gateway_allow.allows("10.0.0.1".parse().unwrap()));
         let list: AddressList = "10.0.0.1, loopback".parse().unwrap();

@@ -12,9 +12,9 @@ use serde_json::Value;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::request::{Reply, Request};
+use crate::request::{FeedChange, Reply, Request};
 use crate::{
-    admin, holds, library,
+    admin, follow, holds, library,
     outcome::{self, Progress},
     reply::{Answer, TaskReply, ZmqReply},
     wire::{WireError, to_text},
@@ -123,6 +123,15 @@ pub const ROUTES: &[Route] = &[
         names: &["me", "quien_soy", "quién_soy"],
         handler: |c, r| Box::pin(me(c, r)),
     },
+    // The keyed event feed (see `crate::follow`).
+    Route {
+        names: &["follow"],
+        handler: |c, r| Box::pin(follow::follow(c, r)),
+    },
+    Route {
+        names: &["unfollow"],
+        handler: |c, r| Box::pin(follow::unfollow(c, r)),
+    },
 ];
 
 /// The fields a request may carry its API key in (`clave` for the clients
@@ -136,25 +145,33 @@ pub fn route(action: &str) -> Option<&'static Route> {
     ROUTES.iter().find(|r| r.names.contains(&wanted.as_str()))
 }
 
-/// Answers one request frame; never fails, every outcome is a reply (JSON text).
-pub async fn handle(commands: Commands, body: &[u8], deadline: Instant) -> String {
+/// One request answered: the reply (JSON text), and what a `follow` or
+/// `unfollow` asks of the socket beyond it.
+pub struct Handled {
+    pub reply: String,
+    pub feed: Option<FeedChange>,
+}
+
+/// Answers one request frame; never fails, every outcome is a reply.
+pub async fn handle(commands: Commands, body: &[u8], deadline: Instant) -> Handled {
     let started = std::time::Instant::now();
     let metrics = commands.metrics().clone();
-    let (action, outcome, reply) = answer(commands, body, deadline).await;
+    let (action, outcome, reply, feed) = answer(commands, body, deadline).await;
     metrics.edge_request("zmq", action, outcome, started.elapsed());
-    reply
+    Handled { reply, feed }
 }
 
 /// The reply, with the action (canonical name, `unknown` when there is none)
-/// and the outcome (`ok` or the error code) it is counted under.
+/// and the outcome (`ok` or the error code) it is counted under, and what
+/// the handler left for the socket.
 async fn answer(
     commands: Commands,
     body: &[u8],
     deadline: Instant,
-) -> (&'static str, &'static str, String) {
+) -> (&'static str, &'static str, String, Option<FeedChange>) {
     let mut request = match Request::parse(body, deadline) {
         Ok(r) => r,
-        Err(e) => return ("unknown", e.code, error_reply(e)),
+        Err(e) => return ("unknown", e.code, error_reply(e), None),
     };
     // Who is asking, before anything else: the same check as every transport's.
     let mut key = None;
@@ -165,7 +182,7 @@ async fn answer(
             Some(_) => {
                 let e = WireError::new("invalid_field", format!("`{name}` must be a string"))
                     .with_field(name);
-                return ("unknown", e.code, error_reply(e));
+                return ("unknown", e.code, error_reply(e), None);
             }
         }
     }
@@ -173,7 +190,7 @@ async fn answer(
         Ok(caller) => commands.acting_as(caller),
         Err(e) => {
             let e = WireError::from(e);
-            return ("unknown", e.code, error_reply(e));
+            return ("unknown", e.code, error_reply(e), None);
         }
     };
     let Some(route) = route(&request.action) else {
@@ -190,18 +207,19 @@ async fn answer(
             ),
         )
         .with_field("action");
-        return ("unknown", e.code, error_reply(e));
+        return ("unknown", e.code, error_reply(e), None);
     };
     let span = tracing::info_span!(
         "zmq_request",
         action = route.names[0],
         correlation_id = %request.correlation_id
     );
+    let slot = request.feed.clone();
     let reply = tracing::Instrument::instrument((route.handler)(commands, request), span).await;
     let action = route.names[0];
     match reply {
-        Ok(answer) => (action, "ok", ok_reply(answer)),
-        Err(e) => (action, e.code, error_reply(e)),
+        Ok(answer) => (action, "ok", ok_reply(answer), slot.take()),
+        Err(e) => (action, e.code, error_reply(e), None),
     }
 }
 

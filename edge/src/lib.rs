@@ -7,12 +7,16 @@
 //! lives here. Four sockets:
 //!
 //! - ZeroMQ requests (ROUTER; REQ clients): JSON requests, one reply each.
-//! - ZeroMQ event feed (PUB): the `bibliomq.events` exchange, topic = routing key.
+//! - ZeroMQ event feed (PUB): the `bibliomq.events` exchange, topic = routing
+//!   key. It cannot check keys, so with auth on it is off unless
+//!   `BIBLIOMQ_EDGE_OPEN_FEED=on`; keyed clients send `follow` on the
+//!   request socket instead (see [`follow`]).
 //! - Newline-delimited JSON task gateway (TCP).
 //! - Pipe text task gateway (TCP): `TASK|<id>|1,2,3` → `RESULT|<id>|6`.
 //!
 //! # Layout
 //! - [`requests`]: the ROUTER socket: envelopes, one task per request, timeouts.
+//! - [`follow`]: the keyed event feed, pushed to a DEALER after `follow`.
 //! - [`request`]: one request read and checked, and what a handler returns.
 //! - [`dispatch`]: the table from action name to handler, and the task actions.
 //! - [`library`]: the library actions (look-ups, loans, renewals, returns).
@@ -29,6 +33,7 @@
 pub mod admin;
 pub mod dispatch;
 pub mod events;
+pub mod follow;
 pub mod holds;
 pub mod library;
 pub mod lines;
@@ -55,7 +60,9 @@ use zeromq::{Endpoint, PubSocket, RouterSocket, Socket};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EdgePorts {
     pub zmq_request: u16,
-    pub zmq_pub: u16,
+    /// `None` when the keyless PUB feed is not served (auth on, and
+    /// `BIBLIOMQ_EDGE_OPEN_FEED` not `on`).
+    pub zmq_pub: Option<u16>,
     pub ndjson: u16,
     pub pipe: u16,
 }
@@ -66,7 +73,7 @@ pub struct EdgeApp {
     broker: Broker,
     ops: OpsServer,
     router: RouterSocket,
-    publisher: PubSocket,
+    publisher: Option<PubSocket>,
     ndjson: TcpListener,
     pipe: TcpListener,
     ports: EdgePorts,
@@ -91,8 +98,13 @@ impl EdgeApp {
         let mut router = RouterSocket::new();
         let zmq_request =
             bind_zmq(&mut router, &edge.host, edge.zmq_request_port, "requests").await?;
-        let mut pub_socket = PubSocket::new();
-        let zmq_pub = bind_zmq(&mut pub_socket, &edge.host, edge.zmq_pub_port, "events").await?;
+        let (pub_socket, zmq_pub) = if settings.serves_open_feed() {
+            let mut socket = PubSocket::new();
+            let port = bind_zmq(&mut socket, &edge.host, edge.zmq_pub_port, "events").await?;
+            (Some(socket), Some(port))
+        } else {
+            (None, None)
+        };
         let ndjson = bind_tcp(&edge.host, edge.ndjson_port, "NDJSON gateway").await?;
         let pipe = bind_tcp(&edge.host, edge.pipe_port, "pipe gateway").await?;
         let ports = EdgePorts {
@@ -131,11 +143,17 @@ impl EdgeApp {
         tracing::info!(
             host = %edge.host,
             zmq_request = self.ports.zmq_request,
-            zmq_pub = self.ports.zmq_pub,
+            zmq_pub = ?self.ports.zmq_pub,
             ndjson = self.ports.ndjson,
             pipe = self.ports.pipe,
             "edge listening"
         );
+        if self.publisher.is_none() {
+            tracing::info!(
+                "the keyless ZeroMQ event feed (PUB) is off: with auth on, clients follow events \
+                 with a key by the `follow` request (BIBLIOMQ_EDGE_OPEN_FEED=on serves it anyway)"
+            );
+        }
         // Each gateway line may take up to the request timeout, and a few
         // more moments to be written.
         let drain = edge.request_timeout + Duration::from_secs(2);
@@ -143,6 +161,8 @@ impl EdgeApp {
         // answer while requests finish; it stops after.
         let ops_stop = CancellationToken::new();
         let ops = tokio::spawn(self.ops.run_until_stopped(ops_stop.clone()));
+        let (publisher, broker) = (self.publisher, self.broker.clone());
+        let feed_stop = shutdown.clone();
         tokio::join!(
             requests::serve(
                 self.router,
@@ -150,7 +170,11 @@ impl EdgeApp {
                 edge.request_timeout,
                 shutdown.clone(),
             ),
-            events::serve(self.publisher, self.broker.clone(), shutdown.clone()),
+            async move {
+                if let Some(publisher) = publisher {
+                    events::serve(publisher, broker, feed_stop).await;
+                }
+            },
             lines::serve(
                 self.ndjson,
                 ndjson::Ndjson::new(self.commands.clone()),

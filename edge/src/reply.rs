@@ -99,6 +99,8 @@ pub enum Answer {
     TitleHolds(TitleHolds),
     /// `me`: the same answer as `GET /v1/me`.
     Me { caller: bibliomq_core::auth::Caller },
+    /// `follow`: the patterns now followed; `unfollow`: none.
+    Following { following: Vec<String> },
 }
 
 /// A task: id, action, state, attempts, and the result inline, or where a

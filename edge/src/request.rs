@@ -1,12 +1,19 @@
 //! One ZeroMQ request as the handlers see it: the envelope read and checked
 //! (a JSON object with a string `action`), its other fields, the
-//! correlation id and when the reply is due; and what a handler returns.
+//! correlation id and when the reply is due; and what a handler returns,
+//! including what a `follow` leaves for the socket ([`FeedChange`]).
 //! The dispatcher and the handlers both depend on this module, and on
 //! nothing of each other's but the routing table.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-use bibliomq_core::telemetry;
+use bibliomq_core::{
+    commands::{Commands, EventFeed},
+    telemetry,
+};
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
@@ -28,6 +35,8 @@ pub struct Request {
     pub correlation_id: String,
     /// When the reply is due; handlers that wait stop waiting before it.
     pub deadline: Instant,
+    /// Where `follow` and `unfollow` leave what the socket is to do next.
+    pub feed: FeedSlot,
 }
 
 impl Request {
@@ -78,6 +87,7 @@ impl Request {
             fields,
             correlation_id,
             deadline,
+            feed: FeedSlot::default(),
         })
     }
 
@@ -130,5 +140,34 @@ impl Request {
         self.deadline
             .saturating_duration_since(Instant::now())
             .saturating_sub(Duration::from_millis(250))
+    }
+}
+
+/// What a `follow` or `unfollow` asks of the request socket beyond its
+/// reply; handed over through [`FeedSlot`].
+pub enum FeedChange {
+    /// Push `feed` to the peer that asked, acting for `commands`' caller.
+    Start { commands: Commands, feed: EventFeed },
+    /// Stop the feed the peer has.
+    Stop,
+}
+
+/// Where a handler leaves the [`FeedChange`] for the request socket.
+#[derive(Clone, Default)]
+pub struct FeedSlot(Arc<Mutex<Option<FeedChange>>>);
+
+impl std::fmt::Debug for FeedSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FeedSlot")
+    }
+}
+
+impl FeedSlot {
+    pub fn set(&self, change: FeedChange) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(change);
+    }
+
+    pub fn take(&self) -> Option<FeedChange> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }

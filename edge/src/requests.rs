@@ -3,7 +3,9 @@
 //! its reply goes back by the envelope (identity frames) it came with.
 //!
 //! Every request gets exactly one reply, within the edge request timeout:
-//! handler errors, unreadable frames and timeouts are all replies.
+//! handler errors, unreadable frames and timeouts are all replies. After
+//! the reply to a `follow`, the same task pushes the feed's events to that
+//! peer (see [`crate::follow`]).
 
 use std::{sync::Arc, time::Duration};
 
@@ -14,7 +16,9 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use zeromq::{RouterSocket, SocketRecv, SocketSend, ZmqMessage};
 
 use crate::{
-    dispatch::{self, error_reply},
+    dispatch::{self, Handled, error_reply},
+    follow::{Followers, address},
+    request::FeedChange,
     wire::WireError,
 };
 
@@ -37,6 +41,7 @@ pub async fn serve(
     // behind the loop that receives.
     let (send, mut recv) = socket.split();
     let in_flight = TaskTracker::new();
+    let followers = Followers::default();
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
         let slot = tokio::select! {
@@ -54,17 +59,37 @@ pub async fn serve(
                 let deadline = Instant::now() + request_timeout;
                 let commands = commands.clone();
                 let mut send = send.clone();
+                let followers = followers.clone();
+                let shutdown = shutdown.clone();
                 in_flight.spawn(async move {
-                    let _slot = slot;
-                    let Some(reply) = answer(commands, message, deadline, request_timeout).await
+                    let Some((envelope, reply, feed)) =
+                        answer(commands, message, deadline, request_timeout).await
                     else {
                         return;
                     };
-                    match tokio::time::timeout(SEND_TIMEOUT, send.send(reply)).await {
+                    let message = address(&envelope, reply);
+                    match tokio::time::timeout(SEND_TIMEOUT, send.send(message)).await {
                         Ok(Ok(())) => {}
                         // The client went away before its answer: nothing to do.
-                        Ok(Err(e)) => tracing::debug!(error = %e, "reply not delivered"),
-                        Err(_) => tracing::warn!("reply dropped: the client is not reading"),
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "reply not delivered");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::warn!("reply dropped: the client is not reading");
+                            return;
+                        }
+                    }
+                    // A feed runs for long: it gives its request slot back.
+                    drop(slot);
+                    match feed {
+                        None => {}
+                        Some(FeedChange::Stop) => followers.stop(&envelope),
+                        Some(FeedChange::Start { commands, feed }) => {
+                            followers
+                                .push(send, envelope, commands, feed, SEND_TIMEOUT, shutdown)
+                                .await;
+                        }
                     }
                 });
             }
@@ -92,37 +117,36 @@ pub async fn serve(
     drop(send);
 }
 
-/// The reply to one ROUTER message, addressed by its envelope. `None` for a
-/// message that has no return address at all.
+/// The reply to one ROUTER message with the envelope it goes back by, and
+/// what a `follow` or `unfollow` asks beyond it. `None` for a message that
+/// has no return address at all.
 async fn answer(
     commands: Commands,
     message: ZmqMessage,
     deadline: Instant,
     request_timeout: Duration,
-) -> Option<ZmqMessage> {
+) -> Option<(Vec<Bytes>, String, Option<FeedChange>)> {
     let (envelope, body) = split_envelope(message.into_vec())?;
-    let reply = match body.as_slice() {
+    let invalid = |message: &str| error_reply(WireError::new("invalid_request", message));
+    let (reply, feed) = match body.as_slice() {
         [frame] => {
             match tokio::time::timeout_at(deadline, dispatch::handle(commands, frame, deadline))
                 .await
             {
-                Ok(reply) => reply,
+                Ok(Handled { reply, feed }) => (reply, feed),
                 Err(_) => {
                     tracing::warn!("a ZeroMQ request timed out");
-                    error_reply(crate::wire::timeout(request_timeout))
+                    (error_reply(crate::wire::timeout(request_timeout)), None)
                 }
             }
         }
-        [] => error_reply(WireError::new(
-            "invalid_request",
-            "the request is empty; send one JSON object",
-        )),
-        _ => error_reply(WireError::new(
-            "invalid_request",
-            "send the request as a single frame holding one JSON object",
-        )),
+        [] => (invalid("the request is empty; send one JSON object"), None),
+        _ => (
+            invalid("send the request as a single frame holding one JSON object"),
+            None,
+        ),
     };
-    Some(address(envelope, reply))
+    Some((envelope, reply, feed))
 }
 
 /// Splits a ROUTER message into the envelope (the identity frames and the
@@ -139,15 +163,6 @@ fn split_envelope(frames: Vec<Bytes>) -> Option<(Vec<Bytes>, Vec<Bytes>)> {
     let mut envelope = frames;
     let body = envelope.split_off(cut);
     Some((envelope, body))
-}
-
-fn address(envelope: Vec<Bytes>, reply: String) -> ZmqMessage {
-    let mut message = ZmqMessage::from(reply);
-    // The envelope goes in front of the body, last frame first.
-    for frame in envelope.into_iter().rev() {
-        message.push_front(frame);
-    }
-    message
 }
 
 #[cfg(test)]
@@ -177,7 +192,7 @@ mod tests {
 
     #[test]
     fn a_reply_goes_behind_its_envelope() {
-        let message = address(frames(&["id", ""]), "{}".to_owned());
+        let message = address(&frames(&["id", ""]), "{}".to_owned());
         assert_eq!(message.into_vec(), frames(&["id", "", "{}"]));
     }
 

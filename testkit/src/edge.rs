@@ -55,9 +55,14 @@ impl TestEdge {
         format!("tcp://127.0.0.1:{}", self.ports.zmq_request)
     }
 
-    /// `tcp://127.0.0.1:<port>` of the ZeroMQ event (PUB) socket.
+    /// `tcp://127.0.0.1:<port>` of the ZeroMQ event (PUB) socket; panics
+    /// when the edge does not serve it (auth on, no open feed).
     pub fn events_endpoint(&self) -> String {
-        format!("tcp://127.0.0.1:{}", self.ports.zmq_pub)
+        let port = self
+            .ports
+            .zmq_pub
+            .expect("this edge serves no keyless event feed (auth on)");
+        format!("tcp://127.0.0.1:{port}")
     }
 
     pub fn ndjson_addr(&self) -> SocketAddr {

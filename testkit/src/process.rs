@@ -82,6 +82,15 @@ pub fn settings_env(settings: &Settings) -> Vec<(String, String)> {
         ("EDGE_HOST", s.edge.host.clone()),
         ("EDGE_ZMQ_REQUEST_PORT", s.edge.zmq_request_port.to_string()),
         ("EDGE_ZMQ_PUB_PORT", s.edge.zmq_pub_port.to_string()),
+        (
+            "EDGE_OPEN_FEED",
+            match s.edge.open_feed {
+                Some(true) => "on",
+                Some(false) => "off",
+                None => "",
+            }
+            .to_owned(),
+        ),
         ("EDGE_NDJSON_PORT", s.edge.ndjson_port.to_string()),
         ("EDGE_PIPE_PORT", s.edge.pipe_port.to_string()),
         ("EDGE_OPS_PORT", s.edge.ops_port.to_string()),
@@ -488,6 +497,7 @@ mod tests {
         s.library.branches.reverse();
         s.library.loan_timeout = Duration::from_millis(1_500);
         s.worker.ops_port = 0;
+        s.edge.open_feed = Some(false);
         s.log_format = LogFormat::Json;
         let vars = settings_env(&s);
         let back = Settings::from_lookup(|k| {

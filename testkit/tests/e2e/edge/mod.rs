@@ -3,6 +3,7 @@
 //! `zmq` crate), a different implementation from the edge's own.
 
 mod events;
+mod follow;
 mod gateways;
 mod holds;
 mod library;
