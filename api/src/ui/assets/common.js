@@ -376,7 +376,12 @@ export async function followEvents(keys, onEvent, onState) {
           if (name === 'ready') {
             pause = 500;
             onState('live');
-          } else if (data.length) {
+          } else if (name === 'error') {
+            // The stream's last event: its key was revoked, say, and the
+            // next attempt will ask for another.
+            const body = (() => { try { return JSON.parse(data.join('\n')); } catch { return null; } })();
+            onState('down', (body && body.error && body.error.message) || 'the feed was refused');
+          } else if (name === 'message' && data.length) {
             try { onEvent(JSON.parse(data.join('\n'))); } catch { /* not ours: skip */ }
           }
           end = buffer.indexOf('\n\n');
