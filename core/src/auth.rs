@@ -141,6 +141,31 @@ impl Caller {
         (self.auth && !self.key.starts_with("address:")).then_some(self.key.as_str())
     }
 
+    /// Whether this caller's live feed may carry the outcome event routed
+    /// by `routing_key` (`task.<state>`; `loaned.<branch>`,
+    /// `rejected.<operation>.<branch>`, `hold.<kind>.<branch>`, ...): an
+    /// admin every event; a service key the task events (its role is tasks
+    /// only); a librarian the circulation events, only those of their
+    /// branch when the key has one (they name patrons). Others follow
+    /// nothing ([`Permission::WatchEvents`] refuses them first).
+    pub fn may_see_event(&self, routing_key: &str) -> bool {
+        let is_task = routing_key.split('.').next() == Some("task");
+        match self.role {
+            Role::Admin => true,
+            Role::Service => is_task,
+            Role::Librarian => {
+                !is_task
+                    && self.branch.as_deref().is_none_or(|own| {
+                        routing_key
+                            .rsplit('.')
+                            .next()
+                            .is_some_and(|branch| branch.eq_ignore_ascii_case(own))
+                    })
+            }
+            Role::Patron => false,
+        }
+    }
+
     /// Whether this caller may do `what`; the error names the role missing.
     pub fn may(&self, what: &Permission<'_>) -> Result<(), Refused> {
         let roles = what.roles();
@@ -581,6 +606,39 @@ impl Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_live_feed_carries_what_the_role_may_see() {
+        let caller = |role, branch: Option<&str>| Caller {
+            key: "k".to_owned(),
+            role,
+            branch: branch.map(str::to_owned),
+            patron: None,
+            auth: true,
+        };
+        let keys = [
+            "task.succeeded",
+            "loaned.norte",
+            "rejected.renewal.norte",
+            "hold.ready.norte",
+            "returned.sur",
+        ];
+        let seen = |c: &Caller| -> Vec<&str> {
+            keys.iter()
+                .copied()
+                .filter(|k| c.may_see_event(k))
+                .collect()
+        };
+        assert_eq!(seen(&caller(Role::Admin, None)), keys);
+        assert_eq!(seen(&Caller::open()), keys);
+        assert_eq!(seen(&caller(Role::Service, None)), ["task.succeeded"]);
+        assert_eq!(seen(&caller(Role::Librarian, None)), keys[1..]);
+        assert_eq!(
+            seen(&caller(Role::Librarian, Some("Norte"))),
+            ["loaned.norte", "rejected.renewal.norte", "hold.ready.norte"]
+        );
+        assert!(seen(&caller(Role::Patron, None)).is_empty());
+    }
 
     fn key(role: Role, branch: Option<&str>, patron: Option<&str>) -> Caller {
         Caller {

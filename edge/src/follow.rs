@@ -12,8 +12,10 @@
 //!   the key is revoked or the edge stops: then with a last frame
 //!   `{"ok": false, "error": {...}}` (`unauthorized`, `unavailable`).
 //!
-//! The permission, the patterns and the re-check of the key at each event
-//! are the command layer's, as for the HTTP event stream.
+//! The permission, the patterns and the check of the key at each event
+//! (still in force; an event its role may see: a service key the tasks, a
+//! librarian the circulation of their branch) are the command layer's, as
+//! for the HTTP event stream.
 
 use std::{
     collections::HashMap,
@@ -155,8 +157,10 @@ impl Followers {
                     "the live feed ended; follow again",
                 ));
             };
-            if let Err(e) = commands.may_go_on_following().await {
-                break Some(e.into());
+            match commands.may_pass_on(&message).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => break Some(e.into()),
             }
             let text = to_text(&Pushed {
                 ok: true,

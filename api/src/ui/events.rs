@@ -88,7 +88,10 @@ fn keys_pattern() -> utoipa::openapi::Schema {
 /// 15 s. Events published while the API is cut off from RabbitMQ are missed
 /// (PostgreSQL has the record); the stream ends when the server stops, and
 /// when the key that opened it is revoked: then its last event is named
-/// `error`, its `data` the usual error body (`unauthorized`). The
+/// `error`, its `data` the usual error body (`unauthorized`). A key sees
+/// only what its role may: an admin every event, a service key the task
+/// events, a librarian the circulation events (of their branch, for a key
+/// made for one). The
 /// request timeout bounds only the wait for the answer to start, not how
 /// long it streams. Routing keys: `task.<state>`, `loaned.<branch>`,
 /// `renewed.<branch>`, `returned.<branch>`, `rejected.<kind>.<branch>`; at
@@ -113,21 +116,23 @@ async fn stream_events(
     let ready = Event::default()
         .event("ready")
         .data(to_line(&StreamReady { keys: &patterns }));
-    // Each event is passed on only while the key is still in force; the
-    // first refusal is the stream's last event.
+    // Each event is passed on only while the key is still in force, and
+    // only if its role may see it; the first refusal is the stream's last
+    // event.
     let events = stream::unfold(Some((events, commands)), |feed| async move {
         let (mut events, commands) = feed?;
-        let message = events.recv().await?;
-        match commands.may_go_on_following().await {
-            Ok(()) => Some((Ok(to_event(&message)), Some((events, commands)))),
-            Err(e) => {
-                let body = ErrorAnswer {
-                    error: ApiError::from(e).into_body(),
-                };
-                Some((
-                    Ok(Event::default().event("error").data(to_line(&body))),
-                    None,
-                ))
+        loop {
+            let message = events.recv().await?;
+            match commands.may_pass_on(&message).await {
+                Ok(true) => return Some((Ok(to_event(&message)), Some((events, commands)))),
+                Ok(false) => {}
+                Err(e) => {
+                    let body = ErrorAnswer {
+                        error: ApiError::from(e).into_body(),
+                    };
+                    let last = Event::default().event("error").data(to_line(&body));
+                    return Some((Ok(last), None));
+                }
             }
         }
     });

@@ -1,7 +1,10 @@
 //! Following the live outcome events of `bibliomq.events` (the HTTP event
 //! stream and the ZeroMQ `follow` request): which patterns a caller may ask
-//! for, and the subscription itself. A feed is checked again at each event
-//! ([`Commands::recheck`]), so a key revoked while it follows stops it.
+//! for, the subscription itself, and which events reach the caller. Each
+//! event is checked against the key ([`Commands::may_pass_on`]): a key
+//! revoked while it follows ends its feed, and a key sees only what its
+//! role may (a service key the tasks, a librarian the circulation of their
+//! branch).
 
 use std::time::Duration;
 
@@ -93,10 +96,15 @@ impl Commands {
         Ok(EventFeed { patterns, events })
     }
 
-    /// Whether a feed begun by [`Commands::follow_events`] may go on: the
-    /// key is still in force and may still follow events.
-    pub async fn may_go_on_following(&self) -> Result<(), CommandError> {
-        self.recheck(Permission::WatchEvents).await
+    /// What a feed begun by [`Commands::follow_events`] does with `event`:
+    /// pass it on (`true`), or skip it (`false`: not for this caller, see
+    /// [`crate::auth::Caller::may_see_event`]). An error ends the feed: the
+    /// key is no longer in force (revoked while it followed).
+    pub async fn may_pass_on(&self, event: &EventMessage) -> Result<bool, CommandError> {
+        self.recheck(Permission::WatchEvents).await?;
+        Ok(self
+            .caller()
+            .is_some_and(|caller| caller.may_see_event(&event.routing_key)))
     }
 }
 

@@ -167,7 +167,7 @@ async fn an_event_stream_ends_when_its_key_is_revoked() {
     )
     .await;
     let service = app.key("service", None, None).await;
-    let librarian = app.key("librarian", None, None).await;
+    let other = app.key("service", None, None).await;
     let open = |key: String| {
         let app = &app;
         async move {
@@ -187,7 +187,7 @@ async fn an_event_stream_ends_when_its_key_is_revoked() {
         }
     };
     let mut kept = open(service.clone()).await;
-    let mut lost = open(librarian.clone()).await;
+    let mut lost = open(other.clone()).await;
     let submit = || async {
         let (status, _, body) = app
             .call_as(
@@ -204,7 +204,7 @@ async fn an_event_stream_ends_when_its_key_is_revoked() {
     assert_eq!(kept.until("task.succeeded").await["task_id"], id);
     assert_eq!(lost.until("task.succeeded").await["task_id"], id);
 
-    let (key_id, _) = bibliomq_core::auth::split_key(&librarian).unwrap();
+    let (key_id, _) = bibliomq_core::auth::split_key(&other).unwrap();
     let changed = app
         .env
         .db()

@@ -206,7 +206,7 @@ async fn a_follower_whose_key_is_revoked_gets_no_further_event() {
     .await;
     let endpoint = edge.request_endpoint();
     let kept = app.key("service", None, None).await;
-    let revoked = app.key("librarian", None, None).await;
+    let revoked = app.key("service", None, None).await;
     let mut keeps = Dealer::connect(&endpoint);
     let mut loses = Dealer::connect(&endpoint);
     for (dealer, key) in [(&mut keeps, &kept), (&mut loses, &revoked)] {
@@ -269,4 +269,74 @@ async fn with_keys_required_the_keyless_feed_is_served_only_when_asked_for() {
     })
     .await;
     assert!(edge.ports.zmq_pub.is_some());
+}
+
+/// What each key's feed carries is what its role may see: an admin every
+/// event, a service key the task events (its role is tasks only), a branch
+/// librarian the circulation events of that branch, which name patrons.
+/// Each follows `#`; the admin's feed is the witness that an event was
+/// published, and events reach each feed in the order they were published,
+/// so the first event a feed gets after others were published shows
+/// whether those were held back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_carries_only_the_events_its_key_may_see() {
+    let (app, edge) = spawn_with_edge(secured).await;
+    let endpoint = edge.request_endpoint();
+    app.add_patrons("feed", 2).await;
+    app.add_title("9780000000002", "Feed", &[2, 2]).await;
+    let admin = app.key("admin", None, None).await;
+    let service = app.key("service", None, None).await;
+    let norte = app.key("librarian", Some("norte"), None).await;
+    let mut feeds = Vec::new();
+    for key in [&admin, &service, &norte] {
+        let mut dealer = Dealer::connect(&endpoint);
+        let answer = dealer.ask(json!({"action": "follow", "key": key})).await;
+        assert_eq!(answer["following"], json!(["#"]), "{answer}");
+        feeds.push(dealer);
+    }
+    let [mut admin_feed, mut service_feed, mut norte_feed] =
+        <[Dealer; 3]>::try_from(feeds).unwrap_or_else(|_| unreachable!());
+    let lend = |branch: &'static str, patron: &'static str| {
+        let (app, admin) = (&app, &admin);
+        async move {
+            let (status, _, body) = app
+                .call_as(
+                    Some(admin),
+                    Method::POST,
+                    "/v1/loans",
+                    Some(&json!({"isbn": "9780000000002", "patron": patron, "branch": branch})),
+                )
+                .await;
+            assert_eq!(status, 201, "{body}");
+        }
+    };
+    let next_key = |frame: Option<Value>| -> String {
+        let frame = frame.expect("an event");
+        frame["routing_key"].as_str().unwrap().to_owned()
+    };
+
+    // Two loans, at central and at norte: the admin sees both.
+    lend("central", "feed1").await;
+    lend("norte", "feed2").await;
+    let mut seen = vec![
+        next_key(admin_feed.next(DEADLINE).await),
+        next_key(admin_feed.next(DEADLINE).await),
+    ];
+    seen.sort();
+    assert_eq!(seen, ["loaned.central", "loaned.norte"]);
+    // Then a task: the first event the service key gets is the task's.
+    let id = submit(&app, &service, 7).await;
+    let frame = service_feed.next(DEADLINE).await.expect("the task's event");
+    assert_eq!(frame["event"]["task_id"], id, "{frame}");
+    assert!(event_of(&mut admin_feed, &id, DEADLINE).await.is_some());
+    // The norte librarian got the norte loan, and nothing of the others.
+    assert_eq!(next_key(norte_feed.next(DEADLINE).await), "loaned.norte");
+    lend("central", "feed1").await;
+    assert_eq!(next_key(admin_feed.next(DEADLINE).await), "loaned.central");
+    lend("norte", "feed1").await;
+    assert_eq!(
+        next_key(norte_feed.next(DEADLINE).await),
+        "loaned.norte",
+        "the central loan and the task reached a norte librarian"
+    );
 }
