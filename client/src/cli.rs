@@ -104,6 +104,18 @@ pub enum Command {
     Hold(HoldCommand),
     /// Whether the API and its dependencies (RabbitMQ, PostgreSQL, S3) are ready.
     Status,
+    /// Follow the live outcome events (tasks, loans, renewals, returns,
+    /// holds) as they happen, one a line, until Ctrl-C; what a key sees
+    /// depends on its role.
+    Events {
+        /// Comma-separated topic patterns: `*` one word, `#` any
+        /// (`task.*,loaned.#`). Every event when absent.
+        #[arg(long)]
+        keys: Option<String>,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Replay a request file: one operation per line (see `bibliomq run --help`).
     Run(RunArgs),
 }

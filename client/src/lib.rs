@@ -18,6 +18,7 @@
 //! - [`admin`]: `title add`, `copy add|withdraw`, `patron add|block|unblock|show|list`.
 //! - [`import`]: `import titles|patrons <file.csv>`, streamed in batches.
 //! - [`holds`]: `hold place|cancel|list`.
+//! - [`events`]: `events`: the live outcome events, one a line.
 //! - [`replay`]: `run <file>`: the request-file format, the paced concurrent
 //!   replay, its summary and its HTML report.
 
@@ -25,6 +26,7 @@ pub mod admin;
 pub mod cli;
 pub mod dead;
 pub mod error;
+pub mod events;
 pub mod follow;
 pub mod holds;
 pub mod http;
@@ -258,6 +260,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             },
         },
         Command::Status => library::status(&api, out).await,
+        Command::Events { keys, count } => events::follow(&api, out, keys.as_deref(), count).await,
         Command::Run(args) => {
             seconds(args.wait_for.timeout, "--wait-timeout")?;
             replay::run(&api, out, &args).await

@@ -1003,3 +1003,70 @@ async fn task_submit_file_streams_batches_and_names_the_bad_line_of_a_refused_ba
     assert_eq!(summary["ids"].as_array().unwrap().len(), 25);
     assert_eq!(app.count("SELECT count(*) FROM tasks").await, 28);
 }
+
+/// `bibliomq events` follows the live feed: it says on stderr once it is
+/// following, then prints each event that matches as it comes (one JSON
+/// object a line with `--json`), and stops after `--count`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_prints_the_live_outcomes_as_they_come() {
+    use tokio::io::AsyncBufReadExt;
+
+    let app = spawn_app().await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bibliomq"))
+        .args([
+            "--json",
+            "events",
+            "--keys",
+            "task.succeeded",
+            "--count",
+            "2",
+        ])
+        .env("BIBLIOMQ_API_URL", app.url(""))
+        .env_remove("BIBLIOMQ_API_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = tokio::time::timeout(bibliomq_testkit::app::DEADLINE, stderr.next_line())
+        .await
+        .expect("the client never said it was following")
+        .unwrap()
+        .unwrap_or_default();
+    assert_eq!(first, "following task.succeeded (Ctrl-C to stop)");
+    // Everything finished after that line is in the feed.
+    let a = app
+        .submit("sum", serde_json::json!([1, 2]))
+        .await
+        .to_string();
+    let b = app
+        .submit("upper", serde_json::json!("x"))
+        .await
+        .to_string();
+    let out = tokio::time::timeout(bibliomq_testkit::app::DEADLINE, child.wait_with_output())
+        .await
+        .expect("the client did not stop after two events")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut ids: Vec<&str> = lines
+        .iter()
+        .map(|l| {
+            assert_eq!(l["routing_key"], "task.succeeded", "{l}");
+            l["event"]["task_id"].as_str().unwrap()
+        })
+        .collect();
+    ids.sort_unstable();
+    let mut want = vec![a.as_str(), b.as_str()];
+    want.sort_unstable();
+    assert_eq!(ids, want);
+
+    let ran = bibliomq(&app, &["events", "--keys", "task..x"]).await;
+    assert_eq!(ran.code, 1, "{ran}");
+    assert!(ran.stderr.contains("is not a routing key pattern"), "{ran}");
+}
