@@ -10,7 +10,9 @@
 //! - the feed stops on `{"action": "unfollow"}` (or a new `follow`, which
 //!   replaces it), when the client goes away or stops reading, and when
 //!   the key is revoked or the edge stops: then with a last frame
-//!   `{"ok": false, "error": {...}}` (`unauthorized`, `unavailable`).
+//!   `{"ok": false, "error": {...}}` (`unauthorized`, `unavailable`);
+//! - a feed with no event for 15 s sends `{"ok": true, "keep_alive": true}`,
+//!   which is how a follower that went away is noticed.
 //!
 //! The permission, the patterns and the check of the key at each event
 //! (still in force; an event its role may see: a service key the tasks, a
@@ -41,6 +43,10 @@ use crate::{
 
 /// Events a follower may fall behind by before it misses some.
 const BUFFER: usize = 512;
+/// A follower hears something at least this often: a keep-alive frame when
+/// no event came. Sending is how a follower that went away is noticed
+/// (its socket answers no more), so its feed and queue do not linger.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// `follow`: starts (or replaces) this peer's feed.
 pub async fn follow(commands: Commands, request: Request) -> Reply {
@@ -88,6 +94,13 @@ struct Pushed<'a> {
     ok: bool,
     routing_key: &'a str,
     event: Value,
+}
+
+/// What a quiet feed sends every [`KEEP_ALIVE`].
+#[derive(Serialize)]
+struct KeepAlive {
+    ok: bool,
+    keep_alive: bool,
 }
 
 /// A peer's envelope (its identity frames, and the delimiter a REQ-like
@@ -149,24 +162,31 @@ impl Followers {
                     "unavailable",
                     "the edge is stopping; follow again once it is back",
                 )),
-                message = feed.events.recv() => message,
+                message = tokio::time::timeout(KEEP_ALIVE, feed.events.recv()) => message,
             };
-            let Some(message) = message else {
-                break Some(WireError::new(
-                    "unavailable",
-                    "the live feed ended; follow again",
-                ));
+            let text = match message {
+                // Quiet for a while: a frame anyway, which also finds out
+                // whether the follower is still there.
+                Err(_) => to_text(&KeepAlive {
+                    ok: true,
+                    keep_alive: true,
+                }),
+                Ok(None) => {
+                    break Some(WireError::new(
+                        "unavailable",
+                        "the live feed ended; follow again",
+                    ));
+                }
+                Ok(Some(message)) => match commands.may_pass_on(&message).await {
+                    Ok(true) => to_text(&Pushed {
+                        ok: true,
+                        routing_key: &message.routing_key,
+                        event: message.json(),
+                    }),
+                    Ok(false) => continue,
+                    Err(e) => break Some(e.into()),
+                },
             };
-            match commands.may_pass_on(&message).await {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => break Some(e.into()),
-            }
-            let text = to_text(&Pushed {
-                ok: true,
-                routing_key: &message.routing_key,
-                event: message.json(),
-            });
             match tokio::time::timeout(send_timeout, send.send(address(&peer, text))).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {

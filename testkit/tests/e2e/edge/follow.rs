@@ -11,7 +11,10 @@ use std::{
 };
 
 use bibliomq_core::config::Settings;
-use bibliomq_testkit::{TestApp, TestEdge, app::DEADLINE};
+use bibliomq_testkit::{
+    TestApp, TestEdge,
+    app::{DEADLINE, wait_until},
+};
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -76,12 +79,23 @@ impl Dealer {
         self.outgoing.send(request).unwrap();
     }
 
-    /// The next frame, waiting at most `within`.
-    async fn next(&mut self, within: Duration) -> Option<Value> {
+    /// The next frame, keep-alives included, waiting at most `within`.
+    async fn next_frame(&mut self, within: Duration) -> Option<Value> {
         tokio::time::timeout(within, self.incoming.recv())
             .await
             .ok()
             .flatten()
+    }
+
+    /// The next frame that is not a keep-alive, waiting at most `within`.
+    async fn next(&mut self, within: Duration) -> Option<Value> {
+        let end = tokio::time::Instant::now() + within;
+        loop {
+            let frame = self.next_frame(end - tokio::time::Instant::now()).await?;
+            if frame.get("keep_alive").is_none() {
+                return Some(frame);
+            }
+        }
     }
 
     /// Sends `request` and returns the next frame, which must come.
@@ -339,4 +353,46 @@ async fn a_feed_carries_only_the_events_its_key_may_see() {
         "loaned.norte",
         "the central loan and the task reached a norte librarian"
     );
+}
+
+/// A follower that goes away without a word is noticed: a quiet feed sends
+/// a keep-alive every 15 s, and once its socket is gone the edge ends the
+/// feed and RabbitMQ drops its queue. Without the keep-alive, a feed whose
+/// patterns never match would keep its task and its queue until the edge
+/// stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_goes_away_is_noticed_and_its_queue_dropped() {
+    let (app, edge) = spawn_with_edge(|s| s.edge.open_feed = Some(false)).await;
+    // Feeds' queues are named by the server (`amq.gen-...`): the
+    // dashboard counts them apart.
+    let feed_queues = || async {
+        let (status, body) = app.get_json("/v1/dashboard/queues").await;
+        assert_eq!(status, 200, "{body}");
+        body["temporary_queues"].as_u64().unwrap()
+    };
+    let before = feed_queues().await;
+    let mut dealer = Dealer::connect(&edge.request_endpoint());
+    let answer = dealer
+        .ask(json!({"action": "follow", "keys": "nothing.ever"}))
+        .await;
+    assert_eq!(answer["ok"], true, "{answer}");
+    // The management API's figures lag by a few seconds.
+    wait_until(DEADLINE, || async {
+        (feed_queues().await == before + 1).then_some(())
+    })
+    .await
+    .expect("the feed's queue never showed");
+    let frame = dealer
+        .next_frame(Duration::from_secs(20))
+        .await
+        .expect("a quiet feed sends keep-alives");
+    assert_eq!(frame, json!({"ok": true, "keep_alive": true}));
+
+    drop(dealer);
+    // The next keep-alive (15 s) finds the socket gone.
+    wait_until(Duration::from_secs(60), || async {
+        (feed_queues().await == before).then_some(())
+    })
+    .await
+    .expect("the feed of a follower that went away lingered");
 }
