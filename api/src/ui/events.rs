@@ -91,11 +91,11 @@ fn keys_pattern() -> utoipa::openapi::Schema {
 /// `error`, its `data` the usual error body (`unauthorized`). A key sees
 /// only what its role may: an admin every event, a service key the task
 /// events, a librarian the circulation events (of their branch, for a key
-/// made for one). The
-/// request timeout bounds only the wait for the answer to start, not how
-/// long it streams. Routing keys: `task.<state>`, `loaned.<branch>`,
-/// `renewed.<branch>`, `returned.<branch>`, `rejected.<kind>.<branch>`; at
-/// most 16 patterns.
+/// made for one). The request timeout bounds only the wait for the answer
+/// to start, not how long it streams. Routing keys: `task.<state>`,
+/// `loaned.<branch>`, `renewed.<branch>`, `returned.<branch>`,
+/// `rejected.<kind>.<branch>`, `hold.<kind>.<branch>`; at most 16
+/// patterns.
 #[utoipa::path(
     get, path = "/events/stream", tag = "web", operation_id = "streamEvents",
     params(StreamQuery),
