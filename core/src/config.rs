@@ -311,6 +311,10 @@ pub struct DashboardSettings {
     /// A web console of the object store (MinIO's), linked from the dashboard;
     /// empty where there is none (Garage): the API's own object browser stands in.
     pub s3_console_url: String,
+    /// Live event feeds (`GET /v1/events/stream`, the edge's `follow`) one
+    /// process serves at once; each holds a RabbitMQ queue and a consumer.
+    /// Past it a new feed is answered `unavailable`.
+    pub live_feeds_max: usize,
 }
 
 /// The worker process's own small HTTP server (`/metrics`, `/healthz`, `/readyz`).
@@ -504,6 +508,7 @@ impl Settings {
                 rabbitmq_mgmt_user: env.get("RABBITMQ_MGMT_USER", "guest".to_owned())?,
                 rabbitmq_mgmt_password: env.get("RABBITMQ_MGMT_PASSWORD", "guest".to_owned())?,
                 s3_console_url: env.get("S3_CONSOLE_URL", String::new())?,
+                live_feeds_max: env.get("LIVE_FEEDS_MAX", 1_000)?,
             },
             worker: WorkerSettings {
                 ops_host: env.get("WORKER_OPS_HOST", "127.0.0.1".to_owned())?,

@@ -52,7 +52,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 pub async fn follow(commands: Commands, request: Request) -> Reply {
     let keys = patterns_field(&request)?;
     let feed = commands.follow_events(keys.as_deref(), BUFFER).await?;
-    let following = feed.patterns.clone();
+    let following = feed.patterns().to_vec();
     request.feed.set(FeedChange::Start { commands, feed });
     Ok(Answer::Following { following })
 }
@@ -162,7 +162,7 @@ impl Followers {
                     "unavailable",
                     "the edge is stopping; follow again once it is back",
                 )),
-                message = tokio::time::timeout(KEEP_ALIVE, feed.events.recv()) => message,
+                message = tokio::time::timeout(KEEP_ALIVE, feed.recv()) => message,
             };
             let text = match message {
                 // Quiet for a while: a frame anyway, which also finds out

@@ -152,6 +152,7 @@ pub fn settings_env(settings: &Settings) -> Vec<(String, String)> {
             s.dashboard.rabbitmq_mgmt_password.clone(),
         ),
         ("S3_CONSOLE_URL", s.dashboard.s3_console_url.clone()),
+        ("LIVE_FEEDS_MAX", s.dashboard.live_feeds_max.to_string()),
         ("WORKER_OPS_HOST", s.worker.ops_host.clone()),
         ("WORKER_OPS_PORT", s.worker.ops_port.to_string()),
         ("AUTH", if s.auth.enabled { "on" } else { "off" }.to_owned()),
@@ -498,6 +499,7 @@ mod tests {
         s.library.loan_timeout = Duration::from_millis(1_500);
         s.worker.ops_port = 0;
         s.edge.open_feed = Some(false);
+        s.dashboard.live_feeds_max = 7;
         s.log_format = LogFormat::Json;
         let vars = settings_env(&s);
         let back = Settings::from_lookup(|k| {

@@ -14,10 +14,7 @@
 use std::{convert::Infallible, time::Duration};
 
 use axum::response::sse::{Event, KeepAlive, Sse};
-use bibliomq_core::{
-    broker::events::EventMessage,
-    commands::{EVENT_PATTERNS_MAX, EventFeed},
-};
+use bibliomq_core::{broker::events::EventMessage, commands::EVENT_PATTERNS_MAX};
 use futures::{Stream, StreamExt, stream};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -104,7 +101,7 @@ fn keys_pattern() -> utoipa::openapi::Schema {
             content_type = "text/event-stream", body = String),
         (status = 400, description = "An unknown parameter (`invalid_query`).", body = ErrorAnswer),
         (status = 422, description = "A malformed pattern, none, or too many (`invalid_keys`, field `keys`).", body = ErrorAnswer),
-        (status = 503, description = "RabbitMQ cannot be reached, so there is no live feed (`unavailable`).", body = ErrorAnswer),
+        (status = 503, description = "RabbitMQ cannot be reached, so there is no live feed, or this process serves `BIBLIOMQ_LIVE_FEEDS_MAX` feeds already (`unavailable`).", body = ErrorAnswer),
     )
 )]
 async fn stream_events(
@@ -112,19 +109,19 @@ async fn stream_events(
     QueryParams(q): QueryParams<StreamQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let commands = state.commands.clone();
-    let EventFeed { patterns, events } = commands.follow_events(q.keys.as_deref(), BUFFER).await?;
-    let ready = Event::default()
-        .event("ready")
-        .data(to_line(&StreamReady { keys: &patterns }));
+    let feed = commands.follow_events(q.keys.as_deref(), BUFFER).await?;
+    let ready = Event::default().event("ready").data(to_line(&StreamReady {
+        keys: feed.patterns(),
+    }));
     // Each event is passed on only while the key is still in force, and
     // only if its role may see it; the first refusal is the stream's last
     // event.
-    let events = stream::unfold(Some((events, commands)), |feed| async move {
-        let (mut events, commands) = feed?;
+    let events = stream::unfold(Some((feed, commands)), |state| async move {
+        let (mut feed, commands) = state?;
         loop {
-            let message = events.recv().await?;
+            let message = feed.recv().await?;
             match commands.may_pass_on(&message).await {
-                Ok(true) => return Some((Ok(to_event(&message)), Some((events, commands)))),
+                Ok(true) => return Some((Ok(to_event(&message)), Some((feed, commands)))),
                 Ok(false) => {}
                 Err(e) => {
                     let body = ErrorAnswer {

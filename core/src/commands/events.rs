@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::Commands;
 use crate::{
@@ -26,10 +26,25 @@ const PATTERN_MAX_BYTES: usize = 255;
 const BIND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A live feed: the patterns followed, and the events as they come. A
-/// follower that falls more than its buffer behind misses the excess.
+/// follower that falls more than its buffer behind misses the excess. It
+/// holds its place among the process's live feeds until dropped.
 pub struct EventFeed {
-    pub patterns: Vec<String>,
-    pub events: mpsc::Receiver<EventMessage>,
+    patterns: Vec<String>,
+    events: mpsc::Receiver<EventMessage>,
+    _place: OwnedSemaphorePermit,
+}
+
+impl EventFeed {
+    /// The patterns followed.
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+
+    /// The next event; `None` once the feed has ended (the process's
+    /// broker handle closed).
+    pub async fn recv(&mut self) -> Option<EventMessage> {
+        self.events.recv().await
+    }
 }
 
 /// Topic patterns from a comma-separated list (`task.*,loaned.#`); every
@@ -81,6 +96,18 @@ impl Commands {
     ) -> Result<EventFeed, CommandError> {
         self.authorize(Permission::WatchEvents)?;
         let patterns = event_patterns(raw)?;
+        let place = self
+            .inner
+            .live_feeds
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                CommandError::Unavailable(format!(
+                    "this process already serves {} live feeds, the most it may \
+                     (BIBLIOMQ_LIVE_FEEDS_MAX); try again once one has ended",
+                    self.settings().dashboard.live_feeds_max
+                ))
+            })?;
         let keys: Vec<&str> = patterns.iter().map(String::as_str).collect();
         let events = self
             .publisher()
@@ -93,7 +120,11 @@ impl Commands {
                         .to_owned(),
                 )
             })?;
-        Ok(EventFeed { patterns, events })
+        Ok(EventFeed {
+            patterns,
+            events,
+            _place: place,
+        })
     }
 
     /// What a feed begun by [`Commands::follow_events`] does with `event`:

@@ -77,6 +77,8 @@ struct Inner {
     gate: Arc<crate::auth::Gate>,
     /// Word of finished tasks, for those waiting on them.
     wakeups: crate::tasks::wakeups::Wakeups,
+    /// Live feeds this process may still open (BIBLIOMQ_LIVE_FEEDS_MAX).
+    live_feeds: Arc<tokio::sync::Semaphore>,
 }
 
 impl Commands {
@@ -95,6 +97,9 @@ impl Commands {
         let loan_calls = library::loan_caller(rpc.clone());
         let circulation_publishes = library::circulation_publisher(publisher.clone());
         let wakeups = crate::tasks::wakeups::Wakeups::new(&settings.database.url);
+        let live_feeds = Arc::new(tokio::sync::Semaphore::new(
+            settings.dashboard.live_feeds_max,
+        ));
         let gate = Arc::new(crate::auth::Gate::new(
             settings.auth.cache_ttl,
             settings.auth.rate_per_sec,
@@ -120,6 +125,7 @@ impl Commands {
                 loan_calls,
                 circulation_publishes,
                 dead_letters: tokio::sync::Mutex::new(()),
+                live_feeds,
                 wakeups,
             }),
         }

@@ -243,6 +243,35 @@ async fn an_event_stream_ends_when_its_key_is_revoked() {
     );
 }
 
+/// A process serves at most BIBLIOMQ_LIVE_FEEDS_MAX live feeds (each holds
+/// a RabbitMQ queue): past it a new one is answered 503 naming the
+/// setting, and once a feed ends its place is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_feeds_past_the_most_a_process_serves_are_refused_until_one_ends() {
+    let app = TestApp::spawn(TestEnv::new().await, |s| s.dashboard.live_feeds_max = 1, 0).await;
+    let first = EventStream::open(&app, "task.*").await;
+    let response = app.get("/v1/events/stream?keys=task.*").await;
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("BIBLIOMQ_LIVE_FEEDS_MAX"),
+        "{body}"
+    );
+    // The server notices a client gone at its next write (a keep-alive
+    // every 15 s at the latest).
+    drop(first);
+    let reopened = wait_until(DEADLINE, || async {
+        let response = app.get("/v1/events/stream?keys=task.*").await;
+        (response.status() == 200).then_some(())
+    })
+    .await;
+    assert!(reopened.is_some(), "the ended feed kept its place");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_key_pattern_is_refused_with_the_reason() {
     let app = spawn_app().await;
