@@ -193,9 +193,10 @@ async fn history_pass(
             }
             if let Some(t) = cutoffs.anonymise_before {
                 println!(
-                    "anonymised {} circulation-history row(s) and {} operation(s) from before {}",
+                    "anonymised {} circulation-history row(s) and {} operation(s), and forgot {} returned loan(s), from before {}",
                     p.anonymised,
                     p.operations_anonymised,
+                    p.loans_forgotten,
                     when(t)
                 );
             }

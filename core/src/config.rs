@@ -295,7 +295,8 @@ pub struct LibrarySettings {
     /// workers' janitor; `None` (the default) keeps them forever.
     pub history_retention: Option<Duration>,
     /// The patron of history rows and settled operations older than this
-    /// is removed by the janitor; `None` (the default) never does it.
+    /// is removed by the janitor, and loans returned before then are
+    /// deleted; `None` (the default) never does it.
     pub history_anonymise_after: Option<Duration>,
 }
 

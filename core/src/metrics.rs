@@ -260,7 +260,7 @@ impl Metrics {
         let history_anonymised = Family::<TableLabels, Counter>::default();
         registry.register(
             "history_anonymised",
-            "Rows whose patron was anonymised by BIBLIOMQ_HISTORY_ANONYMISE_AFTER, by table",
+            "Rows whose patron was anonymised by BIBLIOMQ_HISTORY_ANONYMISE_AFTER, by table (loans: returned loans deleted)",
             history_anonymised.clone(),
         );
         let dead_letters_replayed = Counter::default();

@@ -77,6 +77,7 @@ pub async fn run(janitor: Janitor, shutdown: CancellationToken) {
                     deleted = p.deleted,
                     anonymised = p.anonymised,
                     operations_anonymised = p.operations_anonymised,
+                    loans_forgotten = p.loans_forgotten,
                     "applied the circulation history's retention"
                 );
             }

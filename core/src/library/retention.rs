@@ -6,9 +6,10 @@
 //! `BIBLIOMQ_HISTORY_ANONYMISE_AFTER` (unset: never): the patron of older
 //! history rows, and of operations settled before then, is removed —
 //! `patron_id` becomes NULL and the outcome loses its patron
-//! (`library_without_patron` in `migrations/0014_history_retention.sql`).
-//! Loans themselves keep their patron: see the README's "Circulation
-//! history retention".
+//! (`library_without_patron` in `migrations/0014_history_retention.sql`),
+//! and loans returned before then are deleted: a loan row names its
+//! patron, and a returned loan is only the patron's record of it (see the
+//! README's "Circulation history retention").
 //!
 //! A pass works in small batches, oldest first, each its own short
 //! transaction holding a PostgreSQL advisory lock (`pg_try_advisory_xact_lock`),
@@ -19,6 +20,7 @@
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use serde::Serialize;
+use uuid::Uuid;
 
 use crate::metrics::{Metrics, TableLabels};
 
@@ -68,12 +70,26 @@ pub struct HistoryPurged {
     pub anonymised: u64,
     /// Settled operations whose patron was removed.
     pub operations_anonymised: u64,
+    /// Loans returned before the anonymising cutoff, deleted.
+    pub loans_forgotten: u64,
 }
 
 enum Step {
     Delete,
     AnonymiseHistory,
     AnonymiseOperations,
+    ForgetLoans,
+}
+
+/// The smallest time-ordered id (UUIDv7) made at `t`: every loan made
+/// earlier has a smaller id, every loan made from then on a larger one.
+/// Loan ids are UUIDv7s made when the loan is asked for, before it is
+/// made, let alone returned.
+fn first_id_at(t: DateTime<Utc>) -> Uuid {
+    let ms = u64::try_from(t.timestamp_millis()).unwrap_or(0);
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    Uuid::from_bytes(bytes)
 }
 
 /// Runs one pass. `None` when another process holds the lock (it is
@@ -91,6 +107,7 @@ pub async fn purge_history(
     if let Some(cutoff) = cutoffs.anonymise_before {
         steps.push((Step::AnonymiseHistory, cutoff));
         steps.push((Step::AnonymiseOperations, cutoff));
+        steps.push((Step::ForgetLoans, cutoff));
     }
     for (step, cutoff) in steps {
         loop {
@@ -117,6 +134,15 @@ pub async fn purge_history(
                         .history_anonymised
                         .get_or_create(&TableLabels {
                             table: "operations".to_owned(),
+                        })
+                        .inc_by(n);
+                }
+                Step::ForgetLoans => {
+                    total.loans_forgotten += n;
+                    metrics
+                        .history_anonymised
+                        .get_or_create(&TableLabels {
+                            table: "loans".to_owned(),
                         })
                         .inc_by(n);
                 }
@@ -150,34 +176,50 @@ async fn batch(pool: &Pool, step: &Step, cutoff: DateTime<Utc>) -> anyhow::Resul
     )
     .await
     .context("Failed to open the history for maintenance")?;
-    let sql = match step {
-        Step::Delete => {
+    let first_id = first_id_at(cutoff);
+    let (sql, params): (&str, Vec<&(dyn tokio_postgres::types::ToSql + Sync)>) = match step {
+        Step::Delete => (
             "DELETE FROM circulation_history
               WHERE id IN (SELECT id FROM circulation_history
-                            WHERE at < $1 ORDER BY at LIMIT $2)"
-        }
-        Step::AnonymiseHistory => {
+                            WHERE at < $1 ORDER BY at LIMIT $2)",
+            vec![&cutoff, &BATCH],
+        ),
+        Step::AnonymiseHistory => (
             "UPDATE circulation_history
                 SET patron_id = NULL, details = library_without_patron(details)
               WHERE id IN (SELECT id FROM circulation_history
                             WHERE at < $1 AND patron_id IS NOT NULL
-                            ORDER BY at LIMIT $2)"
-        }
+                            ORDER BY at LIMIT $2)",
+            vec![&cutoff, &BATCH],
+        ),
         // Walks `requested_at` (never later than `settled_at`, and never
         // changed, so settling stays a HOT update: migration 0016); only
         // settled operations are anonymised.
-        Step::AnonymiseOperations => {
+        Step::AnonymiseOperations => (
             "UPDATE operations
                 SET patron_id = NULL, outcome = library_without_patron(outcome)
               WHERE id IN (SELECT id FROM operations
                             WHERE requested_at < $1 AND settled_at < $1
                               AND patron_id IS NOT NULL
                             ORDER BY requested_at LIMIT $2
-                              FOR UPDATE SKIP LOCKED)"
-        }
+                              FOR UPDATE SKIP LOCKED)",
+            vec![&cutoff, &BATCH],
+        ),
+        // A loan returned before the cutoff was made before it, so its id
+        // is below the cutoff's first id: the primary key leads straight to
+        // the loans old enough, with no index kept for this on every
+        // return. Open loans are never touched.
+        Step::ForgetLoans => (
+            "DELETE FROM loans
+              WHERE id IN (SELECT id FROM loans
+                            WHERE id < $3 AND returned_at < $1
+                            ORDER BY id LIMIT $2
+                              FOR UPDATE SKIP LOCKED)",
+            vec![&cutoff, &BATCH, &first_id],
+        ),
     };
     let n = tx
-        .execute(sql, &[&cutoff, &BATCH])
+        .execute(sql, &params)
         .await
         .context("Failed to apply the history retention")?;
     tx.commit().await.context("Failed to commit")?;
@@ -196,5 +238,23 @@ mod tests {
         assert_eq!(c.delete_before, None);
         assert_eq!(c.anonymise_before, Some(now - chrono::Duration::days(1)));
         assert!(HistoryCutoffs::at(now, None, None).is_nothing());
+    }
+
+    #[test]
+    fn the_first_id_at_a_time_parts_the_ids_made_before_from_those_made_after() {
+        let t = Utc::now();
+        let at = |t: DateTime<Utc>| {
+            let ms = u64::try_from(t.timestamp_millis()).unwrap();
+            Uuid::new_v7(uuid::Timestamp::from_unix(
+                uuid::NoContext,
+                ms / 1_000,
+                u32::try_from(ms % 1_000).unwrap() * 1_000_000,
+            ))
+        };
+        let bound = first_id_at(t);
+        assert!(at(t - chrono::Duration::milliseconds(1)) < bound);
+        assert!(at(t) > bound);
+        assert!(at(t + chrono::Duration::days(1)) > bound);
+        assert!(Uuid::now_v7() > first_id_at(t - chrono::Duration::days(30)));
     }
 }

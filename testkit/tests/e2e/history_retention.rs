@@ -43,6 +43,43 @@ async fn history_row(app: &TestApp, days: i32, patron: &str) -> i64 {
         .get(0)
 }
 
+/// A loan of a copy of its own made `days` ago for `patron`, returned
+/// `returned` days ago or still out; its id is a UUIDv7 of when it was
+/// made, as every loan's is.
+async fn past_loan(app: &TestApp, days: i64, returned: Option<i64>, patron: &str) -> uuid::Uuid {
+    let made = Utc::now() - chrono::Duration::days(days);
+    let ms = u64::try_from(made.timestamp_millis()).unwrap();
+    let id = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        ms / 1_000,
+        u32::try_from(ms % 1_000).unwrap() * 1_000_000,
+    ));
+    let returned_at = returned.map(|d| Utc::now() - chrono::Duration::days(d));
+    let db = app.env.db().await;
+    db.execute(
+        "WITH c AS (INSERT INTO copies (isbn, branch, barcode, status)
+                    VALUES ($1, 'central', $2, CASE WHEN $5::timestamptz IS NULL
+                                                    THEN 'on_loan' ELSE 'available' END)
+                    RETURNING id)
+         INSERT INTO loans (id, copy_id, patron_id, branch, loaned_at, due_at,
+                            returned_at, returned_branch)
+         SELECT $3, c.id, $4, 'central', $6::timestamptz, $6::timestamptz + interval '14 days', $5,
+                CASE WHEN $5::timestamptz IS NULL THEN NULL ELSE 'central' END
+           FROM c",
+        &[
+            &QUIJOTE,
+            &format!("PAST-{id}"),
+            &id,
+            &patron,
+            &returned_at,
+            &made,
+        ],
+    )
+    .await
+    .unwrap();
+    id
+}
+
 /// A history row's patron and details, or `None` once it is deleted.
 async fn history(app: &TestApp, id: i64) -> Option<(Option<String>, Value)> {
     app.env
@@ -98,6 +135,12 @@ async fn a_history_pass_deletes_old_rows_anonymises_older_than_n_days_and_keeps_
     )
     .await
     .unwrap();
+    // Loans made, as if, long ago: one returned forty days ago (forgotten),
+    // one still out after forty-five days (kept); and one returned today
+    // (kept). Their ids are made at their times, as a loan's always is.
+    let returned_long_ago = past_loan(&app, 45, Some(40), "luis").await;
+    let still_out = past_loan(&app, 45, None, "luis").await;
+    let returned_today = past_loan(&app, 3, Some(0), "luis").await;
     let ancient = history_row(&app, 400, "ana").await;
     let old = history_row(&app, 40, "ana").await;
     let recent = history_row(&app, 1, "ana").await;
@@ -113,6 +156,7 @@ async fn a_history_pass_deletes_old_rows_anonymises_older_than_n_days_and_keeps_
             deleted: 1,
             anonymised: 1,
             operations_anonymised: 1,
+            loans_forgotten: 1,
         })
     );
 
@@ -139,16 +183,35 @@ async fn a_history_pass_deletes_old_rows_anonymises_older_than_n_days_and_keeps_
     assert_eq!(op["outcome"]["loan"]["patron"], "~anonymised", "{op}");
     let (_, op) = app.get_json(&format!("/v1/operations/{new_op}")).await;
     assert_eq!(op["patron"], "ana", "{op}");
-    // The loans themselves are the patron's record and stay as they were.
+    // Open loans stay whatever their age, and so do loans returned since
+    // the cutoff; a loan returned before it is gone.
     assert_eq!(
         app.count("SELECT count(*) FROM loans WHERE patron_id = 'ana'")
             .await,
         2
     );
+    let loan_left = |id: uuid::Uuid| {
+        let app = &app;
+        async move {
+            app.count(&format!("SELECT count(*) FROM loans WHERE id = '{id}'"))
+                .await
+                == 1
+        }
+    };
+    assert!(!loan_left(returned_long_ago).await, "returned 40 days ago");
+    assert!(loan_left(still_out).await, "still out");
+    assert!(loan_left(returned_today).await, "returned today");
+    let (status, listed) = app.get_json("/v1/patrons/luis/loans?all=true").await;
+    assert_eq!(status, 200, "{listed}");
+    assert!(
+        !listed.to_string().contains(&returned_long_ago.to_string()),
+        "{listed}"
+    );
 
     assert_eq!(metrics.history_purged.get(), 1);
     assert_eq!(anonymised(&metrics, "circulation_history"), 1);
     assert_eq!(anonymised(&metrics, "operations"), 1);
+    assert_eq!(anonymised(&metrics, "loans"), 1);
     // A second pass finds nothing more to do.
     assert_eq!(
         purge_history(&pool, cutoffs, &metrics).await.unwrap(),
