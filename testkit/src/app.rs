@@ -204,6 +204,37 @@ impl TestApp {
         secret.text
     }
 
+    /// Revokes `key` by hand in SQL, as an operator would (no process is
+    /// told but through the database's announcement of the change).
+    pub async fn revoke_in_sql(&self, key: &str) {
+        let (id, _) = bibliomq_core::auth::split_key(key).expect("a whole key");
+        let changed = self
+            .env
+            .db()
+            .await
+            .execute(
+                "UPDATE api_keys SET revoked_at = now() WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap();
+        assert_eq!(changed, 1, "no key {id} to revoke");
+    }
+
+    /// Submits a `sum` task over HTTP with `key`; its id.
+    pub async fn submit_sum_as(&self, key: &str, n: u64) -> String {
+        let (status, _, body) = self
+            .call_as(
+                Some(key),
+                reqwest::Method::POST,
+                "/v1/tasks",
+                Some(&serde_json::json!({"action": "sum", "payload": [n, 1]})),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        body["id"].as_str().unwrap().to_owned()
+    }
+
     /// `method path` with `Authorization: Bearer <key>` (none when `key` is
     /// `None`) and, when given, a JSON body: the status, the headers and
     /// the JSON answer (`null` when not JSON).

@@ -188,34 +188,12 @@ async fn an_event_stream_ends_when_its_key_is_revoked() {
     };
     let mut kept = open(service.clone()).await;
     let mut lost = open(other.clone()).await;
-    let submit = || async {
-        let (status, _, body) = app
-            .call_as(
-                Some(&service),
-                reqwest::Method::POST,
-                "/v1/tasks",
-                Some(&json!({"action": "sum", "payload": [1, 2]})),
-            )
-            .await;
-        assert_eq!(status, 202, "{body}");
-        body["id"].as_str().unwrap().to_owned()
-    };
+    let submit = || app.submit_sum_as(&service, 1);
     let id = submit().await;
     assert_eq!(kept.until("task.succeeded").await["task_id"], id);
     assert_eq!(lost.until("task.succeeded").await["task_id"], id);
 
-    let (key_id, _) = bibliomq_core::auth::split_key(&other).unwrap();
-    let changed = app
-        .env
-        .db()
-        .await
-        .execute(
-            "UPDATE api_keys SET revoked_at = now() WHERE id = $1",
-            &[&key_id],
-        )
-        .await
-        .unwrap();
-    assert_eq!(changed, 1);
+    app.revoke_in_sql(&other).await;
     // The announcement reaches the API soon, not at once: events may still
     // come until it has.
     let end = tokio::time::Instant::now() + DEADLINE;

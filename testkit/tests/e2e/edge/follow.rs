@@ -111,20 +111,6 @@ impl Drop for Dealer {
     }
 }
 
-/// Submits a `sum` task over HTTP with `key`; its id.
-async fn submit(app: &TestApp, key: &str, n: u64) -> String {
-    let (status, _, body) = app
-        .call_as(
-            Some(key),
-            Method::POST,
-            "/v1/tasks",
-            Some(&json!({"action": "sum", "payload": [n, 1]})),
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
-    body["id"].as_str().unwrap().to_owned()
-}
-
 /// The `task.succeeded` event of task `id`, skipping others; `None` when
 /// the feed is quiet for `within`.
 async fn event_of(dealer: &mut Dealer, id: &str, within: Duration) -> Option<Value> {
@@ -177,7 +163,7 @@ async fn with_keys_required_events_reach_only_a_follower_with_a_key_that_may_see
         .await;
     assert_eq!(answer, json!({"ok": true, "following": ["task.succeeded"]}));
     for n in 0..5 {
-        let id = submit(&app, &service, n).await;
+        let id = app.submit_sum_as(&service, n).await;
         let frame = event_of(&mut dealer, &id, DEADLINE)
             .await
             .unwrap_or_else(|| panic!("no event for task {id}"));
@@ -197,7 +183,7 @@ async fn with_keys_required_events_reach_only_a_follower_with_a_key_that_may_see
         .ask(json!({"action": "unfollow", "key": service}))
         .await;
     assert_eq!(answer, json!({"ok": true, "following": []}));
-    let id = submit(&app, &service, 99).await;
+    let id = app.submit_sum_as(&service, 99).await;
     assert!(event_of(&mut witness, &id, DEADLINE).await.is_some());
     assert_eq!(
         dealer.next(Duration::from_millis(500)).await,
@@ -229,23 +215,12 @@ async fn a_follower_whose_key_is_revoked_gets_no_further_event() {
             .await;
         assert_eq!(answer["ok"], true, "{answer}");
     }
-    let id = submit(&app, &kept, 1).await;
+    let id = app.submit_sum_as(&kept, 1).await;
     for dealer in [&mut keeps, &mut loses] {
         assert!(event_of(dealer, &id, DEADLINE).await.is_some());
     }
 
-    let (id_of_revoked, _) = bibliomq_core::auth::split_key(&revoked).unwrap();
-    let changed = app
-        .env
-        .db()
-        .await
-        .execute(
-            "UPDATE api_keys SET revoked_at = now() WHERE id = $1",
-            &[&id_of_revoked],
-        )
-        .await
-        .unwrap();
-    assert_eq!(changed, 1);
+    app.revoke_in_sql(&revoked).await;
     // The announcement reaches the edge soon, not at once: submit until the
     // revoked follower's feed ends, counting what it still got meanwhile.
     let end = tokio::time::Instant::now() + DEADLINE;
@@ -254,7 +229,7 @@ async fn a_follower_whose_key_is_revoked_gets_no_further_event() {
             tokio::time::Instant::now() < end,
             "the revoked key went on following"
         );
-        let id = submit(&app, &kept, 2).await;
+        let id = app.submit_sum_as(&kept, 2).await;
         assert!(
             event_of(&mut keeps, &id, DEADLINE).await.is_some(),
             "the follower with a valid key missed task {id}"
@@ -266,7 +241,7 @@ async fn a_follower_whose_key_is_revoked_gets_no_further_event() {
         }
     };
     assert_eq!(last["error"]["code"], "unauthorized", "{last}");
-    let id = submit(&app, &kept, 3).await;
+    let id = app.submit_sum_as(&kept, 3).await;
     assert!(event_of(&mut keeps, &id, DEADLINE).await.is_some());
     assert_eq!(
         loses.next(Duration::from_millis(500)).await,
@@ -339,7 +314,7 @@ async fn a_feed_carries_only_the_events_its_key_may_see() {
     seen.sort();
     assert_eq!(seen, ["loaned.central", "loaned.norte"]);
     // Then a task: the first event the service key gets is the task's.
-    let id = submit(&app, &service, 7).await;
+    let id = app.submit_sum_as(&service, 7).await;
     let frame = service_feed.next(DEADLINE).await.expect("the task's event");
     assert_eq!(frame["event"]["task_id"], id, "{frame}");
     assert!(event_of(&mut admin_feed, &id, DEADLINE).await.is_some());
