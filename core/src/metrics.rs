@@ -8,7 +8,7 @@ use std::{
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, text::encode},
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -183,6 +183,9 @@ pub struct Families {
     pub history_purged: Counter,
     /// Rows whose patron was replaced by the anonymous marker, by table.
     pub history_anonymised: Family<TableLabels, Counter>,
+    /// Live event feeds this process serves now (event streams and the
+    /// edge's `follow`), against BIBLIOMQ_LIVE_FEEDS_MAX.
+    pub live_feeds: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -262,6 +265,12 @@ impl Metrics {
             "history_anonymised",
             "Rows whose patron was anonymised by BIBLIOMQ_HISTORY_ANONYMISE_AFTER, by table (loans: returned loans deleted)",
             history_anonymised.clone(),
+        );
+        let live_feeds = Gauge::default();
+        registry.register(
+            "live_feeds",
+            "Live event feeds served now (event streams and the edge's follow), at most BIBLIOMQ_LIVE_FEEDS_MAX",
+            live_feeds.clone(),
         );
         let dead_letters_replayed = Counter::default();
         registry.register(
@@ -345,6 +354,7 @@ impl Metrics {
             scheduler_lag,
             history_purged,
             history_anonymised,
+            live_feeds,
         }))
     }
 

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::Commands;
@@ -32,6 +33,14 @@ pub struct EventFeed {
     patterns: Vec<String>,
     events: mpsc::Receiver<EventMessage>,
     _place: OwnedSemaphorePermit,
+    /// `bibliomq_live_feeds`, one less when the feed is dropped.
+    counted: Gauge,
+}
+
+impl Drop for EventFeed {
+    fn drop(&mut self) {
+        self.counted.dec();
+    }
 }
 
 impl EventFeed {
@@ -120,10 +129,13 @@ impl Commands {
                         .to_owned(),
                 )
             })?;
+        let counted = self.metrics().live_feeds.clone();
+        counted.inc();
         Ok(EventFeed {
             patterns,
             events,
             _place: place,
+            counted,
         })
     }
 

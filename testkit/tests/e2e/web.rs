@@ -227,9 +227,16 @@ async fn an_event_stream_ends_when_its_key_is_revoked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_feeds_past_the_most_a_process_serves_are_refused_until_one_ends() {
     let app = TestApp::spawn(TestEnv::new().await, |s| s.dashboard.live_feeds_max = 1, 0).await;
+    assert_eq!(app.api_metrics.live_feeds.get(), 0);
     let first = EventStream::open(&app, "task.*").await;
+    assert_eq!(app.api_metrics.live_feeds.get(), 1, "bibliomq_live_feeds");
     let response = app.get("/v1/events/stream?keys=task.*").await;
     assert_eq!(response.status(), 503);
+    assert_eq!(
+        app.api_metrics.live_feeds.get(),
+        1,
+        "a refused feed is not counted"
+    );
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "unavailable", "{body}");
     assert!(
@@ -244,10 +251,21 @@ async fn live_feeds_past_the_most_a_process_serves_are_refused_until_one_ends() 
     drop(first);
     let reopened = wait_until(DEADLINE, || async {
         let response = app.get("/v1/events/stream?keys=task.*").await;
-        (response.status() == 200).then_some(())
+        (response.status() == 200).then_some(response)
     })
-    .await;
-    assert!(reopened.is_some(), "the ended feed kept its place");
+    .await
+    .expect("the ended feed kept its place");
+    assert_eq!(app.api_metrics.live_feeds.get(), 1);
+    drop(reopened);
+    wait_until(DEADLINE, || async {
+        (app.api_metrics.live_feeds.get() == 0).then_some(())
+    })
+    .await
+    .expect("bibliomq_live_feeds went back to 0 once the feeds ended");
+    assert!(
+        app.api_metrics.encode().contains("bibliomq_live_feeds 0"),
+        "served at /metrics"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
