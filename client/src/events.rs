@@ -6,10 +6,14 @@
 
 use std::time::Duration;
 
-use reqwest::Method;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::{error::Failure, http::Api, output};
+use crate::{
+    error::Failure,
+    http::{self, Api},
+    output,
+};
 
 /// How long the feed may stay open: the request timeout bounds one
 /// request, not a feed that is meant to stay.
@@ -45,6 +49,20 @@ fn take_events(buffer: &mut String) -> Vec<Sse> {
         }
     }
     events
+}
+
+/// The failure a feed's last event (`error`, the usual error body) stands
+/// for. The stream's status (200) was sent long before, so the status is
+/// the one the API gives that code: the key revoked (`unauthorized`) is
+/// the caller's to fix, anything else (`unavailable`) the server's.
+fn last_error(data: &str) -> Failure {
+    let body: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+    let status = match body["error"]["code"].as_str() {
+        Some("unauthorized") => StatusCode::UNAUTHORIZED,
+        Some("forbidden") => StatusCode::FORBIDDEN,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    http::failure_from_body(status, data.as_bytes())
 }
 
 pub async fn follow(
@@ -95,16 +113,7 @@ pub async fn follow(
                         .collect();
                     eprintln!("following {} (Ctrl-C to stop)", keys.join(","));
                 }
-                "error" => {
-                    let error = &data["error"];
-                    return Err(Failure::Api {
-                        status: 401,
-                        code: output::text(&error["code"]),
-                        message: output::text(&error["message"]),
-                        field: None,
-                        error: error.clone(),
-                    });
-                }
+                "error" => return Err(last_error(&event.data)),
                 _ => {
                     if out.json {
                         println!("{data}");
@@ -128,6 +137,24 @@ pub async fn follow(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_last_error_keeps_its_code_and_exits_as_the_api_would() {
+        let revoked = last_error(
+            r#"{"error":{"code":"unauthorized","message":"the key is no longer valid: it was revoked"}}"#,
+        );
+        assert_eq!(
+            (revoked.code(), revoked.exit_code()),
+            ("unauthorized", crate::error::exit::FAILED)
+        );
+        assert!(revoked.to_string().contains("revoked"), "{revoked}");
+        let down =
+            last_error(r#"{"error":{"code":"unavailable","message":"database unavailable"}}"#);
+        assert_eq!(
+            (down.code(), down.exit_code()),
+            ("unavailable", crate::error::exit::SERVER)
+        );
+    }
 
     #[test]
     fn events_are_cut_at_blank_lines_and_keep_alives_skipped() {

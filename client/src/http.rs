@@ -148,7 +148,14 @@ fn snippet(bytes: &[u8]) -> String {
 async fn api_failure(response: Response) -> Failure {
     let status = response.status();
     let bytes = response.bytes().await.unwrap_or_default();
-    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    failure_from_body(status, &bytes)
+}
+
+/// The failure an error body (`{"error": {...}}`, the API's shape) stands
+/// for, sent with `status`; a stand-in naming the status when it is not
+/// that shape.
+pub fn failure_from_body(status: StatusCode, bytes: &[u8]) -> Failure {
+    let body: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
     let error = &body["error"];
     match (error["code"].as_str(), error["message"].as_str()) {
         (Some(code), Some(message)) => Failure::Api {
@@ -161,7 +168,7 @@ async fn api_failure(response: Response) -> Failure {
         _ => Failure::Api {
             status: status.as_u16(),
             code: format!("http_{}", status.as_u16()),
-            message: format!("the API answered {status}: {}", snippet(&bytes)),
+            message: format!("the API answered {status}: {}", snippet(bytes)),
             field: None,
             error: json!({}),
         },
