@@ -33,10 +33,10 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use zeromq::{RouterSendHalf, SocketSend, ZmqMessage};
+use zeromq::{RouterSendHalf, SocketSend};
 
 use crate::{
-    reply::{Answer, ZmqReply},
+    reply::{Answer, ZmqReply, address},
     request::{FeedChange, Reply, Request},
     wire::{WireError, to_text},
 };
@@ -205,13 +205,4 @@ impl Followers {
         }
         self.end(&peer, id);
     }
-}
-
-/// `text` behind the peer's envelope.
-pub fn address(envelope: &[Bytes], text: String) -> ZmqMessage {
-    let mut message = ZmqMessage::from(text);
-    for frame in envelope.iter().rev() {
-        message.push_front(frame.clone());
-    }
-    message
 }

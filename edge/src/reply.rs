@@ -19,10 +19,24 @@ use bibliomq_core::{
         store::{ResultObject, TaskRecord},
     },
 };
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
+use zeromq::ZmqMessage;
+
+/// `text` behind `envelope` (the identity frames a ROUTER message came
+/// with, and the delimiter a REQ adds), for the ROUTER socket to send back
+/// where it came from: a request's reply, or a followed feed's frame.
+pub fn address(envelope: &[Bytes], text: String) -> ZmqMessage {
+    let mut message = ZmqMessage::from(text);
+    // The envelope goes in front of the body, last frame first.
+    for frame in envelope.iter().rev() {
+        message.push_front(frame.clone());
+    }
+    message
+}
 
 /// The HTTP path a task's result can be downloaded from.
 pub fn result_path(id: Uuid) -> String {

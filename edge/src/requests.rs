@@ -17,7 +17,8 @@ use zeromq::{RouterSocket, SocketRecv, SocketSend, ZmqMessage};
 
 use crate::{
     dispatch::{self, Handled, error_reply},
-    follow::{Followers, address},
+    follow::Followers,
+    reply::address,
     request::FeedChange,
     wire::WireError,
 };

@@ -214,7 +214,7 @@ impl Commands {
     /// feed), so that a key revoked meanwhile stops it. Spends nothing from
     /// the key's budget; answers from the cache, which forgets a key as
     /// soon as a change to it is announced.
-    pub async fn recheck(&self, what: Permission<'_>) -> Result<(), CommandError> {
+    pub(super) async fn recheck(&self, what: Permission<'_>) -> Result<(), CommandError> {
         let Some(id) = self.authorize(what)?.key_id() else {
             return Ok(());
         };

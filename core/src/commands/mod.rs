@@ -27,7 +27,7 @@ pub use dead::{
     DEAD_LIST_MAX, DEAD_REACH, DeadLetter, DeadLetterList, DeadLetterReplay, DeadQueue,
     ReplaySelection,
 };
-pub use events::{EVENT_PATTERNS_MAX, EventFeed, event_patterns};
+pub use events::{EVENT_PATTERNS_MAX, EventFeed};
 pub use holds::{HoldCancel, HoldCancelled, HoldRequest, PatronHolds, TitleHolds, hold_id};
 pub use keys::{KeyCreated, KeyInfo, NewKey};
 pub use library::{
