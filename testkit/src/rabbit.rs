@@ -70,6 +70,43 @@ pub async fn publish_raw(
     let _ = conn.close(200, "bye".into()).await;
 }
 
+/// Publishes many raw messages on one channel, their confirms awaited
+/// together.
+pub async fn publish_raw_many(
+    amqp_url: &str,
+    exchange: &str,
+    messages: Vec<(String, Vec<u8>, lapin::BasicProperties)>,
+) {
+    let conn = Connection::connect(amqp_url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    for chunk in messages.chunks(1_000) {
+        let mut pending = Vec::with_capacity(chunk.len());
+        for (routing_key, body, properties) in chunk {
+            pending.push(
+                ch.basic_publish(
+                    exchange.into(),
+                    routing_key.as_str().into(),
+                    lapin::options::BasicPublishOptions::default(),
+                    body,
+                    properties.clone(),
+                )
+                .await
+                .unwrap(),
+            );
+        }
+        for confirm in pending {
+            assert!(
+                confirm.await.unwrap().is_ack(),
+                "the broker refused the test's message"
+            );
+        }
+    }
+    let _ = conn.close(200, "bye".into()).await;
+}
+
 /// Consumers subscribed to `queue` now, as the queue itself counts them
 /// (the management API's figure lags by its statistics interval); `None`
 /// while the queue does not exist or the broker does not answer.

@@ -26,7 +26,7 @@ use lapin::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use publisher::{PublishError, Publisher};
+pub use publisher::{PUBLISH_MANY_WINDOW, PublishError, Publisher};
 
 /// Appends `items`, each already JSON, to `body` as a JSON array, joined as
 /// they are rather than serialized again: how bundles carry their members.

@@ -24,10 +24,11 @@ use lapin::{
     types::{AMQPValue, FieldTable, ShortString},
 };
 use serde::Serialize;
+use uuid::Uuid;
 
 use super::Commands;
 use crate::{
-    broker::{STEP_TIMEOUT, headers, topology, within},
+    broker::{PUBLISH_MANY_WINDOW, STEP_TIMEOUT, headers, topology, within},
     error::{CommandError, Invalid},
     tasks::TaskMessage,
 };
@@ -37,6 +38,9 @@ pub const DEAD_LIST_MAX: i64 = 500;
 /// How far into a dead-letter queue listing and replay reach: every
 /// message up to here is held at once on one channel.
 pub const DEAD_REACH: usize = 10_000;
+/// How long a replay of `all` goes on starting rounds of [`DEAD_REACH`];
+/// well inside the API's request time-out.
+pub const REPLAY_BUDGET: Duration = Duration::from_secs(10);
 /// How long to wait for the messages a queue said it holds.
 const TAKE_WAIT: Duration = Duration::from_secs(3);
 
@@ -105,6 +109,10 @@ pub struct DeadLetterReplay {
     pub queue: DeadQueue,
     /// The ids re-published (confirmed) and removed from the queue.
     pub replayed: Vec<String>,
+    /// How many of those asked for are still in the queue: the replay
+    /// stopped part way (the broker failed, or `all` ran out of its time
+    /// on a long queue). Ask again for the rest.
+    pub left: u64,
 }
 
 /// Which dead letters to replay.
@@ -213,6 +221,12 @@ impl Commands {
     /// Re-publishes the chosen dead letters to where they came from and
     /// removes each once its publish is confirmed. An id not in the queue
     /// fails the whole request before anything is sent.
+    ///
+    /// `all` goes through the whole queue, [`DEAD_REACH`] messages at a
+    /// time, but only as far as the messages it held when the replay
+    /// began: one that dies again meanwhile goes to the queue's tail and
+    /// waits for the next replay. It stops starting rounds after
+    /// [`REPLAY_BUDGET`]; `left` says how many are still to do.
     pub async fn replay_dead_letters(
         &self,
         queue: Option<&str>,
@@ -231,46 +245,77 @@ impl Commands {
             .into());
         }
         let _one_at_a_time = self.inner.dead_letters.lock().await;
-        let held = self.hold(queue, DEAD_REACH).await?;
-        if let ReplaySelection::Ids(ids) = &selection {
-            let present: HashSet<String> = held.deliveries.iter().map(message_id).collect();
-            let missing: Vec<&str> = ids
-                .iter()
-                .map(String::as_str)
-                .filter(|id| !present.contains(*id))
-                .collect();
-            if !missing.is_empty() {
-                let message = format!(
-                    "not in {}: {}; nothing was replayed",
-                    queue.queue_name(),
-                    missing.join(", ")
-                );
-                held.release(0).await;
-                return Err(CommandError::not_found("dead_letter_not_found", message));
-            }
-        }
-        let chosen: Vec<&Delivery> = match &selection {
-            ReplaySelection::All => held.deliveries.iter().collect(),
+        let budget = tokio::time::Instant::now() + REPLAY_BUDGET;
+        let mut replayed = Vec::new();
+        let first = self.hold(queue, DEAD_REACH).await?;
+        let (left, failure) = match &selection {
             ReplaySelection::Ids(ids) => {
+                let present: HashSet<String> = first.deliveries.iter().map(message_id).collect();
+                let missing: Vec<&str> = ids
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|id| !present.contains(*id))
+                    .collect();
+                if !missing.is_empty() {
+                    let beyond = if first.total > first.deliveries.len() as u64 {
+                        format!(
+                            " (among its first {} of {} messages)",
+                            first.deliveries.len(),
+                            first.total
+                        )
+                    } else {
+                        String::new()
+                    };
+                    let message = format!(
+                        "not in {}{beyond}: {}; nothing was replayed",
+                        queue.queue_name(),
+                        missing.join(", ")
+                    );
+                    first.release(0).await;
+                    return Err(CommandError::not_found("dead_letter_not_found", message));
+                }
                 let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
-                held.deliveries
+                let chosen: Vec<&Delivery> = first
+                    .deliveries
                     .iter()
                     .filter(|d| wanted.contains(message_id(d).as_str()))
-                    .collect()
+                    .collect();
+                let asked = chosen.len();
+                let failure = self.replay_these(queue, &chosen, &mut replayed).await.err();
+                first.release(replayed.len()).await;
+                ((asked - replayed.len()) as u64, failure)
+            }
+            ReplaySelection::All => {
+                // Only as far as what the queue held at the start.
+                let mut to_do = first.total;
+                let mut held = first;
+                let mut failure;
+                loop {
+                    let reach = usize::try_from(to_do).unwrap_or(usize::MAX);
+                    let chosen: Vec<&Delivery> = held.deliveries.iter().take(reach).collect();
+                    let before = replayed.len();
+                    failure = self.replay_these(queue, &chosen, &mut replayed).await.err();
+                    let done = replayed.len() - before;
+                    held.release(done).await;
+                    to_do = to_do.saturating_sub(done as u64);
+                    if failure.is_some()
+                        || done == 0
+                        || to_do == 0
+                        || tokio::time::Instant::now() >= budget
+                    {
+                        break;
+                    }
+                    held = match self.hold(queue, DEAD_REACH).await {
+                        Ok(h) => h,
+                        Err(e) => {
+                            failure = Some(e);
+                            break;
+                        }
+                    };
+                }
+                (to_do, failure)
             }
         };
-        let mut replayed = Vec::new();
-        let mut failure = None;
-        for delivery in chosen {
-            match self.replay_one(queue, delivery).await {
-                Ok(()) => replayed.push(message_id(delivery)),
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
-            }
-        }
-        held.release(replayed.len()).await;
         self.inner
             .metrics
             .dead_letters_replayed
@@ -278,43 +323,83 @@ impl Commands {
         match failure {
             Some(e) if replayed.is_empty() => Err(e),
             Some(e) => {
-                tracing::warn!(error = %e, replayed = replayed.len(), "replay stopped part way");
-                Ok(DeadLetterReplay { queue, replayed })
+                tracing::warn!(error = %e, replayed = replayed.len(), left, "replay stopped part way");
+                Ok(DeadLetterReplay {
+                    queue,
+                    replayed,
+                    left,
+                })
             }
-            None => Ok(DeadLetterReplay { queue, replayed }),
+            None => Ok(DeadLetterReplay {
+                queue,
+                replayed,
+                left,
+            }),
         }
     }
 
-    async fn replay_one(&self, queue: DeadQueue, delivery: &Delivery) -> Result<(), CommandError> {
-        let routing_key = delivery.routing_key.as_str();
-        if queue == DeadQueue::Tasks
-            && let Ok(message) = serde_json::from_slice::<TaskMessage>(&delivery.data)
-        {
-            // A dead task runs again from its first attempt.
-            let client = self.pool().get().await?;
-            client
-                .execute(
-                    "UPDATE tasks SET state = 'queued', error = NULL, error_code = NULL,
-                            finished_at = NULL, updated_at = now()
-                      WHERE id = $1 AND (state = 'dead') IS TRUE",
-                    &[&message.id],
+    /// Replays `chosen`, [`PUBLISH_MANY_WINDOW`] at a time: a window's
+    /// tasks go back to `queued` in one statement, its publishes are
+    /// confirmed together, and each dead copy whose publish was confirmed
+    /// is acked. Stops at the first window with a failure (the confirmed
+    /// ones of that window are still acked and counted).
+    async fn replay_these(
+        &self,
+        queue: DeadQueue,
+        chosen: &[&Delivery],
+        replayed: &mut Vec<String>,
+    ) -> Result<(), CommandError> {
+        for window in chosen.chunks(PUBLISH_MANY_WINDOW) {
+            if queue == DeadQueue::Tasks {
+                // A dead task runs again from its first attempt.
+                let ids: Vec<Uuid> = window
+                    .iter()
+                    .filter_map(|d| serde_json::from_slice::<TaskMessage>(&d.data).ok())
+                    .map(|m| m.id)
+                    .collect();
+                if !ids.is_empty() {
+                    let client = self.pool().get().await?;
+                    client
+                        .execute(
+                            "UPDATE tasks SET state = 'queued', error = NULL, error_code = NULL,
+                                    finished_at = NULL, updated_at = now()
+                              WHERE id = ANY($1) AND (state = 'dead') IS TRUE",
+                            &[&ids],
+                        )
+                        .await?;
+                }
+            }
+            let sent = futures::future::join_all(window.iter().map(|d| {
+                let routing_key = d.routing_key.as_str();
+                self.inner.publisher.publish(
+                    queue.origin(routing_key),
+                    routing_key,
+                    &d.data,
+                    fresh(&d.properties),
+                    true,
                 )
-                .await?;
+            }))
+            .await;
+            let mut failure = None;
+            for (delivery, outcome) in window.iter().zip(sent) {
+                match outcome {
+                    Ok(()) => {
+                        within(STEP_TIMEOUT, delivery.acker.ack(BasicAckOptions::default()))
+                            .await
+                            .map_err(|e| {
+                                CommandError::Unavailable(format!("message broker: {e}"))
+                            })?;
+                        replayed.push(message_id(delivery));
+                    }
+                    Err(e) => {
+                        failure.get_or_insert(CommandError::from(e));
+                    }
+                }
+            }
+            if let Some(e) = failure {
+                return Err(e);
+            }
         }
-        let exchange = queue.origin(routing_key);
-        self.inner
-            .publisher
-            .publish(
-                exchange,
-                routing_key,
-                &delivery.data,
-                fresh(&delivery.properties),
-                true,
-            )
-            .await?;
-        within(STEP_TIMEOUT, delivery.acker.ack(BasicAckOptions::default()))
-            .await
-            .map_err(|e| CommandError::Unavailable(format!("message broker: {e}")))?;
         Ok(())
     }
 

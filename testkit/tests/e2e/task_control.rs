@@ -486,6 +486,106 @@ async fn dead_letters_page_with_a_cursor_and_a_replay_of_an_unknown_id_changes_n
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_of_all_goes_past_the_first_ten_thousand_dead_letters_in_their_order() {
+    let app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
+    let url = app.env.amqp_url();
+    let reach = bibliomq_core::commands::DEAD_REACH;
+    let count = reach + 50;
+    rabbit::publish_raw_many(
+        &url,
+        topology::DEAD_LETTER_EXCHANGE,
+        (0..count)
+            .map(|n| {
+                (
+                    "task.upper".to_owned(),
+                    b"not a task".to_vec(),
+                    bibliomq_core::broker::headers::persistent_json(&format!("m{n}"), "c"),
+                )
+            })
+            .collect(),
+    )
+    .await;
+    let total = u64::try_from(count).unwrap();
+    let last = wait_until(DEADLINE, || async {
+        let (_, list) = app
+            .get_json(&format!(
+                "/v1/dead-letters?queue=tasks&limit=500&cursor={}",
+                reach - 500
+            ))
+            .await;
+        (list["total"] == total).then_some(list)
+    })
+    .await
+    .expect("the dead letters were never listed");
+    // The listing reaches the first DEAD_REACH and says so by ending there.
+    assert_eq!(last["dead_letters"][499]["id"], format!("m{}", reach - 1));
+    assert!(last["next_cursor"].is_null(), "{}", last["next_cursor"]);
+
+    // An id past the reach: refused, naming the reach, nothing replayed.
+    let (status, err) = app
+        .post(
+            "/v1/dead-letters/replay",
+            &json!({"queue": "tasks", "ids": ["m0", format!("m{}", count - 1)]}),
+        )
+        .await;
+    assert_eq!(status, 404, "{err}");
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("first {reach} of {count}")),
+        "{message}"
+    );
+    assert_eq!(
+        rabbit::ready_count(&url, topology::TASKS_DEAD_QUEUE).await,
+        u32::try_from(count).unwrap()
+    );
+
+    // `all` replays every one, past the reach, in the queue's order.
+    let (status, answer) = app
+        .post(
+            "/v1/dead-letters/replay",
+            &json!({"queue": "tasks", "all": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let replayed: Vec<&str> = answer["replayed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        replayed.len(),
+        count,
+        "replayed {} of {count}",
+        replayed.len()
+    );
+    let out_of_order = replayed
+        .iter()
+        .enumerate()
+        .find(|(n, id)| **id != format!("m{n}"));
+    assert_eq!(out_of_order, None, "replayed out of the queue's order");
+    assert_eq!(answer["left"], 0, "{}", answer["left"]);
+    assert_eq!(
+        rabbit::ready_count(&url, topology::TASKS_DEAD_QUEUE).await,
+        0
+    );
+    let queued = wait_until(DEADLINE, || async {
+        let n = rabbit::ready_count(&url, topology::TASKS_QUEUE).await;
+        (n == u32::try_from(count).unwrap()).then_some(n)
+    })
+    .await;
+    assert!(
+        queued.is_some(),
+        "the replayed messages are not all in the task queue"
+    );
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(&format!("bibliomq_dead_letters_replayed_total {count}")),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_janitor_removes_tasks_finished_before_the_retention_with_their_results_and_keeps_newer_ones()
  {
     let app = TestApp::spawn(
