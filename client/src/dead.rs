@@ -80,14 +80,33 @@ pub async fn replay(
         (false, false) => json!({"queue": queue, "ids": ids}),
         _ => return Err(Failure::Usage("give the ids to replay, or --all".into())),
     };
-    let answer = api.post("/v1/dead-letters/replay", &body).await?.body;
-    if out.json(&answer) {
+    // `all` on a long queue is answered in parts (`left`): ask again while
+    // each answer moves on, and no more times than the first answer left
+    // letters, so letters that keep dying cannot keep this going.
+    let mut answer = api.post("/v1/dead-letters/replay", &body).await?.body;
+    let mut replayed = answer["replayed"].as_array().cloned().unwrap_or_default();
+    let mut rounds = answer["left"].as_u64().unwrap_or(0);
+    while all && rounds > 0 && answer["left"].as_u64().unwrap_or(0) > 0 {
+        rounds -= 1;
+        let next = api.post("/v1/dead-letters/replay", &body).await?.body;
+        let more = next["replayed"].as_array().cloned().unwrap_or_default();
+        if more.is_empty() {
+            answer = next;
+            break;
+        }
+        replayed.extend(more);
+        answer = next;
+    }
+    let left = answer["left"].as_u64().unwrap_or(0);
+    if out.json(&json!({"queue": queue, "replayed": replayed, "left": left})) {
         return Ok(());
     }
-    let replayed = answer["replayed"].as_array().cloned().unwrap_or_default();
     println!("replayed {} dead letter(s) from {queue}", replayed.len());
     for id in &replayed {
         println!("  {}", output::text(id));
+    }
+    if left > 0 {
+        println!("{left} left in {queue}: run the replay again for the rest");
     }
     Ok(())
 }
