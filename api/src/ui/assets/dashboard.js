@@ -72,7 +72,8 @@ async function deadLetters() {
       if (!res.ok) {
         say(out, 'err', ...errorNodes(res.error));
       } else {
-        say(out, 'ok', `Replayed ${res.data.replayed.length} dead letter(s) from ${queue}.`);
+        const left = res.data.left ? ` ${res.data.left} left: replay again for the rest.` : '';
+        say(out, 'ok', `Replayed ${res.data.replayed.length} dead letter(s) from ${queue}.${left}`);
       }
       deadLetters();
     });
