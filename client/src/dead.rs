@@ -88,7 +88,17 @@ pub async fn replay(
     let mut rounds = answer["left"].as_u64().unwrap_or(0);
     while all && rounds > 0 && answer["left"].as_u64().unwrap_or(0) > 0 {
         rounds -= 1;
-        let next = api.post("/v1/dead-letters/replay", &body).await?.body;
+        let next = match api.post("/v1/dead-letters/replay", &body).await {
+            Ok(next) => next.body,
+            Err(e) => {
+                // What the earlier answers replayed stays replayed: say so.
+                eprintln!(
+                    "replayed {} dead letter(s) from {queue} before this failure",
+                    replayed.len()
+                );
+                return Err(e);
+            }
+        };
         let more = next["replayed"].as_array().cloned().unwrap_or_default();
         if more.is_empty() {
             answer = next;
