@@ -38,6 +38,22 @@ pub const DEAD_LIST_MAX: i64 = 500;
 /// How far into a dead-letter queue listing and replay reach: every
 /// message up to here is held at once on one channel.
 pub const DEAD_REACH: usize = 10_000;
+/// How a replay acks the dead copies it re-published.
+#[derive(Clone, Copy)]
+enum Acks {
+    /// The chosen messages are the first the channel holds, in order: a
+    /// window is acked in one frame.
+    Prefix,
+    /// Chosen among others: each is acked alone, [`ACKS_UNDER_WAY`] a
+    /// window.
+    EachAlone,
+}
+
+/// Single acks sent together before the next confirms: fewer than the
+/// settlements a quorum queue's client keeps under way before it holds
+/// the rest back.
+const ACKS_UNDER_WAY: usize = 16;
+
 /// How long a replay of `all` goes on starting rounds of [`DEAD_REACH`];
 /// well inside the API's request time-out.
 pub const REPLAY_BUDGET: Duration = Duration::from_secs(10);
@@ -281,7 +297,10 @@ impl Commands {
                     .filter(|d| wanted.contains(message_id(d).as_str()))
                     .collect();
                 let asked = chosen.len();
-                let failure = self.replay_these(queue, &chosen, &mut replayed).await.err();
+                let failure = self
+                    .replay_these(queue, &chosen, Acks::EachAlone, &mut replayed)
+                    .await
+                    .err();
                 first.release(replayed.len()).await;
                 ((asked - replayed.len()) as u64, failure)
             }
@@ -294,7 +313,10 @@ impl Commands {
                     let reach = usize::try_from(to_do).unwrap_or(usize::MAX);
                     let chosen: Vec<&Delivery> = held.deliveries.iter().take(reach).collect();
                     let before = replayed.len();
-                    failure = self.replay_these(queue, &chosen, &mut replayed).await.err();
+                    failure = self
+                        .replay_these(queue, &chosen, Acks::Prefix, &mut replayed)
+                        .await
+                        .err();
                     let done = replayed.len() - before;
                     held.release(done).await;
                     to_do = to_do.saturating_sub(done as u64);
@@ -338,18 +360,31 @@ impl Commands {
         }
     }
 
-    /// Replays `chosen`, [`PUBLISH_MANY_WINDOW`] at a time: a window's
-    /// tasks go back to `queued` in one statement, its publishes are
-    /// confirmed together, and each dead copy whose publish was confirmed
-    /// is acked. Stops at the first window with a failure (the confirmed
-    /// ones of that window are still acked and counted).
+    /// Replays `chosen`, a window at a time: a window's tasks go back to
+    /// `queued` in one statement, its publishes are confirmed together,
+    /// and the dead copies whose publish was confirmed are acked. Stops at
+    /// the first window with a failure (the confirmed ones of that window
+    /// are still acked and counted).
+    ///
+    /// How the acks go matters. A quorum queue's client in the channel
+    /// keeps only a few settlements under way and holds back the rest
+    /// until earlier ones are applied; closing the channel drops what it
+    /// held back, and those messages come back to the queue. So a
+    /// prefix is acked a window at a time in one frame (`multiple`), and
+    /// chosen messages that are not a prefix go in small windows, each
+    /// after its publishes' confirms, as single acks did before.
     async fn replay_these(
         &self,
         queue: DeadQueue,
         chosen: &[&Delivery],
+        acks: Acks,
         replayed: &mut Vec<String>,
     ) -> Result<(), CommandError> {
-        for window in chosen.chunks(PUBLISH_MANY_WINDOW) {
+        let window_size = match acks {
+            Acks::Prefix => PUBLISH_MANY_WINDOW,
+            Acks::EachAlone => ACKS_UNDER_WAY,
+        };
+        for window in chosen.chunks(window_size) {
             if queue == DeadQueue::Tasks {
                 // A dead task runs again from its first attempt.
                 let ids: Vec<Uuid> = window
@@ -380,23 +415,36 @@ impl Commands {
                 )
             }))
             .await;
-            let mut failure = None;
+            let broken =
+                |e: lapin::Error| CommandError::Unavailable(format!("message broker: {e}"));
+            let failure = sent.iter().position(Result::is_err);
+            if let (Acks::Prefix, None, Some(last)) = (acks, failure, window.last()) {
+                // Every delivery before this one on the channel is acked
+                // already or in this window.
+                within(
+                    STEP_TIMEOUT,
+                    last.acker.ack(BasicAckOptions { multiple: true }),
+                )
+                .await
+                .map_err(broken)?;
+                replayed.extend(window.iter().map(|d| message_id(d)));
+                continue;
+            }
+            let mut first_error = None;
             for (delivery, outcome) in window.iter().zip(sent) {
                 match outcome {
                     Ok(()) => {
                         within(STEP_TIMEOUT, delivery.acker.ack(BasicAckOptions::default()))
                             .await
-                            .map_err(|e| {
-                                CommandError::Unavailable(format!("message broker: {e}"))
-                            })?;
+                            .map_err(broken)?;
                         replayed.push(message_id(delivery));
                     }
                     Err(e) => {
-                        failure.get_or_insert(CommandError::from(e));
+                        first_error.get_or_insert(CommandError::from(e));
                     }
                 }
             }
-            if let Some(e) = failure {
+            if let Some(e) = first_error {
                 return Err(e);
             }
         }
