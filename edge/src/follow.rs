@@ -53,7 +53,7 @@ pub async fn follow(commands: Commands, request: Request) -> Reply {
     let keys = patterns_field(&request)?;
     let feed = commands.follow_events(keys.as_deref(), BUFFER).await?;
     let following = feed.patterns().to_vec();
-    request.feed.set(FeedChange::Start { commands, feed });
+    request.feed.set(FeedChange::Start(feed));
     Ok(Answer::Following { following })
 }
 
@@ -149,7 +149,6 @@ impl Followers {
         &self,
         mut send: RouterSendHalf,
         peer: Peer,
-        commands: Commands,
         mut feed: EventFeed,
         send_timeout: Duration,
         shutdown: CancellationToken,
@@ -162,7 +161,7 @@ impl Followers {
                     "unavailable",
                     "the edge is stopping; follow again once it is back",
                 )),
-                message = tokio::time::timeout(KEEP_ALIVE, feed.recv()) => message,
+                message = tokio::time::timeout(KEEP_ALIVE, feed.next()) => message,
             };
             let text = match message {
                 // Quiet for a while: a frame anyway, which also finds out
@@ -177,15 +176,13 @@ impl Followers {
                         "the live feed ended; follow again",
                     ));
                 }
-                Ok(Some(message)) => match commands.may_pass_on(&message).await {
-                    Ok(true) => to_text(&Pushed {
-                        ok: true,
-                        routing_key: &message.routing_key,
-                        event: message.json(),
-                    }),
-                    Ok(false) => continue,
-                    Err(e) => break Some(e.into()),
-                },
+                Ok(Some(Ok(message))) => to_text(&Pushed {
+                    ok: true,
+                    routing_key: &message.routing_key,
+                    event: message.json(),
+                }),
+                // The key is no longer in force.
+                Ok(Some(Err(e))) => break Some(e.into()),
             };
             match tokio::time::timeout(send_timeout, send.send(address(&peer, text))).await {
                 Ok(Ok(())) => {}

@@ -10,10 +10,7 @@ use std::{
     time::Duration,
 };
 
-use bibliomq_core::{
-    commands::{Commands, EventFeed},
-    telemetry,
-};
+use bibliomq_core::{commands::EventFeed, telemetry};
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
@@ -146,8 +143,8 @@ impl Request {
 /// What a `follow` or `unfollow` asks of the request socket beyond its
 /// reply; handed over through [`FeedSlot`].
 pub enum FeedChange {
-    /// Push `feed` to the peer that asked, acting for `commands`' caller.
-    Start { commands: Commands, feed: EventFeed },
+    /// Push the feed to the peer that asked.
+    Start(EventFeed),
     /// Stop the feed the peer has.
     Stop,
 }

@@ -86,9 +86,9 @@ pub async fn serve(
                     match feed {
                         None => {}
                         Some(FeedChange::Stop) => followers.stop(&envelope),
-                        Some(FeedChange::Start { commands, feed }) => {
+                        Some(FeedChange::Start(feed)) => {
                             followers
-                                .push(send, envelope, commands, feed, SEND_TIMEOUT, shutdown)
+                                .push(send, envelope, feed, SEND_TIMEOUT, shutdown)
                                 .await;
                         }
                     }

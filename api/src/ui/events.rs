@@ -108,30 +108,26 @@ async fn stream_events(
     Acting(state): Acting,
     QueryParams(q): QueryParams<StreamQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let commands = state.commands.clone();
-    let feed = commands.follow_events(q.keys.as_deref(), BUFFER).await?;
+    let feed = state
+        .commands
+        .follow_events(q.keys.as_deref(), BUFFER)
+        .await?;
     let ready = Event::default().event("ready").data(to_line(&StreamReady {
         keys: feed.patterns(),
     }));
-    // Each event is passed on only while the key is still in force, and
-    // only if its role may see it; the first refusal is the stream's last
-    // event.
-    let events = stream::unfold(Some((feed, commands)), |state| async move {
-        let (mut feed, commands) = state?;
-        loop {
-            let message = feed.recv().await?;
-            match commands.may_pass_on(&message).await {
-                Ok(true) => return Some((Ok(to_event(&message)), Some((feed, commands)))),
-                Ok(false) => {}
-                Err(e) => {
-                    let body = ErrorAnswer {
-                        error: ApiError::from(e).into_body(),
-                    };
-                    let last = Event::default().event("error").data(to_line(&body));
-                    return Some((Ok(last), None));
-                }
+    // The feed gives only what the key may see while it is in force; its
+    // refusal is the stream's last event.
+    let events = stream::unfold(feed, |mut feed| async move {
+        let event = match feed.next().await? {
+            Ok(message) => to_event(&message),
+            Err(e) => {
+                let body = ErrorAnswer {
+                    error: ApiError::from(e).into_body(),
+                };
+                Event::default().event("error").data(to_line(&body))
             }
-        }
+        };
+        Some((Ok(event), feed))
     });
     let stream = stream::once(async move { Ok(ready) })
         .chain(events)

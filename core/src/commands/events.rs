@@ -1,10 +1,10 @@
 //! Following the live outcome events of `bibliomq.events` (the HTTP event
 //! stream and the ZeroMQ `follow` request): which patterns a caller may ask
-//! for, the subscription itself, and which events reach the caller. Each
-//! event is checked against the key ([`Commands::may_pass_on`]): a key
+//! for, the subscription itself, and which events reach the caller. The
+//! feed checks each event against the key ([`EventFeed::next`]): a key
 //! revoked while it follows ends its feed, and a key sees only what its
 //! role may (a service key the tasks, a librarian the circulation of their
-//! branch).
+//! branch). Both transports only pass on what the feed gives them.
 
 use std::time::Duration;
 
@@ -26,12 +26,21 @@ const PATTERN_MAX_BYTES: usize = 255;
 /// `unavailable`.
 const BIND_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A live feed: the patterns followed, and the events as they come. A
-/// follower that falls more than its buffer behind misses the excess. It
-/// holds its place among the process's live feeds until dropped.
+/// A live feed: the patterns followed, and the events its caller may see
+/// as they come. A follower that falls more than its buffer behind misses
+/// the excess. It holds its place among the process's live feeds until
+/// dropped.
 pub struct EventFeed {
     patterns: Vec<String>,
     events: mpsc::Receiver<EventMessage>,
+    /// Acting for the caller who began the feed.
+    commands: Commands,
+    /// An event taken from `events` whose check had not finished: `next`
+    /// may be cancelled there (a keep-alive timer), and the event is not
+    /// lost.
+    checking: Option<EventMessage>,
+    /// The key was refused once: the feed gives nothing more.
+    refused: bool,
     _place: OwnedSemaphorePermit,
     /// `bibliomq_live_feeds`, one less when the feed is dropped.
     counted: Gauge,
@@ -49,10 +58,31 @@ impl EventFeed {
         &self.patterns
     }
 
-    /// The next event; `None` once the feed has ended (the process's
-    /// broker handle closed).
-    pub async fn recv(&mut self) -> Option<EventMessage> {
-        self.events.recv().await
+    /// The next event this feed's caller may see. An error once when the
+    /// key is no longer in force (revoked while it followed), which ends
+    /// the feed; `None` once the feed has ended (that, or the process's
+    /// broker handle closed). Cancel-safe: an event whose check was cut
+    /// short is checked again at the next call.
+    pub async fn next(&mut self) -> Option<Result<EventMessage, CommandError>> {
+        if self.refused {
+            return None;
+        }
+        loop {
+            let message = match self.checking.take() {
+                Some(message) => message,
+                None => self.events.recv().await?,
+            };
+            let message = self.checking.insert(message);
+            match self.commands.may_pass_on(message).await {
+                Ok(true) => return self.checking.take().map(Ok),
+                Ok(false) => self.checking = None,
+                Err(e) => {
+                    self.checking = None;
+                    self.refused = true;
+                    return Some(Err(e));
+                }
+            }
+        }
     }
 }
 
@@ -134,6 +164,9 @@ impl Commands {
         Ok(EventFeed {
             patterns,
             events,
+            commands: self.clone(),
+            checking: None,
+            refused: false,
             _place: place,
             counted,
         })
@@ -143,7 +176,7 @@ impl Commands {
     /// pass it on (`true`), or skip it (`false`: not for this caller, see
     /// [`crate::auth::Caller::may_see_event`]). An error ends the feed: the
     /// key is no longer in force (revoked while it followed).
-    pub async fn may_pass_on(&self, event: &EventMessage) -> Result<bool, CommandError> {
+    async fn may_pass_on(&self, event: &EventMessage) -> Result<bool, CommandError> {
         self.recheck(Permission::WatchEvents).await?;
         Ok(self
             .caller()
