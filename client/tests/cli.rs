@@ -287,6 +287,72 @@ async fn dead_list_shows_the_dead_letters_and_replay_sends_them_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_replay_all_asks_again_while_letters_are_left() {
+    // No replay budget: each answer replays one window and says how many
+    // are left. No workers: the replayed messages stay in the task queue.
+    let app = TestApp::spawn(
+        TestEnv::new().await,
+        |s| s.api.dead_replay_budget = std::time::Duration::ZERO,
+        0,
+    )
+    .await;
+    let url = app.env.amqp_url();
+    let dead = bibliomq_core::broker::topology::TASKS_DEAD_QUEUE;
+    let window = bibliomq_core::broker::PUBLISH_MANY_WINDOW;
+    let count = 2 * window + 88;
+    bibliomq_testkit::rabbit::publish_raw_many(
+        &url,
+        bibliomq_core::broker::topology::DEAD_LETTER_EXCHANGE,
+        (0..count)
+            .map(|n| {
+                (
+                    "task.upper".to_owned(),
+                    b"not a task".to_vec(),
+                    bibliomq_core::broker::headers::persistent_json(&format!("m{n}"), "c"),
+                )
+            })
+            .collect(),
+    )
+    .await;
+    let (status, first) = app
+        .post(
+            "/v1/dead-letters/replay",
+            &serde_json::json!({"queue": "tasks", "all": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["replayed"].as_array().unwrap().len(), window);
+    assert_eq!(first["left"], count - window, "{}", first["left"]);
+
+    // The client goes on until none are left, in the queue's order.
+    let ran = bibliomq(&app, &["--json", "dead", "replay", "--all"]).await;
+    assert_eq!(ran.code, 0, "{ran}");
+    let answer = ran.json();
+    let ids: Vec<&str> = answer["replayed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = (window..count).map(|n| format!("m{n}")).collect();
+    assert_eq!(ids, expected, "{ran}");
+    assert_eq!(answer["left"], 0, "{ran}");
+    let emptied = bibliomq_testkit::app::wait_until(bibliomq_testkit::app::DEADLINE, || async {
+        (bibliomq_testkit::rabbit::ready_count(&url, dead).await == 0).then_some(())
+    })
+    .await;
+    assert!(
+        emptied.is_some(),
+        "replayed dead letters stayed in the queue"
+    );
+    assert_eq!(
+        bibliomq_testkit::rabbit::ready_count(&url, bibliomq_core::broker::topology::TASKS_QUEUE)
+            .await,
+        u32::try_from(count).unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_that_cannot_be_reached_exits_3_and_says_how_to_start_it() {
     let closed = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

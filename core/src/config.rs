@@ -215,6 +215,20 @@ pub struct ApiSettings {
     /// Largest request body accepted, in bytes.
     pub body_limit: usize,
     pub request_timeout: Duration,
+    /// How long a replay of all dead letters goes on starting windows of
+    /// messages; the rest is left for the next call (`left`). See
+    /// [`ApiSettings::replay_budget`].
+    pub dead_replay_budget: Duration,
+}
+
+impl ApiSettings {
+    /// The replay budget in force: as set, but at most a third of the
+    /// request's time, which leaves the rest for taking the queue's
+    /// messages, the last window and the answer, so that a replay always
+    /// answers with how far it went rather than timing out.
+    pub fn replay_budget(&self) -> Duration {
+        self.dead_replay_budget.min(self.request_timeout / 3)
+    }
 }
 
 /// The ZeroMQ edge and the legacy TCP gateways (`bibliomq-edge`).
@@ -437,6 +451,7 @@ impl Settings {
                 port: env.get("API_PORT", 8080)?,
                 body_limit: env.get("API_BODY_LIMIT", 1024 * 1024)?,
                 request_timeout: env.millis("API_REQUEST_TIMEOUT_MS", 30_000)?,
+                dead_replay_budget: env.millis("API_DEAD_REPLAY_BUDGET_MS", 10_000)?,
             },
             edge: EdgeSettings {
                 host: env.get("EDGE_HOST", "127.0.0.1".to_owned())?,
@@ -645,6 +660,17 @@ mod tests {
         let err = Settings::from_lookup(|k| (k == "BIBLIOMQ_API_PORT").then(|| "eighty".into()))
             .unwrap_err();
         assert!(format!("{err:#}").contains("BIBLIOMQ_API_PORT"), "{err:#}");
+    }
+
+    #[test]
+    fn the_dead_replay_budget_is_at_most_a_third_of_the_request_time() {
+        let s = Settings::from_lookup(|_| None).unwrap();
+        assert_eq!(s.api.replay_budget(), Duration::from_secs(10));
+        let short = Settings::from_lookup(|k| {
+            (k == "BIBLIOMQ_API_REQUEST_TIMEOUT_MS").then(|| "6000".into())
+        })
+        .unwrap();
+        assert_eq!(short.api.replay_budget(), Duration::from_secs(2));
     }
 
     #[test]

@@ -79,6 +79,7 @@ pub fn settings_env(settings: &Settings) -> Vec<(String, String)> {
         ("API_PORT", s.api.port.to_string()),
         ("API_BODY_LIMIT", s.api.body_limit.to_string()),
         ("API_REQUEST_TIMEOUT_MS", ms(s.api.request_timeout)),
+        ("API_DEAD_REPLAY_BUDGET_MS", ms(s.api.dead_replay_budget)),
         ("EDGE_HOST", s.edge.host.clone()),
         ("EDGE_ZMQ_REQUEST_PORT", s.edge.zmq_request_port.to_string()),
         ("EDGE_ZMQ_PUB_PORT", s.edge.zmq_pub_port.to_string()),

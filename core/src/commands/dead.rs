@@ -54,9 +54,6 @@ enum Acks {
 /// the rest back.
 const ACKS_UNDER_WAY: usize = 16;
 
-/// How long a replay of `all` goes on starting rounds of [`DEAD_REACH`];
-/// well inside the API's request time-out.
-pub const REPLAY_BUDGET: Duration = Duration::from_secs(10);
 /// How long to wait for the messages a queue said it holds.
 const TAKE_WAIT: Duration = Duration::from_secs(3);
 
@@ -241,8 +238,10 @@ impl Commands {
     /// `all` goes through the whole queue, [`DEAD_REACH`] messages at a
     /// time, but only as far as the messages it held when the replay
     /// began: one that dies again meanwhile goes to the queue's tail and
-    /// waits for the next replay. It stops starting rounds after
-    /// [`REPLAY_BUDGET`]; `left` says how many are still to do.
+    /// waits for the next replay. It starts no new window of
+    /// [`PUBLISH_MANY_WINDOW`] once the replay budget is spent
+    /// ([`crate::config::ApiSettings::replay_budget`]; one window always
+    /// goes); `left` says how many are still to do.
     pub async fn replay_dead_letters(
         &self,
         queue: Option<&str>,
@@ -261,7 +260,7 @@ impl Commands {
             .into());
         }
         let _one_at_a_time = self.inner.dead_letters.lock().await;
-        let budget = tokio::time::Instant::now() + REPLAY_BUDGET;
+        let budget = tokio::time::Instant::now() + self.inner.settings.api.replay_budget();
         let mut replayed = Vec::new();
         let first = self.hold(queue, DEAD_REACH).await?;
         let (left, failure) = match &selection {
@@ -298,7 +297,7 @@ impl Commands {
                     .collect();
                 let asked = chosen.len();
                 let failure = self
-                    .replay_these(queue, &chosen, Acks::EachAlone, &mut replayed)
+                    .replay_these(queue, &chosen, Acks::EachAlone, None, &mut replayed)
                     .await
                     .err();
                 first.release(replayed.len()).await;
@@ -314,7 +313,7 @@ impl Commands {
                     let chosen: Vec<&Delivery> = held.deliveries.iter().take(reach).collect();
                     let before = replayed.len();
                     failure = self
-                        .replay_these(queue, &chosen, Acks::Prefix, &mut replayed)
+                        .replay_these(queue, &chosen, Acks::Prefix, Some(budget), &mut replayed)
                         .await
                         .err();
                     let done = replayed.len() - before;
@@ -364,7 +363,8 @@ impl Commands {
     /// `queued` in one statement, its publishes are confirmed together,
     /// and the dead copies whose publish was confirmed are acked. Stops at
     /// the first window with a failure (the confirmed ones of that window
-    /// are still acked and counted).
+    /// are still acked and counted), or, given `until`, before the first
+    /// window after it (one window always goes).
     ///
     /// How the acks go matters. A quorum queue's client in the channel
     /// keeps only a few settlements under way and holds back the rest
@@ -378,13 +378,17 @@ impl Commands {
         queue: DeadQueue,
         chosen: &[&Delivery],
         acks: Acks,
+        until: Option<tokio::time::Instant>,
         replayed: &mut Vec<String>,
     ) -> Result<(), CommandError> {
         let window_size = match acks {
             Acks::Prefix => PUBLISH_MANY_WINDOW,
             Acks::EachAlone => ACKS_UNDER_WAY,
         };
-        for window in chosen.chunks(window_size) {
+        for (nth, window) in chosen.chunks(window_size).enumerate() {
+            if nth > 0 && until.is_some_and(|t| tokio::time::Instant::now() >= t) {
+                break;
+            }
             if queue == DeadQueue::Tasks {
                 // A dead task runs again from its first attempt.
                 let ids: Vec<Uuid> = window

@@ -181,27 +181,60 @@ async fn a_task_submitted_in_the_browser_is_watched_to_success_and_its_result_do
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_counts_dead_letters_and_replays_them_with_its_button() {
-    // No workers: a replayed message stays in the task queue.
-    let app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
-    for n in 0..2 {
-        bibliomq_testkit::rabbit::publish_raw(
-            &app.env.amqp_url(),
-            bibliomq_core::broker::topology::DEAD_LETTER_EXCHANGE,
-            "task.upper",
-            b"not a task",
-            bibliomq_core::broker::headers::persistent_json(&format!("d{n}"), "c"),
-        )
-        .await;
-    }
+    // No workers: a replayed message stays in the task queue. No replay
+    // budget: each replay of all takes one window, so one more than a
+    // window needs two clicks, and the first says what is left.
+    let app = TestApp::spawn(
+        TestEnv::new().await,
+        |s| s.api.dead_replay_budget = std::time::Duration::ZERO,
+        0,
+    )
+    .await;
+    let window = bibliomq_core::broker::PUBLISH_MANY_WINDOW;
+    let count = window + 2;
+    bibliomq_testkit::rabbit::publish_raw_many(
+        &app.env.amqp_url(),
+        bibliomq_core::broker::topology::DEAD_LETTER_EXCHANGE,
+        (0..count)
+            .map(|n| {
+                (
+                    "task.upper".to_owned(),
+                    b"not a task".to_vec(),
+                    bibliomq_core::broker::headers::persistent_json(&format!("d{n}"), "c"),
+                )
+            })
+            .collect(),
+    )
+    .await;
     let browser = Browser::start("dashboard_dead").await;
     browser.goto(&app.url("/ui/dashboard")).await;
     browser
-        .wait_text("#dead-letters li[data-queue='tasks'] .count", "2")
+        .wait_text(
+            "#dead-letters li[data-queue='tasks'] .count",
+            &count.to_string(),
+        )
         .await;
     browser
         .click("#dead-letters button[data-replay='tasks']")
         .await;
-    browser.wait_text("#dead-out", "Replayed 2").await;
+    browser
+        .wait_text(
+            "#dead-out",
+            &format!("Replayed {window} dead letter(s) from tasks. 2 left"),
+        )
+        .await;
+    let two_left = wait_until(DEADLINE, || async {
+        let (_, list) = app.get_json("/v1/dead-letters?queue=tasks").await;
+        (list["total"] == 2).then_some(list)
+    })
+    .await;
+    assert!(two_left.is_some(), "the first window's letters stayed");
+    browser
+        .click("#dead-letters button[data-replay='tasks']")
+        .await;
+    browser
+        .wait_text("#dead-out", "Replayed 2 dead letter(s) from tasks.")
+        .await;
     browser
         .wait_text("#dead-letters li[data-queue='tasks'] .count", "0")
         .await;
