@@ -54,6 +54,8 @@ pub struct PublishLabels {
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum PublishOutcome {
     Confirmed,
+    /// Handed to the connection without a confirm asked (outcome events).
+    Sent,
     Failed,
     /// Not confirmed (connection lost, refused) and sent again.
     Resent,
@@ -77,6 +79,7 @@ impl PublishOutcome {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Confirmed => "confirmed",
+            Self::Sent => "sent",
             Self::Failed => "failed",
             Self::Resent => "resent",
         }

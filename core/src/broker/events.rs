@@ -6,21 +6,34 @@
 //! PostgreSQL.
 //!
 //! Events that come together share a message: an event announced while
-//! the ones before it wait for their confirm is published with the others
+//! the ones before it are being sent is published with the others
 //! of its routing key that wait beside it, as one message of AMQP `type`
 //! [`EVENT_BUNDLE_KIND`] whose body is the JSON array of the events, in
 //! the order they were announced. An event that comes alone is published
 //! alone, as its own JSON. Followers ([`Broker::subscribe`]) hand on every
 //! event of a bundle as an event of its own.
+//!
+//! Events go out on a channel of their own, as transient messages and
+//! without publisher confirms. The queues that receive them are the
+//! followers' own, private and not durable, gone with their connection: a
+//! persistent mark or a confirm would promise nothing more about an event
+//! reaching a follower, and both cost something on every operation (README,
+//! Performance, item 30). The work an event reports was committed before
+//! it was announced, and its record is in PostgreSQL.
 
 use futures::StreamExt;
-use lapin::{options::QueueBindOptions, types::FieldTable};
+use lapin::{
+    BasicProperties, Channel,
+    options::{BasicPublishOptions, QueueBindOptions},
+    types::FieldTable,
+};
 use tokio::sync::mpsc;
 
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{Broker, Publisher, headers, topology};
+use super::{Broker, PublishError, Publisher, headers, topology};
+use crate::metrics::{Metrics, PublishOutcome};
 
 /// The AMQP `type` of a message carrying several outcome events of one
 /// routing key: a JSON array of the events.
@@ -34,8 +47,8 @@ const EVENT_BACKLOG: usize = 65_536;
 /// Publishes `event` under `routing_key` in the background, after the
 /// change it reports was committed. Events are notifications: the record
 /// of what happened is in PostgreSQL, so nobody holds an ack or an answer
-/// for their confirms, and a lost event is logged, never an error of the
-/// work it reports.
+/// for them, and an event that cannot be sent is logged, never an error of
+/// the work it reports.
 pub fn announce(publisher: &Publisher, routing_key: String, event: &impl Serialize) {
     let body = match serde_json::to_vec(event) {
         Ok(body) => body,
@@ -57,25 +70,84 @@ pub(crate) struct EventQueue {
 }
 
 impl EventQueue {
-    pub(crate) fn start(publisher: Publisher) -> Self {
+    pub(crate) fn start(broker: Broker, metrics: Metrics) -> Self {
         let (tx, mut rx) = mpsc::channel(EVENT_BACKLOG);
         tokio::spawn(async move {
+            let mut channel = EventChannel { broker, open: None };
             let mut waiting = Vec::new();
-            // Everything announced since the last round, in one round:
-            // its confirms are awaited together.
+            // Everything announced since the last round, in one round.
             while rx.recv_many(&mut waiting, EVENT_BACKLOG).await > 0 {
                 let messages = bundle(std::mem::take(&mut waiting));
-                let answers = publisher
-                    .publish_many(topology::EVENTS_EXCHANGE, &messages, false)
-                    .await;
+                let answers = channel.send(&messages).await;
                 for ((routing_key, _, _), answer) in messages.iter().zip(answers) {
-                    if let Err(e) = answer {
-                        tracing::debug!(error = %e, %routing_key, "could not publish an event");
-                    }
+                    let outcome = match answer {
+                        Ok(()) => PublishOutcome::Sent,
+                        Err(e) => {
+                            tracing::debug!(error = %e, %routing_key, "could not publish an event");
+                            PublishOutcome::Failed
+                        }
+                    };
+                    metrics.publish(topology::EVENTS_EXCHANGE, outcome);
                 }
             }
         });
         Self { tx }
+    }
+}
+
+/// The channel events go out on, not in confirm mode; opened again on the
+/// broker's current connection once it is gone.
+struct EventChannel {
+    broker: Broker,
+    open: Option<Channel>,
+}
+
+impl EventChannel {
+    /// Hands each message to the connection; the answers come in the
+    /// order of `messages`.
+    async fn send(
+        &mut self,
+        messages: &[(String, Vec<u8>, BasicProperties)],
+    ) -> Vec<Result<(), PublishError>> {
+        let channel = match self.channel().await {
+            Ok(channel) => channel,
+            Err(e) => {
+                tracing::debug!(error = %e, "no channel for events");
+                return messages
+                    .iter()
+                    .map(|_| Err(PublishError::Unavailable))
+                    .collect();
+            }
+        };
+        futures::future::join_all(messages.iter().map(|(routing_key, body, props)| {
+            let channel = &channel;
+            async move {
+                channel
+                    .basic_publish(
+                        topology::EVENTS_EXCHANGE.into(),
+                        routing_key.as_str().into(),
+                        BasicPublishOptions::default(),
+                        body,
+                        props.clone(),
+                    )
+                    .await?;
+                Ok(())
+            }
+        }))
+        .await
+    }
+
+    async fn channel(&mut self) -> Result<Channel, PublishError> {
+        if let Some(channel) = &self.open
+            && channel.status().connected()
+        {
+            return Ok(channel.clone());
+        }
+        self.open = None;
+        let conn = self.broker.current().ok_or(PublishError::Unavailable)?;
+        let channel = super::within(super::STEP_TIMEOUT, conn.create_channel()).await?;
+        self.open = Some(channel.clone());
+        Ok(channel)
     }
 }
 
@@ -93,7 +165,9 @@ fn bundle(events: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>, lapin::BasicP
     let mut messages = Vec::new();
     for (routing_key, bodies) in keys {
         for chunk in bodies.chunks(EVENT_BUNDLE_MAX) {
-            let props = headers::persistent_json(&Uuid::now_v7().to_string(), "");
+            // Transient: see the module's documentation.
+            let props =
+                headers::persistent_json(&Uuid::now_v7().to_string(), "").with_delivery_mode(1);
             let message = match chunk {
                 [one] => (routing_key.clone(), one.clone(), props),
                 many => {

@@ -115,15 +115,11 @@ impl Publisher {
     }
 
     /// The queue of outcome events to publish; the first call starts the
-    /// task that publishes them. That task holds this publisher without
-    /// its queue, so it ends once every clone of this publisher is gone.
+    /// task that publishes them, which ends once every clone of this
+    /// publisher is gone.
     pub(crate) fn event_queue(&self) -> &super::events::EventQueue {
         self.events.get_or_init(|| {
-            let bare = Self {
-                events: Arc::new(std::sync::OnceLock::new()),
-                ..self.clone()
-            };
-            super::events::EventQueue::start(bare)
+            super::events::EventQueue::start(self.broker.clone(), self.metrics.clone())
         })
     }
 

@@ -168,6 +168,25 @@ async fn metrics_of_the_api_and_the_workers_move_when_work_flows() {
             "{name} {labels:?}\n{text}"
         );
     }
+    // Outcome events are sent without asking for a confirm (they go out
+    // in the background, so a moment after the work they report).
+    let events = |text: &str, outcome| {
+        sample(
+            text,
+            "bibliomq_published_total",
+            &[
+                ("exchange", topology::EVENTS_EXCHANGE),
+                ("outcome", outcome),
+            ],
+        )
+    };
+    let sent = wait_until(DEADLINE, || async {
+        let text = scrape(&app, &format!("{worker}/metrics")).await;
+        (events(&text, "sent") >= 1.0).then_some(text)
+    })
+    .await
+    .expect("no outcome event was sent");
+    assert_eq!(events(&sent, "confirmed"), 0.0, "{sent}");
 }
 
 async fn readiness(app: &TestApp, url: &str) -> (u16, Value) {

@@ -655,6 +655,8 @@ async fn outcome_events_that_come_together_share_a_message_and_followers_get_eac
             continue;
         };
         messages += 1;
+        // Transient: the followers' queues are not durable either.
+        assert_eq!(message.properties.delivery_mode(), &Some(1));
         if headers::has_type(&message.properties, EVENT_BUNDLE_KIND) {
             bundles += 1;
             let inside: Vec<Value> = serde_json::from_slice(&message.data).unwrap();
