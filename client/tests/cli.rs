@@ -300,20 +300,7 @@ async fn dead_replay_all_asks_again_while_letters_are_left() {
     let dead = bibliomq_core::broker::topology::TASKS_DEAD_QUEUE;
     let window = bibliomq_core::broker::PUBLISH_MANY_WINDOW;
     let count = 2 * window + 88;
-    bibliomq_testkit::rabbit::publish_raw_many(
-        &url,
-        bibliomq_core::broker::topology::DEAD_LETTER_EXCHANGE,
-        (0..count)
-            .map(|n| {
-                (
-                    "task.upper".to_owned(),
-                    b"not a task".to_vec(),
-                    bibliomq_core::broker::headers::persistent_json(&format!("m{n}"), "c"),
-                )
-            })
-            .collect(),
-    )
-    .await;
+    bibliomq_testkit::rabbit::dead_task_letters(&url, (0..count).map(|n| format!("m{n}"))).await;
     let (status, first) = app
         .post(
             "/v1/dead-letters/replay",

@@ -107,6 +107,28 @@ pub async fn publish_raw_many(
     let _ = conn.close(200, "bye".into()).await;
 }
 
+/// Dead task letters as the tasks' dead-letter queue receives them: a
+/// message that is not a task (so a replay of it runs nothing) under
+/// `task.upper` for each id, in order, confirmed.
+pub async fn dead_task_letters(amqp_url: &str, ids: impl IntoIterator<Item = String>) {
+    let messages = ids
+        .into_iter()
+        .map(|id| {
+            (
+                "task.upper".to_owned(),
+                b"not a task".to_vec(),
+                bibliomq_core::broker::headers::persistent_json(&id, "c"),
+            )
+        })
+        .collect();
+    publish_raw_many(
+        amqp_url,
+        bibliomq_core::broker::topology::DEAD_LETTER_EXCHANGE,
+        messages,
+    )
+    .await;
+}
+
 /// Consumers subscribed to `queue` now, as the queue itself counts them
 /// (the management API's figure lags by its statistics interval); `None`
 /// while the queue does not exist or the broker does not answer.

@@ -192,18 +192,9 @@ async fn the_dashboard_counts_dead_letters_and_replays_them_with_its_button() {
     .await;
     let window = bibliomq_core::broker::PUBLISH_MANY_WINDOW;
     let count = window + 2;
-    bibliomq_testkit::rabbit::publish_raw_many(
+    bibliomq_testkit::rabbit::dead_task_letters(
         &app.env.amqp_url(),
-        bibliomq_core::broker::topology::DEAD_LETTER_EXCHANGE,
-        (0..count)
-            .map(|n| {
-                (
-                    "task.upper".to_owned(),
-                    b"not a task".to_vec(),
-                    bibliomq_core::broker::headers::persistent_json(&format!("d{n}"), "c"),
-                )
-            })
-            .collect(),
+        (0..count).map(|n| format!("d{n}")),
     )
     .await;
     let browser = Browser::start("dashboard_dead").await;

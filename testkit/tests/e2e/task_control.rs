@@ -491,20 +491,7 @@ async fn a_replay_of_all_goes_past_the_first_ten_thousand_dead_letters_in_their_
     let url = app.env.amqp_url();
     let reach = bibliomq_core::commands::DEAD_REACH;
     let count = reach + 50;
-    rabbit::publish_raw_many(
-        &url,
-        topology::DEAD_LETTER_EXCHANGE,
-        (0..count)
-            .map(|n| {
-                (
-                    "task.upper".to_owned(),
-                    b"not a task".to_vec(),
-                    bibliomq_core::broker::headers::persistent_json(&format!("m{n}"), "c"),
-                )
-            })
-            .collect(),
-    )
-    .await;
+    rabbit::dead_task_letters(&url, (0..count).map(|n| format!("m{n}"))).await;
     let total = u64::try_from(count).unwrap();
     let last = wait_until(DEADLINE, || async {
         let (_, list) = app
