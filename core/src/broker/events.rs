@@ -119,22 +119,37 @@ impl EventChannel {
                     .collect();
             }
         };
-        futures::future::join_all(messages.iter().map(|(routing_key, body, props)| {
-            let channel = &channel;
-            async move {
-                channel
-                    .basic_publish(
-                        topology::EVENTS_EXCHANGE.into(),
-                        routing_key.as_str().into(),
-                        BasicPublishOptions::default(),
-                        body,
-                        props.clone(),
-                    )
-                    .await?;
-                Ok(())
+        let sending =
+            futures::future::join_all(messages.iter().map(|(routing_key, body, props)| {
+                let channel = &channel;
+                async move {
+                    channel
+                        .basic_publish(
+                            topology::EVENTS_EXCHANGE.into(),
+                            routing_key.as_str().into(),
+                            BasicPublishOptions::default(),
+                            body,
+                            props.clone(),
+                        )
+                        .await?;
+                    Ok(())
+                }
+            }));
+        // Bounded, so that a connection the broker holds up (a resource
+        // alarm) holds up no more than this round: the events announced
+        // meanwhile wait in the backlog, and the channel is opened again.
+        match tokio::time::timeout(super::STEP_TIMEOUT, sending).await {
+            Ok(answers) => answers,
+            Err(_) => {
+                if let Some(stuck) = self.open.take() {
+                    super::publisher::retire(stuck);
+                }
+                messages
+                    .iter()
+                    .map(|_| Err(PublishError::Timeout(super::STEP_TIMEOUT)))
+                    .collect()
             }
-        }))
-        .await
+        }
     }
 
     async fn channel(&mut self) -> Result<Channel, PublishError> {
