@@ -181,8 +181,7 @@ fn bundle(events: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>, lapin::BasicP
     for (routing_key, bodies) in keys {
         for chunk in bodies.chunks(EVENT_BUNDLE_MAX) {
             // Transient: see the module's documentation.
-            let props =
-                headers::persistent_json(&Uuid::now_v7().to_string(), "").with_delivery_mode(1);
+            let props = headers::transient_json(&Uuid::now_v7().to_string(), "");
             let message = match chunk {
                 [one] => (routing_key.clone(), one.clone(), props),
                 many => {

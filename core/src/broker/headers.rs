@@ -26,6 +26,12 @@ pub fn persistent_json(message_id: &str, correlation_id: &str) -> BasicPropertie
         .with_headers(headers)
 }
 
+/// As [`persistent_json`], but transient: for messages that only queues
+/// which are not durable receive (the outcome events).
+pub fn transient_json(message_id: &str, correlation_id: &str) -> BasicProperties {
+    persistent_json(message_id, correlation_id).with_delivery_mode(1)
+}
+
 /// Whether `props` carry the AMQP `type` `kind` (how bundles are told
 /// from single messages).
 pub fn has_type(props: &BasicProperties, kind: &str) -> bool {

@@ -312,6 +312,35 @@ async fn a_worker_cut_off_from_the_broker_reconnects_and_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcome_events_flow_again_once_a_worker_cut_off_from_the_broker_is_back() {
+    // Events go out on a channel of their own: it must be opened again on
+    // the worker's next connection.
+    let env = TestEnv::new().await;
+    let proxy = TcpProxy::start(RABBITMQ.parse().unwrap()).await;
+    let mut worker_settings = env.settings();
+    worker_settings.amqp.url = with_port(&worker_settings.amqp.url, proxy.port());
+    let api_settings = env.settings();
+    let mut app = TestApp::start_api(env, api_settings).await;
+    app.workers.push(Worker::start(worker_settings).await);
+    let mut follower =
+        crate::library::watch(&app.env, topology::EVENTS_EXCHANGE, &["task.succeeded"]).await;
+
+    let before = app.submit("upper", json!("before the cut")).await;
+    app.wait_for_task(before).await;
+    let event = crate::library::next_event(&mut follower, "task.succeeded").await;
+    assert_eq!(event["task_id"], before.to_string(), "{event}");
+
+    proxy.cut();
+    let after = app.submit("upper", json!("while cut")).await;
+    proxy.restore();
+    let task = app.wait_for_task(after).await;
+    assert_eq!(task["state"], "succeeded", "{task}");
+    let event = crate::library::next_event(&mut follower, "task.succeeded").await;
+    assert_eq!(event["task_id"], after.to_string(), "{event}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_survive_the_database_going_away() {
     let env = TestEnv::new().await;
     // Migrations first, straight to the database.
