@@ -283,8 +283,8 @@ async fn the_api_answers_503_while_the_broker_is_unreachable_and_recovers() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_cut_off_from_the_broker_reconnects_and_loses_nothing() {
+/// The API straight to RabbitMQ, one worker through a proxy the test can cut.
+async fn worker_behind_a_proxy() -> (TestApp, TcpProxy) {
     let env = TestEnv::new().await;
     let proxy = TcpProxy::start(RABBITMQ.parse().unwrap()).await;
     let mut worker_settings = env.settings();
@@ -292,6 +292,12 @@ async fn a_worker_cut_off_from_the_broker_reconnects_and_loses_nothing() {
     let api_settings = env.settings();
     let mut app = TestApp::start_api(env, api_settings).await;
     app.workers.push(Worker::start(worker_settings).await);
+    (app, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_from_the_broker_reconnects_and_loses_nothing() {
+    let (mut app, proxy) = worker_behind_a_proxy().await;
 
     let mut ids = Vec::new();
     for i in 0..10 {
@@ -315,13 +321,7 @@ async fn a_worker_cut_off_from_the_broker_reconnects_and_loses_nothing() {
 async fn outcome_events_flow_again_once_a_worker_cut_off_from_the_broker_is_back() {
     // Events go out on a channel of their own: it must be opened again on
     // the worker's next connection.
-    let env = TestEnv::new().await;
-    let proxy = TcpProxy::start(RABBITMQ.parse().unwrap()).await;
-    let mut worker_settings = env.settings();
-    worker_settings.amqp.url = with_port(&worker_settings.amqp.url, proxy.port());
-    let api_settings = env.settings();
-    let mut app = TestApp::start_api(env, api_settings).await;
-    app.workers.push(Worker::start(worker_settings).await);
+    let (mut app, proxy) = worker_behind_a_proxy().await;
     let mut follower =
         crate::library::watch(&app.env, topology::EVENTS_EXCHANGE, &["task.succeeded"]).await;
 
