@@ -142,7 +142,7 @@ impl EventChannel {
             Ok(answers) => answers,
             Err(_) => {
                 if let Some(stuck) = self.open.take() {
-                    super::publisher::retire(stuck);
+                    super::retire(stuck);
                 }
                 messages
                     .iter()

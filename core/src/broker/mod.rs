@@ -65,6 +65,19 @@ pub async fn within<T>(
     })?
 }
 
+/// Closes a channel that is being replaced (it refused a publish, or a
+/// send on it got stuck), in the background: what is still pending on it
+/// fails as broken, and is sent again on a new channel where that is
+/// promised.
+pub(crate) fn retire(channel: Channel) {
+    tokio::spawn(async move {
+        let closing = channel.close(200, "replaced".into());
+        if let Err(e) = tokio::time::timeout(STEP_TIMEOUT, closing).await {
+            tracing::debug!(error = %e, "a retired channel did not close in time");
+        }
+    });
+}
+
 /// A handle to the process's supervised RabbitMQ connection. Cheap to clone.
 #[derive(Clone)]
 pub struct Broker {

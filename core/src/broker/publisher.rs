@@ -23,7 +23,7 @@ use lapin::{
 };
 use tokio::sync::Mutex;
 
-use super::Broker;
+use super::{Broker, retire};
 use crate::metrics::{Metrics, PublishOutcome};
 
 /// Why a publish was not confirmed.
@@ -256,15 +256,4 @@ impl Publisher {
         *slot = Some((generation, ch.clone()));
         Ok((generation, ch))
     }
-}
-
-/// Closes a channel that refused a publish, in the background: publishes
-/// still pending on it fail as broken and are sent again on a new channel.
-pub(crate) fn retire(channel: Channel) {
-    tokio::spawn(async move {
-        let closing = channel.close(200, "refused a publish; replaced".into());
-        if let Err(e) = tokio::time::timeout(Duration::from_secs(5), closing).await {
-            tracing::debug!(error = %e, "a retired channel did not close in time");
-        }
-    });
 }

@@ -39,7 +39,8 @@ use tokio::time::Instant;
 
 use super::{
     Broker, PublishError,
-    publisher::{RECONNECT_GRACE, before_resending, retire},
+    publisher::{RECONNECT_GRACE, before_resending},
+    retire,
 };
 
 #[derive(Debug, Clone, thiserror::Error)]
