@@ -258,15 +258,7 @@ async fn task_cancel_stops_a_running_task_and_refuses_a_finished_one() {
 async fn dead_list_shows_the_dead_letters_and_replay_sends_them_back() {
     // No workers: the replayed message (not a task) stays in the task queue.
     let app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
-    let url = app.env.amqp_url();
-    bibliomq_testkit::rabbit::publish_raw(
-        &url,
-        bibliomq_core::broker::topology::DEAD_LETTER_EXCHANGE,
-        "task.upper",
-        b"not a task",
-        bibliomq_core::broker::headers::persistent_json("dead-1", "c"),
-    )
-    .await;
+    bibliomq_testkit::rabbit::dead_task_letters(&app.env.amqp_url(), ["dead-1".to_owned()]).await;
     let listed = bibliomq_testkit::app::wait_until(bibliomq_testkit::app::DEADLINE, || async {
         let ran = bibliomq(&app, &["dead", "list"]).await;
         ran.stdout.contains("dead-1").then_some(ran)

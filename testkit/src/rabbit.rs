@@ -49,25 +49,8 @@ pub async fn publish_raw(
     body: &[u8],
     properties: lapin::BasicProperties,
 ) {
-    let conn = Connection::connect(amqp_url, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(Default::default()).await.unwrap();
-    let confirm = ch
-        .basic_publish(
-            exchange.into(),
-            routing_key.into(),
-            lapin::options::BasicPublishOptions::default(),
-            body,
-            properties,
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert!(confirm.is_ack(), "the broker refused the test's message");
-    let _ = conn.close(200, "bye".into()).await;
+    let message = (routing_key.to_owned(), body.to_vec(), properties);
+    publish_raw_many(amqp_url, exchange, vec![message]).await;
 }
 
 /// Publishes many raw messages on one channel, their confirms awaited

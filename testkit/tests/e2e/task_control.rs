@@ -426,16 +426,7 @@ async fn a_dead_task_is_listed_then_replayed_and_succeeds_once_its_cause_is_gone
 async fn dead_letters_page_with_a_cursor_and_a_replay_of_an_unknown_id_changes_nothing() {
     let app = TestApp::spawn(TestEnv::new().await, |_| {}, 0).await;
     let url = app.env.amqp_url();
-    for n in 0..3 {
-        rabbit::publish_raw(
-            &url,
-            topology::DEAD_LETTER_EXCHANGE,
-            "task.upper",
-            b"not a task",
-            bibliomq_core::broker::headers::persistent_json(&format!("m{n}"), "c"),
-        )
-        .await;
-    }
+    rabbit::dead_task_letters(&url, (0..3).map(|n| format!("m{n}"))).await;
     let first = wait_until(DEADLINE, || async {
         let (_, list) = app.get_json("/v1/dead-letters?queue=tasks&limit=2").await;
         (list["total"] == 3).then_some(list)
